@@ -1,0 +1,353 @@
+"""The PolicyRollout API: the one source of truth for the CRD schema.
+
+`crds/policyrollout.yaml` is generated from these models (`policy-rollouts crds`), so a
+field added here appears in the cluster's schema, the engine and the plugin at once.
+Rules that an OpenAPI schema cannot express (one action per step, unique guardrail names,
+query xor template, durations that parse) are written as CEL `x-kubernetes-validations`
+next to the model they constrain, and mirrored by pydantic validators so that local mode
+and the tests reject the same manifests the API server does.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "policy.rollouts.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PolicyRollout"
+PLURAL = "policyrollouts"
+SINGULAR = "policyrollout"
+SHORT_NAMES = ["prl"]
+
+LABEL_ROLLOUT = f"{GROUP}/rollout"
+LABEL_VARIANT = f"{GROUP}/variant"
+# A human (or `kubectl policyrollout`) asks for an action by setting this annotation to
+# "<verb>/<unique id>". The operator applies each id once and remembers it in
+# status.lastActionId, so the annotation can stay in place and replays are harmless.
+ANNOTATION_ACTION = f"{GROUP}/action"
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+CONDITION_PATTERN = r"^\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a Go-style duration ("30s", "1m30s", "250ms"), the form Kubernetes users write."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use a number with a unit, e.g. '30s', '5m', '1h30m'")
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    return timedelta(seconds=seconds)
+
+
+def _check_duration(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Duration = Annotated[
+    str,
+    pydantic.AfterValidator(_check_duration),
+    Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "5m"}),
+]
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def _validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the Kubernetes API stores it (camelCase, no unset fields)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- spec
+
+
+class EnvVar(Model):
+    name: str = Field(min_length=1)
+    value: str = ""
+
+
+class PolicySpec(Model):
+    """A servable policy: the policy-server image and the artifact it loads."""
+
+    image: str = Field(min_length=1, description="Container image running `policy-server serve`.")
+    artifact: str = Field(min_length=1, description="Path or fsspec URL of the policy artifact.")
+    version: str = Field(min_length=1, max_length=63, description="Version label of this policy.")
+    replicas: int = Field(default=1, ge=0, le=1000)
+    port: int = Field(default=8080, ge=1, le=65535)
+    resources: dict[str, dict[str, str]] | None = Field(
+        default=None, description="Container resources (requests/limits), as in a Pod spec."
+    )
+    env: list[EnvVar] = Field(default_factory=list)
+
+
+class FallbackSpec(PolicySpec):
+    """The policy that serves when the candidate does not: today's trusted policy."""
+
+
+class TrafficProvider(enum.StrEnum):
+    ROUTER = "router"
+    GATEWAY_API = "gatewayAPI"
+    ISTIO = "istio"
+
+
+class ParentRef(Model):
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    section_name: str | None = None
+
+
+class GatewayAPISpec(Model):
+    parent_refs: list[ParentRef] = Field(default_factory=list)
+    hostnames: list[str] = Field(default_factory=list)
+
+
+class TrafficSpec(Model):
+    provider: TrafficProvider = TrafficProvider.ROUTER
+    sticky_key: str | None = Field(default=None, description="Header whose value keeps a caller on one variant.")
+    gateway_api: GatewayAPISpec = Field(default_factory=GatewayAPISpec)
+    hosts: list[str] = Field(default_factory=list, description="Istio VirtualService hosts.")
+
+
+class ShadowStep(Model):
+    duration: Duration
+
+
+class PauseStep(Model):
+    duration: Duration | None = Field(default=None, description="Omit to wait for `promote`.")
+
+
+class ApprovalStep(Model):
+    pass
+
+
+class Step(Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "[has(self.shadow), has(self.setWeight), has(self.pause), has(self.approval)]"
+                ".filter(x, x).size() == 1",
+                "each step must set exactly one of shadow, setWeight, pause, approval",
+            )
+        )
+    )
+
+    shadow: ShadowStep | None = None
+    set_weight: int | None = Field(default=None, ge=0, le=100)
+    pause: PauseStep | None = None
+    approval: ApprovalStep | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_action(self) -> Step:
+        chosen = [n for n in ("shadow", "set_weight", "pause", "approval") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            raise ValueError("each step must set exactly one of shadow, setWeight, pause, approval")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for name in ("shadow", "set_weight", "pause", "approval"):
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated step has no action")
+
+
+class Guardrail(Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "has(self.query) != has(self.template)",
+                "set exactly one of query or template",
+            )
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
+    query: str | None = Field(default=None, min_length=1, description="PromQL returning one number.")
+    template: str | None = Field(default=None, min_length=1, description="Name of a built-in guardrail template.")
+    params: dict[str, str] = Field(default_factory=dict, description="Parameters of the template.")
+    condition: str = Field(
+        pattern=CONDITION_PATTERN,
+        description="Pass condition on the value, e.g. '< 0.01' or '>= 0.95'.",
+    )
+    failure_limit: int = Field(default=1, ge=1, le=100, description="Consecutive failures that roll back.")
+    inconclusive_limit: int = Field(
+        default=3, ge=1, le=100, description="Consecutive inconclusive measurements that roll back."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _query_xor_template(self) -> Guardrail:
+        if (self.query is None) == (self.template is None):
+            raise ValueError("set exactly one of query or template")
+        return self
+
+
+class AnalysisSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
+                "guardrail names must be unique",
+                ".guardrails",
+            )
+        )
+    )
+
+    interval: Duration = "1m"
+    prometheus_url: str | None = Field(
+        default=None, description="Prometheus base URL; defaults to the operator's --prometheus-url."
+    )
+    guardrails: list[Guardrail] = Field(default_factory=list, max_length=32)
+
+    @pydantic.model_validator(mode="after")
+    def _unique_names(self) -> AnalysisSpec:
+        names = [g.name for g in self.guardrails]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"guardrail names must be unique: {', '.join(duplicates)} repeated")
+        return self
+
+
+class PolicyRolloutSpec(Model):
+    policy: PolicySpec = Field(description="The candidate policy.")
+    fallback: FallbackSpec = Field(description="The trusted policy that serves when the candidate does not.")
+    traffic: TrafficSpec = Field(default_factory=TrafficSpec)
+    steps: list[Step] = Field(min_length=1, max_length=64)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    progress_deadline: Duration = Field(
+        default="30m", description="Longest a step may run without passing before the rollout rolls back."
+    )
+
+
+# ------------------------------------------------------------------------- status
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    OFFLINE_EVALUATION = "OfflineEvaluation"
+    SHADOW = "Shadow"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTED = "Promoted"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}
+
+
+class Verdict(enum.StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+    INCONCLUSIVE = "Inconclusive"
+
+
+class GuardrailStatus(Model):
+    name: str
+    value: float | None = None
+    verdict: Verdict | None = None
+    message: str | None = None
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    measured_at: str | None = None
+
+
+class Condition(Model):
+    """A kstatus-compatible condition (Ready / Progressing / Degraded)."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class HistoryEntry(Model):
+    time: str
+    phase: Phase
+    step: int | None = None
+    weight: int | None = None
+    reason: str
+    message: str = ""
+
+
+class PolicyRolloutStatus(Model):
+    model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote
+
+    phase: Phase = Phase.PENDING
+    current_step_index: int = 0
+    canary_weight: int = 0
+    shadow: bool = False
+    stable_version: str | None = None
+    candidate_version: str | None = None
+    stable_policy: PolicySpec | None = Field(
+        default=None, description="What the stable variant runs: the fallback until a candidate is promoted."
+    )
+    started_at: str | None = None
+    step_started_at: str | None = None
+    live_since: str | None = None
+    last_analysis_at: str | None = None
+    guardrails: list[GuardrailStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    history: list[HistoryEntry] = Field(default_factory=list)
+    observed_generation: int | None = None
+    last_action_id: str | None = None
+    message: str | None = None
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    namespace: str = "default"
+    generation: int | None = None
+    uid: str | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PolicyRollout(Model):
+    """A whole PolicyRollout object, as read from the API or a manifest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["policy.rollouts.io/v1alpha1"] = API_VERSION
+    kind: Literal["PolicyRollout"] = KIND
+    metadata: ObjectMeta
+    spec: PolicyRolloutSpec
+    status: PolicyRolloutStatus = Field(default_factory=PolicyRolloutStatus)
