@@ -57,7 +57,9 @@ def _check_duration(text: str) -> str:
 Duration = Annotated[
     str,
     pydantic.AfterValidator(_check_duration),
-    Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "5m"}),
+    # The pattern goes in json_schema_extra: as Field(pattern=...) after the validator it is
+    # enforced but left out of the JSON schema (and so the CRD); parse_duration checks it here.
+    Field(json_schema_extra={"pattern": DURATION_PATTERN, "example": "5m"}),
 ]
 
 
@@ -213,7 +215,7 @@ class AnalysisSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
-                "self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
+                "!has(self.guardrails) || self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
                 "guardrail names must be unique",
                 ".guardrails",
             )

@@ -1,0 +1,1 @@
+"""The `policy-rollouts` command line (entry point: `rollout_operator.cli.main:main`)."""
