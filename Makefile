@@ -1,7 +1,7 @@
 # The two commands the README promises: `make demo` and `make test`.
 VENV := .venv/bin
 
-.PHONY: bootstrap demo test lint crds
+.PHONY: bootstrap demo test lint crds mar
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -18,3 +18,8 @@ crds: bootstrap
 
 test: lint
 	$(VENV)/python -m pytest
+
+# TorchServe model archive from a policy artifact: make mar ARTIFACT=dir OUT=dir
+mar: bootstrap
+	@test -n "$(ARTIFACT)" -a -n "$(OUT)" || { echo "usage: make mar ARTIFACT=<artifact dir> OUT=<output dir>"; exit 2; }
+	$(VENV)/python -m policy_server.torchserve.archive --artifact "$(ARTIFACT)" --out "$(OUT)"

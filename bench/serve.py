@@ -1,0 +1,472 @@
+"""Serving benchmark: ``policy-server serve`` vs TorchServe vs an in-process forward pass, same model, one run.
+
+Why one run: this machine is shared, so absolute numbers drift from minute to minute; the ratios between
+servers measured back to back in the same run are what the comparison rests on.
+
+* model: the example MLP 8 -> 64 -> 64 -> 4 (TorchScript, softmax exploration, an action mask in the shield).
+* (a) ``policy-server serve`` with decision logging, metrics and the shield on;
+* (b) TorchServe with the `policy_server.torchserve` handler, every configuration in ``--ts-configs``
+  (workers x batch size, batch delay ``--ts-delay-ms``), the best per client count is reported;
+* (c) the floor: ``Policy.decide`` (and the bare module) in a loop in this process, batch 1.
+
+Load: ``wrk`` (Debian package) with ``bench/wrk_act.lua`` at each of ``--connections``, a warm-up run before
+each measured one. Memory: VmRSS from /proc, summed over the process tree (TorchServe = launcher + JVM +
+workers). Writes ``bench/results/serve.json`` and replaces the "Policy server vs TorchServe" results block in
+``bench/README.md``.
+
+    .venv/bin/python bench/serve.py                      # full run, ~6 minutes
+    .venv/bin/python bench/serve.py --duration 3 --warmup 1 --ts-configs 1x1 --no-readme   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "bench" / "wrk_act.lua"
+RESULTS = ROOT / "bench" / "results" / "serve.json"
+README = ROOT / "bench" / "README.md"
+MARK_START = "<!-- bench/serve.py results: start -->"
+MARK_END = "<!-- bench/serve.py results: end -->"
+README_INTRO = """# Benchmarks
+
+Scripts in `bench/` measure the project's performance claims on the machine at hand. Each section below
+says what was measured, how to reproduce it and the latest numbers; raw results are JSON files in
+`bench/results/`. Timings come from shared, noisy machines: compare ratios measured in the same run.
+"""
+README_SECTION = f"""
+## Policy server vs TorchServe
+
+`bench/serve.py` serves the same small MLP (8 -> 64 -> 64 -> 4, TorchScript, softmax exploration, an action
+mask in the shield) with `policy-server serve` (decision log, metrics and shield on), with TorchServe through
+the `policy_server.torchserve` handler (each worker/batching configuration tried, the best one reported per
+client count) and in-process (`Policy.decide` in a loop, batch 1: the floor). Load comes from `wrk` with
+`bench/wrk_act.lua` (POST bodies from a file of 256 random observations, a warm-up run before each measured
+run); memory is VmRSS from /proc summed over each server's process tree. Targets: policy-server >= 5x
+TorchServe's req/s at 8 and 32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
+
+{MARK_START}
+{MARK_END}
+"""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _rss_tree(pid: int) -> int:
+    from policy_server.torchserve.runner import process_tree_rss_bytes
+
+    return process_tree_rss_bytes(pid)
+
+
+def run_wrk(url: str, connections: int, duration_s: float, bodies: Path) -> dict[str, Any]:
+    """One wrk run; returns req/s, latency percentiles (ms) and error counts."""
+    threads = min(2, connections)
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    env = {**os.environ, "WRK_BODIES": str(bodies)}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    match = re.search(r"^WRK_JSON (.*)$", out.stdout, re.MULTILINE)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    raw = json.loads(match.group(1))
+    seconds = raw["duration_us"] / 1e6
+    latency = raw["latency_us"]
+    return {
+        "connections": connections,
+        "threads": threads,
+        "duration_s": round(seconds, 3),
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / seconds, 1),
+        "p50_ms": latency["p50"] / 1000,
+        "p90_ms": latency["p90"] / 1000,
+        "p99_ms": latency["p99"] / 1000,
+        "p999_ms": latency["p999"] / 1000,
+        "max_ms": latency["max"] / 1000,
+        "mean_ms": round(latency["mean"] / 1000, 3),
+        "errors": raw["errors"],
+        "error_count": sum(raw["errors"].values()),
+    }
+
+
+def load_series(
+    url: str, connections: list[int], duration_s: float, warmup_s: float, bodies: Path, rss: Callable[[], int]
+) -> dict[str, Any]:
+    """wrk at each client count (warm-up first); RSS sampled right after each measured run."""
+    runs, peak = [], 0
+    for c in connections:
+        if warmup_s > 0:
+            run_wrk(url, c, warmup_s, bodies)
+        result = run_wrk(url, c, duration_s, bodies)
+        result["rss_mb"] = round(rss() / 2**20, 1)
+        peak = max(peak, result["rss_mb"])
+        runs.append(result)
+        print(
+            f"    c={c:<3} {result['rps']:>9.1f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+            f"  errors {result['error_count']}  rss {result['rss_mb']} MB",
+            flush=True,
+        )
+    return {"runs": runs, "rss_peak_mb": peak}
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return int(response.status)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Iterator[tuple[str, int]]:
+    """Start ``policy-server serve`` on a free loopback port; yields (act URL, pid)."""
+    from policy_server.torchserve.runner import free_port
+
+    port = free_port()
+    executable = Path(sys.executable).with_name("policy-server")
+    log_dir = workdir / "decisions"
+    command = [
+        str(executable),
+        "serve",
+        "--model",
+        str(artifact),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--decision-log",
+        str(log_dir),
+        *extra_args,
+    ]
+    console = (workdir / "policy-server.log").open("wb")
+    process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"policy-server exited with {process.returncode}:\n{(workdir / 'policy-server.log').read_text()}"
+                )
+            with contextlib.suppress(OSError):
+                if _get(f"http://127.0.0.1:{port}/readyz") == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("policy-server did not become ready within 60 s")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/v1/act", process.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        console.close()
+
+
+def parse_ts_config(text: str) -> tuple[int, int]:
+    workers, batch = text.lower().split("x")
+    return int(workers), int(batch)
+
+
+def bench_torchserve(
+    mar_dir: Path,
+    configs: list[str],
+    delay_ms: int,
+    connections: list[int],
+    duration_s: float,
+    warmup_s: float,
+    bodies: Path,
+) -> dict[str, Any]:
+    from policy_server.torchserve.runner import TorchServe
+
+    results: dict[str, Any] = {}
+    with TorchServe(model_store=mar_dir, quiet_logs=True) as ts:
+        results["idle_rss_mb"] = round(ts.rss_bytes() / 2**20, 1)
+        for text in configs:
+            workers, batch = parse_ts_config(text)
+            name = f"policy_w{workers}_b{batch}"
+            print(f"  TorchServe {workers} worker(s), batch {batch} (max delay {delay_ms} ms)", flush=True)
+            ts.register("policy.mar", model_name=name, workers=workers, batch_size=batch, max_batch_delay_ms=delay_ms)
+            try:
+                series = load_series(ts.predictions_url(name), connections, duration_s, warmup_s, bodies, ts.rss_bytes)
+            finally:
+                ts.unregister(name)
+            results[text] = {"workers": workers, "batch_size": batch, "max_batch_delay_ms": delay_ms, **series}
+    return results
+
+
+def bench_in_process(artifact: Path, seconds: float = 3.0) -> dict[str, Any]:
+    """The floor: one decision at a time in this process, no HTTP, no JSON."""
+    import torch
+
+    from policy_server import artifact as artifact_module
+    from policy_server import policy as policy_module
+
+    torch.set_num_threads(1)
+    loaded = artifact_module.load_artifact(str(artifact))
+    policy = policy_module.Policy.from_artifact(loaded)
+    rng = np.random.default_rng(0)
+    observations = np.random.default_rng(1).standard_normal((256, 8)).astype(np.float32)
+
+    def loop(step: Callable[[np.ndarray], object]) -> float:
+        for i in range(200):
+            step(observations[i % 256][None])
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for i in range(100):
+                step(observations[i][None])
+            n += 100
+        return (time.perf_counter() - start) / n * 1e6
+
+    def forward(x: np.ndarray) -> object:
+        with torch.inference_mode():
+            return loaded.module(torch.from_numpy(x))
+
+    return {
+        "decide_us": round(loop(lambda x: policy.decide(x, rng)), 2),
+        "forward_us": round(loop(forward), 2),
+        "torch_threads": 1,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def best_torchserve(ts: dict[str, Any], configs: list[str]) -> list[dict[str, Any]]:
+    """Per client count, the TorchServe configuration with the most req/s (error-free runs first)."""
+    best = []
+    for i in range(len(ts[configs[0]]["runs"])):
+        candidates = [(ts[c]["runs"][i], c) for c in configs]
+        run, config = max(candidates, key=lambda rc: (rc[0]["error_count"] == 0, rc[0]["rps"]))
+        best.append({**run, "config": config})
+    return best
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        f"Run {result['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB "
+        f"(load average at start {', '.join(map(str, m['load_average_at_start']))}; shared with other jobs).",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    ps = result.get("policy_server")
+    best = result["torchserve_best"]
+    if ps is not None:
+        lines += [
+            "| clients | policy-server req/s | p50 ms | p99 ms | TorchServe best req/s | config | p50 ms | p99 ms "
+            "| req/s ratio | p99 ratio (TS / PS) |",
+            "| ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for p, t in zip(ps["runs"], best, strict=True):
+            lines.append(
+                f"| {p['connections']} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {t['rps']:,.0f} "
+                f"| {t['config']} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {p['rps'] / t['rps']:.2f}x "
+                f"| {t['p99_ms'] / p['p99_ms']:.2f}x |"
+            )
+    else:
+        lines += [
+            "policy-server was not measured in this run (`--skip-policy-server`).",
+            "",
+            "| clients | TorchServe best req/s | config | p50 ms | p99 ms |",
+            "| ---: | ---: | --- | ---: | ---: |",
+        ]
+        for t in best:
+            lines.append(
+                f"| {t['connections']} | {t['rps']:,.0f} | {t['config']} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} |"
+            )
+    ts = result["torchserve"]
+    ts_peak = max(ts[c]["rss_peak_mb"] for c in result["torchserve_configs"])
+    floor = result["in_process"]
+    lines += [
+        "",
+        "Config `WxB` = W workers, batch size B (max batch delay "
+        f"{result['torchserve_delay_ms']} ms). All TorchServe configurations, req/s at "
+        f"{', '.join(str(c) for c in result['connections'])} clients:",
+        "",
+    ]
+    for c in result["torchserve_configs"]:
+        rates = " / ".join(f"{r['rps']:,.0f}" for r in ts[c]["runs"])
+        p99s = " / ".join(f"{r['p99_ms']:.1f}" for r in ts[c]["runs"])
+        lines.append(f"- `{c}`: {rates} req/s; p99 {p99s} ms; peak RSS {ts[c]['rss_peak_mb']:.0f} MB")
+    lines += [""]
+    memory = f"- Memory (peak VmRSS under load): TorchServe {ts_peak:.0f} MB (launcher + JVM + workers)"
+    if ps is not None:
+        memory += f", policy-server {ps['rss_peak_mb']:.0f} MB"
+    lines += [
+        memory + ".",
+        f"- In-process floor, batch 1: `Policy.decide` {floor['decide_us']:.1f} µs per decision "
+        f"(~{1e6 / floor['decide_us']:,.0f}/s on one core), bare module forward {floor['forward_us']:.1f} µs.",
+    ]
+    if ps is not None:
+        verdict = result["targets"]
+        lines.append(
+            f"- Targets: req/s >= 5x at 8 and 32 clients: {verdict['rps_5x']}; p99 <= 1/5: {verdict['p99_5x']}; "
+            f"RSS <= 400 MB: {verdict['rss_400mb']}."
+        )
+    errors = sum(r["error_count"] for c in result["torchserve_configs"] for r in ts[c]["runs"])
+    if ps is not None:
+        errors += sum(r["error_count"] for r in ps["runs"])
+    lines.append(f"- wrk errors (non-2xx, timeouts, socket errors) in measured runs: {errors}.")
+    return "\n".join(lines)
+
+
+def update_readme(markdown: str) -> None:
+    text = README.read_text() if README.exists() else README_INTRO
+    if MARK_START not in text:
+        text = text.rstrip("\n") + "\n" + README_SECTION
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    README.write_text(f"{head}{MARK_START}\n{markdown}\n{MARK_END}{tail}")
+
+
+def targets(ps: dict[str, Any], best: list[dict[str, Any]]) -> dict[str, Any]:
+    pairs = [(p, t) for p, t in zip(ps["runs"], best, strict=True) if p["connections"] >= 8]
+    return {
+        "rps_5x": all(p["rps"] >= 5 * t["rps"] for p, t in pairs),
+        "p99_5x": all(p["p99_ms"] * 5 <= t["p99_ms"] for p, t in zip(ps["runs"], best, strict=True)),
+        "rss_400mb": ps["rss_peak_mb"] <= 400,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each run")
+    parser.add_argument("--connections", default="1,8,32", help="client counts, comma-separated")
+    parser.add_argument("--ts-configs", default="1x1,2x1,1x8,2x8,2x16", help="TorchServe WORKERSxBATCH list")
+    parser.add_argument("--ts-delay-ms", type=int, default=2, help="TorchServe max_batch_delay for batches > 1")
+    parser.add_argument("--skip-policy-server", action="store_true", help="measure TorchServe and in-process only")
+    parser.add_argument("--server-args", default="", help="extra arguments for `policy-server serve`")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("error: wrk not found: apt-get install wrk", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT))
+    from policy_server import artifact as artifact_module
+    from policy_server.torchserve import archive
+
+    connections = [int(c) for c in args.connections.split(",")]
+    configs = [c.strip() for c in args.ts_configs.split(",") if c.strip()]
+    for c in configs:
+        parse_ts_config(c)
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", "bench/serve.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine(),
+        "model": "MLP 8 -> 64 -> 64 -> 4, TorchScript, softmax exploration, shield action mask",
+        "connections": connections,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "torchserve_configs": configs,
+        "torchserve_delay_ms": args.ts_delay_ms,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        artifact = artifact_module.write_example_model(
+            work / "artifact",
+            obs_dim=8,
+            n_actions=4,
+            exploration={"kind": "softmax", "temperature": 1.0},
+            shield={"action_mask": [True, True, True, False], "fallback_action": 0},
+        )
+        mar_dir = work / "mar"
+        archive.build_mar(artifact, mar_dir, model_name="policy")
+        bodies = work / "bodies.jsonl"
+        rows = np.random.default_rng(7).standard_normal((256, 8))
+        bodies.write_text(
+            "".join(json.dumps({"observation": [round(float(v), 6) for v in row]}) + "\n" for row in rows)
+        )
+
+        print("in-process floor", flush=True)
+        result["in_process"] = bench_in_process(artifact)
+        print(f"  {result['in_process']}", flush=True)
+        if not args.skip_policy_server:
+            print("policy-server serve", flush=True)
+            with policy_server(artifact, work, args.server_args.split()) as (url, pid):
+                result["policy_server"] = {
+                    "idle_rss_mb": round(_rss_tree(pid) / 2**20, 1),
+                    **load_series(url, connections, args.duration, args.warmup, bodies, lambda: _rss_tree(pid)),
+                }
+        print("TorchServe", flush=True)
+        result["torchserve"] = bench_torchserve(
+            mar_dir, configs, args.ts_delay_ms, connections, args.duration, args.warmup, bodies
+        )
+    result["torchserve_best"] = best_torchserve(result["torchserve"], configs)
+    if "policy_server" in result:
+        ps, best = result["policy_server"], result["torchserve_best"]
+        result["ratios"] = [
+            {
+                "connections": p["connections"],
+                "rps_policy_server_over_torchserve": round(p["rps"] / t["rps"], 2),
+                "p99_torchserve_over_policy_server": round(t["p99_ms"] / p["p99_ms"], 2),
+            }
+            for p, t in zip(ps["runs"], best, strict=True)
+        ]
+        result["targets"] = targets(ps, best)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    markdown = render_markdown(result)
+    print(markdown)
+    if not args.no_readme:
+        update_readme(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
