@@ -1,0 +1,144 @@
+"""Reconcilers that move a live rollout through its steps: analysis, completion, deadline, promotion."""
+
+from __future__ import annotations
+
+from rollout_operator import api
+from rollout_operator.engine import analysis, context, steps, timeutil
+from rollout_operator.engine.context import Context
+from rollout_operator.engine.steps import StepKind
+
+__all__ = [
+    "reconcile_analysis",
+    "reconcile_progress_deadline",
+    "reconcile_promotion",
+    "reconcile_step_completion",
+]
+
+
+def _describe(guardrail: api.Guardrail, entry: api.GuardrailStatus) -> str:
+    value = "no value" if entry.value is None else f"value {entry.value:g}"
+    return f"guardrail {guardrail.name}: {value}, condition '{guardrail.condition}' ({entry.message})"
+
+
+def reconcile_promotion(ctx: Context) -> bool:
+    """Finish once the stable variant runs the promoted version and is ready."""
+    if not context.is_promoting(ctx.spec, ctx.status):
+        return False
+    obs = ctx.observations
+    if obs.stable_running_version == ctx.version and obs.stable_ready:
+        context.transition(
+            ctx,
+            api.Phase.PROMOTED,
+            "Promoted",
+            f"{ctx.version} promoted: the stable variant runs it and serves all traffic",
+        )
+    else:
+        ctx.status.message = f"promoting {ctx.version}: waiting for the stable variant to run it and be ready"
+    return True
+
+
+def reconcile_analysis(ctx: Context) -> bool:
+    """Judge the measurements the caller took (only when an analysis is due)."""
+    status = ctx.status
+    measurements = ctx.observations.measurements
+    if not measurements or not analysis.is_due(ctx.spec, status, ctx.now):
+        return False
+    outcome = analysis.apply_measurements(ctx.spec, status, measurements, ctx.now)
+    status.guardrails = outcome.guardrails
+    status.last_analysis_at = timeutil.to_iso(ctx.now)
+    for guardrail, entry in outcome.failed:
+        context.warn(
+            ctx,
+            "GuardrailFailed",
+            f"{_describe(guardrail, entry)}; "
+            f"{entry.consecutive_failures}/{guardrail.failure_limit} consecutive failures",
+        )
+    for guardrail, entry in outcome.inconclusive:
+        context.warn(
+            ctx,
+            "GuardrailInconclusive",
+            f"{_describe(guardrail, entry)}; "
+            f"{entry.consecutive_inconclusive}/{guardrail.inconclusive_limit} consecutive inconclusive",
+        )
+    if outcome.breached:
+        guardrail, entry = outcome.breached[0]
+        context.roll_back(
+            ctx,
+            "GuardrailBreached",
+            f"{_describe(guardrail, entry)}; failed {entry.consecutive_failures} time(s) in a row "
+            f"(failureLimit {guardrail.failure_limit}), rolling back to {status.stable_version}",
+        )
+        return True
+    if outcome.exhausted:
+        guardrail, entry = outcome.exhausted[0]
+        context.roll_back(
+            ctx,
+            "InconclusiveLimitExceeded",
+            f"{_describe(guardrail, entry)}; inconclusive {entry.consecutive_inconclusive} time(s) in a row "
+            f"(inconclusiveLimit {guardrail.inconclusive_limit}), rolling back to {status.stable_version}",
+        )
+        return True
+    index = status.current_step_index
+    phase = context.step_phase(ctx.spec, status, index)
+    if outcome.inconclusive:
+        names = ", ".join(g.name for g, _ in outcome.inconclusive)
+        context.transition(
+            ctx, phase, "Inconclusive", f"paused: guardrail(s) {names} gave no usable value", warning=True
+        )
+    else:
+        context.transition(ctx, phase, "AnalysisConclusive", "guardrails measurable again; resuming the step")
+    return False
+
+
+def _completion(ctx: Context) -> tuple[str, str] | None:
+    """(reason, message) when the current step is complete by itself, else None."""
+    status = ctx.status
+    step = ctx.spec.steps[status.current_step_index]
+    started = timeutil.from_iso(status.step_started_at)
+    assert started is not None
+    kind = steps.kind_of(step)
+    if kind is StepKind.SET_WEIGHT:
+        if not ctx.spec.analysis.guardrails or status.canary_weight == 0:
+            return "StepComplete", f"weight {status.canary_weight} set (no guardrails to wait for)"
+        threshold = analysis.step_pass_threshold(ctx.spec, status)
+        if threshold is not None and analysis.passed_since(ctx.spec, status, threshold):
+            return "AnalysisPassed", f"all guardrails passed at weight {status.canary_weight}"
+        return None
+    end = steps.natural_end(step, started)
+    if end is not None and ctx.now >= end:
+        what = "shadow" if kind is StepKind.SHADOW else "pause"
+        return "StepComplete", f"{what} of {step.shadow.duration if step.shadow else step.pause.duration} ended"
+    return None
+
+
+def reconcile_step_completion(ctx: Context) -> bool:
+    """Advance when the current step is done; never while a guardrail is inconclusive."""
+    status = ctx.status
+    if status.current_step_index >= len(ctx.spec.steps):
+        return False
+    if analysis.inconclusive_guardrails(ctx.spec, status):
+        return False
+    done = _completion(ctx)
+    if done is not None:
+        context.advance(ctx, *done)
+    return False
+
+
+def reconcile_progress_deadline(ctx: Context) -> bool:
+    """Roll back a shadow or setWeight step that did not complete within progressDeadline."""
+    status = ctx.status
+    if status.current_step_index >= len(ctx.spec.steps):
+        return False
+    step = ctx.spec.steps[status.current_step_index]
+    started = timeutil.from_iso(status.step_started_at)
+    if not steps.deadline_applies(step) or started is None:
+        return False
+    if ctx.now >= started + steps.progress_deadline(ctx.spec):
+        context.roll_back(
+            ctx,
+            "ProgressDeadlineExceeded",
+            f"step {status.current_step_index + 1} ({steps.kind_of(step)}) did not complete within progressDeadline "
+            f"{ctx.spec.progress_deadline}; rolling back to {status.stable_version}",
+        )
+        return True
+    return False
