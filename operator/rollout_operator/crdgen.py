@@ -123,9 +123,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
 
     out: dict[str, Any] = {k: v for k, v in node.items() if k not in _DROPPED_KEYS}
     if "properties" in out:
-        props = {
-            name: _structural(sub, defs, f"{path}.{name}") for name, sub in out["properties"].items()
-        }
+        props = {name: _structural(sub, defs, f"{path}.{name}") for name, sub in out["properties"].items()}
         if props:
             out["properties"] = props
         else:
