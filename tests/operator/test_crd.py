@@ -422,3 +422,25 @@ def test_status_written_by_the_operator_is_accepted(crd: dict[str, Any]) -> None
 def test_validator_checks_the_object_identity(change: dict[str, Any], expected: str, crd: dict[str, Any]) -> None:
     manifest = {**_load(BASE), **change}
     assert any(e.startswith(expected) for e in cv.validate(manifest, crd))
+
+
+class _Union(api.Model):
+    value: int | str
+
+
+class _Open(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    name: str = "x"
+    tags: list[str] = pydantic.Field(default_factory=list)
+
+
+def test_a_union_field_is_refused_naming_it() -> None:
+    with pytest.raises(crdgen.SchemaError, match=r"_Union\.value: anyOf with 2 non-null branches"):
+        crdgen.model_schema(_Union)
+
+
+def test_open_models_keep_unknown_fields_and_factories_become_defaults() -> None:
+    schema = crdgen.model_schema(_Open)
+    assert schema["x-kubernetes-preserve-unknown-fields"] is True
+    assert schema["properties"]["tags"] == {"type": "array", "items": {"type": "string"}, "default": []}
+    assert schema["properties"]["name"] == {"type": "string", "default": "x"}
