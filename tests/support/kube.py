@@ -665,3 +665,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 def dump(obj: Any) -> str:
     """Pretty JSON for assertion messages."""
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def policy_rollout_manifest(
+    name: str = "pricing",
+    namespace: str = "default",
+    provider: str = "gatewayAPI",
+    **spec_overrides: Any,
+) -> dict[str, Any]:
+    """A small valid PolicyRollout manifest (wire form), for tests that create one in the emulator."""
+    spec: dict[str, Any] = {
+        "policy": {"image": "ghcr.io/acme/policy-server:0.1.0", "artifact": "s3://policies/v2.pt2",
+                   "version": "v2", "replicas": 2, "port": 8080, "env": [{"name": "LOG_LEVEL", "value": "info"}]},
+        "fallback": {"image": "ghcr.io/acme/policy-server:0.1.0", "artifact": "s3://policies/v1.pt2",
+                     "version": "v1", "replicas": 2},
+        "traffic": {"provider": provider, "gatewayApi": {
+            "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
+            "hostnames": ["pricing.example.com"]}},
+        "steps": [{"shadow": {"duration": "1m"}}, {"setWeight": 30}, {"setWeight": 100}],
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
+            "spec": spec}

@@ -1,0 +1,130 @@
+"""Deployment and Service of one policy variant (`stable` or `candidate`). Pure: no I/O.
+
+Each variant runs `policy-server serve` in its own Deployment behind its own Service, so a
+traffic provider only has to split between two Services, and the stable variant can keep
+running the fallback while the candidate is judged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout_operator import api
+from rollout_operator.resources import meta
+
+CONTAINER_NAME = "policy-server"
+SERVICE_PORT = 80
+# Writable scratch for a read-only root filesystem: temp files, and the decision log segments
+# that a sidecar or the next retraining Job picks up.
+SCRATCH_VOLUMES = {"tmp": "/tmp", "data": "/var/lib/policy-server"}
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+RUN_AS_USER = 65532  # the conventional "nonroot" uid of distroless images
+
+
+def _resources(policy: api.PolicySpec) -> dict[str, dict[str, str]]:
+    """The spec's resources; each of requests/limits the spec leaves out keeps our default."""
+    result = {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
+    for kind, values in (policy.resources or {}).items():
+        result[kind] = dict(values)
+    return result
+
+
+def _env(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySpec) -> list[dict[str, Any]]:
+    ours = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VARIANT": variant, "POLICY_VERSION": policy.version}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
+    env.append({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
+    env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    # The user's variables come last and may not override ours (the server trusts them).
+    env += [{"name": e.name, "value": e.value} for e in policy.env if e.name not in ours]
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySpec) -> dict[str, Any]:
+    """The Deployment `{rollout}-{variant}` serving `policy`."""
+    name = meta.workload_name(rollout, variant)
+    pod_labels = meta.labels(rollout, variant, policy.version)
+    container = {
+        "name": CONTAINER_NAME,
+        "image": policy.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["policy-server"],
+        "args": ["serve", "--model", policy.artifact, "--port", str(policy.port), "--variant", variant],
+        "ports": [{"name": "http", "containerPort": policy.port, "protocol": "TCP"}],
+        "env": _env(rollout, variant, policy),
+        "resources": _resources(policy),
+        "readinessProbe": _probe("/readyz", period=2, failures=3),
+        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES.items()],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta.object_meta(
+            rollout, name, pod_labels, annotations={meta.ANNOTATION_VERSION: policy.version}
+        ),
+        "spec": {
+            "replicas": policy.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": meta.selector_labels(rollout, variant)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        meta.ANNOTATION_VERSION: policy.version,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(policy.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    # The policy server never talks to the Kubernetes API.
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "fsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [{"name": vol, "emptyDir": {}} for vol in SCRATCH_VOLUMES],
+                },
+            },
+        },
+    }
+
+
+def service(rollout: api.PolicyRollout, variant: meta.Variant) -> dict[str, Any]:
+    """The Service `{rollout}-{variant}`: port 80 to the pods' `http` port, whatever number it is."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.object_meta(rollout, meta.workload_name(rollout, variant), meta.labels(rollout, variant)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": meta.selector_labels(rollout, variant),
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

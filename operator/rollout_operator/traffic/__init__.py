@@ -1,0 +1,1 @@
+"""Traffic providers: one small interface (`base.TrafficRouter`), one file per provider, one factory."""

@@ -1,0 +1,41 @@
+"""Provider name -> router. Adding a provider = one file + one line in `ROUTERS`; no engine change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rollout_operator import api, kube
+from rollout_operator.traffic.base import TrafficRouter
+from rollout_operator.traffic.gateway_api import GatewayAPIRouter
+
+RouterFactory = Callable[[kube.Client], TrafficRouter]
+
+ROUTERS: dict[api.TrafficProvider, RouterFactory] = {
+    api.TrafficProvider.GATEWAY_API: GatewayAPIRouter,
+}
+
+
+class UnknownProvider(ValueError):
+    """The rollout names a traffic provider this operator cannot drive."""
+
+
+def make_router(provider: api.TrafficProvider | str, client: kube.Client) -> TrafficRouter:
+    """The router for `spec.traffic.provider`; raises UnknownProvider rather than guessing another."""
+    try:
+        known = api.TrafficProvider(provider)
+    except ValueError:
+        known = None
+    factory = ROUTERS.get(known) if known is not None else None
+    if factory is None:
+        implemented = ", ".join(sorted(str(p) for p in ROUTERS))
+        if known is not None:
+            raise UnknownProvider(
+                f"traffic provider {str(known)!r} is not implemented yet; set spec.traffic.provider to one of: "
+                f"{implemented}"
+            )
+        valid = ", ".join(str(p) for p in api.TrafficProvider)
+        raise UnknownProvider(
+            f"unknown traffic provider {provider!r}: spec.traffic.provider must be one of {valid} "
+            f"(implemented: {implemented})"
+        )
+    return factory(client)
