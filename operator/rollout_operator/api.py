@@ -134,7 +134,7 @@ class GatewayAPISpec(Model):
 class TrafficSpec(Model):
     provider: TrafficProvider = TrafficProvider.ROUTER
     sticky_key: str | None = Field(default=None, description="Header whose value keeps a caller on one variant.")
-    gateway_api: GatewayAPISpec = Field(default_factory=GatewayAPISpec)
+    gateway_api: GatewayAPISpec = Field(default_factory=GatewayAPISpec, alias="gatewayAPI")
     hosts: list[str] = Field(default_factory=list, description="Istio VirtualService hosts.")
 
 

@@ -679,7 +679,7 @@ def policy_rollout_manifest(
                    "version": "v2", "replicas": 2, "port": 8080, "env": [{"name": "LOG_LEVEL", "value": "info"}]},
         "fallback": {"image": "ghcr.io/acme/policy-server:0.1.0", "artifact": "s3://policies/v1.pt2",
                      "version": "v1", "replicas": 2},
-        "traffic": {"provider": provider, "gatewayApi": {
+        "traffic": {"provider": provider, "gatewayAPI": {
             "parentRefs": [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}],
             "hostnames": ["pricing.example.com"]}},
         "steps": [{"shadow": {"duration": "1m"}}, {"setWeight": 30}, {"setWeight": 100}],

@@ -24,7 +24,7 @@ class GatewayAPIRouter:
     def _check(self, rollout: api.PolicyRollout) -> None:
         if not rollout.spec.traffic.gateway_api.parent_refs:
             raise TrafficError(
-                f"PolicyRollout {rollout.metadata.namespace}/{rollout.metadata.name}: spec.traffic.gatewayApi."
+                f"PolicyRollout {rollout.metadata.namespace}/{rollout.metadata.name}: spec.traffic.gatewayAPI."
                 "parentRefs is empty: name the Gateway that should route this traffic"
             )
 
