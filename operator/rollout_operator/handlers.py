@@ -1,0 +1,168 @@
+"""kopf wiring, and nothing else: one daemon per PolicyRollout that reconciles on a tick.
+
+Why a daemon rather than kopf's timers or change handlers: the engine says when it next
+needs to look (`Decision.requeue_after`: the next analysis, the end of a step), and a daemon
+can sleep exactly that long, so a guardrail breach is acted on within one analysis interval
+plus a tick. Each iteration reads the object fresh from the API (the status we wrote last
+time included), so a restarted operator resumes from status alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+from typing import Any
+
+import kopf
+import pydantic
+
+from rollout_operator import api, kube, reconciler
+from rollout_operator.engine import types
+from rollout_operator.guardrails import factory as metrics_factory
+from rollout_operator.guardrails import provider
+from rollout_operator.traffic import base as traffic_base
+from rollout_operator.traffic import factory as traffic_factory
+from rollout_operator.workloads import kubernetes as k8s_workloads
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    kubeconfig: str | None = None
+    prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    tick_seconds: float = 1.0
+    query_timeout_seconds: float = 5.0
+
+
+class _Operator:
+    """Collaborators built once per operator process (kept in kopf's memo)."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.client = kube.Client.from_config(config.kubeconfig)
+        self._metrics: dict[str, provider.MetricProvider] = {}
+        self._routers: dict[api.TrafficProvider, traffic_base.TrafficRouter] = {}
+        self.platform = reconciler.Platform(
+            workloads=k8s_workloads.KubernetesWorkloads(self.client),
+            router_for=self.router_for,
+            metrics_for=self.metrics_for,
+            write_status=self.write_status,
+            record_event=self.record_event,
+        )
+
+    def router_for(self, rollout: api.PolicyRollout) -> traffic_base.TrafficRouter:
+        provider_name = rollout.spec.traffic.provider
+        if provider_name not in self._routers:
+            self._routers[provider_name] = traffic_factory.make_router(provider_name, self.client)
+        return self._routers[provider_name]
+
+    def metrics_for(self, rollout: api.PolicyRollout) -> provider.MetricProvider:
+        url = rollout.spec.analysis.prometheus_url or self.config.prometheus_url
+        if url not in self._metrics:
+            self._metrics[url] = metrics_factory.make_metric_provider(
+                "prometheus", base_url=url, timeout=self.config.query_timeout_seconds
+            )
+        return self._metrics[url]
+
+    def write_status(self, rollout: api.PolicyRollout, patch: dict[str, Any]) -> None:
+        self.client.patch_status(api.API_VERSION, api.KIND, rollout.metadata.name, rollout.metadata.namespace, patch)
+
+    def record_event(self, rollout: api.PolicyRollout, event: types.Event) -> None:
+        self.client.create_event(_involved(rollout), event.reason, event.message, type=event.type.value)
+
+
+def _involved(rollout: api.PolicyRollout) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": rollout.metadata.name, "namespace": rollout.metadata.namespace,
+                     "uid": rollout.metadata.uid},
+    }
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+def _reject_invalid(operator: _Operator, body: dict[str, Any], error: pydantic.ValidationError) -> None:
+    """A manifest that slipped past the CRD's schema: say why in status and an Event, change nothing else."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)
+    )
+    message = f"invalid spec: {problems}"
+    meta = body.get("metadata", {})
+    status = body.get("status") or {}
+    if status.get("message") == message:
+        return
+    operator.client.patch_status(
+        api.API_VERSION, api.KIND, meta["name"], meta.get("namespace"),
+        {"phase": api.Phase.FAILED.value, "message": message, "observedGeneration": meta.get("generation")},
+    )
+    operator.client.create_event(
+        {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": meta}, "InvalidSpec", message, type="Warning"
+    )
+
+
+def reconcile_once(operator: _Operator, name: str, namespace: str) -> float:
+    """One iteration; returns how long to sleep before the next."""
+    tick = operator.config.tick_seconds
+    body = operator.client.get(api.API_VERSION, api.KIND, name, namespace)
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return tick
+    try:
+        rollout = api.PolicyRollout.model_validate(body)
+    except pydantic.ValidationError as error:
+        _reject_invalid(operator, body, error)
+        return tick * 5
+    decision = reconciler.reconcile(operator.platform, rollout, _now())
+    return min(tick, decision.requeue_after) if decision.requeue_after else tick
+
+
+@kopf.on.startup()
+def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's bookkeeping goes to annotations under our group; status belongs to the engine alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+    settings.posting.level = logging.WARNING  # we post our own, meaningful Events
+    settings.watching.server_timeout = 60
+    config: OperatorConfig = memo.get("config") or OperatorConfig(kubeconfig=os.environ.get("KUBECONFIG"))
+    memo["operator"] = _Operator(config)
+
+
+@kopf.on.login()
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs)
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
+def run_rollout(stopped: kopf.DaemonStopped, name: str, namespace: str, memo: kopf.Memo,
+                logger: logging.Logger, **_: Any) -> None:
+    operator: _Operator = memo["operator"]
+    backoff = operator.config.tick_seconds
+    while not stopped:
+        try:
+            delay = reconcile_once(operator, name, namespace)
+            backoff = operator.config.tick_seconds
+        except kube.NotFound:
+            return
+        except Exception as exc:  # keep the rollout's loop alive; the next tick retries
+            logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
+            backoff = min(backoff * 2, 30.0)
+            delay = backoff
+        stopped.wait(max(delay, 0.05))
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
+def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Remove traffic objects; Deployments and Services go with the owner references."""
+    operator: _Operator = memo["operator"]
+    try:
+        rollout = api.PolicyRollout.model_validate(dict(body))
+    except pydantic.ValidationError:
+        return  # never got as far as creating traffic objects
+    operator.router_for(rollout).finalize(rollout)

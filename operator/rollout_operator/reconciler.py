@@ -1,0 +1,121 @@
+"""One reconcile of one PolicyRollout: observe, decide, apply.
+
+This is the glue between the pure engine and the plug-ins, shared by the kopf handlers and
+by local mode: it gathers `Observations` (workload readiness, traffic read back, guardrail
+measurements when analysis is due, a pending human action), asks `engine.decide`, and
+applies the `Decision` in a fail-safe order.
+
+Ordering rule: state lives in status, and the operator may die between any two calls. When
+the decision lowers the candidate's weight (a rollback, an abort) traffic moves *first* and
+status follows, so a breach reaches the data plane as early as possible. When it raises the
+weight, status is written *first*: a crash after the status write replays the same step and
+re-applies the same weight, so the weight never goes backwards then forwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from rollout_operator import api, engine
+from rollout_operator.engine import types
+from rollout_operator.guardrails import provider, templating
+from rollout_operator.traffic import base as traffic_base
+from rollout_operator.workloads import base as workloads_base
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Platform:
+    """The collaborators one reconcile needs; Kubernetes and local mode each build one."""
+
+    workloads: workloads_base.WorkloadManager
+    router_for: Callable[[api.PolicyRollout], traffic_base.TrafficRouter]
+    metrics_for: Callable[[api.PolicyRollout], provider.MetricProvider]
+    write_status: Callable[[api.PolicyRollout, JSON], None]
+    record_event: Callable[[api.PolicyRollout, types.Event], None]
+
+
+def measure_guardrails(rollout: api.PolicyRollout, metrics: provider.MetricProvider) -> dict[str, types.Measurement]:
+    """Query every guardrail; failures become inconclusive measurements, never exceptions."""
+    results: dict[str, types.Measurement] = {}
+    for guardrail in rollout.spec.analysis.guardrails:
+        if guardrail.query is None:
+            results[guardrail.name] = types.Measurement(
+                None, f"guardrail template {guardrail.template!r} is not available in this version: write a query"
+            )
+            continue
+        try:
+            variables = templating.guardrail_variables(rollout, "candidate", guardrail.params)
+            promql = templating.render(guardrail.query, variables)
+        except templating.TemplateError as exc:
+            results[guardrail.name] = types.Measurement(None, f"cannot render query: {exc}")
+            continue
+        measurement = metrics.query(promql)
+        if measurement.value is not None and not math.isfinite(measurement.value):
+            measurement = types.Measurement(None, f"query returned {measurement.value}")
+        results[guardrail.name] = measurement
+    return results
+
+
+def observe(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> types.Observations:
+    state = platform.workloads.observe(rollout)
+    router = platform.router_for(rollout)
+    try:
+        actual = router.get_weights(rollout)
+    except Exception as exc:  # a traffic object we cannot read is unknown, not zero
+        log.warning("cannot read traffic weights of %s: %s", rollout.metadata.name, exc)
+        actual = None
+    measurements: dict[str, types.Measurement] = {}
+    if engine.analysis_due(rollout, now):
+        measurements = measure_guardrails(rollout, platform.metrics_for(rollout))
+    return types.Observations(
+        generation=rollout.metadata.generation or 0,
+        candidate_ready=state.candidate_ready,
+        stable_ready=state.stable_ready,
+        stable_running_version=state.stable_running_version,
+        actual_weights=actual,
+        measurements=measurements,
+        action=engine.parse_action(rollout.metadata.annotations.get(api.ANNOTATION_ACTION)),
+    )
+
+
+def status_patch(old: JSON, new: JSON) -> JSON:
+    """A merge patch turning `old` into `new` at the top level (None deletes a field)."""
+    patch: JSON = {key: value for key, value in new.items() if old.get(key) != value}
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
+def apply(platform: Platform, rollout: api.PolicyRollout, decision: types.Decision) -> None:
+    router = platform.router_for(rollout)
+    platform.workloads.ensure(rollout, decision.workloads)
+    router.reconcile(rollout)
+    patch = status_patch(rollout.status.wire(), decision.status.wire())
+    lowering = decision.weights.candidate < rollout.status.canary_weight or (
+        rollout.status.shadow and not decision.weights.shadow
+    )
+    if lowering:
+        router.set_weights(rollout, decision.weights)
+    if patch:
+        platform.write_status(rollout, patch)
+    if not lowering:
+        router.set_weights(rollout, decision.weights)
+    for event in decision.events:
+        try:
+            platform.record_event(rollout, event)
+        except Exception as exc:  # an Event is a courtesy; losing one must not stop the rollout
+            log.warning("cannot record event %s on %s: %s", event.reason, rollout.metadata.name, exc)
+
+
+def reconcile(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> types.Decision:
+    decision = engine.decide(rollout, observe(platform, rollout, now), now)
+    apply(platform, rollout, decision)
+    return decision

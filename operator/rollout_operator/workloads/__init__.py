@@ -1,0 +1,1 @@
+"""Where the stable and candidate policies run: Kubernetes Deployments, or local processes."""
