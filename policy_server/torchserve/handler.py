@@ -5,11 +5,13 @@ Why: teams that already run TorchServe can host a policy there and keep the roll
 ``/v1/act`` body in, action + propensity + policy version out). The artifact is packed in the ``.mar`` under
 ``policy_artifact/`` (see `policy_server.torchserve.archive`) and loaded with the same `load_artifact` and
 `Policy` as the policy server, so both draw actions from identical probabilities. TorchServe's dynamic batch
-becomes one `Policy.decide` call.
+becomes one forward pass and one shielded choice (`Shield.run`).
 
-What it does not do (use ``policy-server serve`` for these): the decision log, the policy server's Prometheus
-metrics and the stateful parts of the shield (latency budget, max action delta between calls). The stateless
-shield, the manifest's action mask plus per-request masks, is applied by `Policy.decide`.
+The shield is the policy server's own `policy_server.shield.Shield`: the artifact's action mask and bounds,
+``context.action_mask``, ``context.entity`` + ``max_delta``, the fallback for NaN/inf model output. Each reply
+carries ``shield.reasons``. Not available here (use ``policy-server serve`` for these): the decision log, the
+policy server's Prometheus metrics, the latency-budget fallback (TorchServe does not tell the handler when a
+request arrived) and ``max_delta`` across workers (each worker remembers only the entities it served).
 
 This file is copied into the archive and imported by TorchServe as the top-level module ``handler``; it must
 define exactly one class of its own, and ``policy_server`` must be installed in TorchServe's Python.
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +42,26 @@ def _bad_request(message: str, field: str) -> dict[str, Any]:
 class PolicyHandler:
     """Entry point TorchServe instantiates once per worker: ``initialize(context)`` then ``handle(data, context)``."""
 
+    @dataclass(frozen=True)
+    class Request:
+        """One parsed request (nested: TorchServe wants exactly one top-level class in this module)."""
+
+        request_id: str
+        observation: np.ndarray
+        mask: np.ndarray | None  # context.action_mask
+        entity: str | None  # context.entity, for the shield's max_delta
+
     def __init__(self) -> None:
         self.initialized = False
         self.policy: Any = None
         self.manifest: Any = None
+        self.shield: Any = None
         self.rng = np.random.default_rng()
 
     def initialize(self, context: Any) -> None:
         try:
             from policy_server import artifact, policy
+            from policy_server import shield as shield_module
         except ImportError as error:  # the worker's Python lacks the package
             raise RuntimeError(
                 "the policy handler needs the policy_server package in TorchServe's Python environment: "
@@ -69,88 +83,90 @@ class PolicyHandler:
         self.policy = policy.Policy.from_artifact(loaded)
         self.obs_shape = tuple(self.manifest.observation.shape)
         self.obs_size = int(np.prod(self.obs_shape))
-        shield = self.manifest.shield
-        self.static_mask = (
-            np.asarray(shield.action_mask, dtype=bool)
-            if shield is not None and shield.action_mask is not None
-            else None
-        )
+        self.shield = shield_module.Shield(self.policy)
         self.initialized = True
         log.info("policy %s %s loaded from %s", self.manifest.name, self.manifest.version, artifact_dir)
 
-    def _parse(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, np.ndarray | None, dict[str, Any] | None]:
-        """(body, observation) or an error for one request of the batch."""
+    def _parse(self, row: dict[str, Any]) -> PolicyHandler.Request | dict[str, Any]:
+        """The request of one batch row, or the error to answer it with."""
         body = row.get("body", row.get("data"))
         if isinstance(body, bytes | bytearray):
             try:
                 body = json.loads(body)
             except ValueError:
-                return None, None, _bad_request('the body must be JSON: {"observation": [...]}', "body")
+                return _bad_request('the body must be JSON: {"observation": [...]}', "body")
         if not isinstance(body, dict):
-            return None, None, _bad_request('the body must be a JSON object: {"observation": [...]}', "body")
+            return _bad_request('the body must be a JSON object: {"observation": [...]}', "body")
         if "observation" not in body:
-            return None, None, _bad_request("missing field 'observation'", "observation")
+            return _bad_request("missing field 'observation'", "observation")
         try:
             obs = np.asarray(body["observation"], dtype=np.float32)
         except (TypeError, ValueError):
-            return None, None, _bad_request("'observation' must be an array of numbers", "observation")
+            return _bad_request("'observation' must be an array of numbers", "observation")
         if obs.size != self.obs_size:
-            return (
-                None,
-                None,
-                _bad_request(
-                    f"'observation' has {obs.size} numbers, the policy expects shape {list(self.obs_shape)}",
-                    "observation",
-                ),
-            )
+            message = f"'observation' has {obs.size} numbers, the policy expects shape {list(self.obs_shape)}"
+            return _bad_request(message, "observation")
         if not np.all(np.isfinite(obs)):
-            return None, None, _bad_request("'observation' contains NaN or infinity", "observation")
+            return _bad_request("'observation' contains NaN or infinity", "observation")
         request_id = body.get("request_id")
         if request_id is not None and not isinstance(request_id, str):
-            return None, None, _bad_request("'request_id' must be a string", "request_id")
-        context = body.get("context")
-        if context is not None and not isinstance(context, dict):
-            return None, None, _bad_request("'context' must be a JSON object", "context")
-        return body, obs.reshape(self.obs_shape), None
+            return _bad_request("'request_id' must be a string", "request_id")
+        context = body.get("context") or {}
+        if not isinstance(context, dict):
+            return _bad_request("'context' must be a JSON object", "context")
+        mask = context.get("action_mask")
+        if mask is not None:
+            if not self.policy.discrete:
+                return _bad_request("context.action_mask is for discrete actions only", "context.action_mask")
+            if (
+                not isinstance(mask, list)
+                or len(mask) != self.policy.n_outputs
+                or not all(isinstance(m, bool) for m in mask)
+            ):
+                message = f"context.action_mask must be a list of {self.policy.n_outputs} booleans"
+                return _bad_request(message, "context.action_mask")
+            mask = np.asarray(mask, dtype=bool)
+            problem = self.shield.check_request_mask(mask)
+            if problem is not None:
+                return _bad_request(problem, "context.action_mask")
+        entity = context.get("entity")
+        if entity is not None and not isinstance(entity, str):
+            return _bad_request("context.entity must be a string", "context.entity")
+        return PolicyHandler.Request(request_id or uuid.uuid4().hex, obs.reshape(self.obs_shape), mask, entity)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         """Decide for TorchServe's whole batch at once; a bad request gets a 400 without failing the others."""
         if not self.initialized:
             raise RuntimeError("PolicyHandler.handle called before initialize")
         responses: list[Any] = [None] * len(data)
-        valid: list[tuple[int, dict[str, Any]]] = []
-        observations: list[np.ndarray] = []
+        valid: list[tuple[int, PolicyHandler.Request]] = []
         for idx, row in enumerate(data):
-            body, obs, error = self._parse(row)
-            if error is not None:
-                context.set_response_status(400, error["error"], idx)
-                responses[idx] = json.dumps(error)
-                continue
-            valid.append((idx, body))
-            observations.append(obs)
-        if valid:
-            batch = np.stack(observations)
-            masks = (
-                None
-                if self.static_mask is None
-                else np.broadcast_to(self.static_mask, (len(batch), self.static_mask.size))
-            )
-            decision = self.policy.decide(batch, self.rng, masks)
-            for k, (idx, body) in enumerate(valid):
-                responses[idx] = json.dumps(self._response(body, decision, k))
-        for idx in range(len(data)):
+            parsed = self._parse(row)
             context.set_response_content_type(idx, "application/json")
+            if isinstance(parsed, dict):
+                context.set_response_status(400, parsed["error"], idx)
+                responses[idx] = json.dumps(parsed)
+            else:
+                valid.append((idx, parsed))
+        if valid:
+            requests = [request for _, request in valid]
+            raw = self.policy.forward(np.stack([r.observation for r in requests]))
+            result = self.shield.run(
+                raw, self.rng, masks=[r.mask for r in requests], entities=[r.entity for r in requests]
+            )
+            for k, (idx, request) in enumerate(valid):
+                responses[idx] = json.dumps(self._response(request, result, k))
         return responses
 
-    def _response(self, body: dict[str, Any], decision: Any, k: int) -> dict[str, Any]:
-        action = decision.actions[k]
-        probabilities = decision.probabilities[k] if decision.probabilities is not None else None
+    def _response(self, request: PolicyHandler.Request, result: Any, k: int) -> dict[str, Any]:
+        decision = result.decision
+        probabilities = decision.probabilities[k].tolist() if decision.probabilities is not None else None
         return {
-            "request_id": body.get("request_id") or uuid.uuid4().hex,
-            "action": np.asarray(action).tolist(),
+            "request_id": request.request_id,
+            "action": np.asarray(decision.actions[k]).tolist(),
             "propensity": float(decision.propensities[k]),
-            "probabilities": probabilities.tolist() if probabilities is not None else None,
+            "probabilities": probabilities,
             "policy_version": self.manifest.version,
             "variant": VARIANT,
-            "shield": {"applied": False, "reasons": []},
+            "shield": {"reasons": result.reasons[k]},
         }

@@ -7,13 +7,9 @@ Both servers run for real on loopback and get the same 200 observations over HTT
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +21,7 @@ import pytest
 
 from policy_server import artifact, policy
 from policy_server.torchserve import archive
-from policy_server.torchserve.runner import TorchServe, free_port
+from policy_server.torchserve.runner import TorchServe
 
 N_OBS = 200
 SHIELD = {"action_mask": [True, True, True, False], "fallback_action": 0}
@@ -99,7 +95,7 @@ def test_mar_holds_handler_and_artifact(artifacts: dict[str, Path], tmp_path: Pa
 
 def test_mar_refuses_a_directory_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(archive.ArchiveError, match="manifest.json"):
+    with pytest.raises(archive.ArchiveError, match=r"manifest\.json"):
         archive.build_mar(tmp_path / "empty", tmp_path / "out")
     assert not (tmp_path / "out" / "policy.mar").exists()
 
@@ -162,6 +158,9 @@ def test_torchserve_rejects_bad_requests_with_the_field_at_fault(torchserve: Tor
         ({"request_id": "x"}, "observation"),
         ({"observation": [0.0] * 8, "request_id": 5}, "request_id"),
         ({"observation": [0.0] * 8, "context": [1]}, "context"),
+        ({"observation": [0.0] * 8, "context": {"action_mask": [True]}}, "context.action_mask"),
+        # the artifact forbids action 3: a request allowing only 3 leaves nothing
+        ({"observation": [0.0] * 8, "context": {"action_mask": [False, False, False, True]}}, "context.action_mask"),
     ]
     with httpx.Client(timeout=30) as client:
         for body, field in cases:
@@ -171,3 +170,22 @@ def test_torchserve_rejects_bad_requests_with_the_field_at_fault(torchserve: Tor
         ok = client.post(url, json={"observation": [0.0] * 8})
         assert ok.status_code == 200
         assert ok.json()["request_id"]
+
+
+@pytest.mark.integration
+def test_torchserve_applies_request_masks_through_the_shield(
+    torchserve: TorchServe, artifacts: dict[str, Path], observations: np.ndarray
+) -> None:
+    """context.action_mask narrows the artifact's mask; a changed action is reported as an action_mask reason."""
+    request_mask = [False, True, True, True]
+    bodies = [{"observation": obs.tolist(), "context": {"action_mask": request_mask}} for obs in observations[:50]]
+    responses = _post_all(torchserve.predictions_url("greedy"), bodies, 4)
+    loaded = artifact.load_artifact(str(artifacts["greedy"]))
+    raw = policy.Policy.from_artifact(loaded).forward(observations[:50])
+    allowed = np.asarray(SHIELD["action_mask"]) & np.asarray(request_mask)
+    expected = np.where(allowed, raw, -np.inf).argmax(axis=1)
+    actions = np.array([r["action"] for r in responses])
+    np.testing.assert_array_equal(actions, expected)
+    changed = raw.argmax(axis=1) != expected
+    assert changed.any(), "pick observations where the mask matters"
+    assert [("action_mask" in r["shield"]["reasons"]) for r in responses] == changed.tolist()
