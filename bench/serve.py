@@ -60,8 +60,12 @@ mask in the shield) with `policy-server serve` (decision log, metrics and shield
 the `policy_server.torchserve` handler (each worker/batching configuration tried, the best one reported per
 client count) and in-process (`Policy.decide` in a loop, batch 1: the floor). Load comes from `wrk` with
 `bench/wrk_act.lua` (POST bodies from a file of 256 random observations, a warm-up run before each measured
-run); memory is VmRSS from /proc summed over each server's process tree. Targets: policy-server >= 5x
-TorchServe's req/s at 8 and 32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
+run); memory is VmRSS from /proc summed over each server's process tree. TorchServe runs tuned: warnings-only
+logs (no access log), system metrics off, one torch thread per worker, every `WxB` (workers x batch size)
+configuration registered in turn in the same JVM. Targets: policy-server >= 5x TorchServe's req/s at 8 and
+32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
+
+Reproduce: `.venv/bin/python bench/serve.py` (about 6 minutes; `--help` for the knobs).
 
 {MARK_START}
 {MARK_END}
