@@ -1,0 +1,425 @@
+"""Decision log: exact round-trip, segment rotation, no loss under concurrency, retries, joins.
+
+Waits in these tests poll with a generous deadline (the machine is shared); they never assert
+on how long something took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+
+from policy_server import decision_log
+from policy_server.decision_log import (
+    DECISION_SCHEMA,
+    REWARD_SCHEMA,
+    SCHEMA_VERSION,
+    DecisionLog,
+    DecisionLogError,
+    join_rewards,
+    read_decisions,
+    read_rewards,
+)
+
+SEGMENT_NAME = re.compile(r"^part-\d{8}T\d{12}Z-\d{6}-[0-9a-f]{8}\.parquet$")
+
+
+def decision(i: int, **over: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "request_id": f"req-{i}",
+        "time": 1_700_000_000.0 + i * 0.001,
+        "policy_version": "v2",
+        "variant": "candidate",
+        "observation": [0.1 * i, -1.5, 3.0],
+        "action": i % 3,
+        "propensity": 0.25,
+        "probabilities": [0.25, 0.5, 0.25],
+        "shield_reasons": [],
+        "latency_ms": 0.75,
+        "context_json": None,
+    }
+    rec.update(over)
+    return rec
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def segments(root: Path, stream: str = "decisions") -> list[Path]:
+    return sorted(p for p in (root / stream).iterdir() if p.suffix == ".parquet")
+
+
+@pytest.fixture
+def dlogs() -> Iterator[list[DecisionLog]]:
+    """Logs created by a test are closed even when it fails (no writer threads left behind)."""
+    made: list[DecisionLog] = []
+    yield made
+    for d in made:
+        with contextlib.suppress(DecisionLogError):
+            d.close()
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    path = f"/decision-log-test-{uuid.uuid4().hex}"
+    yield f"memory://{path}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+class FlakyFS(LocalFileSystem):
+    """A local filesystem whose first ``failures`` writes raise, like a dropped network mount."""
+
+    cachable = False  # fsspec would otherwise hand every test the same instance and counter
+
+    def __init__(self, failures: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failures = failures
+        self.calls = 0
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(f"simulated write failure for {path}")
+        super().pipe_file(path, value, **kwargs)
+
+
+class GatedFS(LocalFileSystem):
+    """A local filesystem whose writes block until released: the writer is caught mid-write."""
+
+    cachable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        self.entered.set()
+        assert self.release.wait(30), "test never released the gated write"
+        super().pipe_file(path, value, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_decisions_round_trip_exactly(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    records = [
+        decision(0),
+        decision(1, action=[0.5, -2.0], probabilities=None, shield_reasons=["clip", "max_delta"]),
+        decision(2, context_json='{"user": "u1"}', assignment_probability=0.05, served_by="policy-v2-abc"),
+        decision(3, observation=[], action=7, propensity=1.0, latency_ms=12.5),
+        decision(4, observation=[1, 2], action=[3]),  # ints where floats are expected are widened
+    ]
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    for rec in records:
+        dlog.log_decision(dict(rec))
+    dlog.close()
+
+    table = read_decisions(str(tmp_path))
+    assert table.schema.equals(DECISION_SCHEMA)
+    rows = table.to_pylist()
+    assert [r["request_id"] for r in rows] == [r["request_id"] for r in records]
+    for got, sent in zip(rows, records, strict=True):
+        assert got["schema_version"] == SCHEMA_VERSION
+        for key in ("time", "policy_version", "variant", "propensity", "probabilities", "latency_ms", "context_json"):
+            assert got[key] == sent[key], key
+        assert got["observation"] == [float(x) for x in sent["observation"]]
+        assert got["shield_reasons"] == sent["shield_reasons"]
+        assert got["assignment_probability"] == sent.get("assignment_probability")
+        assert got["served_by"] == sent.get("served_by")
+        if isinstance(sent["action"], int):
+            assert got["action_index"] == sent["action"]
+            assert got["action"] == [float(sent["action"])]
+        else:
+            assert got["action_index"] is None
+            assert got["action"] == [float(a) for a in sent["action"]]
+    assert all(type(r["time"]) is float for r in rows)
+
+
+def test_rewards_round_trip_with_costs_map(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_reward({"request_id": "a", "time": 10.5, "reward": 1.25, "costs": {"energy": 0.5, "wear": 2.0}})
+    dlog.log_reward({"request_id": "b", "time": 11.0, "reward": -3.0, "costs": None})
+    dlog.log_reward({"request_id": "c", "time": 12.0, "reward": 0})
+    dlog.close()
+
+    table = read_rewards(str(tmp_path))
+    assert table.schema.equals(REWARD_SCHEMA)
+    rows = table.to_pylist()
+    assert [(r["request_id"], r["time"], r["reward"]) for r in rows] == [
+        ("a", 10.5, 1.25),
+        ("b", 11.0, -3.0),
+        ("c", 12.0, 0.0),
+    ]
+    assert dict(rows[0]["costs"]) == {"energy": 0.5, "wear": 2.0}
+    assert rows[1]["costs"] is None and rows[2]["costs"] is None
+    assert read_decisions(str(tmp_path)).num_rows == 0
+
+
+def test_rotation_by_rows(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=10, flush_interval_s=3600)
+    dlogs.append(dlog)
+    for i in range(35):
+        dlog.log_decision(decision(i))
+    # Three full segments are written by the writer thread; the 5-row remainder waits for the timer.
+    wait_until(lambda: len(segments(tmp_path)) == 3 and dlog.buffered == 5, "three full segments")
+    assert [pq.read_metadata(p).num_rows for p in segments(tmp_path)] == [10, 10, 10]
+    dlog.close()
+    files = segments(tmp_path)
+    assert [pq.read_metadata(p).num_rows for p in files] == [10, 10, 10, 5]
+    assert all(SEGMENT_NAME.match(p.name) for p in files), [p.name for p in files]
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == [f"req-{i}" for i in range(35)]
+
+
+def test_rotation_by_time(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=1_000, flush_interval_s=0.05)
+    dlogs.append(dlog)
+    for i in range(3):
+        dlog.log_decision(decision(i))
+    wait_until(lambda: len(segments(tmp_path)) == 1, "a time-triggered segment")
+    for i in range(3, 5):
+        dlog.log_decision(decision(i))
+    dlog.log_reward({"request_id": "req-0", "time": 1.0, "reward": 1.0})
+    wait_until(lambda: len(segments(tmp_path)) == 2 and len(segments(tmp_path, "rewards")) == 1, "second segments")
+    assert [pq.read_metadata(p).num_rows for p in segments(tmp_path)] == [3, 2]
+    assert dlog.buffered == 0
+
+
+def test_close_flushes_everything_from_concurrent_producers(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    threads_n, per_thread = 4, 25_000
+    dlog = DecisionLog(str(tmp_path), segment_rows=7_000, flush_interval_s=0.05)
+    dlogs.append(dlog)
+    start = threading.Barrier(threads_n)
+
+    def produce(t: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            n = t * per_thread + i
+            dlog.log_decision(decision(n))
+            if i % 5 == 0:
+                dlog.log_reward({"request_id": f"req-{n}", "time": float(n), "reward": 1.0})
+
+    producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads_n)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join()
+    dlog.close()
+
+    table = read_decisions(str(tmp_path))
+    ids = table.column("request_id").to_pylist()
+    assert len(ids) == threads_n * per_thread
+    assert set(ids) == {f"req-{n}" for n in range(threads_n * per_thread)}
+    assert read_rewards(str(tmp_path)).num_rows == threads_n * per_thread // 5
+    assert all(pq.read_metadata(p).num_rows <= 7_000 for p in segments(tmp_path))
+    assert dlog.rows_written == {"decisions": 100_000, "rewards": 20_000}
+    assert dlog.buffered == 0 and dlog.errors == 0 and dlog.rejected == 0
+
+
+def test_close_while_the_writer_is_mid_write_loses_nothing(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = GatedFS()
+    dlog = DecisionLog(str(tmp_path), segment_rows=5, flush_interval_s=3600, filesystem=fs)
+    dlogs.append(dlog)
+    for i in range(5):
+        dlog.log_decision(decision(i))
+    assert fs.entered.wait(20), "the writer thread never started a write"
+    for i in range(5, 12):  # logged while the first segment is still being written
+        dlog.log_decision(decision(i))
+    closer = threading.Thread(target=dlog.close)
+    closer.start()
+    time.sleep(0.05)  # let close() reach the lock the writer holds (correct either way)
+    fs.release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert sorted(read_decisions(str(tmp_path)).column("request_id").to_pylist()) == sorted(
+        f"req-{i}" for i in range(12)
+    )
+
+
+def test_memory_url_round_trip_and_join(memory_url: str, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(memory_url, flush_interval_s=3600)
+    dlogs.append(dlog)
+    assert fsspec.filesystem("memory").isdir(memory_url.removeprefix("memory://") + "/decisions")
+    for i in range(4):
+        dlog.log_decision(decision(i))
+    dlog.log_reward({"request_id": "req-2", "time": 5.0, "reward": 9.0, "costs": {"c": 1.0}})
+    dlog.flush()
+    assert read_decisions(memory_url).num_rows == 4
+    joined = join_rewards(memory_url)
+    assert joined.column("reward").to_pylist() == [None, None, 9.0, None]
+    dlog.close()
+
+
+def test_join_with_missing_duplicate_and_unknown_rewards(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=2, flush_interval_s=3600)
+    dlogs.append(dlog)
+    for i in range(4):
+        dlog.log_decision(decision(i))
+    # req-0: none; req-1: one; req-2: twice with the later one logged first; req-3: a tie on time.
+    dlog.log_reward({"request_id": "req-2", "time": 20.0, "reward": -1.0, "costs": None})
+    dlog.log_reward({"request_id": "req-1", "time": 10.0, "reward": 1.0, "costs": {"energy": 0.5}})
+    dlog.log_reward({"request_id": "unknown", "time": 11.0, "reward": 100.0})
+    dlog.log_reward({"request_id": "req-2", "time": 15.0, "reward": 2.0, "costs": {"energy": 1.5}})
+    dlog.log_reward({"request_id": "req-3", "time": 30.0, "reward": 3.0})
+    dlog.log_reward({"request_id": "req-3", "time": 30.0, "reward": 4.0})
+    dlog.close()
+
+    joined = join_rewards(str(tmp_path))
+    assert joined.num_rows == 4
+    assert joined.column("request_id").to_pylist() == ["req-0", "req-1", "req-2", "req-3"]
+    assert joined.column("reward").to_pylist() == [None, 1.0, 2.0, 3.0]
+    assert joined.column("reward_time").to_pylist() == [None, 10.0, 15.0, 30.0]
+    costs = joined.column("costs").to_pylist()
+    assert costs[0] is None and dict(costs[1]) == {"energy": 0.5} and dict(costs[2]) == {"energy": 1.5}
+    assert joined.column("action_index").to_pylist() == [0, 1, 2, 0]
+    assert joined.schema.field("costs").type == REWARD_SCHEMA.field("costs").type
+
+    inner = join_rewards((read_decisions(str(tmp_path)), read_rewards(str(tmp_path))), how="inner")
+    assert inner.column("request_id").to_pylist() == ["req-1", "req-2", "req-3"]
+    assert "unknown" not in inner.column("request_id").to_pylist()
+    with pytest.raises(ValueError, match="how must be one of"):
+        join_rewards(str(tmp_path), how="outer")
+
+
+def test_join_of_an_empty_log(tmp_path: Path) -> None:
+    joined = join_rewards(str(tmp_path / "nothing-here"))
+    assert joined.num_rows == 0
+    assert joined.schema.names == [*DECISION_SCHEMA.names, "reward", "costs", "reward_time"]
+
+
+def test_missing_directory_reads_as_empty_tables(tmp_path: Path) -> None:
+    assert read_decisions(str(tmp_path / "absent")).schema.equals(DECISION_SCHEMA)
+    assert read_decisions(str(tmp_path / "absent")).num_rows == 0
+    assert read_rewards(str(tmp_path / "absent")).schema.equals(REWARD_SCHEMA)
+
+
+def test_schema_version_in_file_metadata_and_column(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(f"file://{tmp_path}", flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(1))
+    dlog.log_reward({"request_id": "req-1", "time": 1.0, "reward": 0.5})
+    dlog.close()
+    for stream in ("decisions", "rewards"):
+        (path,) = segments(tmp_path, stream)
+        meta = pq.read_metadata(path)
+        assert meta.metadata[b"policy_rollouts.schema_version"] == str(SCHEMA_VERSION).encode()
+        assert meta.metadata[b"policy_rollouts.stream"] == stream.encode()
+        assert meta.row_group(0).column(0).compression == "ZSTD"
+        assert pq.read_table(path).column("schema_version").to_pylist() == [SCHEMA_VERSION]
+    assert DECISION_SCHEMA.metadata[b"policy_rollouts.schema_version"] == b"1"
+
+
+def test_write_failure_is_retried_without_loss(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = FlakyFS(failures=1)
+    dlog = DecisionLog(str(tmp_path), segment_rows=50, flush_interval_s=0.05, filesystem=fs)
+    dlogs.append(dlog)
+    for i in range(120):
+        dlog.log_decision(decision(i))
+    # The background writer hits the failure, backs off and retries by itself.
+    wait_until(lambda: dlog.errors == 1 and dlog.buffered == 0, "the writer to retry the failed segment")
+    dlog.close()
+    ids = read_decisions(str(tmp_path)).column("request_id").to_pylist()
+    assert ids == [f"req-{i}" for i in range(120)]  # order kept: the failed segment is retried first
+    assert dlog.errors == 1
+    assert not [p for p in (tmp_path / "decisions").iterdir() if p.name.startswith("_")]
+
+
+def test_flush_gives_up_with_a_clear_error_and_keeps_the_records(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = FlakyFS(failures=10**9)
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600, filesystem=fs, flush_timeout_s=0.2)
+    dlogs.append(dlog)
+    for i in range(3):
+        dlog.log_decision(decision(i))
+    with pytest.raises(DecisionLogError, match=r"3 records are still unwritten.*call flush\(\) or close\(\) again"):
+        dlog.flush()
+    assert dlog.errors >= 1 and dlog.buffered == 3
+    fs.failures = 0  # the storage comes back
+    dlog.close()
+    assert read_decisions(str(tmp_path)).num_rows == 3
+
+
+def test_bad_records_are_rejected_and_the_rest_is_written(
+    tmp_path: Path, dlogs: list[DecisionLog], caplog: pytest.LogCaptureFixture
+) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(0))
+    dlog.log_decision({"request_id": "no-time"})
+    dlog.log_decision(decision(2, action="left"))
+    dlog.log_decision(decision(3, observation=["x"]))
+    dlog.log_decision(decision(4))
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-4"]
+    assert dlog.rejected == 3
+    assert "rejected 3 decisions record(s)" in caplog.text and "docs/decision-log.md" in caplog.text
+
+
+def test_close_is_idempotent_and_late_records_are_not_lost(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(0))
+    dlog.close()
+    dlog.close()
+    dlog.log_decision(decision(1))  # e.g. a request that finished during shutdown
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-1"]
+    assert len(segments(tmp_path)) == 2
+
+
+def test_discrete_numpy_action_is_stored_as_index(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    np = pytest.importorskip("numpy")
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(0, action=np.int64(4), observation=np.array([1.0, 2.0]).tolist()))
+    dlog.log_decision(decision(1, action=0.5))
+    dlog.close()
+    rows = read_decisions(str(tmp_path)).select(["action", "action_index"]).to_pylist()
+    assert rows == [{"action": [4.0], "action_index": 4}, {"action": [0.5], "action_index": None}]
+
+
+def test_unknown_url_scheme_says_how_to_fix() -> None:
+    with pytest.raises(ValueError, match="install"):
+        DecisionLog("nosuchscheme://bucket/log")
+
+
+def test_bad_settings_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="segment_rows"):
+        DecisionLog(str(tmp_path), segment_rows=0)
+    with pytest.raises(ValueError, match="flush_interval_s"):
+        DecisionLog(str(tmp_path), flush_interval_s=0)
+
+
+def test_public_surface() -> None:
+    assert set(decision_log.__all__) == {
+        "DECISION_SCHEMA",
+        "REWARD_SCHEMA",
+        "SCHEMA_VERSION",
+        "DecisionLog",
+        "DecisionLogError",
+        "join_rewards",
+        "read_decisions",
+        "read_rewards",
+    }
+    assert isinstance(DECISION_SCHEMA, pa.Schema) and isinstance(REWARD_SCHEMA, pa.Schema)
