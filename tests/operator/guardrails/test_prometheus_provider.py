@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -192,6 +192,17 @@ def test_factory_makes_a_working_provider(seeded: PrometheusServer) -> None:
     assert made.name == "prometheus"
     assert made.is_online()
     assert made.query(RATIO).value == 0.0123456789
+
+
+def test_factory_fixture_gives_an_independent_prometheus(
+    prometheus_factory: Callable[..., PrometheusServer], seeded: PrometheusServer
+) -> None:
+    other = prometheus_factory()  # no targets: only its own API
+    assert other.running and other.port != seeded.port
+    with prometheus.PrometheusProvider(other.url) as p:
+        assert p.is_online()
+        assert p.query("vector(42)") == types.Measurement(value=42.0)
+        assert provider.NO_DATA in (p.query(RATIO).error or "")
 
 
 def test_stopped_then_restarted(exporter: Exporter, seeded: PrometheusServer) -> None:
