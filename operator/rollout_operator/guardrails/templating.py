@@ -18,6 +18,9 @@ Rules, by where the placeholder is:
 * outside strings (and in comments): the value must be a duration (`5m`), a number or a
   metric/label name; anything else is refused, with the advice to quote the placeholder.
 
+`{{` always opens a placeholder, and a malformed one is an error, never passed through (PromQL
+needs `{{` only when a label-matcher brace precedes a placeholder: write `x{{{ name }}="v"}`).
+
 Known variables are also validated on their own: `rollout` must be a Kubernetes object name,
 `namespace` and `variant` Kubernetes label-style names, `interval` a PromQL duration.
 """
@@ -109,8 +112,7 @@ def _substitute(name: str, value: str, context: str, regex: bool) -> str:
 
 def _opens_regex(rendered: list[str]) -> bool:
     """Whether the code just before a string literal ends in a regex matcher (=~ or !~)."""
-    tail = "".join(rendered[-8:]).rstrip()
-    return tail.endswith(("=~", "!~"))
+    return "".join(rendered).rstrip().endswith(("=~", "!~"))
 
 
 def render(query: str, variables: Mapping[str, str]) -> str:

@@ -89,6 +89,7 @@ def test_regex_matchers_match_literally() -> None:
     variables = {"params.p": "a.b|c*"}
     assert render('x{a=~"{{ params.p }}"}', variables) == r'x{a=~"a\\.b\\|c\\*"}'
     assert render("x{a !~ '{{ params.p }}'}", variables) == r"x{a !~ 'a\\.b\\|c\\*'}"
+    assert render('x{a=~\n          "{{ params.p }}"}', variables) == 'x{a=~\n          "a\\\\.b\\\\|c\\\\*"}'
     assert render('x{a="{{ params.p }}"}', variables) == 'x{a="a.b|c*"}'
 
 
