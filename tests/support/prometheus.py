@@ -32,6 +32,7 @@ Prometheus is ready in ~0.05 s and *immediately serves the samples it had before
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -118,6 +119,13 @@ class Exporter:
 # -------------------------------------------------------------------------------- prometheus
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when the thread that started it dies (e.g. pytest is killed),
+    so a crashed test run leaves no Prometheus behind. Start servers from a long-lived thread."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class PrometheusServer:
     """The real Prometheus binary on a loopback port, with its own config and TSDB directory.
 
@@ -192,6 +200,7 @@ class PrometheusServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
