@@ -27,6 +27,7 @@ import secrets
 import string
 import threading
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -382,13 +383,39 @@ class FidelityEmulator(kmock.KubernetesEmulator):
         return not ((sel := request.params.get("fieldSelector")) and not _field_selector_matches(sel, obj))
 
     def _serve_watch(self, request: kmock.Request) -> Any:  # type: ignore[override]
-        # Gap: watch streams go out as application/octet-stream (kubectl -w refuses them), and
-        # without selector filtering.
+        # Gaps: (1) watch streams go out as application/octet-stream (kubectl -w refuses them);
+        # (2) kmock snapshots the objects, then subscribes to its event bus after sending them, so
+        # a write in between is lost (kopf then waits forever on a stale object); (3) no
+        # `resourceVersion` (events after a list) and no selectors. Here the bus is marked under
+        # the writers' lock together with the snapshot, so nothing falls in between.
+        resource = request.resource
+        assert resource is not None
+
+        def wanted(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata", {})
+            return (
+                (request.namespace is None or meta.get("namespace") == request.namespace)
+                and (request.name is None or meta.get("name") == request.name)
+                and self._selected(request, obj)
+            )
+
         async def events() -> AsyncIterator[Any]:
-            async for event in super(FidelityEmulator, self)._serve_watch(request):
-                if isinstance(event, dict) and not self._selected(request, event.get("object", {})):
-                    continue
-                yield event
+            yield b""  # send the headers now: clients wait for them before the first event
+            bus = self._buses[resource]
+            since = int(request.params.get("resourceVersion") or 0)
+            async with self._lock:
+                mark = await bus.mark()
+                snapshot = [copy.deepcopy(o.raw) for (r, _, _), o in self.objects.items() if r == resource
+                            and not o.deleted]
+            try:
+                for obj in snapshot:
+                    if wanted(obj) and int(obj.get("metadata", {}).get("resourceVersion") or 0) > since:
+                        yield {"type": "MODIFIED" if since else "ADDED", "object": obj}
+                async for event in bus.stream(since=mark):
+                    if wanted(event.get("object", {})):
+                        yield event
+            finally:
+                await bus.unmark(mark)
 
         return kmock.Response(headers={"Content-Type": "application/json"}, payload=events())
 
@@ -421,7 +448,9 @@ _VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "delete
 
 def register_resources(emulator: kmock.KubernetesEmulator) -> None:
     """Builtins plus the custom resources the operator reads or writes."""
-    emulator.resources.load_bundled()
+    with warnings.catch_warnings():  # kmock 0.8 uses the deprecated importlib.resources.read_binary
+        warnings.simplefilter("ignore", DeprecationWarning)
+        emulator.resources.load_bundled()
     emulator.resources[POLICYROLLOUTS] = kmock.ResourceInfo(
         kind=api.KIND, singular=api.SINGULAR, shortnames=set(api.SHORT_NAMES), namespaced=True, verbs=_VERBS,
         subresources={"status"},
@@ -687,3 +716,84 @@ def policy_rollout_manifest(
     spec.update(spec_overrides)
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
             "spec": spec}
+
+
+class KopfThread:
+    """Run a kopf operator against a `KubeAPI` in its own thread (kopf must own its event loop).
+
+    Usage::
+
+        registry = kopf.OperatorRegistry()
+
+        @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+        def created(patch, **_): patch.status["phase"] = "Seen"
+
+        with KopfThread(kube_api, registry, namespaces=["default"]):
+            ...  # create objects, wait_for(...) their status
+
+    A login handler pointing at the emulator is added to `registry` with the highest priority,
+    so handlers registered in kopf's global registry (which also holds kopf's default logins)
+    talk to the emulator too. `memo` is passed to every handler as `memo`.
+    """
+
+    def __init__(
+        self,
+        kube_api: KubeAPI,
+        registry: Any = None,
+        namespaces: list[str] | None = None,
+        memo: Any = None,
+        settings: Any = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        import kopf
+
+        self.kube_api = kube_api
+        self.registry = registry if registry is not None else kopf.get_default_registry()
+        self.namespaces = namespaces
+        self.memo = memo
+        self.settings = settings
+        self.startup_timeout = startup_timeout
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kopf-operator", daemon=True)
+
+        url = kube_api.url
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default", priority=1_000_000)
+
+        kopf.on.login(registry=self.registry, id=f"kube-emulator-{kube_api.kubeconfig_path}")(login)
+
+    def _run(self) -> None:
+        import kopf
+
+        try:
+            asyncio.run(kopf.operator(
+                registry=self.registry,
+                settings=self.settings,
+                standalone=True,
+                clusterwide=self.namespaces is None,
+                namespaces=self.namespaces or (),
+                memo=self.memo,
+                stop_flag=self._stop,
+                ready_flag=self._ready,
+            ))
+        except BaseException as e:  # surfaced by __enter__/__exit__
+            self.error = e
+            self._ready.set()
+
+    def __enter__(self) -> KopfThread:
+        self._thread.start()
+        if not self._ready.wait(self.startup_timeout):
+            self._stop.set()
+            raise RuntimeError(f"kopf did not become ready within {self.startup_timeout}s")
+        if self.error is not None:
+            raise RuntimeError("kopf failed to start") from self.error
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self._thread.is_alive():
+            raise RuntimeError("kopf did not stop within 30s")
