@@ -6,7 +6,7 @@ handler loads it with the same `policy_server.artifact.load_artifact` as ``polic
 decide identically. The artifact is validated before packing, so a broken artifact fails here and not inside a
 TorchServe worker log.
 
-    python -m policy_server.torchserve.archive --artifact DIR --out DIR [--name NAME]
+    python -m policy_server.torchserve.archive --artifact DIR --out DIR [--name NAME] [--seed N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 __all__ = ["ARTIFACT_FOLDER", "HANDLER_FILE", "build_mar", "main"]
 
@@ -49,6 +51,8 @@ def build_mar(
     *,
     model_name: str = "policy",
     version: str | None = None,
+    seed: int | None = None,
+    torch_threads: int = 1,
     validate: bool = True,
 ) -> Path:
     """Build ``<out_dir>/<model_name>.mar`` from an artifact directory and return its path.
@@ -57,6 +61,9 @@ def build_mar(
     * artifact_dir: directory with ``manifest.json`` and the program file.
     * model_name: TorchServe's model name (the ``/predictions/<name>`` path).
     * version: archive version; defaults to the artifact's manifest version.
+    * seed: seed of each worker's exploration RNG (reproducible draws, e.g. to compare with
+      ``policy-server serve --seed``); default: random.
+    * torch_threads: intra-op threads per worker.
     * validate: load the artifact and build its `Policy` first, so a broken one is refused here.
     """
     from model_archiver.model_archiver_config import ModelArchiverConfig
@@ -75,17 +82,25 @@ def build_mar(
 
         policy_module.Policy.from_artifact(artifact_module.load_artifact(str(artifact)))
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mar-stage-") as stage:
+    with tempfile.TemporaryDirectory(prefix="mar-stage-") as tmp:
         # torch-model-archiver copies a directory's *contents* into the archive root: stage the artifact
         # one level down so it lands in <model_dir>/policy_artifact/.
-        shutil.copytree(artifact, Path(stage) / ARTIFACT_FOLDER)
+        stage = Path(tmp) / "extra"
+        shutil.copytree(artifact, stage / ARTIFACT_FOLDER)
+        settings: dict[str, int] = {"torch_threads": torch_threads}
+        if seed is not None:
+            settings["seed"] = seed
+        # TorchServe hands this file to the handler as context.model_yaml_config.
+        model_config = Path(tmp) / "model-config.yaml"
+        model_config.write_text(yaml.safe_dump({"handler": settings}))
         config = ModelArchiverConfig(
             model_name=model_name,
             handler=str(HANDLER_FILE),
             version=archive_version,
-            extra_files=stage,
+            extra_files=str(stage),
             export_path=str(out),
             force=True,
+            config_file=str(model_config),
         )
         generate_model_archive(config)
     mar = out / f"{model_name}.mar"
@@ -100,9 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory to write <name>.mar into")
     parser.add_argument("--name", default="policy", help="TorchServe model name (default: policy)")
     parser.add_argument("--version", default=None, help="archive version (default: the manifest's version)")
+    parser.add_argument("--seed", type=int, default=None, help="exploration RNG seed per worker (default: random)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads per worker (default: 1)")
     args = parser.parse_args(argv)
     try:
-        mar = build_mar(args.artifact, args.out, model_name=args.name, version=args.version)
+        mar = build_mar(
+            args.artifact,
+            args.out,
+            model_name=args.name,
+            version=args.version,
+            seed=args.seed,
+            torch_threads=args.torch_threads,
+        )
     except ArchiveError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

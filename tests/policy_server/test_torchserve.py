@@ -1,15 +1,23 @@
-"""TorchServe compatibility: the .mar recipe, the handler behind a real TorchServe, parity with ``policy-server serve``.
+"""TorchServe compatibility: the .mar recipe, and the handler in a real TorchServe against ``policy-server serve``.
 
-Both servers run for real on loopback and get the same 200 observations over HTTP; their decisions must agree
-(actions exactly, propensities and probabilities to 1e-6) and match the in-process `Policy`.
+Both servers run for real on loopback, serve the same artifact and get the same 200 observations over HTTP:
+their decisions must agree (actions exactly, propensities to 1e-6) and match the in-process `Policy`.
+
+* greedy: deterministic, so TorchServe may batch (batch size 8, 8 concurrent clients) and still agree;
+* softmax: both exploration RNGs seeded alike (``--seed`` / the archive's seed) and one request at a time, so
+  both draw the same uniform number for the same observation: same actions, same propensities.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +29,10 @@ import pytest
 
 from policy_server import artifact, policy
 from policy_server.torchserve import archive
-from policy_server.torchserve.runner import TorchServe
+from policy_server.torchserve.runner import TorchServe, free_port
 
 N_OBS = 200
+SEED = 11
 SHIELD = {"action_mask": [True, True, True, False], "fallback_action": 0}
 
 
@@ -45,19 +54,58 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def torchserve(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    """One TorchServe; the greedy policy batches up to 8 requests, the softmax one answers one at a time."""
+    """One TorchServe: greedy batches up to 8 requests; softmax answers one at a time with a seeded RNG."""
     store = tmp_path_factory.mktemp("model-store")
-    for kind, path in artifacts.items():
-        archive.build_mar(path, store, model_name=kind)
-    ts = TorchServe(model_store=store, startup_timeout_s=180)
-    with ts:
+    archive.build_mar(artifacts["greedy"], store, model_name="greedy")
+    archive.build_mar(artifacts["softmax"], store, model_name="softmax", seed=SEED)
+    with TorchServe(model_store=store, startup_timeout_s=180) as ts:
         ts.register("greedy.mar", model_name="greedy", workers=1, batch_size=8, max_batch_delay_ms=20)
         ts.register("softmax.mar", model_name="softmax", workers=1, batch_size=1)
         yield ts
 
 
+@contextlib.contextmanager
+def _policy_server(model: Path, workdir: Path) -> Iterator[str]:
+    """``policy-server serve`` (decision log on, seeded) in its own process group; yields the /v1/act URL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "policy_server.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+        "--port", str(port), "--seed", str(SEED), "--log-dir", str(workdir / "decisions"), "--log-level", "WARNING",
+    ]  # fmt: skip
+    log_path = workdir / "policy-server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, f"policy-server exited:\n{log_path.read_text()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"policy-server not ready in 90 s:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/v1/act"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def policy_servers(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    with contextlib.ExitStack() as stack:
+        yield {
+            kind: stack.enter_context(_policy_server(path, tmp_path_factory.mktemp(f"ps-{kind}")))
+            for kind, path in artifacts.items()
+        }
+
+
 def _post_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
-    """POST every body (``concurrency`` at a time, so TorchServe can batch them); responses in input order."""
+    """POST every body (``concurrency`` at a time, so servers can batch them); responses in input order."""
     with httpx.Client(timeout=30) as client:
 
         def post(body: dict[str, Any]) -> dict[str, Any]:
@@ -65,37 +113,49 @@ def _post_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[
             assert response.status_code == 200, response.text
             return response.json()
 
+        if concurrency == 1:
+            return [post(body) for body in bodies]
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             return list(pool.map(post, bodies))
 
 
-def _bodies(observations: np.ndarray, prefix: str) -> list[dict[str, Any]]:
-    return [{"observation": obs.tolist(), "request_id": f"{prefix}-{i}"} for i, obs in enumerate(observations)]
+def _bodies(observations: np.ndarray, prefix: str, context: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    extra = {"context": context} if context else {}
+    return [{"observation": obs.tolist(), "request_id": f"{prefix}-{i}", **extra} for i, obs in enumerate(observations)]
 
 
-def _expected(path: Path, observations: np.ndarray) -> np.ndarray:
-    """Probabilities (N, K) the in-process Policy gives under the manifest's action mask."""
-    loaded = artifact.load_artifact(str(path))
-    pol = policy.Policy.from_artifact(loaded)
-    masks = np.broadcast_to(np.asarray(SHIELD["action_mask"]), (len(observations), 4))
-    return pol.decide(observations, np.random.default_rng(0), masks).probabilities
+def _in_process(path: Path, observations: np.ndarray, mask: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """(raw model outputs, probabilities under ``mask``) from the in-process Policy."""
+    pol = policy.Policy.from_artifact(artifact.load_artifact(str(path)))
+    raw = pol.forward(observations)
+    masks = np.broadcast_to(np.asarray(mask), raw.shape)
+    return raw, policy.discrete_probabilities(raw, pol.exploration, masks)
 
 
-def test_mar_holds_handler_and_artifact(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    mar = archive.build_mar(artifacts["greedy"], tmp_path, model_name="p1")
+def _columns(responses: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([r["action"] for r in responses]), np.array([r["propensity"] for r in responses])
+
+
+# --------------------------------------------------------------------------- the archive
+
+
+def test_mar_holds_handler_artifact_and_settings(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    mar = archive.build_mar(artifacts["greedy"], tmp_path, model_name="p1", seed=5)
     with zipfile.ZipFile(mar) as zf:
         names = set(zf.namelist())
         manifest = json.loads(zf.read("MAR-INF/MANIFEST.json"))
         packed = json.loads(zf.read("policy_artifact/manifest.json"))
+        settings = zf.read(manifest["model"]["configFile"]).decode()
     assert {"handler.py", "policy_artifact/manifest.json", "policy_artifact/policy.pt"} <= names
     assert manifest["model"]["modelName"] == "p1"
     assert manifest["model"]["modelVersion"] == "greedy-v1"
     assert packed == json.loads((artifacts["greedy"] / "manifest.json").read_text())
+    assert "seed: 5" in settings
 
 
 def test_mar_refuses_a_directory_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(archive.ArchiveError, match=r"manifest\.json"):
+    with pytest.raises(archive.ArchiveError, match=r"no manifest\.json"):
         archive.build_mar(tmp_path / "empty", tmp_path / "out")
     assert not (tmp_path / "out" / "policy.mar").exists()
 
@@ -107,85 +167,107 @@ def test_mar_refuses_a_corrupt_program(artifacts: dict[str, Path], tmp_path: Pat
     (broken / "policy.pt").write_bytes(b"not a model")
     with pytest.raises(artifact.ArtifactError, match="sha256"):
         archive.build_mar(broken, tmp_path / "out")
+    assert not (tmp_path / "out" / "policy.mar").exists()
 
 
-def test_make_mar_cli(artifacts: dict[str, Path], tmp_path: Path) -> None:
+def test_archive_cli(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "policy_server.torchserve.archive"]
     out = subprocess.run(
-        [sys.executable, "-m", "policy_server.torchserve.archive", "--artifact", str(artifacts["softmax"]),
-         "--out", str(tmp_path), "--name", "cli"],
+        [*cli, "--artifact", str(artifacts["softmax"]), "--out", str(tmp_path), "--name", "cli"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == tmp_path / "cli.mar"
     assert zipfile.is_zipfile(tmp_path / "cli.mar")
     missing = subprocess.run(
-        [sys.executable, "-m", "policy_server.torchserve.archive", "--artifact", str(tmp_path / "nope"),
-         "--out", str(tmp_path)],
+        [*cli, "--artifact", str(tmp_path / "nope"), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
 
 
+# --------------------------------------------------------------------------- parity over HTTP
+
+
 @pytest.mark.integration
-def test_torchserve_matches_in_process_policy(
-    torchserve: TorchServe, artifacts: dict[str, Path], observations: np.ndarray
+def test_greedy_parity_with_batching(
+    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
 ) -> None:
-    """Batched (greedy, 8 concurrent clients) and unbatched (softmax) decisions equal the in-process Policy's."""
-    for kind, concurrency in (("greedy", 8), ("softmax", 2)):
-        responses = _post_all(torchserve.predictions_url(kind), _bodies(observations, kind), concurrency)
-        probabilities = _expected(artifacts[kind], observations)
-        assert [r["request_id"] for r in responses] == [f"{kind}-{i}" for i in range(N_OBS)]
-        assert {r["policy_version"] for r in responses} == {f"{kind}-v1"}
-        assert {r["variant"] for r in responses} == {"torchserve"}
-        actions = np.array([r["action"] for r in responses])
-        propensities = np.array([r["propensity"] for r in responses])
-        assert not (actions == 3).any(), "the shield's action mask forbids action 3"
-        np.testing.assert_allclose(propensities, probabilities[np.arange(N_OBS), actions], atol=1e-6)
-        np.testing.assert_allclose(np.array([r["probabilities"] for r in responses]), probabilities, atol=1e-6)
-        if kind == "greedy":
-            np.testing.assert_array_equal(actions, probabilities.argmax(axis=1))
-        else:
-            assert len(set(actions.tolist())) > 1, "softmax over 200 observations should explore"
+    """TorchServe batching 8 concurrent requests and policy-server serve the same actions, propensity 1."""
+    ts = _post_all(torchserve.predictions_url("greedy"), _bodies(observations, "g"), 8)
+    ps = _post_all(policy_servers["greedy"], _bodies(observations, "g"), 8)
+    ts_actions, ts_props = _columns(ts)
+    ps_actions, ps_props = _columns(ps)
+    _, probabilities = _in_process(artifacts["greedy"], observations, SHIELD["action_mask"])
+    np.testing.assert_array_equal(ts_actions, ps_actions)
+    np.testing.assert_array_equal(ts_actions, probabilities.argmax(axis=1))
+    np.testing.assert_allclose(ts_props, ps_props, atol=1e-6)
+    np.testing.assert_allclose(ts_props, 1.0)
+    assert [r["request_id"] for r in ts] == [r["request_id"] for r in ps] == [f"g-{i}" for i in range(N_OBS)]
+    assert {r["policy_version"] for r in ts + ps} == {"greedy-v1"}
+    assert {r["variant"] for r in ts} == {"torchserve"}
+    assert [r["shield"] for r in ts] == [r["shield"] for r in ps]
+    assert set(ts[0]) == set(ps[0]), "both servers answer with the same fields"
 
 
 @pytest.mark.integration
-def test_torchserve_rejects_bad_requests_with_the_field_at_fault(torchserve: TorchServe) -> None:
-    url = torchserve.predictions_url("greedy")
-    cases = [
-        ({"observation": [1.0, 2.0]}, "observation"),
-        ({"observation": ["a"] * 8}, "observation"),
-        ({"request_id": "x"}, "observation"),
-        ({"observation": [0.0] * 8, "request_id": 5}, "request_id"),
-        ({"observation": [0.0] * 8, "context": [1]}, "context"),
-        ({"observation": [0.0] * 8, "context": {"action_mask": [True]}}, "context.action_mask"),
-        # the artifact forbids action 3: a request allowing only 3 leaves nothing
-        ({"observation": [0.0] * 8, "context": {"action_mask": [False, False, False, True]}}, "context.action_mask"),
-    ]
-    with httpx.Client(timeout=30) as client:
-        for body, field in cases:
-            response = client.post(url, json=body)
-            assert response.status_code == 400, (body, response.text)
-            assert response.json()["field"] == field
-        ok = client.post(url, json={"observation": [0.0] * 8})
-        assert ok.status_code == 200
-        assert ok.json()["request_id"]
-
-
-@pytest.mark.integration
-def test_torchserve_applies_request_masks_through_the_shield(
-    torchserve: TorchServe, artifacts: dict[str, Path], observations: np.ndarray
+def test_softmax_parity_with_seeded_rngs(
+    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
 ) -> None:
-    """context.action_mask narrows the artifact's mask; a changed action is reported as an action_mask reason."""
+    """Same seed, one request at a time: identical draws; each propensity is p(served action) in-process."""
+    ts = _post_all(torchserve.predictions_url("softmax"), _bodies(observations, "s"), 1)
+    ps = _post_all(policy_servers["softmax"], _bodies(observations, "s"), 1)
+    ts_actions, ts_props = _columns(ts)
+    ps_actions, ps_props = _columns(ps)
+    _, probabilities = _in_process(artifacts["softmax"], observations, SHIELD["action_mask"])
+    np.testing.assert_array_equal(ts_actions, ps_actions)
+    np.testing.assert_allclose(ts_props, ps_props, atol=1e-6)
+    np.testing.assert_allclose(ts_props, probabilities[np.arange(N_OBS), ts_actions], atol=1e-6)
+    assert not (ts_actions == 3).any(), "the artifact's shield forbids action 3"
+    assert len(set(ts_actions.tolist())) > 1, "softmax over 200 observations should explore"
+    assert (ts_actions != probabilities.argmax(axis=1)).any(), "and sometimes serve a non-greedy action"
+
+
+@pytest.mark.integration
+def test_request_masks_go_through_the_same_shield(
+    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
+) -> None:
+    """context.action_mask narrows the artifact's mask; changed actions are reported as action_mask."""
     request_mask = [False, True, True, True]
-    bodies = [{"observation": obs.tolist(), "context": {"action_mask": request_mask}} for obs in observations[:50]]
-    responses = _post_all(torchserve.predictions_url("greedy"), bodies, 4)
-    loaded = artifact.load_artifact(str(artifacts["greedy"]))
-    raw = policy.Policy.from_artifact(loaded).forward(observations[:50])
+    bodies = _bodies(observations[:50], "m", {"action_mask": request_mask})
+    ts = _post_all(torchserve.predictions_url("greedy"), bodies, 4)
+    ps = _post_all(policy_servers["greedy"], bodies, 4)
+    raw, _ = _in_process(artifacts["greedy"], observations[:50], SHIELD["action_mask"])
     allowed = np.asarray(SHIELD["action_mask"]) & np.asarray(request_mask)
     expected = np.where(allowed, raw, -np.inf).argmax(axis=1)
-    actions = np.array([r["action"] for r in responses])
-    np.testing.assert_array_equal(actions, expected)
+    np.testing.assert_array_equal(_columns(ts)[0], expected)
+    np.testing.assert_array_equal(_columns(ps)[0], expected)
     changed = raw.argmax(axis=1) != expected
-    assert changed.any(), "pick observations where the mask matters"
-    assert [("action_mask" in r["shield"]["reasons"]) for r in responses] == changed.tolist()
+    assert changed.any(), "the observations must include some where the mask matters"
+    assert [r["shield"]["intervened"] for r in ts] == changed.tolist()
+    assert [r["shield"] for r in ts] == [r["shield"] for r in ps]
+
+
+@pytest.mark.integration
+def test_bad_requests_get_the_same_answer_from_both(torchserve: TorchServe, policy_servers: dict[str, str]) -> None:
+    cases = [
+        {"observation": [1.0, 2.0]},
+        {"observation": ["a"] * 8},
+        {"request_id": "x"},
+        {"observation": [0.0] * 8, "request_id": 5},
+        {"observation": [0.0] * 8, "context": [1]},
+        {"observation": [0.0] * 8, "context": {"action_mask": [True]}},
+        # the artifact forbids action 3: a request that allows only 3 leaves nothing
+        {"observation": [0.0] * 8, "context": {"action_mask": [False, False, False, True]}},
+    ]
+    with httpx.Client(timeout=30) as client:
+        for body in cases:
+            ts = client.post(torchserve.predictions_url("greedy"), json=body)
+            ps = client.post(policy_servers["greedy"], json=body)
+            assert ts.status_code == ps.status_code == 400, (body, ts.text, ps.text)
+            assert ts.json() == ps.json(), body
+            assert ts.json()["error"]
+        ok = client.post(torchserve.predictions_url("greedy"), json={"observation": [0.0] * 8})
+        assert ok.status_code == 200
+        assert ok.json()["request_id"]
