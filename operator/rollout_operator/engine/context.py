@@ -61,6 +61,9 @@ def desired_weights(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus
     if status.phase in _ZERO_WEIGHT_PHASES:
         return Weights(candidate=0)
     index = status.current_step_index
+    if index >= len(spec.steps):
+        # Promotion keeps the weight the candidate had (promote-full must not jump it to 100).
+        return Weights(candidate=min(status.canary_weight, steps.step_weight(spec.steps, index)))
     return Weights(candidate=steps.step_weight(spec.steps, index), shadow=steps.step_shadow(spec.steps, index))
 
 
@@ -144,7 +147,11 @@ def enter_step(ctx: Context, index: int, reason: str, message: str) -> None:
 
 
 def start_promotion(ctx: Context, reason: str, message: str) -> None:
-    """Past the last step: the stable variant takes the candidate's policy, traffic stays put."""
+    """Past the last step: the stable variant takes the candidate's policy, traffic stays put.
+
+    The candidate keeps the weight it had earned (100 after a final `setWeight: 100`); once
+    the stable variant runs the same policy, traffic returns to it and the candidate goes.
+    """
     ctx.status.stable_policy = api.PolicySpec.model_validate(ctx.spec.policy.model_dump())
     ctx.status.stable_version = ctx.version
     transition(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from engine_harness import make_rollout
-
 from rollout_operator import engine
 from rollout_operator.engine import steps, timeutil
 from rollout_operator.engine.types import ManualAction
@@ -92,8 +91,8 @@ def test_which_steps_wait_for_humans_and_which_have_a_deadline(step: dict, human
 @pytest.mark.parametrize(
     "moment",
     [
-        datetime(2026, 1, 1, tzinfo=timezone.utc),
-        datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
         datetime(2026, 1, 1, 2, tzinfo=timezone(timedelta(hours=2))),
     ],
 )
