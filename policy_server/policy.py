@@ -60,13 +60,15 @@ def discrete_probabilities(raw: np.ndarray, exploration: artifact.Exploration, m
     """Probability of each action (B, K) under ``exploration`` restricted to ``mask`` (True = allowed)."""
     values = raw.astype(np.float64, copy=False)
     b, k = values.shape
-    allowed = np.ones((b, k), dtype=bool) if mask is None else mask
     if exploration.kind == "softmax":
-        z = np.where(allowed, values / exploration.temperature, -np.inf)
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-    best = np.argmax(np.where(allowed, values, -np.inf), axis=1)  # argmax: lowest index on ties
+        z = values / exploration.temperature if exploration.temperature != 1.0 else values.copy()
+        if mask is not None:
+            z[~mask] = -np.inf
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+    best = np.argmax(values if mask is None else np.where(mask, values, -np.inf), axis=1)  # lowest index on ties
     rows = np.arange(b)
     if exploration.kind == "greedy":
         p = np.zeros((b, k))
@@ -74,8 +76,7 @@ def discrete_probabilities(raw: np.ndarray, exploration: artifact.Exploration, m
         return p
     if exploration.kind == "epsilon_greedy":
         eps = exploration.epsilon
-        count = allowed.sum(axis=1, keepdims=True)
-        p = np.where(allowed, eps / count, 0.0)
+        p = np.full((b, k), eps / k) if mask is None else np.where(mask, eps / mask.sum(axis=1, keepdims=True), 0.0)
         p[rows, best] += 1.0 - eps
         return p
     raise ValueError(f"exploration {exploration.kind!r} is not defined for discrete actions")
@@ -85,9 +86,12 @@ def sample_discrete(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: the first action whose cumulative probability exceeds ``u * total``."""
     cdf = np.cumsum(p, axis=1)
     a = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
-    # float round-off at the top end: fall back to the last action with positive probability
-    last = p.shape[1] - 1 - np.argmax((p > 0)[:, ::-1], axis=1)
-    return np.minimum(a, last).astype(np.int64)
+    # u < 1 keeps a <= K-1; only float round-off at the very top can land on a trailing zero-probability
+    # action: move those rows to the last action with positive probability
+    if not (np.take_along_axis(p, a[:, None], axis=1) > 0).all():
+        last = p.shape[1] - 1 - np.argmax((p > 0)[:, ::-1], axis=1)
+        a = np.minimum(a, last)
+    return a
 
 
 class Policy:
@@ -162,8 +166,12 @@ class Policy:
         high: np.ndarray | None = None,
     ) -> BatchDecision:
         """Apply the exploration rule to model outputs ``raw`` (B, K)."""
-        finite = np.isfinite(raw).all(axis=1)
-        values = raw.astype(np.float64) if finite.all() else np.where(finite[:, None], raw, 0.0).astype(np.float64)
+        if np.isfinite(raw).all():
+            finite = np.ones(raw.shape[0], dtype=bool)
+            values = raw.astype(np.float64)
+        else:
+            finite = np.isfinite(raw).all(axis=1)
+            values = np.where(finite[:, None], raw, 0.0).astype(np.float64)
         if self.discrete:
             return self._choose_discrete(raw, values, finite, rng, masks)
         return self._choose_continuous(raw, values, finite, rng, low, high)
@@ -191,7 +199,7 @@ class Policy:
         )
         return BatchDecision(
             actions=actions,
-            propensities=p[np.arange(b), actions],
+            propensities=np.take_along_axis(p, actions[:, None], axis=1)[:, 0],
             probabilities=p,
             raw=raw,
             unconstrained_actions=unconstrained,

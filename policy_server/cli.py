@@ -1,0 +1,158 @@
+"""``policy-server``: serve a policy artifact, or write an example one.
+
+    policy-server example-model --out DIR [--kind discrete|continuous] [--format torchscript|export]
+    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] ...
+
+Exit codes of ``serve``: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the artifact cannot be
+served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="policy-server", description="Serve reinforcement-learning policies.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("example-model", help="write a small seeded MLP policy artifact")
+    ex.add_argument("--out", required=True, help="directory to write the artifact into")
+    ex.add_argument("--kind", choices=["discrete", "continuous"], default="discrete")
+    ex.add_argument("--format", choices=["torchscript", "export"], default="torchscript")
+    ex.add_argument("--n-actions", type=int, default=4, help="actions (discrete) or action dimensions (continuous)")
+    ex.add_argument("--obs-dim", type=int, default=8)
+    ex.add_argument("--version", default="v1")
+    ex.add_argument("--name", default="example-policy")
+    ex.add_argument("--seed", type=int, default=0)
+    _exploration_args(ex)
+
+    s = sub.add_parser("serve", help="serve a policy artifact over HTTP")
+    s.add_argument("--model", required=True, help="artifact directory or fsspec URL (file://, s3://, memory://)")
+    s.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port, printed on start)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--log-dir", default=None, help="decision log directory or fsspec URL (unset: no logging)")
+    s.add_argument("--variant", default="default", help="label of this deployment in metrics and responses")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    s.add_argument("--max-batch", type=int, default=32, help="most requests per forward pass")
+    s.add_argument("--max-wait-ms", type=float, default=1.0, help="under load, wait this long for a batch to fill")
+    s.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    s.add_argument("--seed", type=int, default=None, help="seed of the exploration RNG (default: random)")
+    s.add_argument("--latency-budget-ms", type=float, default=None, help="serve the fallback action past this")
+    s.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
+    s.add_argument("--drift-interval-s", type=float, default=5.0, help="how often drift PSI is recomputed")
+    s.add_argument("--log-level", default="INFO")
+    _exploration_args(s, override=True)
+    return p
+
+
+def _exploration_args(p: argparse.ArgumentParser, override: bool = False) -> None:
+    help_kind = "override the artifact's exploration rule" if override else "exploration rule"
+    p.add_argument(
+        "--exploration", choices=["greedy", "epsilon_greedy", "softmax", "gaussian"], default=None, help=help_kind
+    )
+    p.add_argument("--epsilon", type=float, default=0.1, help="for epsilon_greedy")
+    p.add_argument("--temperature", type=float, default=1.0, help="for softmax")
+
+
+def _exploration(args: argparse.Namespace):  # -> artifact.Exploration | None
+    if args.exploration is None:
+        return None
+    from policy_server import artifact
+
+    return artifact.Exploration(kind=args.exploration, epsilon=args.epsilon, temperature=args.temperature)
+
+
+def _example_model(args: argparse.Namespace) -> int:
+    from policy_server import artifact
+
+    out = artifact.write_example_model(
+        args.out,
+        kind=args.kind,
+        n_actions=args.n_actions,
+        obs_dim=args.obs_dim,
+        format=args.format,
+        version=args.version,
+        seed=args.seed,
+        name=args.name,
+        exploration=_exploration(args),
+    )
+    print(out)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+    import uvloop
+
+    from policy_server import artifact, server
+
+    torch.set_num_threads(max(args.threads, 1))
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+    try:
+        exploration = _exploration(args)
+    except ValueError as exc:
+        print(f"policy-server: bad exploration settings: {exc}", file=sys.stderr)
+        return 2
+    config = server.ServerConfig(
+        model=args.model,
+        variant=args.variant,
+        device=args.device,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        exploration=exploration,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        latency_budget_ms=args.latency_budget_ms,
+        max_body=args.max_body,
+        drift_interval_s=args.drift_interval_s,
+    )
+
+    async def run() -> int:
+        app = server.PolicyServer(config)
+        loop = asyncio.get_running_loop()
+        try:
+            port = await app.start(args.host, args.port)
+        except OSError as exc:
+            print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"policy-server listening on http://{args.host}:{port}", flush=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.shutdown()))
+        try:
+            await app.wait_ready()
+        except artifact.ArtifactError as exc:
+            print(f"policy-server: cannot serve the artifact: {exc}", file=sys.stderr)
+            await app.shutdown()
+            return 2
+        except Exception as exc:
+            print(f"policy-server: start-up failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            await app.shutdown()
+            return 2
+        await app.wait_stopped()
+        return 0
+
+    return uvloop.run(run())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "example-model":
+        return _example_model(args)
+    if args.command == "serve":
+        return _serve(args)
+    raise AssertionError(args.command)  # argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

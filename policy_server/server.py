@@ -1,0 +1,453 @@
+"""The policy server application: routes, the micro-batch step, readiness and graceful shutdown.
+
+One process, one event loop (uvloop), one thread doing inference: see protocol.py for why the
+HTTP layer is hand-rolled and batching.py for why inference runs on the loop thread. What
+happens to one /v1/act request:
+
+1. protocol.py parses it and calls :meth:`PolicyServer.handle`;
+2. validation.py checks the body (4xx with the field at fault, the server stays ready);
+3. the request joins the micro-batch; :meth:`PolicyServer._run_batch` runs one forward pass for
+   the batch, the shield (exploration + constraints + fallbacks), writes every response, then
+   updates metrics once, feeds the drift window and appends to the decision log (non-blocking).
+
+The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
+at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
+
+Rewards: /v1/reward accepts one reward per request id served by this process recently. The ids
+are kept in an LRU of ``max_request_ids`` entries (default 1,000,000, ~150 MB worst case):
+older ids answer 404 like unknown ones, a second reward for an id answers 409.
+
+Shutdown (SIGTERM/SIGINT via the CLI): stop accepting connections, finish every request
+already read, close idle connections, then close the decision log (flushes every buffered
+decision) before the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from policy_server import artifact, batching, drift, metrics, openapi, protocol, shield, validation
+from policy_server import policy as policy_mod
+
+__all__ = ["PolicyServer", "ServerConfig"]
+
+log = logging.getLogger("policy_server")
+
+_ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request"}
+
+
+@dataclass
+class ServerConfig:
+    model: str
+    variant: str = "default"
+    device: str = "cpu"
+    max_batch: int = 32
+    max_wait_ms: float = 1.0
+    exploration: artifact.Exploration | None = None
+    seed: int | None = None
+    log_dir: str | None = None
+    latency_budget_ms: float | None = None
+    max_body: int = 1 << 20
+    max_request_ids: int = 1_000_000
+    drift_window: int = 10_000
+    drift_interval_s: float = 5.0
+    warmup_iters: int = 20
+    shutdown_timeout_s: float = 20.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    conn: protocol.HttpProtocol
+    seq: int
+    t0: float
+    obs: np.ndarray
+    request_id: str
+    context: dict[str, Any] | None
+    mask: np.ndarray | None
+    entity: str | None
+
+
+def _error(message: str) -> bytes:
+    return orjson.dumps({"error": message})
+
+
+class PolicyServer:
+    """Serve one policy artifact over HTTP. Use :meth:`start`, :meth:`wait_ready`, :meth:`shutdown`."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        loader: Callable[[str, str], artifact.LoadedArtifact] = artifact.load_artifact,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.connections: set[protocol.HttpProtocol] = set()
+        self.ready = False
+        self.load_error: BaseException | None = None
+        self.rng = np.random.default_rng(config.seed)
+        self.policy: policy_mod.Policy | None = None
+        self.metrics: metrics.ServerMetrics | None = None
+        self.shield: shield.Shield | None = None
+        self.drift: drift.DriftMonitor | None = None
+        self.decision_log: Any = None
+        self._ids: OrderedDict[str, bool] = OrderedDict()  # request id -> rewarded
+        self._server: asyncio.AbstractServer | None = None
+        self._loaded = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._openapi = orjson.dumps(openapi.document())
+        self._model_body = b""
+        self._id_prefix = os.urandom(8).hex()  # generated ids: random per process + counter (unique, cheap)
+        self._counter = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Bind and start loading the model in a worker thread; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.batcher: batching.MicroBatcher[_Pending] = batching.MicroBatcher(
+            loop,
+            self._run_batch,
+            max_batch=self.config.max_batch,
+            max_wait_ms=self.config.max_wait_ms,
+            expected=lambda: len(self.connections),
+        )
+        self._server = await loop.create_server(
+            lambda: protocol.HttpProtocol(self, self.config.max_body), host, port, backlog=2048
+        )
+        bound = self._server.sockets[0].getsockname()[1]
+        fut = loop.run_in_executor(None, self._load)
+        fut.add_done_callback(self._on_loaded)
+        return bound
+
+    async def wait_ready(self) -> None:
+        """Wait for the model; re-raise the load error (e.g. :class:`artifact.ArtifactError`)."""
+        await self._loaded.wait()
+        if self.load_error is not None:
+            raise self.load_error
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def _load(self) -> tuple[artifact.LoadedArtifact, policy_mod.Policy]:
+        loaded = self.loader(self.config.model, self.config.device)
+        pol = policy_mod.Policy.from_artifact(loaded, self.config.exploration)
+        warm_rng = np.random.default_rng(0)
+        size = 1
+        while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here
+            obs = warm_rng.standard_normal((size, *pol.obs_shape)).astype(np.float32)
+            for _ in range(self.config.warmup_iters):
+                pol.decide(obs, warm_rng)
+            if size >= self.config.max_batch:
+                break
+            size = min(size * 2, self.config.max_batch)
+        return loaded, pol
+
+    def _on_loaded(self, fut: asyncio.Future) -> None:
+        try:
+            loaded, pol = fut.result()
+            self._setup(loaded, pol)
+        except BaseException as exc:  # reported by wait_ready / the CLI
+            self.load_error = exc
+            log.error("cannot serve %s: %s", self.config.model, exc)
+        else:
+            gc.collect()
+            gc.freeze()  # the model and tables are long-lived: keep them out of GC scans
+            self.ready = not self._stopping
+            log.info("ready: %s %s (variant %s)", loaded.manifest.name, loaded.manifest.version, self.config.variant)
+        self._loaded.set()
+
+    def _setup(self, loaded: artifact.LoadedArtifact, pol: policy_mod.Policy) -> None:
+        m = loaded.manifest
+        cfg = self.config
+        self.policy = pol
+        self.manifest = m
+        self.shape = pol.obs_shape
+        self.n_actions = pol.n_outputs if pol.discrete else None
+        self.shield = shield.Shield(pol, latency_budget_ms=cfg.latency_budget_ms)
+        features = m.observation.feature_names() if m.observation.reference else []
+        actions = [str(i) for i in range(pol.n_outputs)] if pol.discrete else ["continuous"]
+        self.metrics = metrics.ServerMetrics(
+            variant=cfg.variant, name=m.name, version=m.version, actions=actions, features=features, costs=m.costs
+        )
+        if m.observation.reference:
+            self.drift = drift.DriftMonitor(
+                m.observation.reference,
+                features,
+                self.metrics.set_drift,
+                window=cfg.drift_window,
+                interval_s=cfg.drift_interval_s,
+            )
+            self.drift.start()
+        if cfg.log_dir:
+            from policy_server import decision_log  # lazy: pyarrow only when logging
+
+            self.decision_log = decision_log.DecisionLog(cfg.log_dir)
+        self._model_body = orjson.dumps(
+            {
+                "name": m.name,
+                "version": m.version,
+                "format": m.format,
+                "observation": {
+                    "shape": m.observation.shape,
+                    "dtype": m.observation.dtype,
+                    "names": m.observation.names,
+                },
+                "action": m.action.model_dump(),
+                "output": m.output,
+                "exploration": pol.exploration.model_dump(),
+                "shield": (m.shield.model_dump(exclude_none=True) if m.shield else {}),
+                "costs": m.costs,
+                "variant": cfg.variant,
+            }
+        )
+        self._version = m.version
+        self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, answer what was read, close the decision log. Idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        self.ready = False
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while (self.connections or self.batcher.pending) and time.monotonic() < deadline:
+            if self.batcher.pending:
+                self.batcher.flush()
+            await asyncio.sleep(0.005)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.drift is not None:
+            self.drift.stop()
+        if self.decision_log is not None:
+            await self.loop.run_in_executor(None, self.decision_log.close)
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ routing
+
+    def protocol_error(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.error(_ERR_REASON.get(status, "bad_request"))
+
+    def _fail(self, conn: protocol.HttpProtocol, seq: int, status: int, reason: str, message: str, extra=b"") -> None:
+        if self.metrics is not None:
+            self.metrics.error(reason)
+        conn.respond(seq, status, _error(message), extra=extra)
+
+    def handle(self, conn: protocol.HttpProtocol, seq: int, method: bytes, path: bytes, body: bytes, t0: float) -> None:
+        try:
+            if path == b"/v1/act":
+                if method != b"POST":
+                    return self._not_allowed(conn, seq, b"POST")
+                return self._act(conn, seq, body, t0)
+            if path == b"/v1/reward":
+                if method != b"POST":
+                    return self._not_allowed(conn, seq, b"POST")
+                return self._reward(conn, seq, body)
+            if path in _GET_ROUTES:
+                if method != b"GET":
+                    return self._not_allowed(conn, seq, b"GET")
+                return getattr(self, _GET_ROUTES[path])(conn, seq)
+            self._fail(conn, seq, 404, "not_found", f"no route {path.decode('latin-1')!r}; see GET /openapi.json")
+        except Exception as exc:  # a bug, not a client error: answer 500, keep serving
+            log.exception("internal error on %r", path)
+            self._fail(conn, seq, 500, "internal", f"internal error: {type(exc).__name__}")
+
+    def _not_allowed(self, conn: protocol.HttpProtocol, seq: int, allow: bytes) -> None:
+        self._fail(
+            conn, seq, 405, "method_not_allowed", f"method not allowed; use {allow.decode()}", b"Allow: %s\r\n" % allow
+        )
+
+    def _not_ready(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        why = "shutting down" if self._stopping else "the model is still loading/warming up"
+        self._fail(conn, seq, 503, "not_ready", f"not ready: {why}; retry when GET /readyz answers 200")
+
+    def _healthz(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        conn.respond(seq, 200, b'{"status":"ok"}')
+
+    def _readyz(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        if self.ready:
+            conn.respond(seq, 200, b'{"status":"ready"}')
+        elif self.load_error is not None:
+            conn.respond(seq, 503, orjson.dumps({"status": "failed", "error": str(self.load_error)}))
+        else:
+            conn.respond(seq, 503, b'{"status":"stopping"}' if self._stopping else b'{"status":"loading"}')
+
+    def _model(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        if not self._model_body:
+            return self._not_ready(conn, seq)
+        conn.respond(seq, 200, self._model_body)
+
+    def _metrics(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        if self.metrics is None:
+            return self._not_ready(conn, seq)
+        conn.respond(
+            seq, 200, self.metrics.render(), protocol.TEXT.replace(b"text/plain", b"text/plain; version=0.0.4")
+        )
+
+    def _openapi_doc(self, conn: protocol.HttpProtocol, seq: int) -> None:
+        conn.respond(seq, 200, self._openapi)
+
+    # ------------------------------------------------------------------ /v1/act
+
+    def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float) -> None:
+        if not self.ready:
+            return self._not_ready(conn, seq)
+        try:
+            req = validation.parse_act(body, self.shape, self.n_actions)
+            if req.mask is not None:
+                problem = self.shield.check_request_mask(req.mask)
+                if problem:
+                    raise validation.BadRequest(problem)
+        except validation.BadRequest as exc:
+            return self._fail(conn, seq, exc.status, exc.reason, str(exc))
+        rid = req.request_id
+        ids = self._ids
+        if rid is None:
+            self._counter += 1
+            rid = f"{self._id_prefix}-{self._counter:x}"
+        elif rid in ids:
+            return self._fail(
+                conn, seq, 409, "duplicate_request_id", f"request_id {rid!r} was already used; send a unique id or none"
+            )
+        ids[rid] = False
+        if len(ids) > self.config.max_request_ids:
+            ids.popitem(last=False)
+        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context, req.mask, req.entity))
+
+    def _run_batch(self, items: list[_Pending]) -> None:
+        pol = self.policy
+        try:
+            obs = np.stack([it.obs for it in items])
+            raw = pol.forward(obs)
+            waited = None
+            if self.shield.latency_budget_s is not None:
+                now = time.perf_counter()
+                waited = np.array([now - it.t0 for it in items])
+            res = self.shield.run(
+                raw, self.rng, masks=[it.mask for it in items], entities=[it.entity for it in items], waited_s=waited
+            )
+        except Exception as exc:
+            log.exception("batch of %d failed", len(items))
+            for it in items:
+                self._fail(it.conn, it.seq, 500, "internal", f"internal error: {type(exc).__name__}")
+            return
+        d = res.decision
+        actions = d.actions.tolist()
+        props = d.propensities.tolist()
+        reasons = res.reasons
+        version, variant, dumps = self._version, self.config.variant, orjson.dumps
+        for i, it in enumerate(items):
+            r = reasons[i]
+            it.conn.respond(
+                it.seq,
+                200,
+                dumps(
+                    {
+                        "request_id": it.request_id,
+                        "action": actions[i],
+                        "propensity": props[i],
+                        "policy_version": version,
+                        "variant": variant,
+                        "shield": {"intervened": bool(r), "reasons": r},
+                    }
+                ),
+            )
+        end = time.perf_counter()
+        latency = end - np.fromiter((it.t0 for it in items), dtype=np.float64, count=len(items))
+        self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
+        if self.drift is not None:
+            self.drift.add(obs)
+        if self.decision_log is not None:
+            self._log_batch(items, obs, d, reasons, actions, props, latency)
+
+    def _log_batch(self, items, obs, d, reasons, actions, props, latency) -> None:
+        now = time.time()
+        flat = obs.reshape(len(items), -1).tolist()
+        probs = d.probabilities.tolist() if d.probabilities is not None else None
+        lat_ms = (latency * 1000).tolist()
+        version, variant, logd = self._version, self.config.variant, self.decision_log.log_decision
+        for i, it in enumerate(items):
+            logd(
+                {
+                    "request_id": it.request_id,
+                    "time": now,
+                    "policy_version": version,
+                    "variant": variant,
+                    "observation": flat[i],
+                    "action": actions[i],
+                    "propensity": props[i],
+                    "probabilities": probs[i] if probs is not None else None,
+                    "shield_reasons": reasons[i],
+                    "latency_ms": lat_ms[i],
+                    "context_json": orjson.dumps(it.context).decode() if it.context is not None else None,
+                }
+            )
+
+    # ------------------------------------------------------------------ /v1/reward
+
+    def _reward(self, conn: protocol.HttpProtocol, seq: int, body: bytes) -> None:
+        if not self.ready:
+            return self._not_ready(conn, seq)
+        try:
+            req = validation.parse_reward(body)
+            for name in req.costs or ():
+                if not self.metrics.can_record_cost(name):
+                    raise validation.BadRequest(
+                        f"too many distinct cost names (max {metrics.MAX_COST_NAMES}); declare costs in the manifest"
+                    )
+        except validation.BadRequest as exc:
+            return self._fail(conn, seq, exc.status, exc.reason, str(exc))
+        state = self._ids.get(req.request_id)
+        if state is None:
+            return self._fail(
+                conn,
+                seq,
+                404,
+                "unknown_request_id",
+                f"unknown request_id {req.request_id!r}: not served by this server within the last "
+                f"{self.config.max_request_ids} decisions",
+            )
+        if state:
+            return self._fail(
+                conn,
+                seq,
+                409,
+                "duplicate_request_id",
+                f"a reward for request_id {req.request_id!r} was already recorded",
+            )
+        self._ids[req.request_id] = True
+        self.metrics.record_reward(req.reward, req.costs)
+        if self.decision_log is not None:
+            self.decision_log.log_reward(
+                {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
+            )
+        conn.respond(seq, 202, b'{"status":"accepted"}')
+
+
+_GET_ROUTES = {
+    b"/healthz": "_healthz",
+    b"/readyz": "_readyz",
+    b"/v1/model": "_model",
+    b"/metrics": "_metrics",
+    b"/openapi.json": "_openapi_doc",
+}

@@ -1,0 +1,184 @@
+"""Hand-written validation of /v1/act and /v1/reward bodies.
+
+Why not pydantic here: validating an 8-float observation through a pydantic model costs more
+than the forward pass; these checks are a handful of ``type(x) is`` tests. Every failure raises
+:class:`BadRequest` with a message that names the field at fault and says what to send instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+__all__ = ["ActRequest", "BadRequest", "RewardRequest", "parse_act", "parse_json", "parse_reward"]
+
+ACT_FIELDS = ("observation", "request_id", "context")
+REWARD_FIELDS = ("request_id", "reward", "costs")
+MAX_ID_LEN = 128
+MAX_ENTITY_LEN = 256
+_COST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+class BadRequest(Exception):
+    """A client error: ``status`` and a message naming what to fix."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ActRequest:
+    observation: np.ndarray
+    request_id: str | None
+    context: dict[str, Any] | None
+    mask: np.ndarray | None
+    entity: str | None
+
+
+@dataclass(slots=True)
+class RewardRequest:
+    request_id: str
+    reward: float
+    costs: dict[str, float] | None
+
+
+def _type(x: Any) -> str:
+    return (
+        "null"
+        if x is None
+        else {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(x), type(x).__name__)
+    )
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise BadRequest("empty body: send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(
+            f"body is not valid JSON ({exc}); send a UTF-8 JSON object (NaN/Infinity are not JSON numbers)"
+        ) from None
+    if type(data) is not dict:
+        raise BadRequest(f"body must be a JSON object, got {_type(data)}")
+    return data
+
+
+def _unknown(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise BadRequest(f"unknown field {key!r} in the {where} body; allowed fields: {', '.join(allowed)}")
+
+
+def _request_id(value: Any, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise BadRequest("field 'request_id' is required: send the request_id returned by /v1/act")
+        return None
+    if type(value) is not str or not 0 < len(value) <= MAX_ID_LEN:
+        raise BadRequest(f"'request_id' must be a non-empty string of at most {MAX_ID_LEN} characters")
+    return value
+
+
+def _observation(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if value is None:
+        raise BadRequest(f"field 'observation' is required: an array of shape {list(shape)} of numbers")
+    if len(shape) == 1:
+        n = shape[0]
+        if type(value) is not list:
+            raise BadRequest(f"'observation' must be an array of {n} numbers, got {_type(value)}")
+        if len(value) != n:
+            raise BadRequest(f"'observation' has {len(value)} values, the model expects {n} (shape {list(shape)})")
+        for i, x in enumerate(value):
+            t = type(x)
+            if t is not float and t is not int:
+                raise BadRequest(f"'observation[{i}]' is {_type(x)}, expected a number")
+    else:
+        _check_nested(value, shape, "observation")
+    arr = np.array(value, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise BadRequest("'observation' has a value outside the float32 range; send finite numbers below 3.4e38")
+    return arr
+
+
+def _check_nested(value: Any, shape: tuple[int, ...], path: str) -> None:
+    if type(value) is not list:
+        raise BadRequest(f"'{path}' must be an array of {shape[0]} elements, got {_type(value)}")
+    if len(value) != shape[0]:
+        raise BadRequest(f"'{path}' has {len(value)} elements, expected {shape[0]}")
+    for i, x in enumerate(value):
+        if len(shape) > 1:
+            _check_nested(x, shape[1:], f"{path}[{i}]")
+        elif type(x) is not float and type(x) is not int:
+            raise BadRequest(f"'{path}[{i}]' is {_type(x)}, expected a number")
+
+
+def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> ActRequest:
+    """Validate a /v1/act body; ``n_actions`` is None for continuous actions."""
+    data = parse_json(body)
+    if len(data) > 3 or any(k not in ACT_FIELDS for k in data):
+        _unknown(data, ACT_FIELDS, "/v1/act")
+    obs = _observation(data.get("observation"), shape)
+    rid = _request_id(data.get("request_id"), required=False)
+    context = data.get("context")
+    mask = entity = None
+    if context is not None:
+        if type(context) is not dict:
+            raise BadRequest(f"'context' must be an object, got {_type(context)}")
+        if "action_mask" in context:
+            mask = _mask(context["action_mask"], n_actions)
+        if "entity" in context:
+            e = context["entity"]
+            if type(e) is int:
+                e = str(e)
+            if type(e) is not str or not 0 < len(e) <= MAX_ENTITY_LEN:
+                raise BadRequest(
+                    f"'context.entity' must be a non-empty string (or integer) of at most {MAX_ENTITY_LEN} characters"
+                )
+            entity = e
+    return ActRequest(obs, rid, context, mask, entity)
+
+
+def _mask(value: Any, n_actions: int | None) -> np.ndarray:
+    if n_actions is None:
+        raise BadRequest("'context.action_mask' is for discrete actions; this policy's actions are continuous")
+    if type(value) is not list or len(value) != n_actions or any(type(x) is not bool for x in value):
+        raise BadRequest(f"'context.action_mask' must be an array of {n_actions} booleans (true = allowed)")
+    if not any(value):
+        raise BadRequest("'context.action_mask' allows no action; set at least one entry to true")
+    return np.array(value, dtype=bool)
+
+
+def _number(value: Any, field: str) -> float:
+    if type(value) is not float and type(value) is not int:
+        raise BadRequest(f"'{field}' must be a number, got {_type(value)}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise BadRequest(f"'{field}' must be finite")
+    return f
+
+
+def parse_reward(body: bytes) -> RewardRequest:
+    data = parse_json(body)
+    _unknown(data, REWARD_FIELDS, "/v1/reward")
+    rid = _request_id(data.get("request_id"), required=True)
+    if "reward" not in data:
+        raise BadRequest("field 'reward' is required: a finite number")
+    reward = _number(data["reward"], "reward")
+    costs = data.get("costs")
+    if costs is not None:
+        if type(costs) is not dict:
+            raise BadRequest(f"'costs' must be an object of name -> number, got {_type(costs)}")
+        for name, value in costs.items():
+            if not _COST_NAME.fullmatch(name):
+                raise BadRequest(f"cost name {name!r} must match [A-Za-z_][A-Za-z0-9_]{{0,63}}")
+            costs[name] = _number(value, f"costs.{name}")
+    assert rid is not None
+    return RewardRequest(rid, reward, costs)
