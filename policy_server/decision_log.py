@@ -129,6 +129,20 @@ def _split_action(action: Any) -> tuple[Any, int | None]:
     return list(action), None
 
 
+def _action_columns(actions: list[Any]) -> tuple[pa.Array, pa.Array]:
+    """``action`` and ``action_index`` columns; batches of one kind avoid a Python object per row."""
+    n = len(actions)
+    kinds = set(map(type, actions))
+    if kinds == {int}:  # all discrete: the list column is built from the index array, no per-row lists
+        index = pa.array(actions, pa.int64())
+        offsets = pa.array(range(n + 1), pa.int32())
+        return pa.ListArray.from_arrays(offsets, pc.cast(index, pa.float64())), index
+    if kinds == {list}:  # all continuous; pyarrow rejects items that are not numbers
+        return pa.array(actions, _FLOAT_LIST), pa.nulls(n, pa.int64())
+    split = [_split_action(a) for a in actions]
+    return pa.array([s[0] for s in split], _FLOAT_LIST), pa.array([s[1] for s in split], pa.int64())
+
+
 def _convert(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build one table, raising on any record that does not fit the schema."""
     plain = pa.schema([f for f in schema if f.name not in _DERIVED])
@@ -141,9 +155,7 @@ def _convert(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         "schema_version": pa.array([SCHEMA_VERSION] * len(rows), pa.int16())
     }
     if "action" in schema.names:
-        split = [_split_action(r["action"]) for r in rows]
-        columns["action"] = pa.array([s[0] for s in split], _FLOAT_LIST)
-        columns["action_index"] = pa.array([s[1] for s in split], pa.int64())
+        columns["action"], columns["action_index"] = _action_columns([r["action"] for r in rows])
     if "shield_reasons" in schema.names:
         reasons = table.column("shield_reasons")
         if reasons.null_count:  # an absent list means "no reason", not "unknown"

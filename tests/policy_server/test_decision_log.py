@@ -202,9 +202,11 @@ def test_rotation_by_time(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
     for i in range(3, 5):
         dlog.log_decision(decision(i))
     dlog.log_reward({"request_id": "req-0", "time": 1.0, "reward": 1.0})
-    wait_until(lambda: len(segments(tmp_path)) == 2 and len(segments(tmp_path, "rewards")) == 1, "second segments")
+    wait_until(
+        lambda: len(segments(tmp_path)) == 2 and len(segments(tmp_path, "rewards")) == 1 and dlog.buffered == 0,
+        "second segments",
+    )
     assert [pq.read_metadata(p).num_rows for p in segments(tmp_path)] == [3, 2]
-    assert dlog.buffered == 0
 
 
 def test_close_flushes_everything_from_concurrent_producers(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
@@ -423,3 +425,17 @@ def test_public_surface() -> None:
         "read_rewards",
     }
     assert isinstance(DECISION_SCHEMA, pa.Schema) and isinstance(REWARD_SCHEMA, pa.Schema)
+
+
+def test_flush_reports_a_writer_stuck_in_a_hung_write(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = GatedFS()
+    dlog = DecisionLog(str(tmp_path), segment_rows=2, flush_interval_s=3600, filesystem=fs, flush_timeout_s=0.2)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(0))
+    dlog.log_decision(decision(1))
+    assert fs.entered.wait(20), "the writer thread never started a write"
+    with pytest.raises(DecisionLogError, match="stuck in one write"):
+        dlog.flush()
+    fs.release.set()  # the storage answers again: nothing was lost
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-1"]
