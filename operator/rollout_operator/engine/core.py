@@ -46,7 +46,11 @@ def _run_pass(ctx: Context) -> None:
 
 
 def _requeue_after(ctx: Context) -> float | None:
-    """Seconds until a timer the engine knows of fires: analysis, step end, deadline."""
+    """Seconds until a timer the engine knows of fires: analysis, step end, deadline.
+
+    0 means an analysis is due now and no measurements came: measure, then decide again.
+    None means only the outside world can move the rollout (readiness, weights, a human).
+    """
     spec, status, now = ctx.spec, ctx.status, ctx.now
     started = timeutil.from_iso(status.step_started_at)
     moments = []
@@ -74,6 +78,8 @@ def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime
 
     `observations.measurements` count only when `analysis_due(rollout, now)`; the caller
     measures then. No I/O, no clock: the same inputs always give the same decision.
+    Phase `Failed` is never entered today (nothing makes a rollout unable to proceed yet);
+    `retry` already accepts it.
     """
     now = timeutil.require_utc(now)
     status = rollout.status.model_copy(deep=True)
