@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -149,15 +150,14 @@ def _get(url: str, timeout: float = 2.0) -> int:
 
 
 @contextlib.contextmanager
-def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Iterator[tuple[str, int]]:
-    """Start ``policy-server serve`` on a free loopback port; yields (act URL, pid)."""
+def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Iterator[tuple[str, int, Path]]:
+    """Start ``policy-server serve`` (decision log on) on a free loopback port; yields (act URL, pid, log dir)."""
     from policy_server.torchserve.runner import free_port
 
     port = free_port()
-    executable = Path(sys.executable).with_name("policy-server")
     log_dir = workdir / "decisions"
     command = [
-        str(executable),
+        str(Path(sys.executable).with_name("policy-server")),
         "serve",
         "--model",
         str(artifact),
@@ -165,26 +165,27 @@ def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Itera
         "127.0.0.1",
         "--port",
         str(port),
-        "--decision-log",
+        "--log-dir",
         str(log_dir),
+        "--log-level",
+        "WARNING",
         *extra_args,
     ]
-    console = (workdir / "policy-server.log").open("wb")
-    process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+    console_path = workdir / "policy-server.log"
+    with console_path.open("wb") as console:
+        process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"policy-server exited with {process.returncode}:\n{(workdir / 'policy-server.log').read_text()}"
-                )
+                raise RuntimeError(f"policy-server exited with {process.returncode}:\n{console_path.read_text()}")
             with contextlib.suppress(OSError):
                 if _get(f"http://127.0.0.1:{port}/readyz") == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("policy-server did not become ready within 60 s")
+                raise RuntimeError(f"policy-server did not become ready within 90 s:\n{console_path.read_text()}")
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1/act", process.pid
+        yield f"http://127.0.0.1:{port}/v1/act", process.pid, log_dir
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -193,7 +194,32 @@ def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Itera
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
-        console.close()
+
+
+@contextlib.contextmanager
+def scraping(url: str, interval_s: float = 1.0) -> Iterator[list[int]]:
+    """Scrape a Prometheus endpoint every ``interval_s`` while load runs, as a real Prometheus would."""
+    stop = threading.Event()
+    sizes: list[int] = []
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as response:
+                sizes.append(len(response.read()))
+
+    thread = threading.Thread(target=loop, name="scraper", daemon=True)
+    thread.start()
+    try:
+        yield sizes
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _metric_sum(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def parse_ts_config(text: str) -> tuple[int, int]:
@@ -221,7 +247,9 @@ def bench_torchserve(
             print(f"  TorchServe {workers} worker(s), batch {batch} (max delay {delay_ms} ms)", flush=True)
             ts.register("policy.mar", model_name=name, workers=workers, batch_size=batch, max_batch_delay_ms=delay_ms)
             try:
-                series = load_series(ts.predictions_url(name), connections, duration_s, warmup_s, bodies, ts.rss_bytes)
+                with scraping(f"{ts.metrics_url}/metrics"):
+                    url = ts.predictions_url(name)
+                    series = load_series(url, connections, duration_s, warmup_s, bodies, ts.rss_bytes)
             finally:
                 ts.unregister(name)
             results[text] = {"workers": workers, "batch_size": batch, "max_batch_delay_ms": delay_ms, **series}
@@ -442,11 +470,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {result['in_process']}", flush=True)
         if not args.skip_policy_server:
             print("policy-server serve", flush=True)
-            with policy_server(artifact, work, args.server_args.split()) as (url, pid):
-                result["policy_server"] = {
-                    "idle_rss_mb": round(_rss_tree(pid) / 2**20, 1),
-                    **load_series(url, connections, args.duration, args.warmup, bodies, lambda: _rss_tree(pid)),
-                }
+            with policy_server(artifact, work, args.server_args.split()) as (url, pid, log_dir):
+                metrics_url = url.replace("/v1/act", "/metrics")
+                idle = round(_rss_tree(pid) / 2**20, 1)
+                with scraping(metrics_url) as scrapes:
+                    series = load_series(url, connections, args.duration, args.warmup, bodies, lambda: _rss_tree(pid))
+                counted = _metric_sum(metrics_url, "policy_decisions_total")
+            # After a clean shutdown every decision must be in the log: proof that logging was on and kept up.
+            from policy_server import decision_log
+
+            logged = decision_log.read_decisions(str(log_dir)).num_rows
+            result["policy_server"] = {
+                "idle_rss_mb": idle,
+                **series,
+                "metrics_scrapes": len(scrapes),
+                "decisions_in_metrics": int(counted),
+                "decisions_in_log": logged,
+            }
+            print(f"  decisions: {int(counted)} in metrics, {logged} in the decision log", flush=True)
         print("TorchServe", flush=True)
         result["torchserve"] = bench_torchserve(
             mar_dir, configs, args.ts_delay_ms, connections, args.duration, args.warmup, bodies
