@@ -16,8 +16,9 @@ __all__ = [
 
 
 def _describe(guardrail: api.Guardrail, entry: api.GuardrailStatus) -> str:
-    value = "no value" if entry.value is None else f"value {entry.value:g}"
-    return f"guardrail {guardrail.name}: {value}, condition '{guardrail.condition}' ({entry.message})"
+    if entry.value is None:
+        return f"guardrail {guardrail.name}: no value ({entry.message}), condition '{guardrail.condition}'"
+    return f"guardrail {guardrail.name}: value {entry.value:g}, condition '{guardrail.condition}'"
 
 
 def reconcile_promotion(ctx: Context) -> bool:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from engine_harness import make_rollout
-from rollout_operator import engine
+from rollout_operator import api, engine
 from rollout_operator.engine import steps, timeutil
 from rollout_operator.engine.types import ManualAction
 
@@ -106,3 +106,45 @@ def test_naive_now_is_refused() -> None:
     rollout = make_rollout([{"setWeight": 10}])
     with pytest.raises(ValueError, match="timezone-aware"):
         engine.decide(rollout, engine.Observations(generation=1), datetime(2026, 1, 1))
+
+
+_LIVE = {"liveSince": "2026-01-01T12:00:00Z", "stepStartedAt": "2026-01-01T12:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("status", "minutes", "due"),
+    [
+        ({"phase": "Progressing", "currentStepIndex": 0, "canaryWeight": 10, **_LIVE}, 1, True),
+        ({"phase": "Progressing", "currentStepIndex": 0, "canaryWeight": 10, **_LIVE}, 0.5, False),
+        ({"phase": "Paused", "currentStepIndex": 1, "canaryWeight": 10, **_LIVE}, 1, True),
+        ({"phase": "AwaitingApproval", "currentStepIndex": 2, "canaryWeight": 10, **_LIVE}, 1, True),
+        # one interval after the last analysis, not after going live
+        (
+            {"phase": "Progressing", "canaryWeight": 10, "lastAnalysisAt": "2026-01-01T12:05:00Z", **_LIVE},
+            5.5,
+            False,
+        ),
+        ({"phase": "Progressing", "canaryWeight": 10, "lastAnalysisAt": "2026-01-01T12:05:00Z", **_LIVE}, 6, True),
+        ({"phase": "Progressing", "canaryWeight": 0}, 10, False),  # not live: nothing to measure
+        ({"phase": "Shadow", "canaryWeight": 0, "shadow": True}, 10, False),
+        ({"phase": "Pending"}, 10, False),
+        ({"phase": "RollingBack", "canaryWeight": 0, **_LIVE}, 10, False),
+        ({"phase": "Progressing", "currentStepIndex": 3, "canaryWeight": 10, **_LIVE}, 10, False),  # promoting
+        ({"phase": "Promoted", "currentStepIndex": 3, **_LIVE}, 10, False),
+    ],
+)
+def test_analysis_due(status: dict, minutes: float, due: bool) -> None:
+    rollout = make_rollout(
+        [{"setWeight": 10}, {"pause": {}}, {"approval": {}}],
+        guardrails=[{"name": "errors", "query": "q", "condition": "< 1"}],
+    )
+    rollout = rollout.model_copy(update={"status": api.PolicyRolloutStatus.model_validate(status)})
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+    assert engine.analysis_due(rollout, now) is due
+
+
+def test_analysis_is_never_due_without_guardrails() -> None:
+    rollout = make_rollout([{"setWeight": 10}])
+    status = api.PolicyRolloutStatus.model_validate({"phase": "Progressing", "canaryWeight": 10, **_LIVE})
+    rollout = rollout.model_copy(update={"status": status})
+    assert not engine.analysis_due(rollout, datetime(2026, 1, 2, tzinfo=UTC))
