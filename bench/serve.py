@@ -4,7 +4,8 @@ Why one run: this machine is shared, so absolute numbers drift from minute to mi
 servers measured back to back in the same run are what the comparison rests on.
 
 * model: the example MLP 8 -> 64 -> 64 -> 4 (TorchScript, softmax exploration, an action mask in the shield).
-* (a) ``policy-server serve`` with decision logging, metrics and the shield on;
+* (a) ``policy-server serve`` with decision logging, metrics (scraped every second) and the shield on (the
+  artifact's action mask and fallback, a 100 ms latency budget);
 * (b) TorchServe with the `policy_server.torchserve` handler, every configuration in ``--ts-configs``
   (workers x batch size, batch delay ``--ts-delay-ms``), the best per client count is reported;
 * (c) the floor: ``Policy.decide`` (and the bare module) in a loop in this process, batch 1.
@@ -57,7 +58,8 @@ README_SECTION = f"""
 ## Policy server vs TorchServe
 
 `bench/serve.py` serves the same small MLP (8 -> 64 -> 64 -> 4, TorchScript, softmax exploration, an action
-mask in the shield) with `policy-server serve` (decision log, metrics and shield on), with TorchServe through
+mask in the shield) with `policy-server serve` (decision log on, `/metrics` scraped every second, shield on with a 100 ms latency
+budget), with TorchServe through
 the `policy_server.torchserve` handler (each worker/batching configuration tried, the best one reported per
 client count) and in-process (`Policy.decide` in a loop, batch 1: the floor). Load comes from `wrk` with
 `bench/wrk_act.lua` (POST bodies from a file of 256 random observations, a warm-up run before each measured
@@ -422,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ts-configs", default="1x1,2x1,1x8,2x8,2x16", help="TorchServe WORKERSxBATCH list")
     parser.add_argument("--ts-delay-ms", type=int, default=2, help="TorchServe max_batch_delay for batches > 1")
     parser.add_argument("--skip-policy-server", action="store_true", help="measure TorchServe and in-process only")
-    parser.add_argument("--server-args", default="", help="extra arguments for `policy-server serve`")
+    parser.add_argument(
+        "--server-args",
+        default="--latency-budget-ms 100",
+        help="extra arguments for `policy-server serve` (default turns the shield's latency budget on too)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     args = parser.parse_args(argv)
