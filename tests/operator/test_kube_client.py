@@ -1,0 +1,136 @@
+"""rollout_operator.kube against the emulator over HTTP: apply is create-or-patch and idempotent,
+get/list/delete/patch_status/create_event work for built-in and custom kinds, and errors map to
+the small hierarchy with messages that say what to do."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from rollout_operator import api, kube
+
+from tests.support.kube import KubeAPI, policy_rollout_manifest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def client(kube_api: KubeAPI):
+    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _configmap(name: str = "settings", **data: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default",
+                                                                   "labels": {"app": "x"}},
+            "data": dict(data) or {"a": "1"}}
+
+
+def test_apply_creates_then_is_idempotent(client: kube.Client, kube_api: KubeAPI) -> None:
+    created = client.apply(_configmap())
+    again = client.apply(_configmap())
+    assert again == created  # same stored object: same resourceVersion, nothing written
+    assert [o["data"] for o in kube_api.objects("configmaps", "default")] == [{"a": "1"}]
+    writes = [c.verb for c in kube_api.calls_to("configmaps") if c.verb in ("create", "patch", "update")]
+    assert writes == ["create"]
+
+
+def test_apply_patches_what_differs(client: kube.Client, kube_api: KubeAPI) -> None:
+    created = client.apply(_configmap(a="1"))
+    changed = client.apply(_configmap(a="2", b="3"))
+    assert changed["data"] == {"a": "2", "b": "3"}
+    assert changed["metadata"]["uid"] == created["metadata"]["uid"]
+    assert int(changed["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    assert kube_api.get("configmaps", "default", "settings")["data"] == {"a": "2", "b": "3"}
+    assert [c.verb for c in kube_api.calls_to("configmaps")].count("patch") == 1
+
+
+def test_apply_ignores_server_fields_and_status(client: kube.Client) -> None:
+    stored = client.apply(_configmap())
+    resent = copy.deepcopy(stored)
+    resent["metadata"]["resourceVersion"] = "1"  # stale: must not be sent as a precondition
+    assert client.apply(resent)["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+
+def test_custom_resources_and_status(client: kube.Client, kube_api: KubeAPI) -> None:
+    manifest = policy_rollout_manifest(name="pricing")
+    stored = client.apply(manifest)
+    assert stored["metadata"]["generation"] == 1
+    status = client.patch_status(api.API_VERSION, api.KIND, "pricing", "default", {"phase": "Shadow"})
+    assert status["status"] == {"phase": "Shadow"}
+    got = client.get(api.API_VERSION, api.KIND, "pricing", "default")
+    assert got["status"]["phase"] == "Shadow"
+    # The rollout parses into the API model: this is what the operator reads.
+    assert api.PolicyRollout.model_validate(got).status.phase is api.Phase.SHADOW
+    assert ("patch", api.GROUP, api.VERSION, api.PLURAL, "status", "default") in {
+        (c.verb, c.group, c.version, c.resource, c.subresource, c.namespace) for c in kube_api.calls
+    }
+
+
+def test_list_with_selector(client: kube.Client) -> None:
+    client.apply(_configmap("one"))
+    other = _configmap("two")
+    other["metadata"]["labels"] = {"app": "y"}
+    client.apply(other)
+    assert [o["metadata"]["name"] for o in client.list("v1", "ConfigMap", "default", {"app": "x"})] == ["one"]
+    assert sorted(o["metadata"]["name"] for o in client.list("v1", "ConfigMap", "default")) == ["one", "two"]
+    assert client.list("v1", "ConfigMap", "default", "app in (x,y)") != []
+
+
+def test_delete_and_not_found(client: kube.Client, kube_api: KubeAPI) -> None:
+    client.apply(_configmap())
+    assert client.delete("v1", "ConfigMap", "settings", "default") is True
+    assert client.delete("v1", "ConfigMap", "settings", "default") is False
+    assert kube_api.objects("configmaps", "default") == []
+    with pytest.raises(kube.NotFound, match="ConfigMap 'settings' in namespace 'default'"):
+        client.get("v1", "ConfigMap", "settings", "default")
+    assert client.find("v1", "ConfigMap", "settings", "default") is None
+
+
+def test_unknown_kind_says_to_install_the_crd(client: kube.Client) -> None:
+    with pytest.raises(kube.UnknownKind, match="CustomResourceDefinition"):
+        client.get("example.com/v1", "Widget", "w", "default")
+    with pytest.raises(kube.UnknownKind):
+        client.find("example.com/v1", "Widget", "w", "default")
+
+
+def test_conflict_and_invalid(client: kube.Client) -> None:
+    client.create(_configmap())
+    with pytest.raises(kube.Conflict, match="409"):
+        client.create(_configmap())
+    with pytest.raises(kube.Invalid, match=r"metadata\.name"):
+        client.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}})
+
+
+def test_create_event(client: kube.Client, kube_api: KubeAPI) -> None:
+    rollout = client.apply(policy_rollout_manifest(name="pricing"))
+    first = client.create_event(rollout, "Promoted", "candidate v2 serves 100%")
+    second = client.create_event(rollout, "Rollback", "error rate 3% > 1%", type="Warning")
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    events = {e["reason"]: e for e in kube_api.objects("events", "default")}
+    assert events["Rollback"]["type"] == "Warning"
+    assert events["Promoted"]["involvedObject"] == {
+        "apiVersion": api.API_VERSION, "kind": api.KIND, "name": "pricing", "namespace": "default",
+        "uid": rollout["metadata"]["uid"], "resourceVersion": rollout["metadata"]["resourceVersion"],
+    }
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    client = kube.Client.from_kubeconfig(config)
+    client.api_client.configuration.retries = 0
+    with pytest.raises(kube.KubeError, match="unreachable"):
+        client.get("v1", "ConfigMap", "x", "default")
+
+
+def test_bad_kubeconfig_path() -> None:
+    with pytest.raises(kube.KubeError, match="cannot load kubeconfig"):
+        kube.Client.from_kubeconfig("/nonexistent/kubeconfig")
