@@ -58,15 +58,14 @@ README_SECTION = f"""
 ## Policy server vs TorchServe
 
 `bench/serve.py` serves the same small MLP (8 -> 64 -> 64 -> 4, TorchScript, softmax exploration, an action
-mask in the shield) with `policy-server serve` (decision log on, `/metrics` scraped every second, shield on with a 100 ms latency
-budget), with TorchServe through
-the `policy_server.torchserve` handler (each worker/batching configuration tried, the best one reported per
-client count) and in-process (`Policy.decide` in a loop, batch 1: the floor). Load comes from `wrk` with
-`bench/wrk_act.lua` (POST bodies from a file of 256 random observations, a warm-up run before each measured
-run); memory is VmRSS from /proc summed over each server's process tree. TorchServe runs tuned: warnings-only
-logs (no access log), system metrics off, one torch thread per worker, every `WxB` (workers x batch size)
-configuration registered in turn in the same JVM. Targets: policy-server >= 5x TorchServe's req/s at 8 and
-32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
+mask in the shield) three ways: `policy-server serve` (decision log on, `/metrics` scraped every second, shield
+on with a 100 ms latency budget); TorchServe through the `policy_server.torchserve` handler (each
+worker/batching configuration tried, the best one reported per client count); in-process (`Policy.decide` in
+a loop, batch 1: the floor). Load comes from `wrk` with `bench/wrk_act.lua` (POST bodies from a file of 256
+random observations, a warm-up run before each measured run); memory is VmRSS from /proc summed over each
+server's process tree. TorchServe runs tuned: warnings-only logs (no access log), system metrics off, one
+torch thread per worker, every `WxB` (workers x batch size) configuration registered in turn in the same JVM.
+Targets: policy-server >= 5x TorchServe's req/s at 8 and 32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
 
 Reproduce: `.venv/bin/python bench/serve.py` (about 6 minutes; `--help` for the knobs).
 
