@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import tempfile
+import threading
 import uuid
 import weakref
 from typing import Any
@@ -110,17 +111,22 @@ def _wrap(error: Exception, action: str, what: str) -> KubeError:
     return KubeError(f"cannot {action} {what}: {error}")
 
 
-def _merged(base: Any, patch: Any) -> Any:
-    """What a JSON merge patch (RFC 7386) would make of `base`: tells whether a patch changes anything."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(base) if isinstance(base, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merged(result.get(key), value)
-    return result
+def _covers(current: Any, desired: Any) -> bool:
+    """Whether `current` already holds everything `desired` sets.
+
+    Fields the server adds (defaults like a container's terminationMessagePath, status, metadata
+    it manages) do not count as differences, so a reconcile of an unchanged object writes nothing.
+    Lists must match element by element, in order, with the same length.
+    """
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(
+            (value is None and key not in current) or (key in current and _covers(current[key], value))
+            for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (isinstance(current, list) and len(current) == len(desired)
+                and all(_covers(c, d) for c, d in zip(current, desired, strict=True)))
+    return bool(current == desired)
 
 
 class Client:
@@ -142,6 +148,7 @@ class Client:
         os.unlink(self._cache_file)
         weakref.finalize(self, _remove, self._cache_file)
         self._dynamic: kubernetes.dynamic.DynamicClient | None = None
+        self._dynamic_lock = threading.Lock()  # kopf runs sync handlers in several threads
 
     # ---- construction
 
@@ -177,12 +184,13 @@ class Client:
 
     @property
     def dynamic(self) -> kubernetes.dynamic.DynamicClient:
-        if self._dynamic is None:
-            try:
-                self._dynamic = kubernetes.dynamic.DynamicClient(self.api_client, cache_file=self._cache_file)
-            except Exception as e:
-                raise _wrap(e, "discover the API of", self.host) from e
-        return self._dynamic
+        with self._dynamic_lock:
+            if self._dynamic is None:
+                try:
+                    self._dynamic = kubernetes.dynamic.DynamicClient(self.api_client, cache_file=self._cache_file)
+                except Exception as e:
+                    raise _wrap(e, "discover the API of", self.host) from e
+            return self._dynamic
 
     def close(self) -> None:
         self.api_client.close()
@@ -260,7 +268,7 @@ class Client:
                 return self.create(desired)
             except Conflict:  # created meanwhile by someone else: fall through to a patch
                 current = self.get(api_version, kind, name, namespace)
-        if _merged(current, desired) == current:
+        if _covers(current, desired):
             return current
         return self.patch(api_version, kind, name, namespace, desired)
 

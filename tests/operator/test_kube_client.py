@@ -48,6 +48,29 @@ def test_apply_patches_what_differs(client: kube.Client, kube_api: KubeAPI) -> N
     assert [c.verb for c in kube_api.calls_to("configmaps")].count("patch") == 1
 
 
+def test_apply_does_not_fight_server_defaults(client: kube.Client, kube_api: KubeAPI) -> None:
+    """A real API server defaults fields (here: a container's terminationMessagePath); re-applying
+    the same desired object must not count those as changes."""
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {
+            "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}},
+    }
+    client.apply(deployment)
+    defaulted = copy.deepcopy(deployment["spec"])
+    defaulted["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
+    defaulted["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    client.patch("apps/v1", "Deployment", "web", "default", {"spec": defaulted})
+    patches = lambda: [c for c in kube_api.calls_to("deployments") if c.verb == "patch"]  # noqa: E731
+    assert len(patches()) == 1
+    client.apply(deployment)
+    assert len(patches()) == 1  # nothing to change
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "i:2"
+    stored = client.apply(deployment)
+    assert len(patches()) == 2
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == "i:2"
+
+
 def test_apply_ignores_server_fields_and_status(client: kube.Client) -> None:
     stored = client.apply(_configmap())
     resent = copy.deepcopy(stored)
