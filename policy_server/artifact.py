@@ -413,7 +413,9 @@ def write_example_model(
     if format == "torchscript":
         program = "policy.pt"
         buf = io.BytesIO()
-        torch.jit.save(torch.jit.script(model), buf)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript stays supported in 2.x
+            torch.jit.save(torch.jit.script(model), buf)
     elif format == "export":
         program = "policy.pt2"
         batch = torch.export.Dim("batch", min=1, max=65536)

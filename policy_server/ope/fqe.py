@@ -55,11 +55,14 @@ def fitted_q_evaluation(
     lr: float = 3e-3,
     batch_size: int = 4096,
     seed: int = 0,
+    num_threads: int | None = 1,
 ) -> FQEResult:
     """Estimate the evaluation policy's discounted value from logged transitions.
 
     Shapes: obs/next_obs (n, obs_dim); action, reward, done (n,); next_target_dist (n, n_actions) holds
     pi_e(. | next_obs); initial_obs (m, obs_dim) and initial_target_dist (m, n_actions) describe where episodes start.
+    `num_threads` caps torch's intra-op threads while fitting (restored afterwards): a net this small gains nothing
+    from threads and slows down by an order of magnitude when they compete with other processes for the cores.
     """
     gamma = _checks.check_gamma(gamma)
     s = _checks.as_float_array(obs, "obs", 2)
@@ -83,6 +86,38 @@ def fitted_q_evaluation(
         raise _checks.OPEInputError(f"`initial_obs` must have {obs_dim} columns like `obs`, got {s0.shape}")
     pi0 = _probabilities(initial_target_dist, "initial_target_dist", s0.shape[0], n_actions)
 
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        q_net, loss_value = _fit(
+            s, a, r, d, s_next, pi_next, gamma, n_iterations, steps_per_iteration, hidden, lr, batch_size, seed
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+    with torch.no_grad():
+        v0 = (q_net(torch.as_tensor(s0, dtype=torch.float32)) * pi0).sum(dim=1).double().numpy()
+    return FQEResult(value=float(v0.mean()), initial_values=v0, q_function=q_net, final_loss=loss_value)
+
+
+def _fit(
+    s: np.ndarray,
+    a: np.ndarray,
+    r: np.ndarray,
+    d: np.ndarray,
+    s_next: np.ndarray,
+    pi_next: torch.Tensor,
+    gamma: float,
+    n_iterations: int,
+    steps_per_iteration: int,
+    hidden: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[nn.Module, float]:
+    """The FQE loop: freeze targets from the current Q, regress onto them, repeat (warm-started)."""
+    n, obs_dim = s.shape
+    n_actions = pi_next.shape[1]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     q_net = nn.Sequential(
@@ -106,6 +141,4 @@ def fitted_q_evaluation(
             loss.backward()
             optimiser.step()
             loss_value = float(loss.detach())
-    with torch.no_grad():
-        v0 = (q_net(torch.as_tensor(s0, dtype=torch.float32)) * pi0).sum(dim=1).double().numpy()
-    return FQEResult(value=float(v0.mean()), initial_values=v0, q_function=q_net, final_loss=loss_value)
+    return q_net, loss_value
