@@ -18,6 +18,8 @@ Usage (pytest)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -39,6 +41,7 @@ import jsonpointer
 import kmock
 import pytest
 import yaml
+from kmock._internal import k8s as kmock_k8s
 from kmock._internal import parsing
 from rollout_operator import api
 
@@ -183,6 +186,8 @@ def _invalid(message: str, status: int = 422, reason: str = "Invalid") -> kmock.
 
 # --------------------------------------------------------------------------- the emulator
 
+_current_request: contextvars.ContextVar[kmock.Request | None] = contextvars.ContextVar("request", default=None)
+
 
 @attrs.define(kw_only=True)
 class FidelityEmulator(kmock.KubernetesEmulator):
@@ -223,7 +228,32 @@ class FidelityEmulator(kmock.KubernetesEmulator):
         self.calls.append(ApiCall(verb, res.group or "", res.version or "", res.plural, request.subresource,
                                   request.namespace))
 
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        # Gap: kmock's 404/409 say "Object Not Found" and how to fix a kmock test; a real server
+        # says `deployments.apps "web" not found` with reason NotFound / AlreadyExists.
+        request = _current_request.get()
+        if request is not None and request.resource is not None and isinstance(
+            exc, kmock.KubernetesNotFoundError | kmock_k8s.KubernetesObjectConflictError
+        ):
+            res = request.resource
+            body = request.data if isinstance(request.data, dict) else {}
+            name = request.name or (body.get("metadata") or {}).get("name")
+            qualified = f"{res.plural}.{res.group}" if res.group else str(res.plural)
+            conflict = isinstance(exc, kmock_k8s.KubernetesObjectConflictError)
+            status = 409 if conflict else 404
+            reason = "AlreadyExists" if conflict else "NotFound"
+            message = f'{qualified} "{name}" already exists' if conflict else f'{qualified} "{name}" not found'
+            if isinstance(exc, kmock.KubernetesResourceNotFoundError):
+                message = f"the server could not find the requested resource ({qualified})"
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": status,
+                "reason": reason, "message": message,
+                "details": {"name": name, "group": res.group, "kind": res.plural},
+            }, status=status)
+        return await super()._render_error(exc)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        _current_request.set(request)  # each request runs in its own task: the var is per request
         self._record(request)
         # Gap: kmock knows no PUT (replace); a real server replaces the whole object.
         is_put = request.method == kmock.method.PUT and request.name is not None
@@ -411,9 +441,13 @@ class FidelityEmulator(kmock.KubernetesEmulator):
                 for obj in snapshot:
                     if wanted(obj) and int(obj.get("metadata", {}).get("resourceVersion") or 0) > since:
                         yield {"type": "MODIFIED" if since else "ADDED", "object": obj}
-                async for event in bus.stream(since=mark):
-                    if wanted(event.get("object", {})):
-                        yield event
+                # `timeoutSeconds` ends the stream as a real server does (clients then re-list/re-watch).
+                timeout = float(request.params["timeoutSeconds"]) if request.params.get("timeoutSeconds") else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        async for event in bus.stream(since=mark):
+                            if wanted(event.get("object", {})):
+                                yield event
             finally:
                 await bus.unmark(mark)
 

@@ -284,3 +284,20 @@ def test_kopf_operator_reconciles_through_the_emulator(kube_api: KubeAPI) -> Non
     assert deleted.is_set()
     assert ApiCall("patch", api.GROUP, api.VERSION, api.PLURAL, "status", "default") in kube_api.calls \
         or ApiCall("patch", api.GROUP, api.VERSION, api.PLURAL, None, "default") in kube_api.calls
+
+
+def test_errors_read_like_a_real_api_server(http: httpx.Client) -> None:
+    missing = http.get(f"{PR_PATH}/nope").json()
+    assert (missing["code"], missing["reason"]) == (404, "NotFound")
+    assert missing["message"] == f'{api.PLURAL}.{api.GROUP} "nope" not found'
+    _create_rollout(http, "dup")
+    duplicate = http.post(PR_PATH, json=policy_rollout_manifest(name="dup")).json()
+    assert (duplicate["code"], duplicate["reason"]) == (409, "AlreadyExists")
+    assert http.get("/apis/example.com/v1/namespaces/default/widgets").status_code == 404
+
+
+def test_watch_timeout_seconds_ends_the_stream(kube_api: KubeAPI) -> None:
+    params = {"watch": "true", "timeoutSeconds": "1"}
+    with httpx.stream("GET", kube_api.url + PR_PATH, params=params, timeout=10) as response:
+        lines = [line for line in response.iter_lines() if line.strip()]
+    assert lines == []  # the stream ended by itself, with nothing to report
