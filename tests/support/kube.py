@@ -6,13 +6,24 @@ gaps that break kopf, the `kubernetes` client and kubectl (see /work/shared/NOTE
 override per gap, each with a comment. The server runs in its own thread with its own event
 loop, so sync code (the `kubernetes` client) and kopf (in another thread) can both talk to it.
 
-Usage (pytest)::
+Fixtures (registered in tests/conftest.py):
+
+- `kube_api` -> `KubeAPI`: `.url`, `.kubeconfig_path` (no auth, context namespace `default`),
+  `.emulator` (the `FidelityEmulator`), `.calls` (list of `ApiCall(verb, group, version, resource,
+  subresource, namespace)`, RBAC verbs), `.calls_to(plural)`, `.objects(kind_or_plural, ns=None)`,
+  `.get(kind_or_plural, ns, name)`, `.put(kind_or_plural, obj)`, `.set_status(kind, ns, name, status)`.
+- `fake_deployment_controller` -> `FakeDeploymentController` (`.unready`: names kept at 0 ready).
+
+Helpers: `KopfThread(kube_api, registry, namespaces=[...], memo=...)` (a context manager running
+kopf), `wait_for(predicate, timeout, what=...)`, `policy_rollout_manifest(name, namespace, ...)`.
+
+Usage::
 
     def test_x(kube_api):
         client = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-        ...
-        assert kube_api.objects("deployments", "default")[0]["spec"]["replicas"] == 2
-        assert ("create", "apps", "v1", "deployments", None, "default") in kube_api.calls
+        client.apply(policy_rollout_manifest("pricing"))
+        assert kube_api.get("PolicyRollout", "default", "pricing")["metadata"]["generation"] == 1
+        assert ApiCall("create", "policy.rollouts.io", "v1alpha1", "policyrollouts", None, "default") in kube_api.calls
 """
 
 from __future__ import annotations
