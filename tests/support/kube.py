@@ -34,6 +34,7 @@ import contextvars
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import re
 import secrets
@@ -763,6 +764,9 @@ def policy_rollout_manifest(
             "spec": spec}
 
 
+_LOGIN_PRIORITY = itertools.count()
+
+
 class KopfThread:
     """Run a kopf operator against a `KubeAPI` in its own thread (kopf must own its event loop).
 
@@ -804,9 +808,12 @@ class KopfThread:
         self._thread = threading.Thread(target=self._run, name="kopf-operator", daemon=True)
 
         url = kube_api.url
+        # Login handlers stay in a reused registry (kopf's global one) after their test ends; the
+        # newest one must win over those pointing at stopped emulators, hence a rising priority.
+        priority = 1_000_000 + next(_LOGIN_PRIORITY)
 
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default", priority=1_000_000)
+            return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default", priority=priority)
 
         kopf.on.login(registry=self.registry, id=f"kube-emulator-{kube_api.kubeconfig_path}")(login)
 

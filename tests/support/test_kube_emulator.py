@@ -301,3 +301,26 @@ def test_watch_timeout_seconds_ends_the_stream(kube_api: KubeAPI) -> None:
     with httpx.stream("GET", kube_api.url + PR_PATH, params=params, timeout=10) as response:
         lines = [line for line in response.iter_lines() if line.strip()]
     assert lines == []  # the stream ended by itself, with nothing to report
+
+
+def test_kopf_thread_reusing_a_registry_talks_to_the_newest_emulator(tmp_path) -> None:
+    """Handlers in kopf's global registry outlive a test: the next test's operator must not log in
+    to the previous (stopped) emulator."""
+    registry = kopf.OperatorRegistry()
+    seen: list[str] = []
+
+    @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    def created(name: str, **_: object) -> None:
+        seen.append(name)
+
+    for round_ in ("first", "second"):
+        server = KubeAPI(tmp_path / round_)
+        (tmp_path / round_).mkdir()
+        server.start()
+        try:
+            with KopfThread(server, registry, namespaces=["default"]), httpx.Client(base_url=server.url) as http:
+                assert http.post(PR_PATH, json=policy_rollout_manifest(name=round_)).status_code == 200
+                wait_for(lambda r=round_: r in seen, timeout=30, what=f"kopf to handle {round_}")
+        finally:
+            server.stop()
+    assert seen == ["first", "second"]
