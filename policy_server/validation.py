@@ -21,6 +21,7 @@ ACT_FIELDS = ("observation", "request_id", "context")
 REWARD_FIELDS = ("request_id", "reward", "costs")
 MAX_ID_LEN = 128
 MAX_ENTITY_LEN = 256
+_F32_MAX = float(np.finfo(np.float32).max)
 _COST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
@@ -102,10 +103,10 @@ def _observation(value: Any, shape: tuple[int, ...]) -> np.ndarray:
                 raise BadRequest(f"'observation[{i}]' is {_type(x)}, expected a number")
     else:
         _check_nested(value, shape, "observation")
-    arr = np.array(value, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    arr = np.array(value, dtype=np.float64)
+    if not (np.abs(arr) <= _F32_MAX).all():
         raise BadRequest("'observation' has a value outside the float32 range; send finite numbers below 3.4e38")
-    return arr
+    return arr.astype(np.float32)
 
 
 def _check_nested(value: Any, shape: tuple[int, ...], path: str) -> None:

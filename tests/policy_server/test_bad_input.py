@@ -1,0 +1,190 @@
+"""Bad input gets a 4xx naming the problem and the server stays ready; fuzzed bodies never get a 5xx."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.policy_server import Client, metric, running
+
+pytestmark = pytest.mark.integration
+
+OBS = [0.3, -1.2, 0.5, 0.0, 1.1, -0.4, 0.9, -0.7]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    from policy_server import artifact
+
+    path = artifact.write_example_model(tmp_path_factory.mktemp("bad") / "m")
+    with running(path, variant="b", max_body=4096) as s:
+        yield s
+
+
+def _still_serving(c: Client) -> None:
+    assert c.get("/readyz")[0] == 200
+    assert c.act(OBS)["action"] in range(4)
+
+
+ACT_CASES = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty body"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (b'{"observation": [NaN, 1, 2, 3, 4, 5, 6, 7]}', 400, "NaN/Infinity are not JSON"),
+    (b'{"observation": [1e999, 1, 2, 3, 4, 5, 6, 7]}', 400, "not valid JSON"),
+    (b'{"observation": [1e300, 1, 2, 3, 4, 5, 6, 7]}', 400, "float32 range"),
+    (b"{}", 400, "'observation' is required"),
+    (b'{"observation": [1, 2, 3]}', 400, "has 3 values, the model expects 8"),
+    (b'{"observation": "12345678"}', 400, "must be an array of 8 numbers, got string"),
+    (b'{"observation": [1, 2, 3, 4, 5, 6, 7, "8"]}', 400, "'observation[7]' is string"),
+    (b'{"observation": [1, 2, 3, 4, 5, 6, 7, true]}', 400, "'observation[7]' is boolean"),
+    (b'{"observation": [[1], 2, 3, 4, 5, 6, 7, 8]}', 400, "'observation[0]' is array"),
+    (b'{"observation": [1, 2, 3, 4, 5, 6, 7, null]}', 400, "'observation[7]' is null"),
+    (json.dumps({"observation": OBS, "extra": 1}).encode(), 400, "unknown field 'extra'"),
+    (json.dumps({"observation": OBS, "request_id": 5}).encode(), 400, "'request_id' must be a non-empty string"),
+    (json.dumps({"observation": OBS, "request_id": ""}).encode(), 400, "'request_id' must be a non-empty string"),
+    (json.dumps({"observation": OBS, "context": []}).encode(), 400, "'context' must be an object"),
+    (json.dumps({"observation": OBS, "context": {"action_mask": [1, 0, 1, 1]}}).encode(), 400, "4 booleans"),
+    (json.dumps({"observation": OBS, "context": {"action_mask": [False] * 4}}).encode(), 400, "allows no action"),
+    (json.dumps({"observation": OBS, "context": {"entity": {"a": 1}}}).encode(), 400, "'context.entity'"),
+    (b'{"observation": [' + b"1," * 3000 + b"1]}", 413, "exceeds 4096 bytes"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), ACT_CASES)
+def test_bad_act_bodies(srv, body: bytes, status: int, message: str) -> None:
+    c = srv.client()
+    got, err = c.request("POST", "/v1/act", body)
+    assert got == status, err
+    assert message in err["error"]
+    _still_serving(srv.client())
+
+
+REWARD_CASES = [
+    ({"reward": 1}, "'request_id' is required"),
+    ({"request_id": "x"}, "'reward' is required"),
+    ({"request_id": "x", "reward": "1"}, "'reward' must be a number, got string"),
+    ({"request_id": "x", "reward": True}, "'reward' must be a number, got boolean"),
+    ({"request_id": "x", "reward": 1, "costs": [1]}, "'costs' must be an object"),
+    ({"request_id": "x", "reward": 1, "costs": {"bad name": 1}}, "cost name 'bad name'"),
+    ({"request_id": "x", "reward": 1, "costs": {"c": "1"}}, "'costs.c' must be a number"),
+    ({"request_id": "x", "reward": 1, "other": 1}, "unknown field 'other'"),
+]
+
+
+@pytest.mark.parametrize(("payload", "message"), REWARD_CASES)
+def test_bad_reward_bodies(srv, payload: dict, message: str) -> None:
+    status, err = srv.client().post("/v1/reward", payload)
+    assert status == 400 and message in err["error"]
+    _still_serving(srv.client())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "message"),
+    [
+        ("GET", "/v1/act", 405, "use POST"),
+        ("PUT", "/v1/reward", 405, "use POST"),
+        ("POST", "/v1/model", 405, "use GET"),
+        ("DELETE", "/metrics", 405, "use GET"),
+        ("GET", "/v2/act", 404, "no route '/v2/act'"),
+        ("GET", "/", 404, "no route '/'"),
+    ],
+)
+def test_wrong_method_and_path(srv, method: str, path: str, status: int, message: str) -> None:
+    got, err = srv.client().request(method, path, b"{}" if method != "GET" else None)
+    assert got == status and message in err["error"]
+    _still_serving(srv.client())
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """Send raw bytes, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"POST /v1/act HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"400"),
+        (b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", b"413"),
+        (b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+    ],
+)
+def test_malformed_http_answered_and_closed(srv, data: bytes, status: bytes) -> None:
+    reply = _raw(srv.port, data)
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+    assert b"Connection: close" in reply
+    _still_serving(srv.client())
+
+
+def test_pipelined_requests_answered_in_order(srv) -> None:
+    act = json.dumps({"observation": OBS, "request_id": "pipe-1"}).encode()
+    data = (
+        b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(act), act)
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    reply = _raw(srv.port, data)
+    first, second, third = reply.index(b"pipe-1"), reply.index(b'{"status":"ok"}'), reply.index(b"404 Not Found")
+    assert first < second < third
+
+
+def test_errors_are_counted(srv) -> None:
+    before = srv.client().metrics()
+    srv.client().request("POST", "/v1/act", b"{")
+    srv.client().get("/nowhere")
+    after = srv.client().metrics()
+    for reason in ("bad_request", "not_found"):
+        assert metric(after, "policy_errors_total", variant="b", reason=reason) == (
+            metric(before, "policy_errors_total", variant="b", reason=reason) + 1
+        )
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=10) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=30,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "observation": JSON | st.lists(st.floats(allow_nan=False, allow_infinity=False) | st.integers(), max_size=10),
+        "request_id": JSON,
+        "context": JSON | st.fixed_dictionaries({}, optional={"action_mask": JSON, "entity": JSON}),
+        "reward": JSON,
+        "costs": JSON,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=JSON | FIELDS)
+def test_fuzz_json_bodies_never_5xx(srv, body) -> None:
+    c = srv.client()
+    for path in ("/v1/act", "/v1/reward"):
+        status, _ = c.request("POST", path, json.dumps(body))
+        assert status < 500, (path, body)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=300))
+def test_fuzz_random_bytes_never_5xx(srv, body: bytes) -> None:
+    c = srv.client()
+    for path in ("/v1/act", "/v1/reward"):
+        status, _ = c.request("POST", path, body)
+        assert 400 <= status < 500 or status in (200, 202), (path, body)
+
+
+def test_server_ready_after_fuzzing(srv) -> None:
+    m = srv.client().metrics()
+    assert metric(m, "policy_errors_total", variant="b", reason="internal") == 0
+    _still_serving(srv.client())
