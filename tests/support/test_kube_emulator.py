@@ -324,3 +324,16 @@ def test_kopf_thread_reusing_a_registry_talks_to_the_newest_emulator(tmp_path) -
         finally:
             server.stop()
     assert seen == ["first", "second"]
+
+
+def test_put_and_set_status_helpers(kube_api: KubeAPI, http: httpx.Client) -> None:
+    kube_api.put("PolicyRollout", policy_rollout_manifest(name="seeded"))
+    stored = http.get(f"{PR_PATH}/seeded").json()
+    assert stored["metadata"]["uid"] and stored["metadata"]["resourceVersion"]
+    assert kube_api.set_status("PolicyRollout", "default", "seeded", {"phase": "Paused"}) is True
+    assert kube_api.set_status("PolicyRollout", "default", "seeded", {"phase": "Paused"}) is False  # no change
+    after = http.get(f"{PR_PATH}/seeded").json()
+    assert after["status"] == {"phase": "Paused"}
+    assert int(after["metadata"]["resourceVersion"]) > int(stored["metadata"]["resourceVersion"])
+    with pytest.raises(KeyError, match="register it"):
+        kube_api.objects("Widget")
