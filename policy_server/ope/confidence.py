@@ -4,7 +4,7 @@ Two questions, two tools:
 
 - *How uncertain is the estimate?* `bootstrap_ci`: a percentile bootstrap like obp's
   `estimate_confidence_interval_by_bootstrap`, but vectorised. obp draws each resample in a Python loop; here the
-  resampled sums are computed from count vectors with matrix products (`method="exact"`) or, for large samples,
+  resampled sums are computed from a chunked index matrix (`method="exact"`) or, for large samples,
   with one FFT per base count vector (`method="shift"`, see `_shift_sums`).
 - *Is the policy at least this good, with probability 1 - delta?* `lower_bound`: the one-sided bounds of Thomas et
   al. 2015 ("High Confidence Off-Policy Evaluation"): Student-t (approximate, tight) and the empirical Bernstein
@@ -38,7 +38,7 @@ __all__ = [
 BootstrapMethod = Literal["auto", "exact", "shift"]
 BoundMethod = Literal["student_t", "bernstein", "bootstrap"]
 
-_DEFAULT_CHUNK = 1 << 23  # elements of the (chunk, n) count matrix held at once: 64 MiB of int64
+_DEFAULT_CHUNK = 1 << 23  # elements of the (chunk, n) index matrix held at once: 64 MiB of int64 (+ the gather)
 _SHIFTS_PER_BASE = 512  # resamples taken from one base count vector in the shift method
 _SHIFT_MIN_N = 20_000  # below this the exact method is cheap and the shift method's n-vs-B condition is weak
 
@@ -81,20 +81,21 @@ def _columns(data: object, denominator: object | None) -> np.ndarray:
 
 
 def _exact_sums(mat: np.ndarray, n_resamples: int, rng: np.random.Generator, chunk_elems: int) -> np.ndarray:
-    """Resampled column sums, one multinomial(n, 1/n) count vector per resample, built in bounded chunks.
+    """Resampled column sums, n indices drawn with replacement per resample, in bounded chunks.
 
-    Each chunk draws a (b, n) index matrix, turns it into a (b, n) count matrix with one bincount and multiplies it
-    by the (n, k) data: `counts @ mat` gives the b resampled sums of every column at once.
+    Each chunk draws a (b, n) index matrix I; row b of the result is sum_i mat[I[b, i]], which equals the count
+    matrix times the data (counts @ mat) without building the counts: on this hardware the gather is ~1.6x faster
+    than a bincount plus matrix product, and both are dominated by drawing the indices.
     """
-    n = mat.shape[0]
+    n, k = mat.shape
+    cols = np.ascontiguousarray(mat.T)
     rows = max(1, min(n_resamples, chunk_elems // n))
-    out = np.empty((n_resamples, mat.shape[1]))
+    out = np.empty((n_resamples, k))
     for start in range(0, n_resamples, rows):
         b = min(rows, n_resamples - start)
         idx = rng.integers(0, n, size=(b, n))
-        idx += (np.arange(b) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
-        out[start : start + b] = counts @ mat
+        for j in range(k):
+            out[start : start + b, j] = cols[j][idx].sum(axis=1)
     return out
 
 
