@@ -474,7 +474,7 @@ class FidelityEmulator(kmock.KubernetesEmulator):
                 return False
             obj = self.objects[key]  # type: ignore[index]
             old = copy.deepcopy(obj.raw)
-            new = _merge_patch(old, {"status": status})
+            new = copy.deepcopy(_merge_patch(old, {"status": status}))  # unshare metadata with `old`
             if new == old:
                 return False
             new["metadata"]["resourceVersion"] = self.next_resource_version()
