@@ -211,13 +211,15 @@ def readme_section(res: dict[str, object]) -> str:
         f"Point estimates on {res['n_point']:,} synthetic logged decisions, {res['n_actions']} actions, float64 "
         "(includes input validation). Bootstrap: "
         f"{res['resamples']:,} resamples on {res['n_bootstrap']:,} decisions, 95 % percentile interval. "
-        f"*Naive loop* is obp's approach (a Python loop that resamples the arrays and calls the estimator), timed for "
-        f'{res["loop_resamples_timed"]} resamples and extrapolated; *exact vectorised* is `method="exact"` '
-        f"(chunked multinomial count matrix times the contributions), timed for {res['exact_resamples_timed']} "
-        'resamples and extrapolated; the default for large n is `method="shift"` (docs/ope.md explains it).',
+        "*Estimator loop*: a Python loop that resamples the arrays and re-runs the estimator on them, timed for "
+        f"{res['loop_resamples_timed']} resamples and extrapolated. *obp's loop*: what "
+        "`obp.utils.estimate_confidence_interval_by_bootstrap` does, a loop of `choice` over the round contributions "
+        '(same number of resamples, extrapolated). *Exact vectorised*: `method="exact"`, a chunked (B, n) index '
+        f"matrix gathered and summed, timed for {res['exact_resamples_timed']} resamples and extrapolated. The "
+        'default for large n is `method="shift"` (docs/ope.md explains it); SNIPS is bootstrapped as a ratio.',
         "",
         "| estimator | point estimate (s) | bootstrap (s) | method | exact vectorised (s, extrap.) "
-        "| naive loop (s, extrap.) | speed-up | obp's loop on contributions (s, extrap.) | speed-up |",
+        "| estimator loop (s, extrap.) | speed-up | obp's loop (s, extrap.) | speed-up |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in point:
@@ -231,9 +233,10 @@ def readme_section(res: dict[str, object]) -> str:
     lines += [
         "",
         "The machine is shared with other jobs, so absolute times are noisy; compare within one run. The exact "
-        "vectorised bootstrap gains little over the loop: both spend their time drawing n random indices per "
-        "resample. The shift bootstrap draws one count vector per 512 resamples and gets all shifted sums from one "
-        "FFT, which is where the speed-up comes from.",
+        "vectorised bootstrap is no faster than obp's loop: both spend their time drawing n random indices per "
+        "resample (~20 ns each here), and the Python loop overhead is negligible next to that. The shift bootstrap "
+        "draws one count vector per 512 resamples and gets all shifted sums from one FFT, which is where the "
+        "speed-up comes from.",
     ]
     return "\n".join(lines)
 
@@ -262,7 +265,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ope.json")
     parser.add_argument("--readme", type=Path, default=ROOT / "bench" / "README.md")
     parser.add_argument("--no-readme", action="store_true", help="only print and write the JSON")
+    parser.add_argument("--render", type=Path, help="rewrite the README section from this JSON; measure nothing")
     opts = parser.parse_args()
+    if opts.render:
+        write_readme(opts.readme, readme_section(json.loads(opts.render.read_text())))
+        print(f"wrote {opts.readme}")
+        return
     res = run(opts)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(res, indent=2) + "\n")
