@@ -1,0 +1,272 @@
+"""End to end: the real operator process, the Kubernetes emulator over HTTP, a real Prometheus.
+
+Each scenario applies a PolicyRollout with the Gateway API provider, drives the guardrail's
+metric through an exporter that Prometheus scrapes every second, and checks what a user
+would: status (phase, step, message, history), Events, and the HTTPRoute's weights.
+The emulator runs no controllers, so a fake Deployment controller marks Deployments ready.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from rollout_operator import api, kube
+from rollout_operator.resources import httproute
+
+from tests.support import crd_validation
+from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest
+from tests.support.operator_process import OperatorProcess, poll
+from tests.support.prometheus import Exporter, PrometheusServer
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "default"
+METRIC = "candidate_error_ratio"
+GUARDRAIL_QUERY = f'max({METRIC}{{rollout="{{{{ rollout }}}}",namespace="{{{{ namespace }}}}"}})'
+HTTPROUTE_SCHEMA = Path(__file__).parents[2] / ".." / "shared" / "schemas" / "gateway-api-v1.6.1-httproutes.yaml"
+_names = (f"scenario-{i}" for i in itertools.count())
+
+
+@pytest.fixture()
+def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController,
+             prometheus: PrometheusServer, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kube_api.kubeconfig_path, prometheus.url, tmp_path / "operator.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture()
+def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
+    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+class Scenario:
+    """One rollout under test, with the accessors the assertions need."""
+
+    def __init__(self, kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer,
+                 operator: OperatorProcess, steps: list[dict[str, Any]], **guardrail: Any) -> None:
+        self.kube_api, self.client, self.exporter, self.operator = kube_api, client, exporter, operator
+        self.name = next(_names)
+        self.set_metric(0.01)
+        prometheus.wait_for(f'{METRIC}{{rollout="{self.name}"}}', lambda v: v == 0.01, timeout=30)
+        manifest = policy_rollout_manifest(name=self.name, namespace=NAMESPACE, steps=steps, analysis={
+            "interval": "1s",
+            "guardrails": [{"name": "error-rate", "query": GUARDRAIL_QUERY, "condition": "< 0.05",
+                            "failureLimit": 1, "inconclusiveLimit": 3, **guardrail}],
+        })
+        assert crd_validation.validate(manifest) == [], "the scenario's manifest must be valid"
+        self.client.create(manifest)
+        self.weights_seen: list[tuple[str, int]] = []
+
+    def set_metric(self, value: float) -> None:
+        self.exporter.set(METRIC, value, rollout=self.name, namespace=NAMESPACE)
+
+    def body(self) -> dict[str, Any]:
+        return self.client.get(api.API_VERSION, api.KIND, self.name, NAMESPACE)
+
+    def status(self) -> dict[str, Any]:
+        return self.body().get("status") or {}
+
+    def route(self) -> dict[str, Any] | None:
+        return self.kube_api.get("httproutes", NAMESPACE, self.name)
+
+    def candidate_weight(self) -> int | None:
+        route = self.route()
+        if route is None:
+            return None
+        weights = httproute.weights_of(route, api.PolicyRollout.model_validate(self.body()))
+        return None if weights is None else weights.candidate
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for e in self.kube_api.objects("events", NAMESPACE)
+                if e.get("involvedObject", {}).get("name") == self.name]
+
+    def annotate(self, verb: str, action_id: str) -> None:
+        self.client.patch(api.API_VERSION, api.KIND, self.name, NAMESPACE,
+                          {"metadata": {"annotations": {api.ANNOTATION_ACTION: f"{verb}/{action_id}"}}})
+
+    def explain(self) -> str:
+        return f"status: {self.status()}\nroute weight: {self.candidate_weight()}\noperator log:\n" \
+               f"{self.operator.log_tail()}"
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> Any:
+        """Poll, recording every (phase, HTTPRoute weight) pair seen on the way."""
+
+        def check() -> Any:
+            weight = self.candidate_weight()  # before status: a weight is never newer than the phase beside it
+            status = self.status()
+            if weight is not None:
+                self.weights_seen.append((status.get("phase", ""), weight))
+            return predicate(status)
+
+        return poll(check, timeout, what=what, on_timeout=self.explain)
+
+    def wait_phase(self, phase: str, timeout: float = 40.0) -> dict[str, Any]:
+        return self.wait(lambda s: s if s.get("phase") == phase else None, timeout, f"{self.name} in {phase}")
+
+
+@pytest.fixture()
+def scenario(kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer,
+             operator: OperatorProcess) -> Any:
+    def make(steps: list[dict[str, Any]], **guardrail: Any) -> Scenario:
+        return Scenario(kube_api, client, exporter, prometheus, operator, steps, **guardrail)
+
+    return make
+
+
+def _phases(status: dict[str, Any]) -> list[str]:
+    return [entry["phase"] for entry in status.get("history", [])]
+
+
+def _assert_never_backwards(weights: list[tuple[str, int]]) -> None:
+    """Until promotion or rollback, the candidate's weight only grows."""
+    live = [w for phase, w in weights if phase not in ("Promoted", "RollingBack", "RolledBack", "Aborted")]
+    assert live == sorted(live), f"weight went backwards: {live}"
+
+
+def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_api: KubeAPI) -> None:
+    s = scenario([{"shadow": {"duration": "1s"}}, {"setWeight": 25}, {"pause": {"duration": "1s"}},
+                  {"setWeight": 50}, {"setWeight": 100}])
+    s.wait(lambda st: st.get("phase") == "Shadow", 30, "shadow")
+    route = s.route()
+    assert route is not None and httproute.weights_of(route, api.PolicyRollout.model_validate(s.body())).shadow
+    status = s.wait_phase("Promoted", timeout=60)
+
+    assert status["stableVersion"] == "v2" and status["canaryWeight"] == 0
+    assert {"Shadow", "Progressing", "Paused", "Promoted"} <= set(_phases(status))
+    assert [e["step"] for e in status["history"] if e.get("step") is not None] == sorted(
+        e["step"] for e in status["history"] if e.get("step") is not None)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["observedGeneration"] == s.body()["metadata"]["generation"]
+    assert s.candidate_weight() == 0, "after promotion the stable variant (now v2) serves everything"
+    assert {25, 50, 100} <= {e.get("weight") for e in status["history"]}, "every weight step was taken"
+    _assert_never_backwards(s.weights_seen)
+    stable = kube_api.get("deployments", NAMESPACE, f"{s.name}-stable")
+    assert stable["spec"]["template"]["metadata"]["annotations"]["policy.rollouts.io/version"] == "v2"
+    reasons = {e["reason"] for e in s.events()}
+    assert "Promoted" in reasons or any("Promot" in r for r in reasons), reasons
+
+
+def test_guardrail_breach_at_a_middle_step_rolls_back_and_names_the_guardrail(scenario: Any) -> None:
+    s = scenario([{"setWeight": 20}, {"setWeight": 40}, {"pause": {}}, {"setWeight": 100}])
+    s.wait(lambda st: st.get("currentStepIndex") == 2 and st.get("phase") == "Paused", 40, "the pause at 40%")
+    assert s.candidate_weight() == 40
+
+    s.set_metric(0.5)
+    status = s.wait_phase("RolledBack", timeout=40)
+
+    assert "error-rate" in status["message"]
+    assert s.candidate_weight() == 0
+    assert "Promoted" not in _phases(status)
+    guardrail = next(g for g in status["guardrails"] if g["name"] == "error-rate")
+    assert guardrail["verdict"] == "Fail" and guardrail["value"] == pytest.approx(0.5)
+    warnings = [e for e in s.events() if e["type"] == "Warning"]
+    assert any("error-rate" in e["message"] for e in warnings), [e["message"] for e in s.events()]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+
+
+def test_prometheus_outage_pauses_then_rolls_back_never_promotes(scenario: Any, prometheus: PrometheusServer) -> None:
+    s = scenario([{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 100}], inconclusiveLimit=6)
+    s.wait(lambda st: st.get("canaryWeight") == 20, 40, "live traffic at 20%")
+    prometheus.stop()
+    try:
+        paused = s.wait(lambda st: st if st.get("phase") == "Paused" and any(
+            g.get("verdict") == "Inconclusive" for g in st.get("guardrails", [])) else None, 30, "an inconclusive pause")
+        assert paused["canaryWeight"] == 20, "inconclusive holds the weight; it does not advance"
+        status = s.wait_phase("RolledBack", timeout=40)
+    finally:
+        prometheus.start()
+    assert "error-rate" in status["message"]
+    assert "Promoted" not in _phases(status)
+    assert s.candidate_weight() == 0
+    assert any("unreachable" in (g.get("message") or "") for g in status["guardrails"]), status["guardrails"]
+
+
+def test_operator_killed_mid_step_resumes_from_the_same_step(scenario: Any, operator: OperatorProcess,
+                                                             kube_api: KubeAPI) -> None:
+    s = scenario([{"setWeight": 10}, {"pause": {"duration": "3s"}}, {"setWeight": 30}, {"pause": {}}])
+    before = s.wait(lambda st: st if st.get("currentStepIndex") == 1 else None, 40, "the timed pause")
+    operator.kill()
+    after_kill = s.status()
+    assert after_kill["currentStepIndex"] == 1
+    operator.start()
+
+    status = s.wait(lambda st: st if st.get("currentStepIndex") == 3 else None, 40, "the final pause")
+    assert status["canaryWeight"] == 30
+    assert status["startedAt"] == before["startedAt"], "a restart must not start the rollout over"
+    steps_seen = [e["step"] for e in status["history"] if e.get("step") is not None]
+    assert steps_seen == sorted(steps_seen), f"step went backwards across the restart: {steps_seen}"
+    _assert_never_backwards(s.weights_seen)
+    mine = {"policy.rollouts.io/rollout": s.name}
+    deployments = [d for d in kube_api.objects("deployments", NAMESPACE)
+                   if mine.items() <= d["metadata"].get("labels", {}).items()]
+    assert sorted(d["metadata"]["name"] for d in deployments) == [f"{s.name}-candidate", f"{s.name}-stable"]
+    routes = [r for r in kube_api.objects("httproutes", NAMESPACE) if r["metadata"]["name"] == s.name]
+    assert len(routes) == 1
+
+
+def test_manual_promote_and_approve_finish_the_rollout(scenario: Any) -> None:
+    s = scenario([{"setWeight": 10}, {"pause": {}}, {"approval": {}}, {"setWeight": 100}])
+    s.wait_phase("Paused")
+    s.annotate("promote", "1")
+    s.wait_phase("AwaitingApproval")
+    assert s.candidate_weight() == 10
+    s.annotate("approve", "2")
+    status = s.wait_phase("Promoted")
+    assert status["lastActionId"] == "2"
+    assert any(e["reason"] for e in s.events() if "approv" in e["message"].lower())
+
+
+def test_manual_abort_returns_all_traffic_to_stable(scenario: Any) -> None:
+    s = scenario([{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}])
+    s.wait_phase("Paused")
+    assert s.candidate_weight() == 30
+    s.annotate("abort", "stop-now")
+    status = s.wait_phase("Aborted")
+    assert s.candidate_weight() == 0
+    assert status["canaryWeight"] == 0
+    assert "Promoted" not in _phases(status)
+
+
+def test_a_manifest_past_the_schema_is_refused_in_status(client: kube.Client, operator: OperatorProcess,
+                                                         kube_api: KubeAPI) -> None:
+    """The emulator runs no schema or CEL; the operator itself must still refuse bad specs, naming the field."""
+    manifest = policy_rollout_manifest(name="broken", steps=[{"setWeight": 10, "pause": {}}])
+    client.create(manifest)
+    status = poll(lambda: (client.get(api.API_VERSION, api.KIND, "broken", NAMESPACE).get("status") or {})
+                  .get("message"), 30, what="a status message", on_timeout=operator.log_tail)
+    assert "steps" in status and "exactly one" in status
+    assert kube_api.get("deployments", NAMESPACE, "broken-stable") is None, "a bad spec changes nothing"
+
+
+def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, kube_api: KubeAPI) -> None:
+    if not HTTPROUTE_SCHEMA.exists():
+        pytest.skip(f"Gateway API schema not found at {HTTPROUTE_SCHEMA.resolve()}")
+    s = scenario([{"setWeight": 30}, {"pause": {}}])
+    s.wait_phase("Paused")
+    server_fields = {"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"}
+    checked = 0
+    for kind in ("deployments", "services"):
+        for obj in kube_api.objects(kind, NAMESPACE):
+            obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k not in server_fields}
+            obj.pop("status", None)
+            kubernetes_validate.validate(obj, "1.30", strict=True)
+            checked += 1
+    assert checked >= 4
+    schema = crd_validation.version_schema(crd_validation.load_crd(HTTPROUTE_SCHEMA), "v1")
+    route = s.route()
+    assert route is not None
+    jsonschema.validate(route["spec"], schema["properties"]["spec"])
