@@ -34,8 +34,12 @@ _names = (f"scenario-{i}" for i in itertools.count())
 
 
 @pytest.fixture()
-def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController,
-             prometheus: PrometheusServer, tmp_path: Path) -> Iterator[OperatorProcess]:
+def operator(
+    kube_api: KubeAPI,
+    fake_deployment_controller: FakeDeploymentController,
+    prometheus: PrometheusServer,
+    tmp_path: Path,
+) -> Iterator[OperatorProcess]:
     process = OperatorProcess(kube_api.kubeconfig_path, prometheus.url, tmp_path / "operator.log").start()
     try:
         yield process
@@ -55,17 +59,38 @@ def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
 class Scenario:
     """One rollout under test, with the accessors the assertions need."""
 
-    def __init__(self, kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer,
-                 operator: OperatorProcess, steps: list[dict[str, Any]], **guardrail: Any) -> None:
+    def __init__(
+        self,
+        kube_api: KubeAPI,
+        client: kube.Client,
+        exporter: Exporter,
+        prometheus: PrometheusServer,
+        operator: OperatorProcess,
+        steps: list[dict[str, Any]],
+        **guardrail: Any,
+    ) -> None:
         self.kube_api, self.client, self.exporter, self.operator = kube_api, client, exporter, operator
         self.name = next(_names)
         self.set_metric(0.01)
         prometheus.wait_for(f'{METRIC}{{rollout="{self.name}"}}', lambda v: v == 0.01, timeout=30)
-        manifest = policy_rollout_manifest(name=self.name, namespace=NAMESPACE, steps=steps, analysis={
-            "interval": "1s",
-            "guardrails": [{"name": "error-rate", "query": GUARDRAIL_QUERY, "condition": "< 0.05",
-                            "failureLimit": 1, "inconclusiveLimit": 3, **guardrail}],
-        })
+        manifest = policy_rollout_manifest(
+            name=self.name,
+            namespace=NAMESPACE,
+            steps=steps,
+            analysis={
+                "interval": "1s",
+                "guardrails": [
+                    {
+                        "name": "error-rate",
+                        "query": GUARDRAIL_QUERY,
+                        "condition": "< 0.05",
+                        "failureLimit": 1,
+                        "inconclusiveLimit": 3,
+                        **guardrail,
+                    }
+                ],
+            },
+        )
         assert crd_validation.validate(manifest) == [], "the scenario's manifest must be valid"
         self.client.create(manifest)
         self.weights_seen: list[tuple[str, int]] = []
@@ -90,16 +115,26 @@ class Scenario:
         return None if weights is None else weights.candidate
 
     def events(self) -> list[dict[str, Any]]:
-        return [e for e in self.kube_api.objects("events", NAMESPACE)
-                if e.get("involvedObject", {}).get("name") == self.name]
+        return [
+            e
+            for e in self.kube_api.objects("events", NAMESPACE)
+            if e.get("involvedObject", {}).get("name") == self.name
+        ]
 
     def annotate(self, verb: str, action_id: str) -> None:
-        self.client.patch(api.API_VERSION, api.KIND, self.name, NAMESPACE,
-                          {"metadata": {"annotations": {api.ANNOTATION_ACTION: f"{verb}/{action_id}"}}})
+        self.client.patch(
+            api.API_VERSION,
+            api.KIND,
+            self.name,
+            NAMESPACE,
+            {"metadata": {"annotations": {api.ANNOTATION_ACTION: f"{verb}/{action_id}"}}},
+        )
 
     def explain(self) -> str:
-        return f"status: {self.status()}\nroute weight: {self.candidate_weight()}\noperator log:\n" \
-               f"{self.operator.log_tail()}"
+        return (
+            f"status: {self.status()}\nroute weight: {self.candidate_weight()}\noperator log:\n"
+            f"{self.operator.log_tail()}"
+        )
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
         """Poll, recording every (phase, HTTPRoute weight) pair seen on the way."""
@@ -118,8 +153,9 @@ class Scenario:
 
 
 @pytest.fixture()
-def scenario(kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer,
-             operator: OperatorProcess) -> Any:
+def scenario(
+    kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer, operator: OperatorProcess
+) -> Any:
     def make(steps: list[dict[str, Any]], **guardrail: Any) -> Scenario:
         return Scenario(kube_api, client, exporter, prometheus, operator, steps, **guardrail)
 
@@ -137,8 +173,15 @@ def _assert_never_backwards(weights: list[tuple[str, int]]) -> None:
 
 
 def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_api: KubeAPI) -> None:
-    s = scenario([{"shadow": {"duration": "1s"}}, {"setWeight": 25}, {"pause": {"duration": "1s"}},
-                  {"setWeight": 50}, {"setWeight": 100}])
+    s = scenario(
+        [
+            {"shadow": {"duration": "1s"}},
+            {"setWeight": 25},
+            {"pause": {"duration": "1s"}},
+            {"setWeight": 50},
+            {"setWeight": 100},
+        ]
+    )
     s.wait(lambda st: st.get("phase") == "Shadow", 30, "shadow")
     route = s.route()
     assert route is not None and httproute.weights_of(route, api.PolicyRollout.model_validate(s.body())).shadow
@@ -147,7 +190,8 @@ def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_ap
     assert status["stableVersion"] == "v2" and status["canaryWeight"] == 0
     assert {"Shadow", "Progressing", "Paused", "Promoted"} <= set(_phases(status))
     assert [e["step"] for e in status["history"] if e.get("step") is not None] == sorted(
-        e["step"] for e in status["history"] if e.get("step") is not None)
+        e["step"] for e in status["history"] if e.get("step") is not None
+    )
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == s.body()["metadata"]["generation"]
     assert s.candidate_weight() == 0, "after promotion the stable variant (now v2) serves everything"
@@ -183,8 +227,16 @@ def test_prometheus_outage_pauses_then_rolls_back_never_promotes(scenario: Any, 
     s.wait(lambda st: st.get("canaryWeight") == 20, 40, "live traffic at 20%")
     prometheus.stop()
     try:
-        paused = s.wait(lambda st: st if st.get("phase") == "Paused" and any(
-            g.get("verdict") == "Inconclusive" for g in st.get("guardrails", [])) else None, 30, "an inconclusive pause")
+        paused = s.wait(
+            lambda st: (
+                st
+                if st.get("phase") == "Paused"
+                and any(g.get("verdict") == "Inconclusive" for g in st.get("guardrails", []))
+                else None
+            ),
+            30,
+            "an inconclusive pause",
+        )
         assert paused["canaryWeight"] == 20, "inconclusive holds the weight; it does not advance"
         status = s.wait_phase("RolledBack", timeout=40)
     finally:
@@ -195,8 +247,9 @@ def test_prometheus_outage_pauses_then_rolls_back_never_promotes(scenario: Any, 
     assert any("unreachable" in (g.get("message") or "") for g in status["guardrails"]), status["guardrails"]
 
 
-def test_operator_killed_mid_step_resumes_from_the_same_step(scenario: Any, operator: OperatorProcess,
-                                                             kube_api: KubeAPI) -> None:
+def test_operator_killed_mid_step_resumes_from_the_same_step(
+    scenario: Any, operator: OperatorProcess, kube_api: KubeAPI
+) -> None:
     s = scenario([{"setWeight": 10}, {"pause": {"duration": "3s"}}, {"setWeight": 30}, {"pause": {}}])
     before = s.wait(lambda st: st if st.get("currentStepIndex") == 1 else None, 40, "the timed pause")
     operator.kill()
@@ -211,8 +264,9 @@ def test_operator_killed_mid_step_resumes_from_the_same_step(scenario: Any, oper
     assert steps_seen == sorted(steps_seen), f"step went backwards across the restart: {steps_seen}"
     _assert_never_backwards(s.weights_seen)
     mine = {"policy.rollouts.io/rollout": s.name}
-    deployments = [d for d in kube_api.objects("deployments", NAMESPACE)
-                   if mine.items() <= d["metadata"].get("labels", {}).items()]
+    deployments = [
+        d for d in kube_api.objects("deployments", NAMESPACE) if mine.items() <= d["metadata"].get("labels", {}).items()
+    ]
     assert sorted(d["metadata"]["name"] for d in deployments) == [f"{s.name}-candidate", f"{s.name}-stable"]
     routes = [r for r in kube_api.objects("httproutes", NAMESPACE) if r["metadata"]["name"] == s.name]
     assert len(routes) == 1
@@ -241,13 +295,18 @@ def test_manual_abort_returns_all_traffic_to_stable(scenario: Any) -> None:
     assert "Promoted" not in _phases(status)
 
 
-def test_a_manifest_past_the_schema_is_refused_in_status(client: kube.Client, operator: OperatorProcess,
-                                                         kube_api: KubeAPI) -> None:
+def test_a_manifest_past_the_schema_is_refused_in_status(
+    client: kube.Client, operator: OperatorProcess, kube_api: KubeAPI
+) -> None:
     """The emulator runs no schema or CEL; the operator itself must still refuse bad specs, naming the field."""
     manifest = policy_rollout_manifest(name="broken", steps=[{"setWeight": 10, "pause": {}}])
     client.create(manifest)
-    status = poll(lambda: (client.get(api.API_VERSION, api.KIND, "broken", NAMESPACE).get("status") or {})
-                  .get("message"), 30, what="a status message", on_timeout=operator.log_tail)
+    status = poll(
+        lambda: (client.get(api.API_VERSION, api.KIND, "broken", NAMESPACE).get("status") or {}).get("message"),
+        30,
+        what="a status message",
+        on_timeout=operator.log_tail,
+    )
     assert "steps" in status and "exactly one" in status
     assert kube_api.get("deployments", NAMESPACE, "broken-stable") is None, "a bad spec changes nothing"
 

@@ -84,7 +84,11 @@ def reconcile_analysis(ctx: Context) -> bool:
     if outcome.inconclusive:
         names = ", ".join(g.name for g, _ in outcome.inconclusive)
         context.transition(
-            ctx, phase, "Inconclusive", f"paused: guardrail(s) {names} inconclusive (no usable value); holding the weight", warning=True
+            ctx,
+            phase,
+            "Inconclusive",
+            f"paused: guardrail(s) {names} inconclusive (no usable value); holding the weight",
+            warning=True,
         )
     else:
         context.transition(ctx, phase, "AnalysisConclusive", "guardrails measurable again; resuming the step")
