@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drift-interval-s", type=float, default=5.0, help="how often drift PSI is recomputed")
     s.add_argument("--log-level", default="INFO")
     _exploration_args(s, override=True)
+
+    from policy_server.router import cli as router_cli
+
+    router_cli.add_parser(sub)
     return p
 
 
@@ -151,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _example_model(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "route":
+        from policy_server.router import cli as router_cli
+
+        return router_cli.run(args)
     raise AssertionError(args.command)  # argparse rejects unknown commands
 
 

@@ -1,0 +1,116 @@
+"""``policy-server route``: the router's command line (wired into policy_server/cli.py).
+
+    policy-server route --port P --stable URL [--candidate URL --weight W] [--shadow]
+                        [--sticky-header NAME | --sticky-context FIELD] [--config FILE]
+                        [--configmap NAMESPACE/NAME [--kubeconfig PATH]] [--log-dir DIR]
+
+Where the routing table comes from, in order: the ``--config`` file if it exists (the last table
+this router applied: a restart keeps the last weights), else the flags. With ``--configmap``
+every change of that ConfigMap is applied at once and saved to ``--config``.
+Exit codes: 0 after SIGTERM/SIGINT, 2 on bad flags or an unreadable table, 1 if the port is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("route", help="route requests between a stable and a candidate policy server")
+    r.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port, printed on start)")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--stable", help="URL of the stable policy server (http://host:port)")
+    r.add_argument("--candidate", help="URL of the candidate policy server")
+    r.add_argument("--fallback", help="URL answering when the candidate fails (default: the stable server)")
+    r.add_argument("--weight", type=float, default=0.0, help="percent of requests sent to the candidate (0..100)")
+    r.add_argument("--shadow", action="store_true", help="mirror stable-served requests to the candidate")
+    r.add_argument("--sticky-header", help="request header whose value keeps a caller on one variant")
+    r.add_argument("--sticky-context", help="field of the request's `context` object used as the sticky key")
+    r.add_argument("--latency-budget-ms", type=float, default=100.0,
+                   help="candidate answers slower than this are replaced by the fallback's")
+    r.add_argument("--upstream-timeout-s", type=float, default=5.0, help="deadline of stable/fallback calls")
+    r.add_argument("--config", help="JSON file holding the last applied routing table (read at start, kept up to date)")
+    r.add_argument("--configmap", help="NAMESPACE/NAME of the ConfigMap holding the routing table (watched)")
+    r.add_argument("--kubeconfig", help="kubeconfig for --configmap (default: the pod's service account)")
+    r.add_argument("--log-dir", help="decision log directory or fsspec URL (unset: no logging)")
+    r.add_argument("--seed", type=int, default=None, help="seed of the random split (default: random)")
+    r.add_argument("--log-level", default="INFO")
+
+
+def _initial_table(args: argparse.Namespace):  # -> table.RoutingTable
+    from policy_server.router import table
+
+    if args.config:
+        saved = table.load(args.config)
+        if saved is not None:
+            print(f"policy-server route: restored the last routing table from {args.config} (generation "
+                  f"{saved.generation}, candidate {saved.weight}%, shadow {saved.shadow}); routing flags are "
+                  "ignored — delete the file to start from the flags", file=sys.stderr)
+            return saved, "file"
+    if not args.stable:
+        raise table.TableError("--stable URL is required (or a --config file holding a routing table)")
+    if args.sticky_header and args.sticky_context:
+        raise table.TableError("use --sticky-header or --sticky-context, not both")
+    sticky = (f"header:{args.sticky_header}" if args.sticky_header
+              else f"context:{args.sticky_context}" if args.sticky_context else None)
+    return table.RoutingTable(
+        stable=args.stable, candidate=args.candidate, fallback=args.fallback, weight=args.weight,
+        shadow=args.shadow, sticky_key=sticky,
+    ), "flags"
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    from policy_server.router import app, kubewatch, table
+
+    try:
+        initial, source = _initial_table(args)
+        api = None
+        if args.configmap:
+            namespace, _, name = args.configmap.partition("/")
+            if not namespace or not name:
+                raise table.TableError(f"--configmap must be NAMESPACE/NAME, got {args.configmap!r}")
+            api = (kubewatch.ApiConfig.from_kubeconfig(args.kubeconfig) if args.kubeconfig
+                   else kubewatch.ApiConfig.in_cluster())
+    except (table.TableError, kubewatch.KubeConfigError) as exc:
+        print(f"policy-server route: {exc}", file=sys.stderr)
+        return 2
+    config = app.RouterConfig(
+        table=initial, config_path=args.config, log_dir=args.log_dir, latency_budget_ms=args.latency_budget_ms,
+        upstream_timeout_s=args.upstream_timeout_s, seed=args.seed,
+    )
+
+    async def main() -> int:
+        router = app.Router(config)
+        router.table_source = source
+        loop = asyncio.get_running_loop()
+        try:
+            port = await router.start(args.host, args.port)
+        except OSError as exc:
+            print(f"policy-server route: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
+        watcher_task = None
+        if api is not None:
+            watcher = kubewatch.ConfigMapWatcher(
+                api, namespace, name, lambda t, rv: router.apply(t, source=f"configmap@{rv}"))
+            watcher_task = loop.create_task(watcher.run())
+        print(f"policy-server route listening on http://{args.host}:{port}", flush=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(router.shutdown()))
+        await router.wait_stopped()
+        if watcher_task is not None:
+            watcher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher_task
+        return 0
+
+    return uvloop.run(main())

@@ -1,0 +1,159 @@
+"""Prometheus metrics of the router, by variant (metrics contract v1, docs/metrics.md and docs/router.md).
+
+Names follow the policy server's contract: ``policy_`` prefix, a ``variant`` label on everything
+per variant, every label set created at start so ratios are never empty. Shadow agreement is
+exported both as counters (for ``rate()`` windows in guardrails) and as cumulative gauges.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from policy_server import metrics as server_metrics
+
+__all__ = ["FALLBACK_REASONS", "SERVED_BY", "RouterMetrics"]
+
+VARIANTS = ("stable", "candidate")
+SERVED_BY = ("stable", "candidate", "fallback")
+FALLBACK_REASONS = ("error", "timeout", "status")
+SHADOW_OUTCOMES = ("ok", "error", "timeout", "status", "dropped")
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "policy_router_requests",
+            "Decisions answered through the router, by the variant whose action was served and how",
+            ["variant", "served_by"], registry=r,
+        )
+        self._requests = {
+            ("stable", "stable"): self.requests.labels("stable", "stable"),
+            ("candidate", "candidate"): self.requests.labels("candidate", "candidate"),
+            ("stable", "fallback"): self.requests.labels("stable", "fallback"),
+        }
+        self.assigned = Counter(
+            "policy_router_assignments", "Requests assigned to each variant (before any fallback)", ["variant"],
+            registry=r,
+        )
+        self._assigned = {v: self.assigned.labels(v) for v in VARIANTS}
+        self.latency = Histogram(
+            "policy_router_latency_seconds", "Seconds from a complete request to the answer, by served variant",
+            ["variant"], buckets=server_metrics.LATENCY_BUCKETS, registry=r,
+        )
+        self._latency = {v: self.latency.labels(v) for v in VARIANTS}
+        self.errors = Counter(
+            "policy_router_upstream_errors", "Failed calls to a policy server, by variant and reason",
+            ["variant", "reason"], registry=r,
+        )
+        self._errors = {(v, why): self.errors.labels(v, why) for v in VARIANTS for why in FALLBACK_REASONS}
+        self.fallbacks = Counter(
+            "policy_router_fallbacks", "Candidate requests answered by the stable/fallback policy, by reason",
+            ["variant", "reason"], registry=r,
+        )
+        self._fallbacks = {why: self.fallbacks.labels("candidate", why) for why in FALLBACK_REASONS}
+        self.failed = Counter(
+            "policy_router_failed_requests", "Requests the router could not answer with a decision (502/504)",
+            ["variant"], registry=r,
+        )
+        self._failed = {v: self.failed.labels(v) for v in VARIANTS}
+        self.weight = Gauge("policy_router_weight", "Percent of requests routed to each variant", ["variant"],
+                            registry=r)
+        self.shadow_on = Gauge("policy_router_shadow_enabled", "1 while the candidate is shadowed", ["variant"],
+                               registry=r)
+        self.generation = Gauge("policy_router_config_generation", "Generation of the applied routing table",
+                                registry=r)
+        self.propagation = Gauge(
+            "policy_router_config_propagation_seconds",
+            "Seconds from the operator's decision (table updatedAt) to the router applying it", registry=r,
+        )
+        # shadow
+        self.shadow_requests = Counter(
+            "policy_router_shadow_requests", "Mirrored requests to the candidate, by outcome", ["variant", "outcome"],
+            registry=r,
+        )
+        self._shadow = {o: self.shadow_requests.labels("candidate", o) for o in SHADOW_OUTCOMES}
+        self.shadow_latency = Histogram(
+            "policy_router_shadow_latency_seconds", "Candidate latency on mirrored requests", ["variant"],
+            buckets=server_metrics.LATENCY_BUCKETS, registry=r,
+        )
+        self._shadow_latency = self.shadow_latency.labels("candidate")
+        self.shadow_compared = Counter(
+            "policy_router_shadow_compared", "Mirrored decisions compared with the served one", ["variant"],
+            registry=r,
+        )
+        self.shadow_agreed = Counter(
+            "policy_router_shadow_agreements", "Discrete actions: mirrored decisions equal to the served one",
+            ["variant"], registry=r,
+        )
+        self.shadow_abs_diff = Counter(
+            "policy_router_shadow_abs_diff", "Continuous actions: sum over compared requests of the mean |a_c - a_s|",
+            ["variant"], registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "policy_router_shadow_agreement_ratio", "Discrete actions: share of mirrored decisions equal to served",
+            ["variant"], registry=r,
+        )
+        self.shadow_mad = Gauge(
+            "policy_router_shadow_mean_abs_diff", "Continuous actions: mean |a_candidate - a_stable| so far",
+            ["variant"], registry=r,
+        )
+        self._cmp = (self.shadow_compared.labels("candidate"), self.shadow_agreed.labels("candidate"),
+                     self.shadow_abs_diff.labels("candidate"))
+        self._n_cmp = 0
+        self._n_agree = 0
+        self._sum_diff = 0.0
+        self._n_cont = 0
+        for v in VARIANTS:
+            self.weight.labels(v).set(0)
+        self.shadow_on.labels("candidate").set(0)
+        self.shadow_agreement.labels("candidate").set(float("nan"))
+        self.shadow_mad.labels("candidate").set(float("nan"))
+
+    # ---- hot path
+    def served(self, variant: str, served_by: str, seconds: float) -> None:
+        self._requests[variant, served_by].inc()
+        self._latency[variant].observe(seconds)
+
+    def assign(self, variant: str) -> None:
+        self._assigned[variant].inc()
+
+    def upstream_error(self, variant: str, reason: str) -> None:
+        self._errors[variant, reason].inc()
+
+    def fallback(self, reason: str) -> None:
+        self._fallbacks[reason].inc()
+
+    def fail(self, variant: str) -> None:
+        self._failed[variant].inc()
+
+    def shadow_outcome(self, outcome: str, seconds: float | None = None) -> None:
+        self._shadow[outcome].inc()
+        if seconds is not None:
+            self._shadow_latency.observe(seconds)
+
+    def shadow_compare(self, agreed: bool | None, abs_diff: float | None) -> None:
+        compared, agreements, diffs = self._cmp
+        compared.inc()
+        self._n_cmp += 1
+        if agreed is not None:
+            self._n_agree += agreed
+            if agreed:
+                agreements.inc()
+            self.shadow_agreement.labels("candidate").set(self._n_agree / self._n_cmp)
+        if abs_diff is not None:
+            diffs.inc(abs_diff)
+            self._sum_diff += abs_diff
+            self._n_cont += 1
+            self.shadow_mad.labels("candidate").set(self._sum_diff / self._n_cont)
+
+    def table(self, weight: float, shadow: bool, generation: int, propagation_s: float | None) -> None:
+        self.weight.labels("candidate").set(weight)
+        self.weight.labels("stable").set(100 - weight)
+        self.shadow_on.labels("candidate").set(1 if shadow else 0)
+        self.generation.set(generation)
+        if propagation_s is not None:
+            self.propagation.set(propagation_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
