@@ -33,6 +33,11 @@ LABEL_VARIANT = f"{GROUP}/variant"
 # "<verb>/<unique id>". The operator applies each id once and remembers it in
 # status.lastActionId, so the annotation can stay in place and replays are harmless.
 ANNOTATION_ACTION = f"{GROUP}/action"
+# `kubectl policyrollout train` sets this to a unique id; the training controller starts one
+# Job per new id (and remembers it), the same once-per-id contract as ANNOTATION_ACTION.
+ANNOTATION_TRAIN = f"{GROUP}/train"
+# How many promoted policies status.revisions keeps (what `kubectl policyrollout undo` can go back to).
+REVISION_LIMIT = 10
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 CONDITION_PATTERN = r"^\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
@@ -308,6 +313,14 @@ class HistoryEntry(Model):
     message: str = ""
 
 
+class Revision(Model):
+    """A policy that was promoted: what `undo` can roll out again."""
+
+    version: str
+    policy: PolicySpec
+    promoted_at: str
+
+
 class PolicyRolloutStatus(Model):
     model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote
 
@@ -327,6 +340,9 @@ class PolicyRolloutStatus(Model):
     guardrails: list[GuardrailStatus] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
+    revisions: list[Revision] = Field(
+        default_factory=list, max_length=REVISION_LIMIT, description="Promoted policies, oldest first."
+    )
     observed_generation: int | None = None
     last_action_id: str | None = None
     message: str | None = None

@@ -154,6 +154,10 @@ def start_promotion(ctx: Context, reason: str, message: str) -> None:
     """
     ctx.status.stable_policy = api.PolicySpec.model_validate(ctx.spec.policy.model_dump())
     ctx.status.stable_version = ctx.version
+    ctx.status.revisions.append(
+        api.Revision(version=ctx.version, policy=ctx.status.stable_policy, promoted_at=timeutil.to_iso(ctx.now))
+    )
+    del ctx.status.revisions[: -api.REVISION_LIMIT]
     transition(
         ctx,
         api.Phase.PROGRESSING,
