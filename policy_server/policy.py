@@ -61,10 +61,10 @@ def discrete_probabilities(raw: np.ndarray, exploration: artifact.Exploration, m
     values = raw.astype(np.float64, copy=False)
     b, k = values.shape
     if exploration.kind == "softmax":
-        z = values / exploration.temperature if exploration.temperature != 1.0 else values.copy()
+        z = values / exploration.temperature if exploration.temperature != 1.0 else values
         if mask is not None:
-            z[~mask] = -np.inf
-        z -= z.max(axis=1, keepdims=True)
+            z = np.where(mask, z, -np.inf)
+        z = z - z.max(axis=1, keepdims=True)  # a new array: safe to work in place below
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
         return z
@@ -84,14 +84,21 @@ def discrete_probabilities(raw: np.ndarray, exploration: artifact.Exploration, m
 
 def sample_discrete(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: the first action whose cumulative probability exceeds ``u * total``."""
+    return _sample(p, u, np.arange(p.shape[0]))[0]
+
+
+def _sample(p: np.ndarray, u: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse-CDF draw plus the drawn actions' probabilities (few numpy calls: this is the hot path)."""
     cdf = np.cumsum(p, axis=1)
-    a = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=1)
+    a = (cdf <= u[:, None] * cdf[:, -1:]).sum(axis=1)
+    prop = p[rows, a]
     # u < 1 keeps a <= K-1; only float round-off at the very top can land on a trailing zero-probability
     # action: move those rows to the last action with positive probability
-    if not (np.take_along_axis(p, a[:, None], axis=1) > 0).all():
+    if not (prop > 0).all():
         last = p.shape[1] - 1 - np.argmax((p > 0)[:, ::-1], axis=1)
         a = np.minimum(a, last)
-    return a
+        prop = p[rows, a]
+    return a, prop
 
 
 class Policy:
@@ -138,7 +145,9 @@ class Policy:
             if self.device != "cpu":
                 x = x.to(self.device, non_blocking=True)
             out = self.module(x)
-            return out.detach().to("cpu", torch.float32).numpy()
+            if out.device.type != "cpu" or out.dtype != torch.float32:
+                out = out.to("cpu", torch.float32)
+            return out.numpy()
 
     def decide(
         self,

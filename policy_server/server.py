@@ -71,7 +71,7 @@ class _Pending:
     conn: protocol.HttpProtocol
     seq: int
     t0: float
-    obs: np.ndarray
+    obs: list[Any]
     request_id: str
     context: dict[str, Any] | None
     mask: np.ndarray | None
@@ -337,7 +337,7 @@ class PolicyServer:
     def _run_batch(self, items: list[_Pending]) -> None:
         pol = self.policy
         try:
-            obs = np.stack([it.obs for it in items])
+            obs = np.array([it.obs for it in items], dtype=np.float32)
             raw = pol.forward(obs)
             waited = None
             if self.shield.latency_budget_s is not None:

@@ -36,7 +36,7 @@ class BadRequest(Exception):
 
 @dataclass(slots=True)
 class ActRequest:
-    observation: np.ndarray
+    observation: list[Any]  # validated (nested) list; the batch becomes one float32 array
     request_id: str | None
     context: dict[str, Any] | None
     mask: np.ndarray | None
@@ -88,7 +88,12 @@ def _request_id(value: Any, required: bool) -> str | None:
     return value
 
 
-def _observation(value: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _observation(value: Any, shape: tuple[int, ...]) -> list[Any]:
+    """The validated observation as (nested) lists of finite float32-range numbers.
+
+    Plain Python checks: per request they cost less than creating numpy arrays; the batch is
+    converted with one ``np.array`` call.
+    """
     if value is None:
         raise BadRequest(f"field 'observation' is required: an array of shape {list(shape)} of numbers")
     if len(shape) == 1:
@@ -99,14 +104,17 @@ def _observation(value: Any, shape: tuple[int, ...]) -> np.ndarray:
             raise BadRequest(f"'observation' has {len(value)} values, the model expects {n} (shape {list(shape)})")
         for i, x in enumerate(value):
             t = type(x)
-            if t is not float and t is not int:
-                raise BadRequest(f"'observation[{i}]' is {_type(x)}, expected a number")
+            if (t is not float and t is not int) or not -_F32_MAX <= x <= _F32_MAX:
+                raise _bad_number(x, f"observation[{i}]")
     else:
         _check_nested(value, shape, "observation")
-    arr = np.array(value, dtype=np.float64)
-    if not (np.abs(arr) <= _F32_MAX).all():
-        raise BadRequest("'observation' has a value outside the float32 range; send finite numbers below 3.4e38")
-    return arr.astype(np.float32)
+    return value
+
+
+def _bad_number(x: Any, path: str) -> BadRequest:
+    if type(x) in (int, float):
+        return BadRequest(f"'{path}' is outside the float32 range; send finite numbers below 3.4e38")
+    return BadRequest(f"'{path}' is {_type(x)}, expected a number")
 
 
 def _check_nested(value: Any, shape: tuple[int, ...], path: str) -> None:
@@ -117,8 +125,8 @@ def _check_nested(value: Any, shape: tuple[int, ...], path: str) -> None:
     for i, x in enumerate(value):
         if len(shape) > 1:
             _check_nested(x, shape[1:], f"{path}[{i}]")
-        elif type(x) is not float and type(x) is not int:
-            raise BadRequest(f"'{path}[{i}]' is {_type(x)}, expected a number")
+        elif (type(x) is not float and type(x) is not int) or not -_F32_MAX <= x <= _F32_MAX:
+            raise _bad_number(x, f"{path}[{i}]")
 
 
 def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> ActRequest:

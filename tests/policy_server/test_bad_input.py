@@ -36,7 +36,7 @@ ACT_CASES = [
     (b"[1, 2]", 400, "must be a JSON object"),
     (b'{"observation": [NaN, 1, 2, 3, 4, 5, 6, 7]}', 400, "NaN/Infinity are not JSON"),
     (b'{"observation": [1e999, 1, 2, 3, 4, 5, 6, 7]}', 400, "not valid JSON"),
-    (b'{"observation": [1e300, 1, 2, 3, 4, 5, 6, 7]}', 400, "float32 range"),
+    (b'{"observation": [1e300, 1, 2, 3, 4, 5, 6, 7]}', 400, "outside the float32 range"),
     (b"{}", 400, "'observation' is required"),
     (b'{"observation": [1, 2, 3]}', 400, "has 3 values, the model expects 8"),
     (b'{"observation": "12345678"}', 400, "must be an array of 8 numbers, got string"),
