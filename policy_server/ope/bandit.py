@@ -69,7 +69,9 @@ def importance_weights(action: object, pscore: object, target_dist: object) -> n
     return _weights(act, ps, dist)
 
 
-def ips_rounds(reward: object, action: object, pscore: object, target_dist: object, clip: float | None = None):
+def ips_rounds(
+    reward: object, action: object, pscore: object, target_dist: object, clip: float | None = None
+) -> np.ndarray:
     """Per-round IPS contributions min(w_i, clip) * r_i (obp `InverseProbabilityWeighting`, `lambda_` = clip)."""
     act, ps, dist, rew, _ = _checks.check_bandit(action, pscore, target_dist, reward=reward)
     lam = _checks.check_clip(clip, "clip")
@@ -116,7 +118,10 @@ def dm(target_dist: object, q_hat: object) -> float:
     return float(dm_rounds(target_dist, q_hat).mean())
 
 
-def _dr_parts(reward, action, pscore, target_dist, q_hat):
+def _dr_parts(
+    reward: object, action: object, pscore: object, target_dist: object, q_hat: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (weights, DM term, residual r - q_hat at the logged action) shared by the DR family."""
     act, ps, dist, rew, q = _checks.check_bandit(action, pscore, target_dist, reward=reward, q_hat=q_hat)
     iw = _weights(act, ps, dist)
     dm_term, q_factual = _model_terms(act, dist, q)

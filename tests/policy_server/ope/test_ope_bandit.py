@@ -101,6 +101,17 @@ def test_switch_dr_matches_obp_formula(tau):
     assert got == pytest.approx(expected, abs=1e-9)
 
 
+def test_switch_dr_keeps_the_correction_at_exactly_tau():
+    """obp switches on w <= tau: a round whose weight equals tau keeps its correction."""
+    log, target, q_hat = _fixture(seed=16)
+    tau = ref_weight(log, target, 0)
+    expected = ref_dr_family(log, target, q_hat, lambda w: w * (1 if w <= tau else 0))
+    got = bandit.switch_dr(log.reward, log.action, log.pscore, target, q_hat, tau=tau)
+    assert got == pytest.approx(expected, abs=1e-9)
+    dropped = ref_dr_family(log, target, q_hat, lambda w: w * (1 if w < tau else 0))
+    assert abs(expected - dropped) > 1e-6  # the boundary round matters, so the test can tell < from <=
+
+
 @pytest.mark.parametrize("lam", [0.1, 1.0, 5.0, math.inf])
 def test_dr_os_matches_obp_formula(lam):
     log, target, q_hat = _fixture(seed=14)

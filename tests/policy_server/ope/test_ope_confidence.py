@@ -49,16 +49,24 @@ def test_bootstrap_spread_matches_the_standard_error_even_on_ordered_data(method
 
 
 def test_ratio_bootstrap_for_self_normalised_estimators():
-    log, x = ope_data.uniform_logged(3_000, 4, seed=9)
+    log, x = ope_data.uniform_logged(4_000, 4, seed=9)
     target = ope_data.softmax(x @ np.random.default_rng(0).normal(size=(3, 4)))
+    reward = log.reward + 5.0  # an offset SNIPS is immune to, but a fixed-denominator bootstrap is not
     w = bandit.importance_weights(log.action, log.pscore, target)
-    snips = bandit.snips(log.reward, log.action, log.pscore, target)
-    ci = confidence.bootstrap_ci(w * log.reward, n_resamples=500, rng=1, denominator=w)
-    assert ci.estimate == pytest.approx(snips, abs=1e-12)
+    snips = bandit.snips(reward, log.action, log.pscore, target)
+    # numerator and denominator are resampled together: the spread is the ratio's delta-method standard error,
+    # not that of w * r over a fixed denominator
+    delta_se = math.sqrt(np.sum((w * (reward - snips)) ** 2)) / w.sum()
+    fixed_se = math.sqrt(np.sum((w * reward - (w * reward).mean()) ** 2)) / w.sum()
+    assert fixed_se > 2 * delta_se
+    for method in ("exact", "shift"):
+        ci = confidence.bootstrap_ci(w * reward, n_resamples=500, rng=1, denominator=w, method=method)
+        assert ci.estimate == pytest.approx(snips, abs=1e-12)
+        assert ci.std == pytest.approx(delta_se, rel=0.1)
 
     # the loop form over any estimator function gives a comparable interval
     def estimator(idx):
-        return bandit.snips(log.reward[idx], log.action[idx], log.pscore[idx], target[idx])
+        return bandit.snips(reward[idx], log.action[idx], log.pscore[idx], target[idx])
 
     looped = confidence.bootstrap_ci(estimator, n_resamples=300, rng=2, n=log.n)
     assert looped.method == "loop"
