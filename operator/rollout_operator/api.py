@@ -216,6 +216,71 @@ class Guardrail(Model):
         return self
 
 
+class JudgeKind(enum.StrEnum):
+    """How the analysis turns measurements into roll back / hold / advance (see engine/judges)."""
+
+    THRESHOLD = "threshold"
+    SEQUENTIAL = "sequential"
+
+
+class JudgeMetric(enum.StrEnum):
+    REWARD = "reward"
+    COST = "cost"
+
+
+class JudgeSpec(Model):
+    """The analysis judge: `threshold` (per-guardrail conditions only) or `sequential`.
+
+    The sequential judge keeps judging every guardrail like `threshold` and, on top, compares the
+    candidate's mean reward (or a cost) with the stable variant's using an always-valid normal
+    mixture SPRT, so it may look after every interval without inflating the false-rollback rate.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!has(self.metric) || self.metric != 'cost' || has(self.cost)",
+                "metric 'cost' needs the cost's name in judge.cost (the `cost` label of policy_cost_sum)",
+            )
+        )
+    )
+
+    kind: JudgeKind = JudgeKind.THRESHOLD
+    alpha: float = Field(
+        default=0.05, ge=0.0001, le=0.49, description="Sequential: largest chance of rolling back a candidate that is no worse."
+    )
+    min_detectable_effect: float = Field(
+        default=0.05,
+        ge=0.001,
+        le=1,
+        description="Sequential: relative regression (0.05 = 5% of the stable mean) the test is tuned to detect; "
+        "also the non-inferiority margin for advancing early.",
+    )
+    metric: JudgeMetric = Field(default=JudgeMetric.REWARD, description="Sequential: compare reward or a cost.")
+    cost: str | None = Field(default=None, min_length=1, description="Sequential, metric cost: the cost's name.")
+    reward_std_dev: float | None = Field(
+        default=None,
+        ge=1e-9,
+        description="Sequential: known bound on one decision's reward (or cost) standard deviation; omit to "
+        "estimate it, conservatively, from the spread of per-interval means.",
+    )
+    min_intervals: int = Field(default=3, ge=2, le=1000, description="Sequential: intervals before any decision.")
+    min_samples: int = Field(default=30, ge=1, description="Sequential: rewards per variant before any decision.")
+    allow_early_advance: bool = Field(
+        default=False,
+        description="Sequential: end a timed pause early once the candidate is shown no worse than the margin.",
+    )
+    inconclusive_limit: int = Field(
+        default=3, ge=1, le=100, description="Sequential: consecutive intervals without usable sums that roll back."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _cost_named(self) -> JudgeSpec:
+        if self.metric is JudgeMetric.COST and self.cost is None:
+            raise ValueError("metric 'cost' needs the cost's name in judge.cost (the `cost` label of policy_cost_sum)")
+        return self
+
+
 class AnalysisSpec(Model):
     model_config = ConfigDict(
         json_schema_extra=_validations(
@@ -232,6 +297,7 @@ class AnalysisSpec(Model):
         default=None, description="Prometheus base URL; defaults to the operator's --prometheus-url."
     )
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=32)
+    judge: JudgeSpec = Field(default_factory=JudgeSpec, description="How measurements are judged.")
 
     @pydantic.model_validator(mode="after")
     def _unique_names(self) -> AnalysisSpec:
@@ -293,6 +359,35 @@ class GuardrailStatus(Model):
     measured_at: str | None = None
 
 
+class JudgeStatus(Model):
+    """A judge's running state, persisted so an operator restart replays the same decision.
+
+    Sums are over the intervals analysed so far (deltas of the Prometheus counters), so the
+    statistic depends only on status and the next measurement, never on wall time.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str
+    intervals: int = 0
+    last_raw: dict[str, float] = Field(default_factory=dict, description="Latest counter values read, by series.")
+    candidate_sum: float = 0.0
+    candidate_count: float = 0.0
+    stable_sum: float = 0.0
+    stable_count: float = 0.0
+    weight_sum: float = Field(default=0.0, description="Sum of per-interval precision weights w = 1/(1/n_c + 1/n_s).")
+    weighted_diff_sum: float = 0.0
+    weighted_diff_sq_sum: float = 0.0
+    mixture_scale: float | None = Field(default=None, description="tau of the normal mixture, fixed once chosen.")
+    estimate: float | None = Field(default=None, description="Candidate minus stable mean, better-is-positive.")
+    lower: float | None = None
+    upper: float | None = None
+    margin: float | None = None
+    decision: str | None = None
+    consecutive_inconclusive: int = 0
+    message: str | None = None
+
+
 class Condition(Model):
     """A kstatus-compatible condition (Ready / Progressing / Degraded)."""
 
@@ -338,6 +433,7 @@ class PolicyRolloutStatus(Model):
     live_since: str | None = None
     last_analysis_at: str | None = None
     guardrails: list[GuardrailStatus] = Field(default_factory=list)
+    judge: JudgeStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
     history: list[HistoryEntry] = Field(default_factory=list)
     revisions: list[Revision] = Field(

@@ -19,6 +19,7 @@ __all__ = [
     "Outcome",
     "analysis_due",
     "apply_measurements",
+    "has_analysis",
     "inconclusive_guardrails",
     "interval",
     "is_due",
@@ -45,9 +46,14 @@ def is_live(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> boo
     )
 
 
+def has_analysis(spec: api.PolicyRolloutSpec) -> bool:
+    """Whether anything is measured: guardrails, or a judge that compares the variants by itself."""
+    return bool(spec.analysis.guardrails) or spec.analysis.judge.kind is not api.JudgeKind.THRESHOLD
+
+
 def next_analysis_at(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> datetime | None:
     """When the next analysis is due: one interval after the last one (or after going live)."""
-    if not spec.analysis.guardrails or not is_live(spec, status):
+    if not has_analysis(spec) or not is_live(spec, status):
         return None
     base = timeutil.from_iso(status.last_analysis_at) or timeutil.from_iso(status.live_since)
     assert base is not None  # is_live guarantees live_since

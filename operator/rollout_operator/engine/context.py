@@ -189,4 +189,5 @@ def restart(ctx: Context, reason: str, message: str) -> None:
     status.live_since = None
     status.last_analysis_at = None
     status.guardrails = []
+    status.judge = None
     transition(ctx, api.Phase.PENDING, reason, message, step=0, force=True)

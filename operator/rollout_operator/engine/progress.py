@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rollout_operator import api
-from rollout_operator.engine import analysis, context, steps, timeutil
+from rollout_operator.engine import analysis, context, judges, steps, timeutil
 from rollout_operator.engine.context import Context
 from rollout_operator.engine.steps import StepKind
 
@@ -13,12 +13,6 @@ __all__ = [
     "reconcile_promotion",
     "reconcile_step_completion",
 ]
-
-
-def _describe(guardrail: api.Guardrail, entry: api.GuardrailStatus) -> str:
-    if entry.value is None:
-        return f"guardrail {guardrail.name}: no value ({entry.message}), condition '{guardrail.condition}'"
-    return f"guardrail {guardrail.name}: value {entry.value:g}, condition '{guardrail.condition}'"
 
 
 def reconcile_promotion(ctx: Context) -> bool:
@@ -39,50 +33,24 @@ def reconcile_promotion(ctx: Context) -> bool:
 
 
 def reconcile_analysis(ctx: Context) -> bool:
-    """Judge the measurements the caller took (only when an analysis is due)."""
+    """Judge the measurements the caller took (only when an analysis is due) with the spec's judge."""
     status = ctx.status
     measurements = ctx.observations.measurements
     if not measurements or not analysis.is_due(ctx.spec, status, ctx.now):
         return False
-    outcome = analysis.apply_measurements(ctx.spec, status, measurements, ctx.now)
-    status.guardrails = outcome.guardrails
+    judgement = judges.judge_for(ctx.spec).judge(ctx.spec, status, measurements, ctx.now)
+    status.guardrails = judgement.guardrails
+    status.judge = judgement.state
     status.last_analysis_at = timeutil.to_iso(ctx.now)
-    for guardrail, entry in outcome.failed:
-        context.warn(
-            ctx,
-            "GuardrailFailed",
-            f"{_describe(guardrail, entry)}; "
-            f"{entry.consecutive_failures}/{guardrail.failure_limit} consecutive failures",
-        )
-    for guardrail, entry in outcome.inconclusive:
-        context.warn(
-            ctx,
-            "GuardrailInconclusive",
-            f"{_describe(guardrail, entry)}; "
-            f"{entry.consecutive_inconclusive}/{guardrail.inconclusive_limit} consecutive inconclusive",
-        )
-    if outcome.breached:
-        guardrail, entry = outcome.breached[0]
-        context.roll_back(
-            ctx,
-            "GuardrailBreached",
-            f"{_describe(guardrail, entry)}; failed {entry.consecutive_failures} time(s) in a row "
-            f"(failureLimit {guardrail.failure_limit}), rolling back to {status.stable_version}",
-        )
-        return True
-    if outcome.exhausted:
-        guardrail, entry = outcome.exhausted[0]
-        context.roll_back(
-            ctx,
-            "InconclusiveLimitExceeded",
-            f"{_describe(guardrail, entry)}; inconclusive {entry.consecutive_inconclusive} time(s) in a row "
-            f"(inconclusiveLimit {guardrail.inconclusive_limit}), rolling back to {status.stable_version}",
-        )
+    for finding in judgement.warnings:
+        context.warn(ctx, finding.reason, finding.message)
+    if judgement.rollback is not None:
+        context.roll_back(ctx, judgement.rollback.reason, judgement.rollback.message)
         return True
     index = status.current_step_index
     phase = context.step_phase(ctx.spec, status, index)
-    if outcome.inconclusive:
-        names = ", ".join(g.name for g, _ in outcome.inconclusive)
+    if judgement.inconclusive:
+        names = ", ".join(judgement.inconclusive)
         context.transition(
             ctx,
             phase,
@@ -90,9 +58,28 @@ def reconcile_analysis(ctx: Context) -> bool:
             f"paused: guardrail(s) {names} inconclusive (no usable value); holding the weight",
             warning=True,
         )
-    else:
-        context.transition(ctx, phase, "AnalysisConclusive", "guardrails measurable again; resuming the step")
+        return False
+    context.transition(ctx, phase, "AnalysisConclusive", "guardrails measurable again; resuming the step")
+    if judgement.sufficient is not None and _may_end_early(ctx, judgement):
+        context.advance(ctx, judgement.sufficient.reason, f"{judgement.sufficient.message}; ending the pause early")
+        return True
     return False
+
+
+def _may_end_early(ctx: Context, judgement: judges.Judgement) -> bool:
+    """A timed pause may end early on sufficient evidence, after a full interval at its weight.
+
+    Untimed pauses and approvals wait for a human whatever the evidence; setWeight steps already
+    end after one passing interval.
+    """
+    index = ctx.status.current_step_index
+    step = ctx.spec.steps[index] if index < len(ctx.spec.steps) else None
+    if step is None or step.pause is None or step.pause.duration is None:
+        return False
+    threshold = analysis.step_pass_threshold(ctx.spec, ctx.status)
+    if threshold is None or ctx.now < threshold:
+        return False
+    return all(g.verdict is api.Verdict.PASS for g in judgement.guardrails)
 
 
 def _completion(ctx: Context) -> tuple[str, str] | None:
@@ -103,7 +90,7 @@ def _completion(ctx: Context) -> tuple[str, str] | None:
     assert started is not None
     kind = steps.kind_of(step)
     if kind is StepKind.SET_WEIGHT:
-        if not ctx.spec.analysis.guardrails or status.canary_weight == 0:
+        if not analysis.has_analysis(ctx.spec) or status.canary_weight == 0:
             return "StepComplete", f"weight {status.canary_weight} set (no guardrails to wait for)"
         threshold = analysis.step_pass_threshold(ctx.spec, status)
         if threshold is not None and analysis.passed_since(ctx.spec, status, threshold):

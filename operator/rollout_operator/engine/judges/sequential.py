@@ -1,0 +1,213 @@
+"""`sequential`: stop early for harm (roll back) or sufficiency (end a timed pause) on reward.
+
+Every guardrail is still judged exactly as `threshold` does. On top, each analysis reads the
+cumulative Prometheus counters `policy_reward_sum` / `policy_reward_count` (or the cost pair)
+of both variants, turns them into per-interval means, and updates an always-valid normal-mixture
+confidence sequence (`mixture`) for candidate minus stable (sign flipped for a cost, so
+positive always means "candidate better"):
+
+* harm: the whole sequence lies below 0 -> roll back (false-rollback probability <= alpha over
+  the rollout, however many intervals are looked at);
+* sufficiency: its lower end is above -margin (margin = minDetectableEffect x |stable mean|)
+  -> the candidate is no worse than the margin; with `allowEarlyAdvance` a timed pause ends.
+
+Assumptions (docs/guardrails.md): per-decision rewards independent with a common variance
+sigma^2 within each variant, and stable-vs-candidate differences in interval means roughly
+normal (true for a few hundred rewards per interval by the CLT). Pairing by interval removes
+drift that hits both variants alike (time of day, traffic mix). sigma is `rewardStdDev` when
+given (then the guarantee is exact under those assumptions), else an upper confidence bound from
+the spread of the per-interval differences (conservative while few intervals are in).
+Counters that go down are treated as resets (the new value is the increment).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+
+from rollout_operator import api
+from rollout_operator.engine.judges import base, mixture, threshold
+from rollout_operator.engine.types import Measurement
+
+__all__ = ["SERIES_KEYS", "SequentialJudge", "update"]
+
+SERIES_KEYS = ("candidate_sum", "candidate_count", "stable_sum", "stable_count")
+# Share of alpha spent on the variance's upper bound when sigma is estimated.
+VARIANCE_CONFIDENCE_SHARE = 0.5
+
+COLLECTING = "Collecting"
+HARM = "Harm"
+NO_WORSE = "NoWorseThanMargin"
+UNDECIDED = "Undecided"
+
+
+def _series_templates(spec: api.JudgeSpec) -> tuple[str, str, dict[str, str]]:
+    if spec.metric is api.JudgeMetric.COST:
+        assert spec.cost is not None  # validated by the API
+        return "cost-sum", "cost-count", {"cost": spec.cost}
+    return "reward-sum", "reward-count", {}
+
+
+def _metric_name(spec: api.JudgeSpec) -> str:
+    return f"cost {spec.cost}" if spec.metric is api.JudgeMetric.COST else "reward"
+
+
+def update(
+    spec: api.JudgeSpec, state: api.JudgeStatus | None, raw: Mapping[str, float | None]
+) -> tuple[api.JudgeStatus, str | None]:
+    """Fold one analysis' counter values into the state; returns (new state, why unusable or None).
+
+    Pure and deterministic: the same state and values always give the same new state, so a
+    restarted operator that replays an analysis from status computes the same statistic.
+    """
+    new = (state or api.JudgeStatus(kind="sequential")).model_copy(deep=True)
+    missing = [k for k in SERIES_KEYS if raw.get(k) is None or not math.isfinite(raw[k])]  # type: ignore[arg-type]
+    if missing:
+        new.consecutive_inconclusive += 1
+        return new, f"no value for {', '.join(missing)}"
+    values = {k: float(raw[k]) for k in SERIES_KEYS}  # type: ignore[arg-type]
+    if not new.last_raw:
+        new.last_raw = values
+        new.consecutive_inconclusive = 0
+        new.decision = COLLECTING
+        new.message = "first reading of the counters taken; the comparison starts at the next analysis"
+        return new, None
+    delta = {k: (v - new.last_raw.get(k, 0.0) if v >= new.last_raw.get(k, 0.0) else v) for k, v in values.items()}
+    new.last_raw = values
+    n_c, n_s = delta["candidate_count"], delta["stable_count"]
+    if n_c <= 0 or n_s <= 0:
+        new.consecutive_inconclusive += 1
+        who = "candidate" if n_c <= 0 else "stable"
+        return new, f"the {who} variant reported no {_metric_name(spec)} during the interval"
+    sign = -1.0 if spec.metric is api.JudgeMetric.COST else 1.0
+    d = sign * (delta["candidate_sum"] / n_c - delta["stable_sum"] / n_s)
+    w = 1.0 / (1.0 / n_c + 1.0 / n_s)
+    new.consecutive_inconclusive = 0
+    new.intervals += 1
+    new.candidate_sum += delta["candidate_sum"]
+    new.candidate_count += n_c
+    new.stable_sum += delta["stable_sum"]
+    new.stable_count += n_s
+    new.weight_sum += w
+    new.weighted_diff_sum += w * d
+    new.weighted_diff_sq_sum += w * d * d
+    _conclude(spec, new)
+    return new, None
+
+
+def _variance(spec: api.JudgeSpec, state: api.JudgeStatus) -> float:
+    if spec.reward_std_dev is not None:
+        return spec.reward_std_dev**2
+    mean = state.weighted_diff_sum / state.weight_sum
+    sum_sq_dev = state.weighted_diff_sq_sum - state.weight_sum * mean * mean
+    return mixture.variance_upper_bound(sum_sq_dev, state.intervals, spec.alpha * VARIANCE_CONFIDENCE_SHARE)
+
+
+def _alpha(spec: api.JudgeSpec) -> float:
+    """The sequence's own error: all of alpha with a known sigma, the rest after the variance bound."""
+    return spec.alpha if spec.reward_std_dev is not None else spec.alpha * (1.0 - VARIANCE_CONFIDENCE_SHARE)
+
+
+def _conclude(spec: api.JudgeSpec, state: api.JudgeStatus) -> None:
+    estimate = state.weighted_diff_sum / state.weight_sum
+    stable_mean = state.stable_sum / state.stable_count
+    margin = spec.min_detectable_effect * (abs(stable_mean) if stable_mean != 0 else 1.0)
+    state.estimate, state.margin = estimate, margin
+    if (
+        state.intervals < spec.min_intervals
+        or state.candidate_count < spec.min_samples
+        or state.stable_count < spec.min_samples
+    ):
+        state.decision = COLLECTING
+        state.lower = state.upper = None
+        state.message = (
+            f"collecting: {state.intervals}/{spec.min_intervals} intervals, "
+            f"{state.candidate_count:g}/{spec.min_samples} candidate and {state.stable_count:g}/{spec.min_samples} "
+            f"stable samples"
+        )
+        return
+    if state.mixture_scale is None:
+        state.mixture_scale = margin  # fixed once: a data-dependent prior would void the guarantee later
+    r = mixture.radius(_variance(spec, state), state.weight_sum, state.mixture_scale, _alpha(spec))
+    state.lower, state.upper = estimate - r, estimate + r
+    if state.upper < 0:
+        state.decision = HARM
+    elif state.lower > -margin:
+        state.decision = NO_WORSE
+    else:
+        state.decision = UNDECIDED
+    state.message = (
+        f"candidate - stable {_metric_name(spec)} (better is positive): {estimate:+.4g}, "
+        f"{1 - spec.alpha:.0%} always-valid interval [{state.lower:+.4g}, {state.upper:+.4g}], "
+        f"margin {margin:.4g}, after {state.intervals} intervals: {state.decision}"
+    )
+
+
+class SequentialJudge:
+    kind = "sequential"
+
+    def series(self, spec: api.PolicyRolloutSpec) -> dict[str, base.SeriesQuery]:
+        sum_template, count_template, params = _series_templates(spec.analysis.judge)
+        return {
+            "candidate_sum": base.SeriesQuery(sum_template, "candidate", params),
+            "candidate_count": base.SeriesQuery(count_template, "candidate", params),
+            "stable_sum": base.SeriesQuery(sum_template, "stable", params),
+            "stable_count": base.SeriesQuery(count_template, "stable", params),
+        }
+
+    def judge(
+        self,
+        spec: api.PolicyRolloutSpec,
+        status: api.PolicyRolloutStatus,
+        measurements: Mapping[str, Measurement],
+        now: datetime,
+    ) -> base.Judgement:
+        guardrails = threshold.ThresholdJudge().judge(spec, status, measurements, now)
+        judge_spec = spec.analysis.judge
+        raw: dict[str, float | None] = {}
+        errors = []
+        for key in SERIES_KEYS:
+            measurement = measurements.get(base.SERIES_PREFIX + key)
+            raw[key] = None if measurement is None else measurement.value
+            if measurement is not None and measurement.error:
+                errors.append(f"{key}: {measurement.error}")
+        previous = status.judge if status.judge is not None and status.judge.kind == self.kind else None
+        state, unusable = update(judge_spec, previous, raw)
+        warnings = list(guardrails.warnings)
+        rollback = guardrails.rollback
+        sufficient = None
+        name = _metric_name(judge_spec)
+        if unusable is not None:
+            detail = f"{unusable}" + (f" ({'; '.join(errors)})" if errors else "")
+            state.message = f"inconclusive: {detail}"
+            warnings.append(
+                base.Finding(
+                    "JudgeInconclusive",
+                    f"sequential judge: {detail}; "
+                    f"{state.consecutive_inconclusive}/{judge_spec.inconclusive_limit} consecutive inconclusive",
+                )
+            )
+            if rollback is None and state.consecutive_inconclusive >= judge_spec.inconclusive_limit:
+                rollback = base.Finding(
+                    "InconclusiveLimitExceeded",
+                    f"sequential judge: {detail}; inconclusive {state.consecutive_inconclusive} time(s) in a row "
+                    f"(judge.inconclusiveLimit {judge_spec.inconclusive_limit}), rolling back to "
+                    f"{status.stable_version}",
+                )
+        elif state.decision == HARM and rollback is None:
+            rollback = base.Finding(
+                "SequentialHarm",
+                f"sequential judge: the candidate's {name} is worse than stable's ({state.message}), "
+                f"rolling back to {status.stable_version}",
+            )
+        elif state.decision == NO_WORSE and judge_spec.allow_early_advance:
+            sufficient = base.Finding("SequentialNoWorse", f"sequential judge: {state.message}")
+        return base.Judgement(
+            guardrails=guardrails.guardrails,
+            state=state,
+            warnings=warnings,
+            rollback=rollback,
+            inconclusive=guardrails.inconclusive,
+            sufficient=sufficient,
+        )
