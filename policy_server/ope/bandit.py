@@ -12,12 +12,15 @@ policy's probabilities) and `q_hat` (a reward model's predictions) have shape (n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from policy_server.ope import _checks
 from policy_server.ope import diagnostics as diag
 
 __all__ = [
+    "ESTIMATORS",
     "diagnostics",
     "dm",
     "dm_rounds",
@@ -25,6 +28,7 @@ __all__ = [
     "dr_os",
     "dr_os_rounds",
     "dr_rounds",
+    "estimate_rounds",
     "importance_weights",
     "ips",
     "ips_rounds",
@@ -222,3 +226,46 @@ def diagnostics(
             total += float(np.where(beh[rows] == 0, dist[rows], 0.0).sum())
         unsupported = total / dist.shape[0]
     return diag.summarize_weights(iw, unsupported)
+
+
+# name -> (per-round function, needs q_hat, the keyword parameters it accepts): the names a PolicyRollout's
+# offlineEvaluation.estimators list uses.
+ESTIMATORS: dict[str, tuple[Callable[..., np.ndarray], bool, tuple[str, ...]]] = {
+    "ips": (ips_rounds, False, ("clip",)),
+    "snips": (snips_rounds, False, ()),
+    "dm": (dm_rounds, True, ()),
+    "dr": (dr_rounds, True, ("clip",)),
+    "sndr": (sndr_rounds, True, ()),
+    "switch_dr": (switch_dr_rounds, True, ("tau",)),
+    "dr_os": (dr_os_rounds, True, ("lambda_",)),
+}
+
+
+def estimate_rounds(
+    name: str,
+    reward: object,
+    action: object,
+    pscore: object,
+    target_dist: object,
+    q_hat: object | None = None,
+    **params: float | None,
+) -> np.ndarray:
+    """Per-round contributions of the estimator called `name` (see ESTIMATORS); raises on unknown names."""
+    if name not in ESTIMATORS:
+        raise _checks.OPEInputError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    fn, needs_model, accepted = ESTIMATORS[name]
+    unknown = set(params) - set(accepted)
+    if unknown:
+        allowed = ", ".join(accepted) or "none"
+        raise _checks.OPEInputError(f"estimator {name!r} takes no parameter {sorted(unknown)}; it accepts: {allowed}")
+    if name == "switch_dr" and params.get("tau") is None:
+        raise _checks.OPEInputError("switch_dr needs tau (the weight above which the correction is dropped)")
+    if name == "dr_os" and params.get("lambda_") is None:
+        raise _checks.OPEInputError("dr_os needs lambda_ (the shrinkage strength; inf gives DR, 0 gives DM)")
+    if needs_model and q_hat is None:
+        raise _checks.OPEInputError(f"estimator {name!r} needs q_hat, a reward model's (n, n_actions) predictions")
+    if name == "dm":
+        return dm_rounds(target_dist, q_hat)
+    if needs_model:
+        return fn(reward, action, pscore, target_dist, q_hat, **params)
+    return fn(reward, action, pscore, target_dist, **params)

@@ -207,3 +207,46 @@ def test_bad_inputs_say_what_is_wrong(kwargs, message):
 def test_snips_refuses_when_every_weight_is_zero():
     with pytest.raises(OPEInputError, match="probability 0"):
         bandit.snips(np.ones(2), np.array([0, 0]), np.full(2, 0.5), np.array([[0.0, 1.0], [0.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "direct"),
+    [
+        ("ips", {"clip": 2.0}, lambda log, t, q: bandit.ips_rounds(log.reward, log.action, log.pscore, t, clip=2.0)),
+        ("snips", {}, lambda log, t, q: bandit.snips_rounds(log.reward, log.action, log.pscore, t)),
+        ("dm", {}, lambda log, t, q: bandit.dm_rounds(t, q)),
+        ("dr", {}, lambda log, t, q: bandit.dr_rounds(log.reward, log.action, log.pscore, t, q)),
+        ("sndr", {}, lambda log, t, q: bandit.sndr_rounds(log.reward, log.action, log.pscore, t, q)),
+        (
+            "switch_dr",
+            {"tau": 1.5},
+            lambda log, t, q: bandit.switch_dr_rounds(log.reward, log.action, log.pscore, t, q, 1.5),
+        ),
+        (
+            "dr_os",
+            {"lambda_": 2.0},
+            lambda log, t, q: bandit.dr_os_rounds(log.reward, log.action, log.pscore, t, q, 2.0),
+        ),
+    ],
+)
+def test_estimators_by_name(name, params, direct):
+    log, target, q_hat = _fixture(seed=30)
+    got = bandit.estimate_rounds(name, log.reward, log.action, log.pscore, target, q_hat, **params)
+    np.testing.assert_array_equal(got, direct(log, target, q_hat))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("magic", {}, "unknown estimator"),
+        ("snips", {"clip": 1.0}, "takes no parameter"),
+        ("dr", {"q_hat": None}, "needs q_hat"),
+        ("switch_dr", {}, "needs tau"),
+        ("dr_os", {}, "needs lambda_"),
+    ],
+)
+def test_estimators_by_name_reject_bad_requests(name, kwargs, message):
+    log, target, q_hat = _fixture(seed=31, n=20)
+    args = {"q_hat": q_hat, **kwargs}
+    with pytest.raises(OPEInputError, match=message):
+        bandit.estimate_rounds(name, log.reward, log.action, log.pscore, target, **args)
