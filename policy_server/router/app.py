@@ -156,7 +156,11 @@ class Router:
                 log.error("cannot save the routing table to %s: %s", self.config.config_path, exc)
         log.info(
             "routing table generation %d from %s: candidate %s%% shadow %s sticky %s",
-            new.generation, source, new.weight, new.shadow, new.sticky_key,
+            new.generation,
+            source,
+            new.weight,
+            new.shadow,
+            new.sticky_key,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -216,14 +220,24 @@ class Router:
             else:
                 conn.respond(seq, 200, b'{"status":"ready"}')
         elif path == b"/router/config" and method == b"GET":
-            conn.respond(seq, 200, orjson.dumps(
-                {"table": self.table.to_json(), "source": self.table_source, "appliedAt": self.applied_at}))
+            conn.respond(
+                seq,
+                200,
+                orjson.dumps(
+                    {"table": self.table.to_json(), "source": self.table_source, "appliedAt": self.applied_at}
+                ),
+            )
         elif path in (b"/v1/act", b"/v1/reward", b"/v1/model", b"/metrics", b"/router/config"):
             conn.respond(seq, 405, _error("method not allowed; see the policy server API (GET /openapi.json)"))
         else:
-            conn.respond(seq, 404, _error(
-                f"no route {path.decode('latin-1')!r} on the router; it serves /v1/act, /v1/reward, /v1/model, "
-                "/metrics, /healthz, /readyz, /router/config"))
+            conn.respond(
+                seq,
+                404,
+                _error(
+                    f"no route {path.decode('latin-1')!r} on the router; it serves /v1/act, /v1/reward, /v1/model, "
+                    "/metrics, /healthz, /readyz, /router/config"
+                ),
+            )
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -290,8 +304,11 @@ class Router:
             reason = "timeout" if isinstance(exc, upstream.UpstreamTimeout) else "error"
             m.upstream_error("stable", reason)
             m.fail("stable")
-            conn.respond(seq, 504 if reason == "timeout" else 502,
-                         _error(f"stable policy server {up.url} unavailable ({exc}); no decision was made"))
+            conn.respond(
+                seq,
+                504 if reason == "timeout" else 502,
+                _error(f"stable policy server {up.url} unavailable ({exc}); no decision was made"),
+            )
             return
         if status != 200:
             conn.respond(seq, status, resp)  # the client's own error (4xx), as the policy server worded it
@@ -302,8 +319,17 @@ class Router:
             self._start_shadow(cand, body, decision)
 
     def _answer(
-        self, conn: protocol.HttpProtocol, seq: int, body: bytes, resp: bytes, t0: float,
-        variant: str, served_by: str, prob: float, fallback_reason: str | None, up: upstream.Upstream,
+        self,
+        conn: protocol.HttpProtocol,
+        seq: int,
+        body: bytes,
+        resp: bytes,
+        t0: float,
+        variant: str,
+        served_by: str,
+        prob: float,
+        fallback_reason: str | None,
+        up: upstream.Upstream,
     ) -> dict[str, Any] | None:
         try:
             decision = orjson.loads(resp)
@@ -329,26 +355,29 @@ class Router:
             self._log(body, decision, variant, served_by, prob, elapsed)
         return decision
 
-    def _log(self, body: bytes, decision: dict[str, Any], variant: str, served_by: str, prob: float | None,
-             elapsed_s: float) -> None:
+    def _log(
+        self, body: bytes, decision: dict[str, Any], variant: str, served_by: str, prob: float | None, elapsed_s: float
+    ) -> None:
         try:
             request = orjson.loads(body)
             context = request.get("context")
-            self.decision_log.log_decision({
-                "request_id": decision["request_id"],
-                "time": time.time(),
-                "policy_version": str(decision.get("policy_version", "")),
-                "variant": variant,
-                "observation": _flat(request["observation"]),
-                "action": decision["action"],
-                "propensity": float(decision["propensity"]),
-                "probabilities": None,
-                "shield_reasons": list((decision.get("shield") or {}).get("reasons") or []),
-                "latency_ms": elapsed_s * 1000.0,
-                "context_json": orjson.dumps(context).decode() if context is not None else None,
-                "assignment_probability": prob,
-                "served_by": served_by,
-            })
+            self.decision_log.log_decision(
+                {
+                    "request_id": decision["request_id"],
+                    "time": time.time(),
+                    "policy_version": str(decision.get("policy_version", "")),
+                    "variant": variant,
+                    "observation": _flat(request["observation"]),
+                    "action": decision["action"],
+                    "propensity": float(decision["propensity"]),
+                    "probabilities": None,
+                    "shield_reasons": list((decision.get("shield") or {}).get("reasons") or []),
+                    "latency_ms": elapsed_s * 1000.0,
+                    "context_json": orjson.dumps(context).decode() if context is not None else None,
+                    "assignment_probability": prob,
+                    "served_by": served_by,
+                }
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("decision not logged (unexpected shape): %s", exc)
 

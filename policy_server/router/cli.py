@@ -33,8 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--shadow", action="store_true", help="mirror stable-served requests to the candidate")
     r.add_argument("--sticky-header", help="request header whose value keeps a caller on one variant")
     r.add_argument("--sticky-context", help="field of the request's `context` object used as the sticky key")
-    r.add_argument("--latency-budget-ms", type=float, default=100.0,
-                   help="candidate answers slower than this are replaced by the fallback's")
+    r.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        default=100.0,
+        help="candidate answers slower than this are replaced by the fallback's",
+    )
     r.add_argument("--upstream-timeout-s", type=float, default=5.0, help="deadline of stable/fallback calls")
     r.add_argument("--config", help="JSON file holding the last applied routing table (read at start, kept up to date)")
     r.add_argument("--configmap", help="NAMESPACE/NAME of the ConfigMap holding the routing table (watched)")
@@ -50,19 +54,31 @@ def _initial_table(args: argparse.Namespace):  # -> table.RoutingTable
     if args.config:
         saved = table.load(args.config)
         if saved is not None:
-            print(f"policy-server route: restored the last routing table from {args.config} (generation "
-                  f"{saved.generation}, candidate {saved.weight}%, shadow {saved.shadow}); routing flags are "
-                  "ignored — delete the file to start from the flags", file=sys.stderr)
+            print(
+                f"policy-server route: restored the last routing table from {args.config} (generation "
+                f"{saved.generation}, candidate {saved.weight}%, shadow {saved.shadow}); routing flags are "
+                "ignored — delete the file to start from the flags",
+                file=sys.stderr,
+            )
             return saved, "file"
     if not args.stable:
         raise table.TableError("--stable URL is required (or a --config file holding a routing table)")
     if args.sticky_header and args.sticky_context:
         raise table.TableError("use --sticky-header or --sticky-context, not both")
-    sticky = (f"header:{args.sticky_header}" if args.sticky_header
-              else f"context:{args.sticky_context}" if args.sticky_context else None)
+    sticky = (
+        f"header:{args.sticky_header}"
+        if args.sticky_header
+        else f"context:{args.sticky_context}"
+        if args.sticky_context
+        else None
+    )
     return table.RoutingTable(
-        stable=args.stable, candidate=args.candidate, fallback=args.fallback, weight=args.weight,
-        shadow=args.shadow, sticky_key=sticky,
+        stable=args.stable,
+        candidate=args.candidate,
+        fallback=args.fallback,
+        weight=args.weight,
+        shadow=args.shadow,
+        sticky_key=sticky,
     ), "flags"
 
 
@@ -79,14 +95,21 @@ def run(args: argparse.Namespace) -> int:
             namespace, _, name = args.configmap.partition("/")
             if not namespace or not name:
                 raise table.TableError(f"--configmap must be NAMESPACE/NAME, got {args.configmap!r}")
-            api = (kubewatch.ApiConfig.from_kubeconfig(args.kubeconfig) if args.kubeconfig
-                   else kubewatch.ApiConfig.in_cluster())
+            api = (
+                kubewatch.ApiConfig.from_kubeconfig(args.kubeconfig)
+                if args.kubeconfig
+                else kubewatch.ApiConfig.in_cluster()
+            )
     except (table.TableError, kubewatch.KubeConfigError) as exc:
         print(f"policy-server route: {exc}", file=sys.stderr)
         return 2
     config = app.RouterConfig(
-        table=initial, config_path=args.config, log_dir=args.log_dir, latency_budget_ms=args.latency_budget_ms,
-        upstream_timeout_s=args.upstream_timeout_s, seed=args.seed,
+        table=initial,
+        config_path=args.config,
+        log_dir=args.log_dir,
+        latency_budget_ms=args.latency_budget_ms,
+        upstream_timeout_s=args.upstream_timeout_s,
+        seed=args.seed,
     )
 
     async def main() -> int:
@@ -101,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         watcher_task = None
         if api is not None:
             watcher = kubewatch.ConfigMapWatcher(
-                api, namespace, name, lambda t, rv: router.apply(t, source=f"configmap@{rv}"))
+                api, namespace, name, lambda t, rv: router.apply(t, source=f"configmap@{rv}")
+            )
             watcher_task = loop.create_task(watcher.run())
         print(f"policy-server route listening on http://{args.host}:{port}", flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):

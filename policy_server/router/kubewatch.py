@@ -66,8 +66,11 @@ class ApiConfig:
         try:
             doc = yaml.safe_load(Path(path).read_text())
             ctx_name = doc.get("current-context")
-            ctx = next(c["context"] for c in doc["contexts"] if c["name"] == ctx_name) if ctx_name \
+            ctx = (
+                next(c["context"] for c in doc["contexts"] if c["name"] == ctx_name)
+                if ctx_name
                 else doc["contexts"][0]["context"]
+            )
             cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
             user = next((u.get("user") or {} for u in doc.get("users") or [] if u["name"] == ctx.get("user")), {})
         except (OSError, yaml.YAMLError, KeyError, IndexError, StopIteration, TypeError, AttributeError) as exc:
@@ -81,7 +84,8 @@ class ApiConfig:
                 sslctx = ssl.create_default_context()
                 if cluster.get("certificate-authority-data"):
                     sslctx.load_verify_locations(
-                        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+                        cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+                    )
                 elif cluster.get("certificate-authority"):
                     sslctx.load_verify_locations(cafile=cluster["certificate-authority"])
                 cert, key = _pem(user, "client-certificate"), _pem(user, "client-key")
@@ -127,7 +131,9 @@ class ConfigMapWatcher:
         if api.token:
             headers["Authorization"] = f"Bearer {api.token}"
         self._client = httpx.AsyncClient(
-            base_url=api.server, headers=headers, verify=api.verify,
+            base_url=api.server,
+            headers=headers,
+            verify=api.verify,
             timeout=httpx.Timeout(10.0, read=watch_timeout_s + 10.0),
         )
         self._path = f"/api/v1/namespaces/{namespace}/configmaps"
@@ -149,8 +155,13 @@ class ConfigMapWatcher:
                 except Exception as exc:  # network, 5xx, 410 Gone: back off, re-list
                     self.errors += 1
                     self.resource_version = ""
-                    log.warning("watch of configmap %s/%s failed (%s); retrying in %.1fs",
-                                self.namespace, self.name, exc, backoff)
+                    log.warning(
+                        "watch of configmap %s/%s failed (%s); retrying in %.1fs",
+                        self.namespace,
+                        self.name,
+                        exc,
+                        backoff,
+                    )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -165,8 +176,13 @@ class ConfigMapWatcher:
         self.resource_version = (body.get("metadata") or {}).get("resourceVersion") or "0"
 
     async def _watch(self) -> None:
-        params = {"fieldSelector": self._selector, "watch": "true", "resourceVersion": self.resource_version,
-                  "timeoutSeconds": str(self.watch_timeout_s), "allowWatchBookmarks": "true"}
+        params = {
+            "fieldSelector": self._selector,
+            "watch": "true",
+            "resourceVersion": self.resource_version,
+            "timeoutSeconds": str(self.watch_timeout_s),
+            "allowWatchBookmarks": "true",
+        }
         async with self._client.stream("GET", self._path, params=params) as resp:
             _raise_for(resp, self.namespace)
             async for line in resp.aiter_lines():
@@ -188,8 +204,9 @@ class ConfigMapWatcher:
         raw = (obj.get("data") or {}).get(self.key)
         rv = (obj.get("metadata") or {}).get("resourceVersion", "")
         if raw is None:
-            log.error("configmap %s/%s has no %r key: keeping the last routing table", self.namespace, self.name,
-                      self.key)
+            log.error(
+                "configmap %s/%s has no %r key: keeping the last routing table", self.namespace, self.name, self.key
+            )
             return
         try:
             tbl = table_mod.RoutingTable.from_bytes(raw)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from policy_server import metrics as server_metrics
-
 __all__ = ["FALLBACK_REASONS", "SERVED_BY", "RouterMetrics"]
 
+# The policy server's buckets (policy_server.metrics.LATENCY_BUCKETS, contract v1), copied because
+# importing that module loads torch, which the router never needs (a test keeps them equal).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 VARIANTS = ("stable", "candidate")
 SERVED_BY = ("stable", "candidate", "fallback")
 FALLBACK_REASONS = ("error", "timeout", "status")
@@ -25,7 +28,8 @@ class RouterMetrics:
         self.requests = Counter(
             "policy_router_requests",
             "Decisions answered through the router, by the variant whose action was served and how",
-            ["variant", "served_by"], registry=r,
+            ["variant", "served_by"],
+            registry=r,
         )
         self._requests = {
             ("stable", "stable"): self.requests.labels("stable", "stable"),
@@ -33,73 +37,106 @@ class RouterMetrics:
             ("stable", "fallback"): self.requests.labels("stable", "fallback"),
         }
         self.assigned = Counter(
-            "policy_router_assignments", "Requests assigned to each variant (before any fallback)", ["variant"],
+            "policy_router_assignments",
+            "Requests assigned to each variant (before any fallback)",
+            ["variant"],
             registry=r,
         )
         self._assigned = {v: self.assigned.labels(v) for v in VARIANTS}
         self.latency = Histogram(
-            "policy_router_latency_seconds", "Seconds from a complete request to the answer, by served variant",
-            ["variant"], buckets=server_metrics.LATENCY_BUCKETS, registry=r,
+            "policy_router_latency_seconds",
+            "Seconds from a complete request to the answer, by served variant",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self._latency = {v: self.latency.labels(v) for v in VARIANTS}
         self.errors = Counter(
-            "policy_router_upstream_errors", "Failed calls to a policy server, by variant and reason",
-            ["variant", "reason"], registry=r,
+            "policy_router_upstream_errors",
+            "Failed calls to a policy server, by variant and reason",
+            ["variant", "reason"],
+            registry=r,
         )
         self._errors = {(v, why): self.errors.labels(v, why) for v in VARIANTS for why in FALLBACK_REASONS}
         self.fallbacks = Counter(
-            "policy_router_fallbacks", "Candidate requests answered by the stable/fallback policy, by reason",
-            ["variant", "reason"], registry=r,
+            "policy_router_fallbacks",
+            "Candidate requests answered by the stable/fallback policy, by reason",
+            ["variant", "reason"],
+            registry=r,
         )
         self._fallbacks = {why: self.fallbacks.labels("candidate", why) for why in FALLBACK_REASONS}
         self.failed = Counter(
-            "policy_router_failed_requests", "Requests the router could not answer with a decision (502/504)",
-            ["variant"], registry=r,
+            "policy_router_failed_requests",
+            "Requests the router could not answer with a decision (502/504)",
+            ["variant"],
+            registry=r,
         )
         self._failed = {v: self.failed.labels(v) for v in VARIANTS}
-        self.weight = Gauge("policy_router_weight", "Percent of requests routed to each variant", ["variant"],
-                            registry=r)
-        self.shadow_on = Gauge("policy_router_shadow_enabled", "1 while the candidate is shadowed", ["variant"],
-                               registry=r)
-        self.generation = Gauge("policy_router_config_generation", "Generation of the applied routing table",
-                                registry=r)
+        self.weight = Gauge(
+            "policy_router_weight", "Percent of requests routed to each variant", ["variant"], registry=r
+        )
+        self.shadow_on = Gauge(
+            "policy_router_shadow_enabled", "1 while the candidate is shadowed", ["variant"], registry=r
+        )
+        self.generation = Gauge(
+            "policy_router_config_generation", "Generation of the applied routing table", registry=r
+        )
         self.propagation = Gauge(
             "policy_router_config_propagation_seconds",
-            "Seconds from the operator's decision (table updatedAt) to the router applying it", registry=r,
+            "Seconds from the operator's decision (table updatedAt) to the router applying it",
+            registry=r,
         )
         # shadow
         self.shadow_requests = Counter(
-            "policy_router_shadow_requests", "Mirrored requests to the candidate, by outcome", ["variant", "outcome"],
+            "policy_router_shadow_requests",
+            "Mirrored requests to the candidate, by outcome",
+            ["variant", "outcome"],
             registry=r,
         )
         self._shadow = {o: self.shadow_requests.labels("candidate", o) for o in SHADOW_OUTCOMES}
         self.shadow_latency = Histogram(
-            "policy_router_shadow_latency_seconds", "Candidate latency on mirrored requests", ["variant"],
-            buckets=server_metrics.LATENCY_BUCKETS, registry=r,
+            "policy_router_shadow_latency_seconds",
+            "Candidate latency on mirrored requests",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self._shadow_latency = self.shadow_latency.labels("candidate")
         self.shadow_compared = Counter(
-            "policy_router_shadow_compared", "Mirrored decisions compared with the served one", ["variant"],
+            "policy_router_shadow_compared",
+            "Mirrored decisions compared with the served one",
+            ["variant"],
             registry=r,
         )
         self.shadow_agreed = Counter(
-            "policy_router_shadow_agreements", "Discrete actions: mirrored decisions equal to the served one",
-            ["variant"], registry=r,
+            "policy_router_shadow_agreements",
+            "Discrete actions: mirrored decisions equal to the served one",
+            ["variant"],
+            registry=r,
         )
         self.shadow_abs_diff = Counter(
-            "policy_router_shadow_abs_diff", "Continuous actions: sum over compared requests of the mean |a_c - a_s|",
-            ["variant"], registry=r,
+            "policy_router_shadow_abs_diff",
+            "Continuous actions: sum over compared requests of the mean |a_c - a_s|",
+            ["variant"],
+            registry=r,
         )
         self.shadow_agreement = Gauge(
-            "policy_router_shadow_agreement_ratio", "Discrete actions: share of mirrored decisions equal to served",
-            ["variant"], registry=r,
+            "policy_router_shadow_agreement_ratio",
+            "Discrete actions: share of mirrored decisions equal to served",
+            ["variant"],
+            registry=r,
         )
         self.shadow_mad = Gauge(
-            "policy_router_shadow_mean_abs_diff", "Continuous actions: mean |a_candidate - a_stable| so far",
-            ["variant"], registry=r,
+            "policy_router_shadow_mean_abs_diff",
+            "Continuous actions: mean |a_candidate - a_stable| so far",
+            ["variant"],
+            registry=r,
         )
-        self._cmp = (self.shadow_compared.labels("candidate"), self.shadow_agreed.labels("candidate"),
-                     self.shadow_abs_diff.labels("candidate"))
+        self._cmp = (
+            self.shadow_compared.labels("candidate"),
+            self.shadow_agreed.labels("candidate"),
+            self.shadow_abs_diff.labels("candidate"),
+        )
         self._n_cmp = 0
         self._n_agree = 0
         self._sum_diff = 0.0

@@ -105,8 +105,19 @@ class RoutingTable:
                 f"routing table version {version!r} is not supported (this router reads {TABLE_VERSION}); "
                 "upgrade the router or the operator so they match"
             )
-        known = {"version", "stable", "candidate", "weight", "shadow", "stickyKey", "fallback", "latencyBudgetMs",
-                 "generation", "updatedAt", "salt"}
+        known = {
+            "version",
+            "stable",
+            "candidate",
+            "weight",
+            "shadow",
+            "stickyKey",
+            "fallback",
+            "latencyBudgetMs",
+            "generation",
+            "updatedAt",
+            "salt",
+        }
         unknown = sorted(set(data) - known)
         if unknown:
             raise TableError(f"routing table: unknown field(s) {unknown}; known: {sorted(known)}")
@@ -169,4 +180,3 @@ def save(table: RoutingTable, path: str | os.PathLike[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-

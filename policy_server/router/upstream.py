@@ -125,7 +125,11 @@ class Upstream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         data = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-            method, path, self._host_header, len(body), body,
+            method,
+            path,
+            self._host_header,
+            len(body),
+            body,
         )
         conn = self._take_idle()
         reused = conn is not None

@@ -7,11 +7,15 @@ from collections.abc import Callable
 from rollout_operator import api, kube
 from rollout_operator.traffic.base import TrafficRouter
 from rollout_operator.traffic.gateway_api import GatewayAPIRouter
+from rollout_operator.traffic.istio import IstioRouter
+from rollout_operator.traffic.router import RouterProvider
 
 RouterFactory = Callable[[kube.Client], TrafficRouter]
 
 ROUTERS: dict[api.TrafficProvider, RouterFactory] = {
+    api.TrafficProvider.ROUTER: RouterProvider,
     api.TrafficProvider.GATEWAY_API: GatewayAPIRouter,
+    api.TrafficProvider.ISTIO: IstioRouter,
 }
 
 

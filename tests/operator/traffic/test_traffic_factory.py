@@ -6,7 +6,9 @@ import pytest
 from rollout_operator import api, kube
 from rollout_operator.traffic import factory
 from rollout_operator.traffic.gateway_api import GatewayAPIRouter
+from rollout_operator.traffic.istio import IstioRouter
 from rollout_operator.traffic.noop import NoopRouter
+from rollout_operator.traffic.router import RouterProvider
 
 
 @pytest.fixture()
@@ -23,10 +25,17 @@ def test_gateway_api(client: kube.Client) -> None:
     assert isinstance(factory.make_router("gatewayAPI", client), GatewayAPIRouter)
 
 
-@pytest.mark.parametrize("provider", [api.TrafficProvider.ROUTER, api.TrafficProvider.ISTIO])
-def test_declared_but_unimplemented_providers(client: kube.Client, provider: api.TrafficProvider) -> None:
-    with pytest.raises(factory.UnknownProvider, match=f"'{provider}' is not implemented yet.*gatewayAPI"):
-        factory.make_router(provider, client)
+@pytest.mark.parametrize(("provider", "cls"), [("router", RouterProvider), ("istio", IstioRouter)])
+def test_router_and_istio(client: kube.Client, provider: str, cls: type) -> None:
+    router = factory.make_router(provider, client)
+    assert isinstance(router, cls)
+    assert router.name == provider
+
+
+def test_declared_but_unimplemented_providers(client: kube.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(factory.ROUTERS, api.TrafficProvider.ISTIO)
+    with pytest.raises(factory.UnknownProvider, match="'istio' is not implemented yet.*gatewayAPI"):
+        factory.make_router(api.TrafficProvider.ISTIO, client)
 
 
 def test_unknown_provider(client: kube.Client) -> None:
