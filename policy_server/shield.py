@@ -116,14 +116,15 @@ class Shield:
             decision, base = self._discrete(raw, rng, masks, last, reasons, counts)
         else:
             decision, base = self._continuous(raw, rng, last, reasons, counts)
-        bad = ~decision.finite
+        all_finite = bool(decision.finite.all())
         late = None
         if self.latency_budget_s is not None and waited_s is not None:
             late = waited_s > self.latency_budget_s
             if not late.any():
                 late = None
-        if late is not None or bad.any():
-            self._fallback(decision, base, bad, np.zeros(b, dtype=bool) if late is None else late, reasons, counts)
+        if late is not None or not all_finite:
+            late = np.zeros(b, dtype=bool) if late is None else late
+            self._fallback(decision, base, ~decision.finite, late, reasons, counts)
         if has_entity:
             self._remember(decision.actions, entities)
         return ShieldResult(decision=decision, reasons=reasons, counts=counts)

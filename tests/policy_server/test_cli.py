@@ -97,7 +97,7 @@ def test_sigterm_under_load_loses_no_answered_decision(tmp_path: Path, models) -
     log_dir = tmp_path / "log"
     answered: list[str] = []
     lock = threading.Lock()
-    with cli_server("--model", str(models()), "--log-dir", str(log_dir)) as srv:
+    with cli_server("--model", str(models()), "--log-dir", str(log_dir), "--exploration", "greedy") as srv:
 
         def client_loop(k: int) -> None:
             c = srv.client()
@@ -120,5 +120,7 @@ def test_sigterm_under_load_loses_no_answered_decision(tmp_path: Path, models) -
         for t in threads:
             t.join(60)
         assert srv.proc.wait(60) == 0, srv.proc.stderr.read()
-    logged = set(decision_log.read_decisions(str(log_dir)).column("request_id").to_pylist())
+    table = decision_log.read_decisions(str(log_dir))
+    logged = set(table.column("request_id").to_pylist())
     assert len(answered) >= 200 and set(answered) <= logged
+    assert set(table.column("propensity").to_pylist()) == {1.0}  # --exploration greedy overrides softmax
