@@ -22,8 +22,8 @@ from datetime import datetime
 from typing import Any
 
 from rollout_operator import api, engine
-from rollout_operator.engine import types
-from rollout_operator.guardrails import provider, templating
+from rollout_operator.engine import judges, types
+from rollout_operator.guardrails import provider, templates, templating
 from rollout_operator.traffic import base as traffic_base
 from rollout_operator.workloads import base as workloads_base
 
@@ -44,25 +44,38 @@ class Platform:
 
 
 def measure_guardrails(rollout: api.PolicyRollout, metrics: provider.MetricProvider) -> dict[str, types.Measurement]:
-    """Query every guardrail; failures become inconclusive measurements, never exceptions."""
+    """Query every guardrail (a query, or a template from the library) and the judge's raw series.
+
+    Failures become inconclusive measurements, never exceptions. The judge's series go in the
+    same mapping under `judges.SERIES_PREFIX` (see engine/judges/base.py).
+    """
     results: dict[str, types.Measurement] = {}
     for guardrail in rollout.spec.analysis.guardrails:
-        if guardrail.query is None:
-            results[guardrail.name] = types.Measurement(
-                None, f"guardrail template {guardrail.template!r} is not available in this version: write a query"
-            )
-            continue
         try:
-            variables = templating.guardrail_variables(rollout, "candidate", guardrail.params)
-            promql = templating.render(guardrail.query, variables)
+            if guardrail.template is not None:
+                promql = templates.render_guardrail(rollout, guardrail.template, guardrail.params)
+            else:
+                assert guardrail.query is not None  # query xor template, validated by the API
+                variables = templating.guardrail_variables(rollout, "candidate", guardrail.params)
+                promql = templating.render(guardrail.query, variables)
         except templating.TemplateError as exc:
             results[guardrail.name] = types.Measurement(None, f"cannot render query: {exc}")
             continue
-        measurement = metrics.query(promql)
-        if measurement.value is not None and not math.isfinite(measurement.value):
-            measurement = types.Measurement(None, f"query returned {measurement.value}")
-        results[guardrail.name] = measurement
+        results[guardrail.name] = _finite(metrics.query(promql))
+    for key, series in judges.judge_for(rollout.spec).series(rollout.spec).items():
+        try:
+            promql = templates.render_series(rollout, series.template, series.variant, series.params)
+        except templating.TemplateError as exc:
+            results[judges.SERIES_PREFIX + key] = types.Measurement(None, f"cannot render series: {exc}")
+            continue
+        results[judges.SERIES_PREFIX + key] = _finite(metrics.query(promql))
     return results
+
+
+def _finite(measurement: types.Measurement) -> types.Measurement:
+    if measurement.value is not None and not math.isfinite(measurement.value):
+        return types.Measurement(None, f"query returned {measurement.value}")
+    return measurement
 
 
 def observe(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> types.Observations:

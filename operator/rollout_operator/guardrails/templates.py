@@ -1,0 +1,199 @@
+"""The built-in guardrail library: PromQL templates usable by name in `analysis.guardrails[].template`.
+
+Written against the policy server's metrics contract (docs/metrics.md) and the router's
+(policy_server/router/metrics.py). Every series is selected by `rollout` and `namespace`, labels
+the scrape configuration adds to each pod's targets (docs/guardrails.md shows the relabelling),
+and by `variant`, which the servers put on every series themselves.
+
+A template is rendered by `templating.render`, so parameters are escaped for where they sit and
+a manifest cannot inject PromQL. Each template declares its parameters with defaults; the
+default window is the analysis interval. Counters that may not exist yet (no error has ever
+happened) are wrapped in `or vector(0)`, so "none yet" reads 0, while a variant without traffic
+still divides 0 by 0 and stays inconclusive.
+
+`SERIES` holds the raw per-variant sums and counts a comparing judge (`sequential`) reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from rollout_operator import api
+from rollout_operator.guardrails import templating
+
+__all__ = ["INTERVAL", "SERIES", "TEMPLATES", "GuardrailTemplate", "render_guardrail", "render_series"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardrailTemplate:
+    """A named PromQL template, its parameters (name -> default; `INTERVAL`: the analysis interval; None:
+    required) and an example condition."""
+
+    name: str
+    description: str
+    query: str
+    params: Mapping[str, str | None]
+    example_condition: str
+
+
+def _sel(metric: str, variant: str = "candidate", extra: str = "") -> str:
+    labels = f'rollout="{{{{ rollout }}}}",namespace="{{{{ namespace }}}}",variant="{variant}"{extra}'
+    return f"{metric}{{{labels}}}"
+
+
+def _increase(metric: str, variant: str = "candidate") -> str:
+    return f"sum(increase({_sel(metric, variant)}[{{{{ params.window }}}}]))"
+
+
+def _mean(base: str, variant: str) -> str:
+    return f"({_increase(base + '_sum', variant)} / {_increase(base + '_count', variant)})"
+
+
+def _ratio_of_counters(numerator: str, denominator: str) -> str:
+    return f"({_increase(numerator)} or vector(0)) / {_increase(denominator)}"
+
+
+def _shares(variant: str, other: str) -> str:
+    """Each action's share of `variant`'s decisions, with 0 for actions only `other` took."""
+    window = "[{{ params.window }}]"
+    counts = (
+        f"sum by (action) (increase({_sel('policy_decisions_total', variant)}{window}) "
+        f"or 0 * increase({_sel('policy_decisions_total', other)}{window}))"
+    )
+    return f"({counts} / scalar({_increase('policy_decisions_total', variant)}))"
+
+
+def _js_divergence() -> str:
+    p, q = _shares("candidate", "stable"), _shares("stable", "candidate")
+    m = f"(({p} + {q}) / 2)"
+    # 0 log 0 = 0: `> 0` drops those actions. A variant without decisions makes every share NaN,
+    # so its half is empty and the whole query has no data: inconclusive, never a pass.
+    return f"0.5 * sum(({p} > 0) * log2(({p} > 0) / {m})) + 0.5 * sum(({q} > 0) * log2(({q} > 0) / {m}))"
+
+
+INTERVAL = "<analysis interval>"
+WINDOW: dict[str, str | None] = {"window": INTERVAL}
+
+TEMPLATES: dict[str, GuardrailTemplate] = {
+    t.name: t
+    for t in (
+        GuardrailTemplate(
+            "reward-ratio",
+            "Candidate's mean reward over the window divided by stable's (1 = equal; for positive rewards).",
+            f"{_mean('policy_reward', 'candidate')} / {_mean('policy_reward', 'stable')}",
+            WINDOW,
+            "> 0.95",
+        ),
+        GuardrailTemplate(
+            "constraint-violation-rate",
+            "Candidate's constraint violations (rewards whose cost was > 0, all costs) per decision.",
+            _ratio_of_counters("policy_constraint_violations_total", "policy_decisions_total"),
+            WINDOW,
+            "< 0.01",
+        ),
+        GuardrailTemplate(
+            "shield-intervention-rate",
+            "Candidate's safety-shield interventions (all reasons) per decision.",
+            _ratio_of_counters("policy_shield_interventions_total", "policy_decisions_total"),
+            WINDOW,
+            "< 0.05",
+        ),
+        GuardrailTemplate(
+            "action-divergence",
+            "Jensen-Shannon divergence (base 2, 0..1) between the variants' action distributions over the window.",
+            _js_divergence(),
+            WINDOW,
+            "< 0.1",
+        ),
+        GuardrailTemplate(
+            "observation-drift",
+            "Largest per-feature population stability index of the candidate's observations (PSI).",
+            f"max({_sel('policy_observation_drift_psi_max')})",
+            {},
+            "< 0.2",
+        ),
+        GuardrailTemplate(
+            "shadow-agreement",
+            "Share of mirrored (shadow) decisions where the candidate chose the served action (router metrics).",
+            " / ".join(_increase(f"policy_router_shadow_{m}_total") for m in ("agreements", "compared")),
+            WINDOW,
+            ">= 0.9",
+        ),
+        GuardrailTemplate(
+            "error-rate",
+            "Candidate's requests answered with an error, as a share of all its requests.",
+            f"({_increase('policy_errors_total')} or vector(0)) / "
+            f"(({_increase('policy_errors_total')} or vector(0)) + {_increase('policy_decisions_total')})",
+            WINDOW,
+            "< 0.01",
+        ),
+        GuardrailTemplate(
+            "latency-p99",
+            "Candidate's decision latency quantile in seconds (default p99) from the latency histogram.",
+            "histogram_quantile({{ params.quantile }}, sum by (le) (rate("
+            + _sel("policy_decision_latency_seconds_bucket")
+            + "[{{ params.window }}])))",
+            {"window": INTERVAL, "quantile": "0.99"},
+            "< 0.05",
+        ),
+    )
+}
+
+# Raw cumulative series per variant for judges that compare the variants (variant is a variable).
+_ANY = 'rollout="{{ rollout }}",namespace="{{ namespace }}",variant="{{ variant }}"'
+SERIES: dict[str, GuardrailTemplate] = {
+    t.name: t
+    for t in (
+        GuardrailTemplate("reward-sum", "Sum of rewards reported.", f"sum(policy_reward_sum{{{_ANY}}})", {}, ""),
+        GuardrailTemplate("reward-count", "Rewards reported.", f"sum(policy_reward_count{{{_ANY}}})", {}, ""),
+        GuardrailTemplate(
+            "cost-sum",
+            "Sum of one cost.",
+            f'sum(policy_cost_sum{{{_ANY},cost="{{{{ params.cost }}}}"}})',
+            {"cost": None},
+            "",
+        ),
+        GuardrailTemplate(
+            "cost-count",
+            "Costs reported.",
+            f'sum(policy_cost_count{{{_ANY},cost="{{{{ params.cost }}}}"}})',
+            {"cost": None},
+            "",
+        ),
+    )
+}
+
+
+def _render(template: GuardrailTemplate, rollout: api.PolicyRollout, variant: str, params: Mapping[str, str]) -> str:
+    known = ", ".join(sorted(template.params)) or "none"
+    unknown = sorted(set(params) - set(template.params))
+    if unknown:
+        raise templating.TemplateError(
+            f"template {template.name!r} has no parameter {', '.join(unknown)}; its parameters: {known}"
+        )
+    missing = sorted(k for k, default in template.params.items() if default is None and k not in params)
+    if missing:
+        raise templating.TemplateError(f"template {template.name!r} needs parameter(s) {', '.join(missing)}")
+    interval = templating.promql_duration(rollout.spec.analysis.interval)
+    values = {k: (interval if d == INTERVAL else d) for k, d in template.params.items() if d is not None}
+    values.update(params)
+    return templating.render(template.query, templating.guardrail_variables(rollout, variant, values))
+
+
+def render_guardrail(rollout: api.PolicyRollout, name: str, params: Mapping[str, str]) -> str:
+    """The PromQL of built-in template `name` for `rollout`; raises TemplateError naming the known ones."""
+    template = TEMPLATES.get(name)
+    if template is None:
+        raise templating.TemplateError(
+            f"unknown guardrail template {name!r}: use one of {', '.join(sorted(TEMPLATES))}, or write a query"
+        )
+    return _render(template, rollout, "candidate", params)
+
+
+def render_series(rollout: api.PolicyRollout, name: str, variant: str, params: Mapping[str, str]) -> str:
+    """The PromQL of raw series `name` (SERIES) for one variant of `rollout`."""
+    template = SERIES.get(name)
+    if template is None:
+        raise templating.TemplateError(f"unknown series {name!r}: use one of {', '.join(sorted(SERIES))}")
+    return _render(template, rollout, variant, params)
