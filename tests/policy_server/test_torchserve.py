@@ -20,6 +20,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,56 +53,72 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+class _PolicyServer:
+    """``policy-server serve`` (decision log on, seeded) in its own process group."""
+
+    def __init__(self, model: Path, workdir: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/v1/act"
+        self.ready_url = f"http://127.0.0.1:{port}/readyz"
+        self.log_path = workdir / "policy-server.log"
+        command = [
+            sys.executable, "-m", "policy_server.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+            "--port", str(port), "--seed", str(SEED), "--log-dir", str(workdir / "decisions"),
+            "--log-level", "WARNING",
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process.poll() is None, f"policy-server exited:\n{self.log_path.read_text()}"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.ready_url, timeout=2).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, (
+                f"policy-server not ready in {timeout_s} s:\n{self.log_path.read_text()}"
+            )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class Servers:
+    torchserve: TorchServe
+    policy_server: dict[str, str]  # kind -> /v1/act URL
+
+
 @pytest.fixture(scope="module")
-def torchserve(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    """One TorchServe: greedy batches up to 8 requests; softmax answers one at a time with a seeded RNG."""
+def servers(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """TorchServe and two policy servers, all on loopback, started concurrently and stopped whatever happens.
+
+    TorchServe: greedy batches up to 8 requests; softmax answers one at a time with a seeded RNG.
+    """
     store = tmp_path_factory.mktemp("model-store")
     archive.build_mar(artifacts["greedy"], store, model_name="greedy")
     archive.build_mar(artifacts["softmax"], store, model_name="softmax", seed=SEED)
-    with TorchServe(model_store=store, startup_timeout_s=180) as ts:
-        ts.register("greedy.mar", model_name="greedy", workers=1, batch_size=8, max_batch_delay_ms=20)
-        ts.register("softmax.mar", model_name="softmax", workers=1, batch_size=1)
-        yield ts
-
-
-@contextlib.contextmanager
-def _policy_server(model: Path, workdir: Path) -> Iterator[str]:
-    """``policy-server serve`` (decision log on, seeded) in its own process group; yields the /v1/act URL."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "policy_server.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-        "--port", str(port), "--seed", str(SEED), "--log-dir", str(workdir / "decisions"), "--log-level", "WARNING",
-    ]  # fmt: skip
-    log_path = workdir / "policy-server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    policy_servers: list[_PolicyServer] = []
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, f"policy-server exited:\n{log_path.read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"policy-server not ready in 90 s:\n{log_path.read_text()}"
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1/act"
+        for kind in ("greedy", "softmax"):
+            policy_servers.append(_PolicyServer(artifacts[kind], tmp_path_factory.mktemp(f"ps-{kind}")))
+        with TorchServe(model_store=store, startup_timeout_s=180) as ts:
+            ts.register("greedy.mar", model_name="greedy", workers=1, batch_size=8, max_batch_delay_ms=20)
+            ts.register("softmax.mar", model_name="softmax", workers=1, batch_size=1)
+            for server in policy_servers:
+                server.wait_ready()
+            yield Servers(ts, {"greedy": policy_servers[0].url, "softmax": policy_servers[1].url})
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def policy_servers(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with contextlib.ExitStack() as stack:
-        yield {
-            kind: stack.enter_context(_policy_server(path, tmp_path_factory.mktemp(f"ps-{kind}")))
-            for kind, path in artifacts.items()
-        }
+        for server in policy_servers:
+            server.stop()
 
 
 def _post_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[dict[str, Any]]:
@@ -191,12 +208,10 @@ def test_archive_cli(artifacts: dict[str, Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_greedy_parity_with_batching(
-    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
-) -> None:
+def test_greedy_parity_with_batching(servers: Servers, artifacts: dict[str, Path], observations: np.ndarray) -> None:
     """TorchServe batching 8 concurrent requests and policy-server serve the same actions, propensity 1."""
-    ts = _post_all(torchserve.predictions_url("greedy"), _bodies(observations, "g"), 8)
-    ps = _post_all(policy_servers["greedy"], _bodies(observations, "g"), 8)
+    ts = _post_all(servers.torchserve.predictions_url("greedy"), _bodies(observations, "g"), 8)
+    ps = _post_all(servers.policy_server["greedy"], _bodies(observations, "g"), 8)
     ts_actions, ts_props = _columns(ts)
     ps_actions, ps_props = _columns(ps)
     _, probabilities = _in_process(artifacts["greedy"], observations, SHIELD["action_mask"])
@@ -213,11 +228,11 @@ def test_greedy_parity_with_batching(
 
 @pytest.mark.integration
 def test_softmax_parity_with_seeded_rngs(
-    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
+    servers: Servers, artifacts: dict[str, Path], observations: np.ndarray
 ) -> None:
     """Same seed, one request at a time: identical draws; each propensity is p(served action) in-process."""
-    ts = _post_all(torchserve.predictions_url("softmax"), _bodies(observations, "s"), 1)
-    ps = _post_all(policy_servers["softmax"], _bodies(observations, "s"), 1)
+    ts = _post_all(servers.torchserve.predictions_url("softmax"), _bodies(observations, "s"), 1)
+    ps = _post_all(servers.policy_server["softmax"], _bodies(observations, "s"), 1)
     ts_actions, ts_props = _columns(ts)
     ps_actions, ps_props = _columns(ps)
     _, probabilities = _in_process(artifacts["softmax"], observations, SHIELD["action_mask"])
@@ -231,13 +246,13 @@ def test_softmax_parity_with_seeded_rngs(
 
 @pytest.mark.integration
 def test_request_masks_go_through_the_same_shield(
-    torchserve: TorchServe, policy_servers: dict[str, str], artifacts: dict[str, Path], observations: np.ndarray
+    servers: Servers, artifacts: dict[str, Path], observations: np.ndarray
 ) -> None:
     """context.action_mask narrows the artifact's mask; changed actions are reported as action_mask."""
     request_mask = [False, True, True, True]
     bodies = _bodies(observations[:50], "m", {"action_mask": request_mask})
-    ts = _post_all(torchserve.predictions_url("greedy"), bodies, 4)
-    ps = _post_all(policy_servers["greedy"], bodies, 4)
+    ts = _post_all(servers.torchserve.predictions_url("greedy"), bodies, 4)
+    ps = _post_all(servers.policy_server["greedy"], bodies, 4)
     raw, _ = _in_process(artifacts["greedy"], observations[:50], SHIELD["action_mask"])
     allowed = np.asarray(SHIELD["action_mask"]) & np.asarray(request_mask)
     expected = np.where(allowed, raw, -np.inf).argmax(axis=1)
@@ -250,7 +265,7 @@ def test_request_masks_go_through_the_same_shield(
 
 
 @pytest.mark.integration
-def test_bad_requests_get_the_same_answer_from_both(torchserve: TorchServe, policy_servers: dict[str, str]) -> None:
+def test_bad_requests_get_the_same_answer_from_both(servers: Servers) -> None:
     cases = [
         {"observation": [1.0, 2.0]},
         {"observation": ["a"] * 8},
@@ -263,11 +278,11 @@ def test_bad_requests_get_the_same_answer_from_both(torchserve: TorchServe, poli
     ]
     with httpx.Client(timeout=30) as client:
         for body in cases:
-            ts = client.post(torchserve.predictions_url("greedy"), json=body)
-            ps = client.post(policy_servers["greedy"], json=body)
+            ts = client.post(servers.torchserve.predictions_url("greedy"), json=body)
+            ps = client.post(servers.policy_server["greedy"], json=body)
             assert ts.status_code == ps.status_code == 400, (body, ts.text, ps.text)
             assert ts.json() == ps.json(), body
             assert ts.json()["error"]
-        ok = client.post(torchserve.predictions_url("greedy"), json={"observation": [0.0] * 8})
+        ok = client.post(servers.torchserve.predictions_url("greedy"), json={"observation": [0.0] * 8})
         assert ok.status_code == 200
         assert ok.json()["request_id"]
