@@ -1,0 +1,148 @@
+"""Fixtures for the router tests: two real policy servers (session-wide) and router processes.
+
+``stable`` and ``candidate`` are ``policy-server serve`` subprocesses of two different greedy
+example policies (so their actions differ on some observations and agree on others);
+``start_router(*flags)`` runs ``policy-server route`` as a subprocess and waits until it answers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy_server import artifact
+from tests.support.policy_server import REPO, CliServer, cli_server, parse_metrics
+
+
+class HttpClient:
+    """Keep-alive JSON client that can send extra headers (the sticky key)."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+                ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            self.conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+            resp = self.conn.getresponse()
+            raw = resp.read()
+        except (http.client.HTTPException, OSError):
+            self.conn.close()
+            raise
+        ctype = resp.getheader("Content-Type", "")
+        return resp.status, (json.loads(raw) if ctype.startswith("application/json") else raw.decode())
+
+    def act(self, observation: list[float], headers: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        status, body = self.request("POST", "/v1/act", {"observation": observation, **extra}, headers)
+        assert status == 200, body
+        return body
+
+    def metrics(self) -> dict[str, float]:
+        status, text = self.request("GET", "/metrics")
+        assert status == 200, text
+        return parse_metrics(text)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class RouterProc:
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc, self.port = proc, port
+
+    def client(self) -> HttpClient:
+        return HttpClient(self.port)
+
+    def table(self) -> dict[str, Any]:
+        c = self.client()
+        try:
+            status, body = c.request("GET", "/router/config")
+        finally:
+            c.close()
+        assert status == 200, body
+        return body
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "policy_server.cli", "route", "--port", "0", "--log-level", "WARNING", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ),
+    )
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+        assert m, f"router did not start: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        router = RouterProc(proc, int(m.group(1)))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c = router.client()
+                status, _ = c.request("GET", "/readyz")
+                c.close()
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "router not ready in time"
+            time.sleep(0.05)
+        yield router
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def url(server: CliServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets)."""
+    return sum(v for k, v in samples.items() if k.partition("{")[0] == name)
+
+
+@pytest.fixture(scope="session")
+def router_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("router-models")
+    greedy = {"kind": "greedy"}
+    return {
+        "stable": artifact.write_example_model(root / "stable", seed=3, version="v1", exploration=greedy),
+        "candidate": artifact.write_example_model(root / "candidate", seed=2, version="v2", exploration=greedy),
+    }
+
+
+@pytest.fixture(scope="session")
+def stable(router_models: dict[str, Path]) -> Iterator[CliServer]:
+    with cli_server("--model", str(router_models["stable"]), "--variant", "stable", "--max-wait-ms", "0") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def candidate(router_models: dict[str, Path]) -> Iterator[CliServer]:
+    with cli_server("--model", str(router_models["candidate"]), "--variant", "candidate", "--max-wait-ms", "0") as srv:
+        yield srv
