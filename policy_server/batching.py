@@ -17,12 +17,14 @@ the next flush.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["MicroBatcher"]
 
 T = TypeVar("T")
+log = logging.getLogger("policy_server.batching")
 
 
 class MicroBatcher(Generic[T]):
@@ -67,4 +69,7 @@ class MicroBatcher(Generic[T]):
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             self._last_size = len(batch)
-            self.run(batch)
+            try:
+                self.run(batch)
+            except Exception:  # a bug in one batch must not strand the requests queued behind it
+                log.exception("micro-batch of %d failed", len(batch))

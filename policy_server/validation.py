@@ -117,14 +117,15 @@ def _bad_number(x: Any, path: str) -> BadRequest:
     return BadRequest(f"'{path}' is {_type(x)}, expected a number")
 
 
-def _check_nested(value: Any, shape: tuple[int, ...], path: str) -> None:
+def _check_nested(value: Any, shape: tuple[int, ...], path: str, full: tuple[int, ...] | None = None) -> None:
+    full = full or shape
     if type(value) is not list:
-        raise BadRequest(f"'{path}' must be an array of {shape[0]} elements, got {_type(value)}")
+        raise BadRequest(f"'{path}' must be an array of {shape[0]} elements, got {_type(value)} (shape {list(full)})")
     if len(value) != shape[0]:
-        raise BadRequest(f"'{path}' has {len(value)} elements, expected {shape[0]}")
+        raise BadRequest(f"'{path}' has {len(value)} elements, expected {shape[0]} (shape {list(full)})")
     for i, x in enumerate(value):
         if len(shape) > 1:
-            _check_nested(x, shape[1:], f"{path}[{i}]")
+            _check_nested(x, shape[1:], f"{path}[{i}]", full)
         elif (type(x) is not float and type(x) is not int) or not -_F32_MAX <= x <= _F32_MAX:
             raise _bad_number(x, f"{path}[{i}]")
 

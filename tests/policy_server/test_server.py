@@ -9,9 +9,10 @@ from collections import Counter
 import jsonschema
 import numpy as np
 import pytest
+import torch
 
 from policy_server import artifact, openapi, policy
-from tests.support.policy_server import metric, running
+from tests.support.policy_server import metric, running, write_custom_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +217,37 @@ def test_concurrent_requests_share_batches(models) -> None:
     assert metric(m, "policy_batch_size_sum", variant="default") == 240
     count = metric(m, "policy_batch_size_count", variant="default")
     assert metric(m, "policy_batch_size_bucket", variant="default", le="8.0") == count
+
+
+class _Flatten(torch.nn.Module):
+    """A policy over (2, 4) observations: flattens, then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1))
+
+
+def test_multi_dimensional_observation(tmp_path) -> None:
+    manifest = {
+        "observation": {"shape": [2, 4]},
+        "action": {"type": "discrete", "n": 3},
+        "output": "q_values",
+        "exploration": {"kind": "epsilon_greedy", "epsilon": 0.3},
+    }
+    path = write_custom_artifact(tmp_path / "m2d", _Flatten(), manifest)
+    with running(path) as srv:
+        c = srv.client()
+        body = c.act([[1, 2, 3, 4], [5, 6, 7, 8.5]])
+        assert body["action"] in range(3) and body["propensity"] in (pytest.approx(0.1), pytest.approx(0.8))
+        status, err = c.post("/v1/act", {"observation": [1, 2, 3, 4, 5, 6, 7, 8]})
+        assert status == 400 and "'observation' has 8 elements, expected 2 (shape [2, 4])" in err["error"]
+        status, err = c.post("/v1/act", {"observation": [1, 2]})
+        assert status == 400 and "'observation[0]' must be an array of 4 elements, got int" in err["error"]
+        status, err = c.post("/v1/act", {"observation": [[1, 2, 3, 4], [5, 6, "7", 8]]})
+        assert status == 400 and "'observation[1][2]' is string" in err["error"]
+        status, err = c.post("/v1/act", {"observation": [[1, 2, 3, 4]]})
+        assert status == 400 and "has 1 elements, expected 2" in err["error"]
+        assert c.get("/readyz")[0] == 200
