@@ -1,0 +1,77 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "policy-rollouts.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the release name, prefixed with the chart name unless it already contains it. */}}
+{{- define "policy-rollouts.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "policy-rollouts.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "policy-rollouts.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "policy-rollouts.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "policy-rollouts.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "policy-rollouts.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "policy-rollouts.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "policy-rollouts.peeringName" -}}
+{{- default (include "policy-rollouts.fullname" .) .Values.peering.name -}}
+{{- end -}}
+
+{{/* Namespaces watched in namespace scope (default: the release's), as a list. */}}
+{{- define "policy-rollouts.namespaces" -}}
+{{- $namespaces := .Values.rbac.namespaces | default (list .Release.Namespace) -}}
+{{- toJson (uniq $namespaces) -}}
+{{- end -}}
+
+{{- define "policy-rollouts.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "policy-rollouts.notificationsSecret" -}}
+{{- default (printf "%s-notifications" (include "policy-rollouts.fullname" .)) .Values.notifications.existingSecret -}}
+{{- end -}}
+
+{{/*
+The operator's rules in the namespaces where PolicyRollouts live: exactly the API calls it makes
+(tests/charts/test_chart_rbac.py records them at the API and compares). No wildcards.
+*/}}
+{{- define "policy-rollouts.rolloutRules" -}}
+- apiGroups: ["policy.rollouts.io"]
+  resources: ["policyrollouts"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["policy.rollouts.io"]
+  resources: ["policyrollouts/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end -}}

@@ -1,0 +1,185 @@
+"""`batch/v1` Jobs for offline evaluation and training. Pure: no I/O.
+
+Both run the policy-server image and report one compact JSON result through the container's
+termination message (`/dev/termination-log`, at most 4 KiB): the kubelet copies it into the
+Pod's status, where the operator reads it. The Job therefore needs no Kubernetes credentials
+at all (no ServiceAccount token is mounted), and the operator needs only `get/list` on Pods.
+
+Names are `{rollout}-{kind}-{id}` with `id` from `engine.types.JobRequest`: the same request
+always names the same Job, so a Job is created at most once whatever the operator's restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout_operator import api
+from rollout_operator.engine import types
+from rollout_operator.resources import meta
+
+__all__ = [
+    "CONTAINER_NAME",
+    "LABEL_JOB_ID",
+    "LABEL_JOB_KIND",
+    "RESULT_PATH",
+    "build",
+    "job_name",
+    "offline_evaluation_job",
+    "training_job",
+]
+
+LABEL_JOB_KIND = f"{api.GROUP}/job-kind"
+LABEL_JOB_ID = f"{api.GROUP}/job-id"
+CONTAINER_NAME = "job"
+RESULT_PATH = "/dev/termination-log"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = "nvidia.com/gpu.present"  # set by NVIDIA GPU feature discovery on GPU nodes
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "4Gi"},
+}
+_NAME_PREFIX_MAX = 40  # rollout part of the name: the Job name becomes a label value (<= 63)
+
+
+def job_name(rollout: api.PolicyRollout, request: types.JobRequest) -> str:
+    prefix = rollout.metadata.name[:_NAME_PREFIX_MAX].rstrip("-.")
+    return f"{prefix}-{request.kind.value}-{request.id}"
+
+
+def _labels(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, str]:
+    labels = meta.labels(rollout)
+    evaluation = request.kind is types.JobKind.OFFLINE_EVALUATION
+    labels["app.kubernetes.io/name"] = "policy-evaluation" if evaluation else "policy-training"
+    labels[LABEL_JOB_KIND] = request.kind.value
+    labels[LABEL_JOB_ID] = request.id
+    return labels
+
+
+def _resources(template: api.JobTemplate, gpus: int = 0) -> dict[str, dict[str, str]]:
+    result = {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
+    for kind, values in (template.resources or {}).items():
+        result[kind] = dict(values)
+    if gpus:
+        result.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+    return result
+
+
+def _job(
+    rollout: api.PolicyRollout,
+    request: types.JobRequest,
+    template: api.JobTemplate,
+    command: list[str],
+    args: list[str],
+    env: dict[str, str],
+    gpus: int = 0,
+) -> dict[str, Any]:
+    labels = _labels(rollout, request)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": template.image or rollout.spec.policy.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
+        "args": args,
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [{"name": e.name, "value": e.value} for e in template.env if e.name not in env],
+        "resources": _resources(template, gpus),
+        "terminationMessagePath": RESULT_PATH,
+        # A crash before the result is written still tells the operator why (the log's tail).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    tolerations = [t.wire() for t in template.tolerations]
+    node_selector = dict(template.node_selector)
+    if gpus:
+        if not any(t.get("key") == GPU_RESOURCE for t in tolerations):
+            tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        if not node_selector:
+            node_selector = {GPU_NODE_LABEL: "true"}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the Job talks to no API: its result goes out as a file
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    spec: dict[str, Any] = {
+        "backoffLimit": template.backoff_limit,
+        "activeDeadlineSeconds": max(1, int(api.parse_duration(template.active_deadline).total_seconds())),
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if template.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = template.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta.object_meta(rollout, job_name(rollout, request), labels),
+        "spec": spec,
+    }
+
+
+def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
+    """`policy-server ope` of the candidate against the fallback (or the logged rewards)."""
+    spec = rollout.spec.offline_evaluation
+    if spec is None:
+        raise ValueError(f"PolicyRollout {rollout.metadata.name!r} has no spec.offlineEvaluation")
+    policy = rollout.spec.policy
+    baseline = rollout.spec.fallback.artifact if spec.baseline == "fallback" else "logged"
+    args = [
+        "ope", "--logs", spec.dataset, "--policy", policy.artifact, "--baseline", baseline,
+        "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
+        "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--write-result", RESULT_PATH, "--json",
+    ]
+    if spec.min_lower_bound_ratio is not None:
+        args += ["--min-lower-bound-ratio", repr(spec.min_lower_bound_ratio)]
+    if spec.min_lower_bound_delta is not None:
+        args += ["--min-lower-bound-delta", repr(spec.min_lower_bound_delta)]
+    env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
+    return _job(rollout, request, spec.job, ["policy-server"], args, env)
+
+
+def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
+    """`policy-server train` (or the user's command) writing `{output}/{version}`."""
+    spec = rollout.spec.training
+    if spec is None:
+        raise ValueError(f"PolicyRollout {rollout.metadata.name!r} has no spec.training")
+    version = request.version or request.id
+    output = f"{spec.output.rstrip('/')}/{version}"
+    env = {
+        "POLICY_ROLLOUT": rollout.metadata.name,
+        "POLICY_TRAIN_DATASET": spec.dataset,
+        "POLICY_TRAIN_OUTPUT": output,
+        "POLICY_TRAIN_VERSION": version,
+        "POLICY_RESULT_PATH": RESULT_PATH,
+    }
+    if spec.command:
+        command, args = list(spec.command), list(spec.args)
+    else:
+        command = ["policy-server"]
+        args = [
+            "train", "--logs", spec.dataset, "--out", output, "--version", version,
+            "--algorithm", spec.algorithm, "--steps", str(spec.steps),
+            "--device", "cuda" if spec.gpus else "cpu", "--write-result", RESULT_PATH, *spec.args,
+        ]
+    return _job(rollout, request, spec, command, args, env, gpus=spec.gpus)
+
+
+def build(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
+    if request.kind is types.JobKind.OFFLINE_EVALUATION:
+        return offline_evaluation_job(rollout, request)
+    if request.kind is types.JobKind.TRAINING:
+        return training_job(rollout, request)
+    raise ValueError(f"unknown job kind {request.kind!r}")

@@ -1,0 +1,107 @@
+"""Offline-evaluation and training Jobs on Kubernetes: create the requested ones, read them back.
+
+A Job reports its result as its container's termination message (see `resources.jobs`), which
+the kubelet copies into the Pod's status; this module reads it from the Job's Pods. RBAC:
+`create/get/list` on `batch/jobs`, `list` on `pods`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from rollout_operator import api, kube
+from rollout_operator.engine import types
+from rollout_operator.resources import jobs as job_resources
+
+__all__ = ["JobRunner", "KubernetesJobs", "job_state", "termination_result"]
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+class JobRunner(Protocol):
+    def observe(self, rollout: api.PolicyRollout) -> dict[str, types.JobObservation]:
+        """The rollout's Jobs by request id, with their state and reported result."""
+
+    def ensure(self, rollout: api.PolicyRollout, requests: tuple[types.JobRequest, ...],
+               observed: dict[str, types.JobObservation]) -> None:
+        """Create each requested Job that does not exist yet (never a second one)."""
+
+
+def job_state(job: JSON) -> tuple[types.JobState, str | None]:
+    """Running / Succeeded / Failed from a Job's status, with the Failed condition's reason."""
+    status = job.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return types.JobState.SUCCEEDED, None
+        if condition.get("type") in ("Failed", "FailureTarget"):
+            reason, message = condition.get("reason") or "Failed", condition.get("message") or ""
+            return types.JobState.FAILED, f"{reason}: {message}".rstrip(": ")
+    return types.JobState.RUNNING, None
+
+
+def termination_result(pods: list[JSON]) -> tuple[JSON | None, str | None]:
+    """The JSON termination message of the Job's most recently finished container, and the raw text."""
+    finished = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != job_resources.CONTAINER_NAME:
+                continue
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated and terminated.get("message"):
+                finished.append((terminated.get("finishedAt") or "", terminated["message"]))
+    if not finished:
+        return None, None
+    text = max(finished)[1]
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None, text
+    return (parsed if isinstance(parsed, dict) else None), text
+
+
+class KubernetesJobs:
+    def __init__(self, client: kube.Client) -> None:
+        self.client = client
+
+    def _selector(self, rollout: api.PolicyRollout) -> str:
+        return f"{api.LABEL_ROLLOUT}={rollout.metadata.name},{job_resources.LABEL_JOB_ID}"
+
+    def observe(self, rollout: api.PolicyRollout) -> dict[str, types.JobObservation]:
+        namespace = rollout.metadata.namespace
+        selector = self._selector(rollout)
+        result: dict[str, types.JobObservation] = {}
+        pods: list[JSON] | None = None
+        for job in self.client.list("batch/v1", "Job", namespace, selector):
+            labels = (job.get("metadata") or {}).get("labels") or {}
+            ident = labels.get(job_resources.LABEL_JOB_ID)
+            if not ident:
+                continue
+            state, message = job_state(job)
+            parsed = None
+            if state is not types.JobState.RUNNING:
+                if pods is None:  # one list for every finished Job of this rollout
+                    pods = self.client.list("v1", "Pod", namespace, selector)
+                mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
+                    job_resources.LABEL_JOB_ID) == ident]
+                parsed, raw = termination_result(mine)
+                if parsed is None and raw and state is types.JobState.FAILED:
+                    message = f"{message}; last output: {raw[-500:]}"
+            result[ident] = types.JobObservation(state=state, result=parsed, message=message)
+        return result
+
+    def ensure(self, rollout: api.PolicyRollout, requests: tuple[types.JobRequest, ...],
+               observed: dict[str, types.JobObservation]) -> None:
+        for request in requests:
+            if request.id in observed:
+                continue
+            job = job_resources.build(rollout, request)
+            try:
+                self.client.create(job)
+                log.info("created Job %s for %s", job["metadata"]["name"], rollout.metadata.name)
+            except kube.Conflict:
+                pass  # created by an earlier pass whose observation missed it: it is the same Job
