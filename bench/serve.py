@@ -151,8 +151,10 @@ def _get(url: str, timeout: float = 2.0) -> int:
 
 
 @contextlib.contextmanager
-def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Iterator[tuple[str, int, Path]]:
-    """Start ``policy-server serve`` (decision log on) on a free loopback port; yields (act URL, pid, log dir)."""
+def policy_server(
+    artifact: Path, workdir: Path, extra_args: list[str], decision_log: bool = True
+) -> Iterator[tuple[str, int, Path]]:
+    """Start ``policy-server serve`` on a free loopback port; yields (act URL, pid, decision log dir)."""
     from policy_server.torchserve.runner import free_port
 
     port = free_port()
@@ -166,8 +168,7 @@ def policy_server(artifact: Path, workdir: Path, extra_args: list[str]) -> Itera
         "127.0.0.1",
         "--port",
         str(port),
-        "--log-dir",
-        str(log_dir),
+        *(["--log-dir", str(log_dir)] if decision_log else []),
         "--log-level",
         "WARNING",
         *extra_args,
@@ -221,6 +222,33 @@ def _metric_sum(url: str, name: str) -> float:
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def bench_policy_server(
+    artifact: Path,
+    workdir: Path,
+    args: argparse.Namespace,
+    connections: list[int],
+    bodies: Path,
+    decision_log: bool = True,
+) -> dict[str, Any]:
+    """Load series against one policy server; checks afterwards that metrics and the log saw every decision."""
+    workdir.mkdir()
+    with policy_server(artifact, workdir, args.server_args.split(), decision_log) as (url, pid, log_dir):
+        metrics_url = url.replace("/v1/act", "/metrics")
+        idle = round(_rss_tree(pid) / 2**20, 1)
+        with scraping(metrics_url) as scrapes:
+            series = load_series(url, connections, args.duration, args.warmup, bodies, lambda: _rss_tree(pid))
+        counted = int(_metric_sum(metrics_url, "policy_decisions_total"))
+    result = {"decision_log": decision_log, "idle_rss_mb": idle, **series, "metrics_scrapes": len(scrapes)}
+    result["decisions_in_metrics"] = counted
+    if decision_log:
+        # After a clean shutdown every decision must be in the log: proof that logging was on and kept up.
+        from policy_server import decision_log as decision_log_module
+
+        result["decisions_in_log"] = decision_log_module.read_decisions(str(log_dir)).num_rows
+        print(f"  decisions: {counted} in metrics, {result['decisions_in_log']} in the decision log", flush=True)
+    return result
 
 
 def parse_ts_config(text: str) -> tuple[int, int]:
@@ -382,10 +410,22 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"(~{1e6 / floor['decide_us']:,.0f}/s on one core), bare module forward {floor['forward_us']:.1f} µs.",
     ]
     if ps is not None:
-        verdict = result["targets"]
+        verdict = {k: "met" if v else "NOT met" for k, v in result["targets"].items()}
         lines.append(
-            f"- Targets: req/s >= 5x at 8 and 32 clients: {verdict['rps_5x']}; p99 <= 1/5: {verdict['p99_5x']}; "
-            f"RSS <= 400 MB: {verdict['rss_400mb']}."
+            f"- Targets: req/s >= 5x at 8 and 32 clients {verdict['rps_5x']}; p99 <= 1/5 {verdict['p99_5x']}; "
+            f"RSS <= 400 MB {verdict['rss_400mb']}."
+        )
+        lines.append(
+            f"- Decision log complete: {ps['decisions_in_log']:,} decisions logged, "
+            f"{ps['decisions_in_metrics']:,} counted in `/metrics` (scraped {ps['metrics_scrapes']} times)."
+        )
+    no_log = result.get("policy_server_no_log")
+    if no_log is not None:
+        rates = " / ".join(f"{r['rps']:,.0f}" for r in no_log["runs"])
+        p99s = " / ".join(f"{r['p99_ms']:.1f}" for r in no_log["runs"])
+        lines.append(
+            f"- Diagnostic, policy-server with the decision log off: {rates} req/s; p99 {p99s} ms "
+            "(what logging costs, same run)."
         )
     errors = sum(r["error_count"] for c in result["torchserve_configs"] for r in ts[c]["runs"])
     if ps is not None:
@@ -427,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
         "--server-args",
         default="--latency-budget-ms 100",
         help="extra arguments for `policy-server serve` (default turns the shield's latency budget on too)",
+    )
+    parser.add_argument(
+        "--diagnose-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure policy-server without the decision log, to see what logging costs",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
@@ -475,24 +521,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {result['in_process']}", flush=True)
         if not args.skip_policy_server:
             print("policy-server serve", flush=True)
-            with policy_server(artifact, work, args.server_args.split()) as (url, pid, log_dir):
-                metrics_url = url.replace("/v1/act", "/metrics")
-                idle = round(_rss_tree(pid) / 2**20, 1)
-                with scraping(metrics_url) as scrapes:
-                    series = load_series(url, connections, args.duration, args.warmup, bodies, lambda: _rss_tree(pid))
-                counted = _metric_sum(metrics_url, "policy_decisions_total")
-            # After a clean shutdown every decision must be in the log: proof that logging was on and kept up.
-            from policy_server import decision_log
-
-            logged = decision_log.read_decisions(str(log_dir)).num_rows
-            result["policy_server"] = {
-                "idle_rss_mb": idle,
-                **series,
-                "metrics_scrapes": len(scrapes),
-                "decisions_in_metrics": int(counted),
-                "decisions_in_log": logged,
-            }
-            print(f"  decisions: {int(counted)} in metrics, {logged} in the decision log", flush=True)
+            result["policy_server"] = bench_policy_server(artifact, work / "ps", args, connections, bodies)
+            if args.diagnose_log:
+                print("policy-server serve without the decision log (diagnostic)", flush=True)
+                result["policy_server_no_log"] = bench_policy_server(
+                    artifact, work / "ps-no-log", args, connections, bodies, decision_log=False
+                )
         print("TorchServe", flush=True)
         result["torchserve"] = bench_torchserve(
             mar_dir, configs, args.ts_delay_ms, connections, args.duration, args.warmup, bodies
