@@ -1,0 +1,48 @@
+"""The normal-mixture confidence sequence: its error over many looks stays within alpha."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from rollout_operator.engine.judges import mixture
+
+
+def test_radius_shrinks_with_information_and_grows_with_confidence() -> None:
+    radii = [mixture.radius(1.0, w, tau=0.1, alpha=0.05) for w in (10, 100, 1000, 10000)]
+    assert radii == sorted(radii, reverse=True)
+    assert mixture.radius(1.0, 100, 0.1, 0.01) > mixture.radius(1.0, 100, 0.1, 0.05)
+    assert mixture.radius(1.0, 0, 0.1, 0.05) == math.inf
+
+
+def test_known_variance_sequence_covers_zero_at_every_look_with_probability_1_minus_alpha() -> None:
+    """2,000 null sequences of 200 looks: the share that ever excludes 0 is at most alpha (plus MC noise)."""
+    rng = np.random.default_rng(7)
+    runs, looks, per_look, alpha, tau = 2000, 200, 50.0, 0.05, 0.05
+    means = rng.normal(0.0, 1.0 / math.sqrt(per_look), size=(runs, looks))
+    info = per_look * np.arange(1, looks + 1)
+    estimate = np.cumsum(means * per_look, axis=1) / info
+    radius = np.array([mixture.radius(1.0, w, tau, alpha) for w in info])
+    ever = (np.abs(estimate) > radius).any(axis=1).mean()
+    assert ever <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+    # and it is not vacuous: a true difference of 0.1 sd is found within the 200 looks
+    shifted = estimate + 0.1
+    assert (np.abs(shifted) > radius).any(axis=1).mean() > 0.9
+
+
+@pytest.mark.parametrize("dof", [1, 2, 5, 20, 100])
+def test_chi2_quantile_matches_scipy_and_errs_low_in_the_lower_tail(dof: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for q in (0.0125, 0.025, 0.5, 0.975):
+        exact = stats.chi2.ppf(q, dof)
+        assert mixture.chi2_quantile(q, dof) == pytest.approx(exact, rel=1e-9 if dof <= 2 else 0.08)
+        if q < 0.5:
+            assert mixture.chi2_quantile(q, dof) <= exact * (1 + 1e-9)
+
+
+def test_variance_upper_bound_is_wide_with_few_intervals() -> None:
+    assert mixture.variance_upper_bound(10.0, 1, 0.05) == math.inf
+    # sum of squared deviations = dof x sigma^2 with sigma^2 = 1: the bound is above 1, by less as dof grows
+    few, many = mixture.variance_upper_bound(2.0, 3, 0.05), mixture.variance_upper_bound(49.0, 50, 0.05)
+    assert few > 10 and 1.0 < many < 1.5
