@@ -14,6 +14,7 @@ account allowed to get/list/watch that one ConfigMap and nothing else.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from rollout_operator import api
@@ -46,12 +47,17 @@ def _sticky(rollout: api.PolicyRollout) -> str | None:
     return f"header:{key}" if key else None
 
 
-def routing_table(rollout: api.PolicyRollout, weights: Weights, generation: int, updated_at: float) -> dict[str, Any]:
+URLResolver = Callable[[api.PolicyRollout, meta.Variant], str]
+
+
+def routing_table(
+    rollout: api.PolicyRollout, weights: Weights, generation: int, updated_at: float, urls: URLResolver = service_url
+) -> dict[str, Any]:
     """The table the router applies: stable/candidate URLs, candidate percent, shadow, sticky key."""
     table: dict[str, Any] = {
         "version": TABLE_VERSION,
-        "stable": service_url(rollout, "stable"),
-        "candidate": service_url(rollout, "candidate"),
+        "stable": urls(rollout, "stable"),
+        "candidate": urls(rollout, "candidate"),
         "weight": 0 if weights.shadow else weights.candidate,
         "shadow": weights.shadow,
         "generation": generation,
@@ -94,14 +100,14 @@ def same_routing(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
 
 
-def weights_of(cm: dict[str, Any] | None, rollout: api.PolicyRollout) -> Weights | None:
+def weights_of(
+    cm: dict[str, Any] | None, rollout: api.PolicyRollout, urls: URLResolver = service_url
+) -> Weights | None:
     """The split the stored table applies; None if there is none or it routes to other Services."""
     table = table_of(cm)
     if table is None:
         return None
-    if table.get("stable") != service_url(rollout, "stable") or table.get("candidate") != service_url(
-        rollout, "candidate"
-    ):
+    if table.get("stable") != urls(rollout, "stable") or table.get("candidate") != urls(rollout, "candidate"):
         return None
     weight = table.get("weight")
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 100:

@@ -24,10 +24,17 @@ from rollout_operator.traffic.base import TrafficError
 class RouterProvider:
     name = "router"
 
-    def __init__(self, client: kube.Client, *, manage_router: bool = True,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: kube.Client,
+        *,
+        manage_router: bool = True,
+        urls: routing.URLResolver = routing.service_url,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
-        self.manage_router = manage_router  # False: the router is deployed by other means (e.g. tests, Helm)
+        self.manage_router = manage_router  # False: the router is deployed by other means (e.g. Helm, tests)
+        self.urls = urls  # where the router finds each variant (in-cluster Service URLs by default)
         self.clock = clock
 
     def _read(self, rollout: api.PolicyRollout) -> dict[str, Any] | None:
@@ -39,7 +46,7 @@ class RouterProvider:
     def _write(self, rollout: api.PolicyRollout, weights: Weights, current: dict[str, Any] | None) -> None:
         old = routing.table_of(current)
         generation = int((old or {}).get("generation") or 0)
-        desired = routing.routing_table(rollout, weights, generation + 1, self.clock())
+        desired = routing.routing_table(rollout, weights, generation + 1, self.clock(), self.urls)
         if routing.same_routing(old, desired):
             return  # nothing changes: no write, no generation bump
         try:
@@ -49,7 +56,7 @@ class RouterProvider:
 
     def reconcile(self, rollout: api.PolicyRollout) -> None:
         current = self._read(rollout)
-        weights = routing.weights_of(current, rollout) or Weights(candidate=0)
+        weights = routing.weights_of(current, rollout, self.urls) or Weights(candidate=0)
         self._write(rollout, weights, current)
         if self.manage_router:
             for obj in routing.router_objects(rollout):
@@ -65,7 +72,7 @@ class RouterProvider:
         self._write(rollout, weights, self._read(rollout))
 
     def get_weights(self, rollout: api.PolicyRollout) -> Weights | None:
-        return routing.weights_of(self._read(rollout), rollout)
+        return routing.weights_of(self._read(rollout), rollout, self.urls)
 
     def finalize(self, rollout: api.PolicyRollout) -> None:
         ns = rollout.metadata.namespace

@@ -7,6 +7,7 @@ assignment probability."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import random
 import signal
@@ -30,17 +31,25 @@ def test_weight_30_splits_3000_requests_within_4_sigma(stable, candidate) -> Non
     n, p = 3000, 0.30
     before_s, before_c = stable.client().metrics(), candidate.client().metrics()
     with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "30") as router:
-        c = router.client()
-        rng = random.Random(1)
+        def run(seed: int) -> list[dict]:
+            client, rng = router.client(), random.Random(seed)
+            try:
+                return [client.act(_obs(rng)) for _ in range(n // 4)]
+            finally:
+                client.close()
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            bodies = [b for part in pool.map(run, range(4)) for b in part]
+        assert len(bodies) == n
         served = {"stable": 0, "candidate": 0}
-        for _ in range(n):
-            body = c.act(_obs(rng))
+        for body in bodies:
             served[body["variant"]] += 1
             # the policy server that answered says who it is; the router adds the assignment probability
             assert body["policy_version"] == {"stable": "v1", "candidate": "v2"}[body["variant"]]
             assert body["served_by"] == body["variant"]
             assert body["assignment_probability"] == pytest.approx(p if body["variant"] == "candidate" else 1 - p)
         sigma = math.sqrt(n * p * (1 - p))
+        c = router.client()
         assert abs(served["candidate"] - n * p) <= 4 * sigma, served
         m = c.metrics()
         assert metric(m, "policy_router_requests_total", variant="candidate", served_by="candidate") == \
