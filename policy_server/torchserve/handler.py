@@ -84,9 +84,16 @@ class PolicyHandler:
     def _parse(self, row: dict[str, Any]) -> Any:
         """The `validation.ActRequest` of one batch row; raises `validation.BadRequest`."""
         body = row.get("body", row.get("data"))
-        if not isinstance(body, bytes | bytearray):
+        if body is None:
+            body = b""
+        elif isinstance(body, str):  # a text/* body, passed on undecoded
+            body = body.encode()
+        elif not isinstance(body, bytes | bytearray):
             # TorchServe already decoded an application/json body: re-encode it for the one shared validator.
-            body = orjson.dumps(body) if isinstance(body, dict | list) else str(body).encode()
+            try:
+                body = orjson.dumps(body)
+            except orjson.JSONEncodeError as error:
+                raise self.validation.BadRequest(f"body is not valid JSON ({error}); send a JSON object") from None
         request = self.validation.parse_act(bytes(body), self.policy.obs_shape, self.n_actions)
         if request.mask is not None:
             problem = self.shield.check_request_mask(request.mask)

@@ -283,6 +283,12 @@ def test_bad_requests_get_the_same_answer_from_both(servers: Servers) -> None:
             assert ts.status_code == ps.status_code == 400, (body, ts.text, ps.text)
             assert ts.json() == ps.json(), body
             assert ts.json()["error"]
+        for raw in (b"", b"[1, 2]", b"not json", b'"text"'):
+            headers = {"Content-Type": "application/json"}
+            ts = client.post(servers.torchserve.predictions_url("greedy"), content=raw, headers=headers)
+            ps = client.post(servers.policy_server["greedy"], content=raw, headers=headers)
+            assert ts.status_code == ps.status_code == 400, (raw, ts.text, ps.text)
+            assert ts.json()["error"] and ps.json()["error"], raw
         ok = client.post(servers.torchserve.predictions_url("greedy"), json={"observation": [0.0] * 8})
         assert ok.status_code == 200
         assert ok.json()["request_id"]
