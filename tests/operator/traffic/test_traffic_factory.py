@@ -34,7 +34,7 @@ def test_router_and_istio(client: kube.Client, provider: str, cls: type) -> None
 
 def test_declared_but_unimplemented_providers(client: kube.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(factory.ROUTERS, api.TrafficProvider.ISTIO)
-    with pytest.raises(factory.UnknownProvider, match="'istio' is not implemented yet.*gatewayAPI"):
+    with pytest.raises(factory.UnknownProvider, match=r"'istio' is not implemented yet.*gatewayAPI"):
         factory.make_router(api.TrafficProvider.ISTIO, client)
 
 
