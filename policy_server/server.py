@@ -53,7 +53,7 @@ class ServerConfig:
     variant: str = "default"
     device: str = "cpu"
     max_batch: int = 32
-    max_wait_ms: float = 1.0
+    max_wait_ms: float = 0.0
     exploration: artifact.Exploration | None = None
     seed: int | None = None
     log_dir: str | None = None
