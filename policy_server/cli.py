@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     from policy_server.router import cli as router_cli
 
     router_cli.add_parser(sub)
+
+    from policy_server.ope import cli as ope_cli
+    from policy_server.train import cli as train_cli
+
+    ope_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return p
 
 
