@@ -123,7 +123,8 @@ def run_wrk(
     delay_ms = max(1, round(connections * 1000 / rate - latency_ms))
     env = {**os.environ, "WRK_BODIES": str(bodies), "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(duration_s))}s", "--timeout", "5s", "-s", str(LUA), url],
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(duration_s))}s", "--timeout", "5s",
+         "-s", str(LUA), url],
         capture_output=True, text=True, env=env, timeout=duration_s + 60,
     )
     m = re.search(r"^WRK_JSON (.*)$", out.stdout, re.M)
