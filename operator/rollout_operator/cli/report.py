@@ -71,6 +71,7 @@ class Timeline:
 
     name: str
     namespace: str
+    phase: str
     start: datetime
     end: datetime
     weights: list[tuple[datetime, int, str]]  # (time, weight, phase) from status.history
@@ -80,7 +81,7 @@ class Timeline:
 
 def _query_range(base_url: str, promql: str, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
     span = max((end - start).total_seconds(), 1.0)
-    step = max(1.0, math.ceil(span / 300))
+    step = max(0.25, round(span / 300, 2))  # ~300 points whatever the rollout's length
     response = httpx.get(
         f"{base_url.rstrip('/')}/api/v1/query_range",
         params={"query": promql, "start": start.timestamp(), "end": end.timestamp(), "step": step},
@@ -158,10 +159,10 @@ def timeline(obj: JSON, events: Sequence[JSON], now: datetime, prometheus_url: s
     end = max(times, default=now) if terminal else now
     end = max(end, start + timedelta(seconds=1))
     pad = (end - start) * 0.03
-    end += pad
+    start, end = start - pad, end + pad
     return Timeline(
         name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace", "default"),
-        start=start, end=end, weights=weights, events=sorted(marks),
+        phase=str(status.get("phase") or "Pending"), start=start, end=end, weights=weights, events=sorted(marks),
         guardrails=guardrail_series(obj, start, end, prometheus_url),
     )
 
@@ -172,6 +173,17 @@ def _fails(value: float, operator: str | None, threshold: float | None) -> bool:
     passes = {"<": value < threshold, "<=": value <= threshold, ">": value > threshold, ">=": value >= threshold,
               "==": value == threshold, "!=": value != threshold}[operator]
     return not passes
+
+
+def _event_marks(events: Sequence[tuple[datetime, str, str, str]]) -> list[tuple[datetime, bool, str]]:
+    """One mark per distinct time (Events have second resolution), naming every reason there."""
+    grouped: dict[datetime, tuple[bool, list[str]]] = {}
+    for t, kind, reason, _ in events:
+        warning, reasons = grouped.get(t, (False, []))
+        if reason not in reasons:
+            reasons.append(reason)
+        grouped[t] = (warning or kind == "Warning", reasons)
+    return [(t, warning, " + ".join(reasons)) for t, (warning, reasons) in sorted(grouped.items())]
 
 
 def plot(data: Timeline, path: Path) -> None:
@@ -187,14 +199,14 @@ def plot(data: Timeline, path: Path) -> None:
     fig, axes = plt.subplots(rows, 1, figsize=(11, 3.2 + 2.3 * (rows - 1)), sharex=True, squeeze=False,
                              gridspec_kw={"height_ratios": [1.4] + [1] * (rows - 1)})
     ax = axes[0][0]
-    ax.set_title(f"PolicyRollout {data.namespace}/{data.name}: candidate traffic weight", loc="left")
+    fig.suptitle(f"PolicyRollout {data.namespace}/{data.name}: {data.phase}", x=0.01, ha="left", fontsize=13,
+                 fontweight="bold")
     phases_seen: dict[str, str] = {}
     for n, (t, _, phase) in enumerate(data.weights):
         until = data.weights[n + 1][0] if n + 1 < len(data.weights) else data.end
         colour = _PHASE_COLOURS.get(phase, "#eeeeee")
         phases_seen.setdefault(phase, colour)
-        for a in (row[0] for row in axes):
-            a.axvspan(t, until, color=colour, alpha=0.35 if a is ax else 0.15, linewidth=0)
+        ax.axvspan(t, until, color=colour, alpha=0.35, linewidth=0)
     if data.weights:
         times = [w[0] for w in data.weights] + [data.end]
         values = [w[1] for w in data.weights] + [data.weights[-1][1]]
@@ -203,12 +215,12 @@ def plot(data: Timeline, path: Path) -> None:
     else:
         ax.text(0.5, 0.5, "no history in status", transform=ax.transAxes, ha="center", color="grey")
     ax.set_ylim(-5, 112)
-    ax.set_ylabel("weight %")
-    for t, kind, reason, _ in data.events:
-        colour = "#cb181d" if kind == "Warning" else "#636363"
+    ax.set_ylabel("candidate weight %")
+    for t, warning, label in _event_marks(data.events):
+        colour = "#cb181d" if warning else "#636363"
         for a in (row[0] for row in axes):
             a.axvline(t, color=colour, linestyle=":", linewidth=0.9, alpha=0.8)
-        ax.annotate(reason, (t, 104), rotation=60, fontsize=6.5, color=colour, ha="left", va="bottom",
+        ax.annotate(label, (t, 113), rotation=45, fontsize=6.5, color=colour, ha="left", va="bottom",
                     annotation_clip=False)
     handles = [Patch(color=c, alpha=0.5, label=p) for p, c in phases_seen.items()]
     handles.append(matplotlib.lines.Line2D([], [], color="#636363", linestyle=":", label="event (red: Warning)"))
@@ -222,13 +234,21 @@ def plot(data: Timeline, path: Path) -> None:
         a.set_title(f"guardrail {g.name}: pass when value {g.condition}", loc="left", fontsize=9)
         if g.points:
             xs, ys = zip(*g.points, strict=True)
-            a.plot(xs, ys, color="#3f007d", linewidth=1.4, label="measured (Prometheus)")
+            a.step(xs, ys, where="post", color="#3f007d", linewidth=1.4, label="measured (Prometheus)")
             bad = [(x, y) for x, y in g.points if _fails(y, g.operator, g.threshold)]
             if bad:
                 bx, by = zip(*bad, strict=True)
                 a.plot(bx, by, "x", color="#cb181d", markersize=5, label="fails the condition")
         if g.threshold is not None:
             a.axhline(g.threshold, color="#cb181d", linestyle="--", linewidth=1.2, label=f"threshold {g.condition}")
+            values = [y for _, y in g.points] + ([g.last_value] if g.last_value is not None else []) + [g.threshold]
+            low, high = min(values), max(values)
+            margin = (high - low) * 0.15 or abs(g.threshold) * 0.5 or 1.0
+            a.set_ylim(low - margin, high + margin)
+            if g.operator in ("<", "<="):
+                a.axhspan(g.threshold, high + margin, color="#cb181d", alpha=0.06, linewidth=0, label="failing region")
+            elif g.operator in (">", ">="):
+                a.axhspan(low - margin, g.threshold, color="#cb181d", alpha=0.06, linewidth=0, label="failing region")
         if g.last_value is not None and g.last_at is not None:
             colour = {"Pass": "#238b45", "Fail": "#cb181d"}.get(g.verdict or "", "#ec7014")
             a.plot([g.last_at], [g.last_value], "D", color=colour, markersize=7,
@@ -249,11 +269,15 @@ def plot(data: Timeline, path: Path) -> None:
 # --------------------------------------------------------------------------- HTML
 
 
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    marked = f' class="{text}"' if text in ("Warning", "Fail", "Pass") else ""  # styled by _CSS
+    return f"<td{marked}>{html.escape(text)}</td>"
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     if not rows:
         body = f'<tr><td colspan="{len(headers)}" class="empty">none</td></tr>'
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'

@@ -354,3 +354,25 @@ def test_namespace_defaults_to_the_contexts(kube_api: KubeAPI, capsys: Any) -> N
     code, _, _ = run(kube_api, capsys, "abort", "pricing")
     assert code == 0
     assert annotations(kube_api, namespace="ml")[api.ANNOTATION_ACTION].startswith("abort/")
+
+
+# --------------------------------------------------------------------------- report without Prometheus
+
+
+def test_report_from_status_alone(kube_api: KubeAPI, rollout: Any, tmp_path: Path, capsys: Any) -> None:
+    kube_api.set_status("PolicyRollout", "default", "pricing", {"offlineEvaluation": {
+        "jobId": "abc", "candidateVersion": "v2", "phase": "Passed", "required": 0.5,
+        "estimates": [{"estimator": "snips", "value": 0.61, "lowerBound": 0.55, "verdict": "pass"}],
+    }})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    code, out, err = run(kube_api, capsys, "report", "pricing", "--out", str(tmp_path / "r"), "--prometheus-url", dead)
+    assert code == 0, err
+    png = (tmp_path / "r" / "timeline.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "<td>snips</td><td>0.61</td><td>0.55</td>" in html and "Verdict:</b> Passed" in html
+    assert f"series unavailable from {dead}" in html, "an unreachable Prometheus is reported, not fatal"
+    assert '<td>error-rate</td><td>&lt; 0.05</td><td>0.0123</td><td class="Pass">Pass</td>' in html
+    assert "GuardrailFailing" in html and "<td>2</td><td>30%</td><td>current</td>" in html
