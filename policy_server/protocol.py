@@ -74,6 +74,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_continue",
         "_head_size",
         "_next_seq",
         "_next_write",
@@ -101,6 +102,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._head_size = 0
         self._t0 = 0.0
+        self._continue = False
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -130,6 +132,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._head_size = 0
+        self._continue = False
         self._t0 = time.perf_counter()
 
     def on_url(self, url: bytes) -> None:
@@ -146,6 +149,15 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(431, b"request line and headers exceed 64 KiB; shorten them")
         elif name.lower() == b"content-length" and value.strip().isdigit() and int(value) > self.max_body:
             self._too_large()
+        elif name.lower() == b"expect" and value.strip().lower() == b"100-continue" and self.idle:
+            # curl sends this for bodies over 1 KiB and would otherwise wait a second before sending the
+            # body; only when no earlier response is pending, so the stream stays in order
+            self._continue = True
+
+    def on_headers_complete(self) -> None:
+        if self._continue and not self.closing and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._continue = False
 
     def on_body(self, body: bytes) -> None:
         if self.closing:

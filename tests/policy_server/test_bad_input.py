@@ -138,6 +138,15 @@ def test_pipelined_requests_answered_in_order(srv) -> None:
     assert first < second < third
 
 
+def test_expect_100_continue(srv) -> None:
+    act = json.dumps({"observation": OBS}).encode()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"POST /v1/act HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(act))
+        assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(act)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 OK")
+
+
 def test_errors_are_counted(srv) -> None:
     before = srv.client().metrics()
     srv.client().request("POST", "/v1/act", b"{")
