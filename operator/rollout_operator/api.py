@@ -308,6 +308,136 @@ class AnalysisSpec(Model):
         return self
 
 
+class NotificationEvent(enum.StrEnum):
+    """What a notification target subscribes to."""
+
+    PHASE = "phase"  # every phase transition
+    ROLLBACK = "rollback"  # a rollback starts (also a phase transition)
+    APPROVAL = "approval"  # the rollout waits for a human (approval step, pause without duration)
+
+
+class NotificationFormat(enum.StrEnum):
+    JSON = "json"
+    SLACK = "slack"
+
+
+class NotificationSpec(Model):
+    """A webhook told about this rollout, besides the operator's global ones (--notify-url)."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Webhook URL (http or https).")
+    format: NotificationFormat = Field(default=NotificationFormat.JSON, description="json or slack.")
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(NotificationEvent), min_length=1, description="Events to send."
+    )
+
+
+class Toleration(Model):
+    """A Pod toleration (as in a Pod spec): lets Job pods onto tainted (e.g. GPU) nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class JobTemplate(Model):
+    """Settings of a `batch/v1` Job the operator runs (offline evaluation or training)."""
+
+    image: str | None = Field(default=None, description="Container image; defaults to spec.policy.image.")
+    service_account_name: str | None = None
+    resources: dict[str, dict[str, str]] | None = Field(
+        default=None, description="Container resources (requests/limits), as in a Pod spec."
+    )
+    env: list[EnvVar] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    backoff_limit: int = Field(default=1, ge=0, le=20, description="Pod retries before the Job fails.")
+    active_deadline: Duration = Field(default="1h", description="Longest the Job may run before it fails.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=86400, ge=0, description="Delete the finished Job (and its pods) after this long."
+    )
+
+
+class OPEEstimator(enum.StrEnum):
+    IPS = "ips"
+    SNIPS = "snips"
+    DM = "dm"
+    DR = "dr"
+    SNDR = "sndr"
+
+
+class OfflineEvaluationSpec(Model):
+    """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.
+
+    The operator runs `policy-server ope` as a Job; every listed estimator must pass the gate
+    (its lower confidence bound clears the required level) or the rollout fails with the reason.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "!(has(self.minLowerBoundRatio) && has(self.minLowerBoundDelta))",
+                "set at most one of minLowerBoundRatio and minLowerBoundDelta",
+            )
+        )
+    )
+
+    dataset: str = Field(min_length=1, description="Decision log URL (the policy server's Parquet log).")
+    estimators: list[OPEEstimator] = Field(default_factory=lambda: [OPEEstimator.SNIPS, OPEEstimator.DR],
+                                           min_length=1, max_length=5)
+    baseline: Literal["fallback", "logged"] = Field(
+        default="fallback",
+        description="Compare with the fallback policy evaluated on the same logs, or with the logged rewards.",
+    )
+    min_lower_bound_ratio: float | None = Field(
+        default=None, ge=0.0, le=10.0,
+        description="Required lower bound as a fraction of the baseline's value (e.g. 0.98); default 1.",
+    )
+    min_lower_bound_delta: float | None = Field(
+        default=None, description="Required lower bound as the baseline's value plus this (may be negative)."
+    )
+    confidence: float = Field(default=0.95, ge=0.5, le=0.9999, description="Confidence of the lower bound.")
+    bound: Literal["student_t", "bernstein", "bootstrap"] = "student_t"
+    min_ess: float = Field(default=100.0, ge=1.0, description="Refuse below this effective sample size.")
+    max_unsupported_mass: float = Field(default=0.01, ge=0.0, le=1.0)
+    job: JobTemplate = Field(default_factory=JobTemplate)
+
+    @pydantic.model_validator(mode="after")
+    def _one_margin(self) -> OfflineEvaluationSpec:
+        if self.min_lower_bound_ratio is not None and self.min_lower_bound_delta is not None:
+            raise ValueError("set at most one of minLowerBoundRatio and minLowerBoundDelta")
+        return self
+
+
+CRON_PATTERN = r"^\S+( \S+){4}$"
+
+
+def _check_cron(text: str) -> str:
+    from croniter import croniter
+
+    if not croniter.is_valid(text) or len(text.split()) != 5:
+        raise ValueError(f"invalid schedule {text!r}: use a 5-field cron expression, e.g. '0 3 * * *'")
+    return text
+
+
+class TrainingSpec(JobTemplate):
+    """Retraining as GPU Jobs: on a cron schedule and on demand (the `policy.rollouts.io/train` annotation)."""
+
+    dataset: str = Field(min_length=1, description="Decision log URL to train on.")
+    output: str = Field(min_length=1, description="Base URL of artifacts; each Job writes {output}/{version}.")
+    algorithm: Literal["reward-model", "discrete-cql", "discrete-bc"] = "reward-model"
+    steps: int = Field(default=2000, ge=1, le=10_000_000, description="Gradient steps.")
+    command: list[str] | None = Field(default=None, description="Replace `policy-server train ...` entirely.")
+    args: list[str] = Field(default_factory=list, description="Extra arguments for the training command.")
+    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu limit; > 0 trains on CUDA.")
+    schedule: Annotated[str, pydantic.AfterValidator(_check_cron)] | None = Field(
+        default=None, json_schema_extra={"pattern": CRON_PATTERN}, description="Cron schedule (UTC)."
+    )
+    auto_rollout: bool = Field(default=False, description="Roll out each trained version as the next candidate.")
+    history_limit: int = Field(default=10, ge=1, le=100, description="Training Jobs kept in status.")
+
+
 class PolicyRolloutSpec(Model):
     policy: PolicySpec = Field(description="The candidate policy.")
     fallback: FallbackSpec = Field(description="The trusted policy that serves when the candidate does not.")
@@ -316,6 +446,9 @@ class PolicyRolloutSpec(Model):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     progress_deadline: Duration = Field(
         default="30m", description="Longest a step may run without passing before the rollout rolls back."
+    )
+    notifications: list[NotificationSpec] = Field(
+        default_factory=list, max_length=16, description="Webhooks told about phase changes, rollbacks, approvals."
     )
 
 

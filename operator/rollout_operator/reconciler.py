@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rollout_operator import api, engine
 from rollout_operator.engine import judges, types
@@ -32,6 +33,17 @@ log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 
 
+class Observer(Protocol):
+    """Told about every applied reconcile (metrics, notifications): side channels, never decisions.
+
+    Called after the decision was applied; must return quickly (queue slow work elsewhere).
+    """
+
+    def reconciled(
+        self, rollout: api.PolicyRollout, observations: types.Observations, decision: types.Decision, seconds: float
+    ) -> None: ...
+
+
 @dataclasses.dataclass
 class Platform:
     """The collaborators one reconcile needs; Kubernetes and local mode each build one."""
@@ -41,6 +53,7 @@ class Platform:
     metrics_for: Callable[[api.PolicyRollout], provider.MetricProvider]
     write_status: Callable[[api.PolicyRollout, JSON], None]
     record_event: Callable[[api.PolicyRollout, types.Event], None]
+    observers: Sequence[Observer] = ()
 
 
 def measure_guardrails(rollout: api.PolicyRollout, metrics: provider.MetricProvider) -> dict[str, types.Measurement]:
@@ -129,6 +142,14 @@ def apply(platform: Platform, rollout: api.PolicyRollout, decision: types.Decisi
 
 
 def reconcile(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> types.Decision:
-    decision = engine.decide(rollout, observe(platform, rollout, now), now)
+    started = time.monotonic()
+    observations = observe(platform, rollout, now)
+    decision = engine.decide(rollout, observations, now)
     apply(platform, rollout, decision)
+    elapsed = time.monotonic() - started
+    for observer in platform.observers:
+        try:
+            observer.reconciled(rollout, observations, decision, elapsed)
+        except Exception as exc:  # metrics or a notification must never break a rollout
+            log.warning("observer %s failed on %s: %s", type(observer).__name__, rollout.metadata.name, exc)
     return decision

@@ -95,6 +95,8 @@ class ApiCall:
     resource: str
     subresource: str | None
     namespace: str | None
+    # Who called (tests separate their own requests from the operator's); not part of equality.
+    user_agent: str = dataclasses.field(default="", compare=False)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -238,7 +240,7 @@ class FidelityEmulator(kmock.KubernetesEmulator):
             kmock.action.DELETE: "delete",
         }.get(request.action, "update")  # type: ignore[arg-type]
         self.calls.append(ApiCall(verb, res.group or "", res.version or "", res.plural, request.subresource,
-                                  request.namespace))
+                                  request.namespace, request.headers.get("User-Agent", "")))
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
         # Gap: kmock's 404/409 say "Object Not Found" and how to fix a kmock test; a real server

@@ -18,8 +18,11 @@ import pytest
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, prometheus_url: str, log_path: Path, tick: float = 0.2) -> None:
+    def __init__(self, kubeconfig: Path, prometheus_url: str, log_path: Path, tick: float = 0.2,
+                 extra_args: tuple[str, ...] = ("--metrics-port", "0")) -> None:
+        """`extra_args` go after the standard flags (default: no metrics server, so runs never fight over 8080)."""
         self.kubeconfig = kubeconfig
+        self.extra_args = tuple(extra_args)
         self.prometheus_url = prometheus_url
         self.log_path = log_path
         self.tick = tick
@@ -32,7 +35,7 @@ class OperatorProcess:
         env.pop("KUBECONFIG", None)
         command = [sys.executable, "-m", "rollout_operator.cli.main", "operator",
                    "--kubeconfig", str(self.kubeconfig), "--prometheus-url", self.prometheus_url,
-                   "--tick", str(self.tick), "--verbose"]
+                   "--tick", str(self.tick), "--verbose", *self.extra_args]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

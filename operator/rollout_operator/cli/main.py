@@ -42,7 +42,24 @@ def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090",
                         help="Prometheus used by guardrails that do not name their own (spec.analysis.prometheusUrl)")
     parser.add_argument("--tick", type=float, default=1.0, help="seconds between reconciles of one rollout")
-    parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8081/healthz")
+    parser.add_argument("--metrics-port", type=int, default=8080,
+                        help="serve the operator's Prometheus metrics on this port at /metrics (0: off)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
+    parser.add_argument("--peering", default=None, metavar="NAME",
+                        help="run several replicas with kopf peering (KopfPeering/ClusterKopfPeering NAME must "
+                        "exist): only the highest --priority one acts; default: standalone")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority; default: random, so that replicas never tie (a tie pauses all)")
+    parser.add_argument("--notify-url", action="append", default=None,
+                        help="webhook told about every rollout (repeatable; default: $POLICY_ROLLOUTS_NOTIFY_URLS, "
+                        "comma-separated)")
+    parser.add_argument("--notify-format", default="json", choices=["json", "slack"],
+                        help="payload format of the --notify-url webhooks")
+    parser.add_argument("--notify-events", default="phase,rollback,approval",
+                        help="comma-separated events sent to the --notify-url webhooks")
+    parser.add_argument("--notify-timeout", type=float, default=5.0, help="seconds per webhook attempt")
+    parser.add_argument("--notify-retries", type=int, default=3, help="retries of a failed webhook call")
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.set_defaults(handler=_cmd_operator)
 
@@ -65,17 +82,65 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         return 2
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # kopf's login reads it at login time
+    try:
+        targets = _notify_targets(args)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     config = handlers.OperatorConfig(kubeconfig=kubeconfig, prometheus_url=args.prometheus_url,
-                                     tick_seconds=args.tick)
+                                     tick_seconds=args.tick, notify_targets=targets,
+                                     notify_timeout_seconds=args.notify_timeout, notify_retries=args.notify_retries)
+    memo = kopf.Memo(config=config)
+    if args.metrics_port:
+        from rollout_operator import metrics
+
+        memo["metrics"] = metrics.OperatorMetrics()
+        try:
+            metrics.serve(memo["metrics"], args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            sys.stderr.write(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}; "
+                             "pass another --metrics-port (0 turns metrics off)\n")
+            return 2
+    peering: dict[str, object] = {"standalone": True}
+    if args.peering:
+        import random
+
+        priority = args.priority if args.priority is not None else random.SystemRandom().randint(1, 2**31 - 1)
+        peering = {"standalone": False, "peering_name": args.peering, "priority": priority}
     kopf.configure(verbose=args.verbose)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
-        memo=kopf.Memo(config=config),
-        standalone=True,
+        memo=memo,
         liveness_endpoint=args.liveness,
+        **peering,  # type: ignore[arg-type]
     ))
     return 0
+
+
+def _notify_targets(args: argparse.Namespace) -> tuple[object, ...]:
+    """Global webhooks from --notify-url (or $POLICY_ROLLOUTS_NOTIFY_URLS), validated like spec.notifications."""
+    import os
+
+    import pydantic
+
+    from rollout_operator import api
+    from rollout_operator.notifications import base
+
+    urls = args.notify_url
+    if urls is None:
+        urls = [u.strip() for u in os.environ.get("POLICY_ROLLOUTS_NOTIFY_URLS", "").split(",") if u.strip()]
+    events = [e.strip() for e in args.notify_events.split(",") if e.strip()]
+    targets = []
+    for url in urls:
+        try:
+            spec = api.NotificationSpec(url=url, format=args.notify_format, events=events)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+            raise ValueError(f"bad notification webhook {url!r} (--notify-url/--notify-events): {problems}; "
+                             f"URLs start with http:// or https://, events are phase, rollback, approval") from None
+        targets.append(base.Target.from_spec(spec))
+    return tuple(targets)
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
