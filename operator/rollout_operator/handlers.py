@@ -13,6 +13,8 @@ import dataclasses
 import datetime
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 import kopf
@@ -28,9 +30,11 @@ from rollout_operator.notifications import dispatcher as notify_dispatcher
 from rollout_operator.notifications import observer as notify_observer
 from rollout_operator.traffic import base as traffic_base
 from rollout_operator.traffic import factory as traffic_factory
+from rollout_operator.workloads import jobs as k8s_jobs
 from rollout_operator.workloads import kubernetes as k8s_workloads
 
 log = logging.getLogger(__name__)
+IDLE_TICKS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,8 @@ class _Operator:
             write_status=self.write_status,
             record_event=self.record_event,
             observers=observers,
+            jobs=k8s_jobs.KubernetesJobs(self.client),
+            write_policy=self.write_policy,
         )
 
     def router_for(self, rollout: api.PolicyRollout) -> traffic_base.TrafficRouter:
@@ -84,6 +90,10 @@ class _Operator:
 
     def write_status(self, rollout: api.PolicyRollout, patch: dict[str, Any]) -> None:
         self.client.patch_status(api.API_VERSION, api.KIND, rollout.metadata.name, rollout.metadata.namespace, patch)
+
+    def write_policy(self, rollout: api.PolicyRollout, policy: api.PolicySpec) -> None:
+        self.client.patch(api.API_VERSION, api.KIND, rollout.metadata.name, rollout.metadata.namespace,
+                          {"spec": {"policy": policy.wire()}})
 
     def record_event(self, rollout: api.PolicyRollout, event: types.Event) -> None:
         self.client.create_event(_involved(rollout), event.reason, event.message, type=event.type.value)
@@ -122,7 +132,11 @@ def _reject_invalid(operator: _Operator, body: dict[str, Any], error: pydantic.V
 
 
 def reconcile_once(operator: _Operator, name: str, namespace: str) -> float:
-    """One iteration; returns how long to sleep before the next."""
+    """One iteration; returns how long to sleep before the next.
+
+    A finished rollout (Promoted, RolledBack, ...) has nothing to time: it is looked at again
+    only on a change to the object (which wakes the daemon) or every `IDLE_TICKS` ticks.
+    """
     tick = operator.config.tick_seconds
     body = operator.client.get(api.API_VERSION, api.KIND, name, namespace)
     if body.get("metadata", {}).get("deletionTimestamp"):
@@ -132,8 +146,13 @@ def reconcile_once(operator: _Operator, name: str, namespace: str) -> float:
     except pydantic.ValidationError as error:
         _reject_invalid(operator, body, error)
         return tick * 5
+    started = time.monotonic()
     decision = reconciler.reconcile(operator.platform, rollout, _now())
-    return min(tick, decision.requeue_after) if decision.requeue_after else tick
+    if decision.status.phase.terminal and decision.requeue_after is None:
+        return tick * IDLE_TICKS
+    # requeue_after counts from `now` above, not from the end of this (possibly slow) reconcile.
+    wanted = decision.requeue_after - (time.monotonic() - started) if decision.requeue_after is not None else tick
+    return min(tick, wanted)
 
 
 @kopf.on.startup()
@@ -161,12 +180,19 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs)
 
 
+def _wake_event(memo: kopf.Memo, namespace: str, name: str) -> threading.Event:
+    wakers: dict[tuple[str, str], threading.Event] = memo.setdefault("wakers", {})
+    return wakers.setdefault((namespace, name), threading.Event())
+
+
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10.0)
 def run_rollout(stopped: kopf.DaemonStopped, name: str, namespace: str, memo: kopf.Memo,
                 logger: logging.Logger, **_: Any) -> None:
     operator: _Operator = memo["operator"]
+    wake = _wake_event(memo, namespace, name)
     backoff = operator.config.tick_seconds
     while not stopped:
+        wake.clear()
         try:
             delay = reconcile_once(operator, name, namespace)
             backoff = operator.config.tick_seconds
@@ -176,7 +202,17 @@ def run_rollout(stopped: kopf.DaemonStopped, name: str, namespace: str, memo: ko
             logger.exception("reconcile of %s/%s failed: %s", namespace, name, exc)
             backoff = min(backoff * 2, 30.0)
             delay = backoff
-        stopped.wait(max(delay, 0.05))
+        # Sleep until the engine's next deadline, a change to the object (see _wake), or a stop.
+        deadline = time.monotonic() + max(delay, 0.05)
+        while not stopped and not wake.is_set() and (left := deadline - time.monotonic()) > 0:
+            wake.wait(min(left, 0.5))
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def _wake(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A human's annotation or a spec edit is acted on at once, not at the next tick."""
+    if event.get("type") in ("MODIFIED", "DELETED", None):
+        _wake_event(memo, namespace, name).set()
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL)
