@@ -9,6 +9,7 @@ peering objects with the chart's own CRDs. Alerts are checked by `promtool check
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -192,9 +193,9 @@ def test_bad_values_are_refused_with_the_field_named() -> None:
         "/operator/prometheusUrl": {"operator": {"prometheusUrl": "prometheus:9090"}},
     }
     for field, values in cases.items():
-        with pytest.raises(helm_python.HelmValuesError, match=field):
+        with pytest.raises(helm_python.HelmValuesError, match=re.escape(field)):
             hc.render(values)
-    with pytest.raises(helm_python.HelmRenderError, match="peering.enabled"):
+    with pytest.raises(helm_python.HelmRenderError, match=r"peering\.enabled"):
         hc.render({"replicaCount": 2, "peering": {"enabled": False}})
 
 
@@ -237,8 +238,6 @@ def _operator_metric_names() -> set[str]:
 
 
 def _metric_names_in(promql: str) -> set[str]:
-    import re
-
     return set(re.findall(r"\b(policyrollouts_[a-z_]+)", promql))
 
 
@@ -307,8 +306,9 @@ def test_alert_rules_parse_and_fire_in_promtool(tmp_path: Path) -> None:
                  "exp_alerts": [{"exp_labels": {**common, "reason": "GuardrailFailed", "severity": "warning"},
                                  "exp_annotations": {
                                      "summary": "PolicyRollout shop/pricing rolled back (GuardrailFailed)",
-                                     "description": "The operator rolled the candidate policy back to the fallback. "
-                                     "See `kubectl describe policyrollout pricing -n shop` for the guardrail at fault."}}]},
+                                     "description": "The operator rolled the candidate policy back to the "
+                                     "fallback. See `kubectl describe policyrollout pricing -n shop` for the "
+                                     "guardrail at fault."}}]},
                 {"eval_time": "59m", "alertname": "PolicyRolloutStuck",
                  "exp_alerts": [{"exp_labels": {"namespace": "shop", "name": "stuck", "severity": "warning"},
                                  "exp_annotations": {

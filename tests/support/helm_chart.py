@@ -28,7 +28,9 @@ def chart() -> helm_python.Chart:
     return helm_python.Chart.load(CHART)
 
 
-def render_templates(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> dict[str, list[dict[str, Any]]]:
+def render_templates(
+    values: dict[str, Any] | None = None, namespace: str = NAMESPACE
+) -> dict[str, list[dict[str, Any]]]:
     """Template path -> the objects it rendered (empty documents dropped)."""
     rendered = chart().render(values or {}, name=RELEASE, namespace=namespace)
     return {
@@ -59,17 +61,26 @@ def rules_of(role: dict[str, Any]) -> set[Triple]:
     return triples
 
 
-def bound_roles(objects: list[dict[str, Any]], service_account: str, sa_namespace: str) -> list[tuple[dict[str, Any], str | None]]:
+def bound_roles(
+    objects: list[dict[str, Any]], service_account: str, sa_namespace: str
+) -> list[tuple[dict[str, Any], str | None]]:
     """(role, namespace where it applies; None = cluster-wide) for every binding of the ServiceAccount."""
-    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
-             for o in objects if o.get("kind") in ("Role", "ClusterRole")}
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+        for o in objects
+        if o.get("kind") in ("Role", "ClusterRole")
+    }
     result = []
     for binding in objects:
         if binding.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
             continue
         subjects = binding.get("subjects", [])
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == service_account
-                   and s.get("namespace") == sa_namespace for s in subjects):
+        if not any(
+            s.get("kind") == "ServiceAccount"
+            and s.get("name") == service_account
+            and s.get("namespace") == sa_namespace
+            for s in subjects
+        ):
             continue
         ref = binding["roleRef"]
         where = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None

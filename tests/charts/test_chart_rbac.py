@@ -1,0 +1,127 @@
+"""The chart's RBAC is exactly what the operator uses: no wildcards, nothing missing, nothing extra.
+
+The real operator process (`policy-rollouts operator --peering ...`, as the chart runs it) is
+driven against the emulator through a rollout that is created, progresses and is promoted, one
+that is rolled back by a failing guardrail, drift of a Service it owns (which it repairs) and
+the deletion of both (kopf's finalizer and our cleanup). The emulator records every resource
+request; the test's own requests carry their own user agent and are left out. What remains,
+as (apiGroup, resource[/subresource], verb), must equal the rules the chart grants the
+operator's ServiceAccount, in both RBAC scopes:
+
+- cluster: the ClusterRole bound cluster-wide equals all calls;
+- namespace: the ClusterRole equals the cluster-scoped calls (kopf lists namespaces and CRDs
+  even then), and the Role in the watched namespace equals the calls made in it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rollout_operator import api
+
+from tests.support import helm_chart as hc
+from tests.support.kube import ApiCall, wait_for
+from tests.support.operator_run import OperatorRun, rollout_manifest
+from tests.support.prometheus import PrometheusServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WATCHED = "default"
+SCOPES = {"cluster": None, "namespace": [WATCHED]}
+
+
+def _exercise(run: OperatorRun, prometheus_url: str) -> None:
+    run.client.create(rollout_manifest("healthy", "vector(0)", [{"setWeight": 50}, {"setWeight": 100}], prometheus_url))
+    run.client.create(rollout_manifest("breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}], prometheus_url))
+    run.wait_phase("healthy", "Promoted")
+    run.wait_phase("breaching", "RolledBack")
+    # Someone edits a Service the operator owns: it must put it back (a patch).
+    service = copy.deepcopy(run.kube_api.get("services", WATCHED, "healthy-stable"))
+    wanted = service["spec"]["selector"]
+    service["spec"]["selector"] = {key: "hijacked" for key in wanted}
+    run.kube_api.put("services", service)
+    wait_for(lambda: run.kube_api.get("services", WATCHED, "healthy-stable")["spec"]["selector"] == wanted, 30,
+             what="the operator to repair the Service")
+    for name in ("healthy", "breaching"):
+        run.client.delete(name, WATCHED)
+    for name in ("healthy", "breaching"):
+        run.wait_gone(name)
+    assert run.kube_api.get("httproutes", WATCHED, "healthy") is None, "the finalizer removes the HTTPRoute"
+
+
+@pytest.fixture(scope="module", params=sorted(SCOPES))
+def recorded(request: pytest.FixtureRequest, prometheus: PrometheusServer,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[ApiCall]]:
+    scope = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"rbac-{scope}")
+    with OperatorRun(workdir, prometheus.url, namespaces=SCOPES[scope]) as run:
+        _exercise(run, prometheus.url)
+        run.wait_log("Handler 'finalize' succeeded")
+    calls = run.operator_calls()
+    assert calls, "no API call was recorded"
+    return scope, calls
+
+
+def _triple(call: ApiCall) -> hc.Triple:
+    resource = f"{call.resource}/{call.subresource}" if call.subresource else call.resource
+    return (call.group, resource, call.verb)
+
+
+def _rendered_rbac(scope: str) -> list[tuple[dict[str, Any], str | None]]:
+    values: dict[str, Any] = {"rbac": {"scope": scope}}
+    if scope == "namespace":
+        values["rbac"]["namespaces"] = [WATCHED]
+    objects = hc.render(values)
+    (sa,) = hc.of_kind(objects, "ServiceAccount")
+    return hc.bound_roles(objects, sa["metadata"]["name"], sa["metadata"]["namespace"])
+
+
+def test_no_wildcards_anywhere() -> None:
+    for scope in SCOPES:
+        for role, _ in _rendered_rbac(scope):
+            for rule in role["rules"]:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[key], f"{scope}: wildcard in {role['kind']} {rule}"
+                assert not rule.get("resourceNames") or "*" not in rule["resourceNames"]
+                assert "nonResourceURLs" not in rule
+
+
+def test_rbac_equals_the_calls_the_operator_made(recorded: tuple[str, list[ApiCall]]) -> None:
+    scope, calls = recorded
+    bound = _rendered_rbac(scope)
+    if scope == "cluster":
+        ((role, where),) = bound
+        assert role["kind"] == "ClusterRole" and where is None
+        granted = hc.rules_of(role)
+        used = {_triple(c) for c in calls}
+        assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
+        assert used - granted == set(), f"used but not granted (403 in a cluster): {sorted(used - granted)}"
+    else:
+        cluster = [r for r, where in bound if where is None]
+        namespaced = [r for r, where in bound if where == WATCHED]
+        assert len(cluster) == 1 and cluster[0]["kind"] == "ClusterRole"
+        assert len(namespaced) == 1 and namespaced[0]["kind"] == "Role"
+        assert {where for _, where in bound} == {None, WATCHED}, "nothing bound in namespaces not watched"
+        used_cluster = {_triple(c) for c in calls if c.namespace is None}
+        used_namespaced = {_triple(c) for c in calls if c.namespace == WATCHED}
+        assert {c.namespace for c in calls} <= {None, WATCHED}, "the operator stepped outside its namespace"
+        assert hc.rules_of(cluster[0]) == used_cluster
+        assert hc.rules_of(namespaced[0]) == used_namespaced
+
+
+def test_the_recorded_run_exercised_every_kind_of_call(recorded: tuple[str, list[ApiCall]]) -> None:
+    """Guard the guard: a run that silently did less would let missing rules pass."""
+    _, calls = recorded
+    used = {_triple(c) for c in calls}
+    for needed in [(api.GROUP, f"{api.PLURAL}/status", "patch"),  # status writes
+                   (api.GROUP, api.PLURAL, "patch"),  # kopf's finalizer
+                   ("", "events", "create"),
+                   ("", "services", "patch"),  # drift repaired
+                   ("apps", "deployments", "patch"),  # promotion re-points stable
+                   ("gateway.networking.k8s.io", "httproutes", "delete"),  # finalizer cleanup
+                   ("kopf.dev", "clusterkopfpeerings" if any(c.resource == "clusterkopfpeerings" for c in calls)
+                    else "kopfpeerings", "patch")]:  # peering keep-alive
+        assert needed in used, f"the run never made {needed}"
