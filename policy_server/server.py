@@ -229,9 +229,10 @@ class PolicyServer:
         for conn in list(self.connections):
             conn.drain()
         deadline = time.monotonic() + self.config.shutdown_timeout_s
-        while (self.connections or self.batcher.pending) and time.monotonic() < deadline:
-            if self.batcher.pending:
-                self.batcher.flush()
+        batcher = getattr(self, "batcher", None)  # absent if start() never ran
+        while (self.connections or (batcher and batcher.pending)) and time.monotonic() < deadline:
+            if batcher and batcher.pending:
+                batcher.flush()
             await asyncio.sleep(0.005)
         for conn in list(self.connections):
             if conn.transport is not None:
@@ -239,7 +240,7 @@ class PolicyServer:
         if self.drift is not None:
             self.drift.stop()
         if self.decision_log is not None:
-            await self.loop.run_in_executor(None, self.decision_log.close)
+            await asyncio.get_running_loop().run_in_executor(None, self.decision_log.close)
         self._stopped.set()
 
     # ------------------------------------------------------------------ routing
