@@ -247,7 +247,10 @@ class JudgeSpec(Model):
 
     kind: JudgeKind = JudgeKind.THRESHOLD
     alpha: float = Field(
-        default=0.05, ge=0.0001, le=0.49, description="Sequential: largest chance of rolling back a candidate that is no worse."
+        default=0.05,
+        ge=0.0001,
+        le=0.49,
+        description="Sequential: largest chance of rolling back a candidate that is no worse.",
     )
     min_detectable_effect: float = Field(
         default=0.05,
@@ -262,7 +265,7 @@ class JudgeSpec(Model):
         default=None,
         ge=1e-9,
         description="Sequential: known bound on one decision's reward (or cost) standard deviation; omit to "
-        "estimate it, conservatively, from the spread of per-interval means.",
+        "leave it unknown (a scale-invariant t-mixture, which needs no estimate of it).",
     )
     min_intervals: int = Field(default=3, ge=2, le=1000, description="Sequential: intervals before any decision.")
     min_samples: int = Field(default=30, ge=1, description="Sequential: rewards per variant before any decision.")
@@ -511,7 +514,12 @@ class JudgeStatus(Model):
     weight_sum: float = Field(default=0.0, description="Sum of per-interval precision weights w = 1/(1/n_c + 1/n_s).")
     weighted_diff_sum: float = 0.0
     weighted_diff_sq_sum: float = 0.0
-    mixture_scale: float | None = Field(default=None, description="tau of the normal mixture, fixed once chosen.")
+    mixture_scale: float | None = Field(
+        default=None, description="Known sigma: tau, the normal mixture's standard deviation; fixed once chosen."
+    )
+    mixture_precision: float | None = Field(
+        default=None, description="Unknown sigma: rho, the t-mixture's prior precision of effect/sigma; fixed once."
+    )
     estimate: float | None = Field(default=None, description="Candidate minus stable mean, better-is-positive.")
     lower: float | None = None
     upper: float | None = None

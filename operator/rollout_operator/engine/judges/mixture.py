@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-__all__ = ["chi2_quantile", "radius", "variance_upper_bound"]
+__all__ = ["chi2_quantile", "radius", "t_bounds", "t_log_ratio", "variance_upper_bound"]
 
 
 def radius(variance: float, information: float, tau: float, alpha: float) -> float:
@@ -57,3 +57,48 @@ def variance_upper_bound(sum_sq_dev: float, intervals: int, confidence: float) -
     if dof < 1:
         return math.inf
     return max(sum_sq_dev, 0.0) / chi2_quantile(confidence, dof)
+
+
+def t_log_ratio(d: float, q: float, w: float, k: int, rho: float, delta0: float = 0.0) -> float:
+    """log of Lai's mixture likelihood ratio for H0: difference = delta0, with sigma unknown.
+
+    Linear model d_i = delta + sigma * e_i / sqrt(w_i) over k intervals, summarised by
+    D = sum w_i d_i, Q = sum w_i d_i^2 and W = sum w_i. The mixture puts delta/sigma ~ N(0, 1/rho)
+    and the scale-invariant prior on sigma, which integrates sigma out:
+    Lambda = sqrt(rho / (W + rho)) * (Q0 / (Q0 - D0^2 / (W + rho)))^(k/2), with D0, Q0 shifted by
+    delta0. Under H0 it is a test martingale for the scale-invariant filtration (Lai 1976;
+    Perez-Ortiz et al. 2024), so crossing 1/alpha has probability at most alpha, at any look.
+    """
+    d0 = d - w * delta0
+    q0 = q - 2.0 * delta0 * d + delta0 * delta0 * w
+    rest = q0 - d0 * d0 / (w + rho)
+    if q0 <= 0 or rest <= 0:
+        return math.inf if d0 != 0 else -math.inf
+    return 0.5 * math.log(rho / (w + rho)) + 0.5 * k * (math.log(q0) - math.log(rest))
+
+
+def t_bounds(d: float, q: float, w: float, k: int, rho: float, alpha: float) -> tuple[float, float]:
+    """The confidence sequence from inverting `t_log_ratio`: all delta0 it does not reject."""
+    threshold = math.log(1.0 / alpha)
+    estimate = d / w
+    if t_log_ratio(d, q, w, k, rho, estimate) >= threshold:
+        return estimate, estimate  # degenerate (all differences equal)
+    spread = math.sqrt(max(q / w - estimate * estimate, 1e-300)) + abs(estimate) + 1e-12
+    bounds = []
+    for direction in (-1.0, 1.0):
+        inside, outside = estimate, estimate + direction * spread
+        for _ in range(200):
+            if t_log_ratio(d, q, w, k, rho, outside) >= threshold:
+                break
+            inside, outside = outside, estimate + 2.0 * (outside - estimate)
+        else:
+            bounds.append(direction * math.inf)
+            continue
+        for _ in range(60):
+            mid = (inside + outside) / 2.0
+            if t_log_ratio(d, q, w, k, rho, mid) < threshold:
+                inside = mid
+            else:
+                outside = mid
+        bounds.append((inside + outside) / 2.0)
+    return bounds[0], bounds[1]

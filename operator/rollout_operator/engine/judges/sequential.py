@@ -15,8 +15,8 @@ Assumptions (docs/guardrails.md): per-decision rewards independent with a common
 sigma^2 within each variant, and stable-vs-candidate differences in interval means roughly
 normal (true for a few hundred rewards per interval by the CLT). Pairing by interval removes
 drift that hits both variants alike (time of day, traffic mix). sigma is `rewardStdDev` when
-given (then the guarantee is exact under those assumptions), else an upper confidence bound from
-the spread of the per-interval differences (conservative while few intervals are in).
+given (the normal mixture), else unknown: Lai's scale-invariant t-mixture integrates it out, so no
+variance estimate enters the decision (only the mixture's tuning, fixed once after the burn-in).
 Counters that go down are treated as resets (the new value is the increment).
 """
 
@@ -33,8 +33,10 @@ from rollout_operator.engine.types import Measurement
 __all__ = ["SERIES_KEYS", "SequentialJudge", "update"]
 
 SERIES_KEYS = ("candidate_sum", "candidate_count", "stable_sum", "stable_count")
-# Share of alpha spent on the variance's upper bound when sigma is estimated.
-VARIANCE_CONFIDENCE_SHARE = 0.5
+
+# The mixture prior on the effect is centred at 0 with this many margins of spread: wide enough that
+# a regression several times the margin is caught nearly as fast as by a test tuned to it.
+PRIOR_SCALE = 2.0
 
 COLLECTING = "Collecting"
 HARM = "Harm"
@@ -96,19 +98,6 @@ def update(
     return new, None
 
 
-def _variance(spec: api.JudgeSpec, state: api.JudgeStatus) -> float:
-    if spec.reward_std_dev is not None:
-        return spec.reward_std_dev**2
-    mean = state.weighted_diff_sum / state.weight_sum
-    sum_sq_dev = state.weighted_diff_sq_sum - state.weight_sum * mean * mean
-    return mixture.variance_upper_bound(sum_sq_dev, state.intervals, spec.alpha * VARIANCE_CONFIDENCE_SHARE)
-
-
-def _alpha(spec: api.JudgeSpec) -> float:
-    """The sequence's own error: all of alpha with a known sigma, the rest after the variance bound."""
-    return spec.alpha if spec.reward_std_dev is not None else spec.alpha * (1.0 - VARIANCE_CONFIDENCE_SHARE)
-
-
 def _conclude(spec: api.JudgeSpec, state: api.JudgeStatus) -> None:
     estimate = state.weighted_diff_sum / state.weight_sum
     stable_mean = state.stable_sum / state.stable_count
@@ -127,10 +116,33 @@ def _conclude(spec: api.JudgeSpec, state: api.JudgeStatus) -> None:
             f"stable samples"
         )
         return
-    if state.mixture_scale is None:
-        state.mixture_scale = margin  # fixed once: a data-dependent prior would void the guarantee later
-    r = mixture.radius(_variance(spec, state), state.weight_sum, state.mixture_scale, _alpha(spec))
-    state.lower, state.upper = estimate - r, estimate + r
+    if spec.reward_std_dev is not None:
+        # Known sigma: the normal mixture (Robbins), tuned to the margin.
+        if state.mixture_scale is None:
+            state.mixture_scale = (
+                PRIOR_SCALE * margin
+            )  # fixed once: a prior chosen later from more data would void the guarantee
+        r = mixture.radius(spec.reward_std_dev**2, state.weight_sum, state.mixture_scale, spec.alpha)
+        state.lower, state.upper = estimate - r, estimate + r
+    else:
+        # Unknown sigma: Lai's t-mixture, scale-invariant. Its prior on effect/sigma is centred on
+        # margin/sigma, with sigma read once at the end of the burn-in (the only use of an estimate).
+        if state.mixture_precision is None:
+            spread = state.weighted_diff_sq_sum - state.weighted_diff_sum * estimate
+            sigma2 = spread / (state.intervals - 1)
+            if sigma2 <= 0:
+                state.decision = COLLECTING
+                state.message = "collecting: the per-interval differences do not vary yet"
+                return
+            state.mixture_precision = sigma2 / (PRIOR_SCALE * margin) ** 2
+        state.lower, state.upper = mixture.t_bounds(
+            state.weighted_diff_sum,
+            state.weighted_diff_sq_sum,
+            state.weight_sum,
+            state.intervals,
+            state.mixture_precision,
+            spec.alpha,
+        )
     if state.upper < 0:
         state.decision = HARM
     elif state.lower > -margin:

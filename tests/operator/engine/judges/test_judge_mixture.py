@@ -46,3 +46,30 @@ def test_variance_upper_bound_is_wide_with_few_intervals() -> None:
     # sum of squared deviations = dof x sigma^2 with sigma^2 = 1: the bound is above 1, by less as dof grows
     few, many = mixture.variance_upper_bound(2.0, 3, 0.05), mixture.variance_upper_bound(49.0, 50, 0.05)
     assert few > 10 and 1.0 < many < 1.5
+
+
+def test_t_mixture_never_rejects_a_true_null_more_often_than_alpha_whatever_sigma() -> None:
+    """500 null sequences of 100 intervals with sigma unknown to the test (3.0 here)."""
+    rng = np.random.default_rng(11)
+    runs, looks, w, alpha, rho = 500, 100, 180.0, 0.05, 2.0
+    rejected = 0
+    for _ in range(runs):
+        d = rng.normal(0.0, 3.0 / math.sqrt(w), looks)
+        D = np.cumsum(w * d)
+        Q = np.cumsum(w * d * d)
+        W = w * np.arange(1, looks + 1)
+        if any(mixture.t_log_ratio(D[k], Q[k], W[k], k + 1, rho) >= math.log(1 / alpha) for k in range(1, looks)):
+            rejected += 1
+    assert rejected / runs <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / runs)
+
+
+def test_t_bounds_invert_the_test_and_contain_the_estimate() -> None:
+    rng = np.random.default_rng(5)
+    d = rng.normal(-0.1, 0.2, 30)
+    D, Q, W = float(d.sum()), float((d * d).sum()), 30.0
+    lower, upper = mixture.t_bounds(D, Q, W, 30, 1.0, 0.05)
+    assert lower < D / W < upper
+    threshold = math.log(1 / 0.05)
+    assert mixture.t_log_ratio(D, Q, W, 30, 1.0, lower) == pytest.approx(threshold, abs=1e-6)
+    assert mixture.t_log_ratio(D, Q, W, 30, 1.0, upper) == pytest.approx(threshold, abs=1e-6)
+    assert mixture.t_log_ratio(D, Q, W, 30, 1.0, D / W) < threshold
