@@ -55,6 +55,10 @@ def age(ts: str | None, now: datetime) -> str:
     return f"{seconds // 86400}d"
 
 
+def _ago(ts: str | None, now: datetime) -> str:
+    return "never" if not ts else f"{age(ts, now)} ago"
+
+
 def step_label(step: JSON) -> str:
     """One short word per step: `shadow 1m`, `25%`, `pause 30m`, `pause ∞`, `approval`."""
     if "setWeight" in step:
@@ -120,8 +124,10 @@ def _steps_bar(spec: JSON, status: JSON) -> Group:
     done = len(steps) if promoted else min(index, len(steps))
     if index >= len(steps) and not promoted and steps:
         chips.append("▶ promoting ", style="bold reverse blue")
-    bar = ProgressBar(total=max(len(steps), 1), completed=done, width=40)
-    return Group(Text(f"Steps {_step_text(spec, status)}", style="bold"), bar, chips)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(Text("Steps ", style="bold"), ProgressBar(total=max(len(steps), 1), completed=done, width=40),
+                 Text(f"{done}/{len(steps)} done, at step {_step_text(spec, status)}"))
+    return Group(grid, chips)
 
 
 def _weight(status: JSON) -> Table:
@@ -146,7 +152,7 @@ def _guardrails(spec: JSON, status: JSON, now: datetime) -> Table:
             name, _num(g.get("value")), conditions.get(name, "?"),
             Text(verdict, style=_VERDICT_STYLE.get(verdict, "")),
             f"{g.get('consecutiveFailures', 0)}/{g.get('consecutiveInconclusive', 0)}",
-            age(g.get("measuredAt"), now) + (" ago" if g.get("measuredAt") else ""), g.get("message") or "",
+            _ago(g.get("measuredAt"), now), g.get("message") or "",
         )
     return table
 
@@ -199,8 +205,8 @@ def status_view(obj: JSON, events: list[JSON], now: datetime, events_note: str |
         f"{status.get('candidateVersion') or (spec.get('policy') or {}).get('version', '-')}",
     )
     timing = Text(
-        f"time in step {age(status.get('stepStartedAt'), now)}   started {age(status.get('startedAt'), now)} ago   "
-        f"last analysis {age(status.get('lastAnalysisAt'), now)} ago",
+        f"time in step {age(status.get('stepStartedAt'), now)}   started {_ago(status.get('startedAt'), now)}   "
+        f"last analysis {_ago(status.get('lastAnalysisAt'), now)}",
         style="dim",
     )
     parts: list[RenderableType] = [header, timing, Text(""), _steps_bar(spec, status), _weight(status)]
@@ -226,11 +232,13 @@ def history_table(obj: JSON, now: datetime) -> Group:
                       Text(entry.get("phase", ""), style=_PHASE_STYLE.get(entry.get("phase", ""), "")),
                       "-" if step is None else str(step + 1), f"{entry.get('weight', 0)}%",
                       entry.get("reason", ""), entry.get("message", ""))
-    revisions = Table(title="Promoted revisions (undo goes back to the one before the stable)",
-                      title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("VERSION", "ARTIFACT", "PROMOTED"):
+    promoted = status.get("revisions") or []
+    if not promoted:
+        return Group(table, Text("Promoted revisions: none yet (undo needs one)", style="dim"))
+    revisions = Table(title="Promoted revisions", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("VERSION", "ARTIFACT", "PROMOTED AT"):
         revisions.add_column(column)
-    for revision in status.get("revisions") or []:
+    for revision in promoted:
         revisions.add_row(revision.get("version", ""), (revision.get("policy") or {}).get("artifact", ""),
                           revision.get("promotedAt", ""))
     return Group(table, revisions)

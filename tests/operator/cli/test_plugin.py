@@ -132,7 +132,7 @@ def test_get_prints_a_row_or_the_object(kube_api: KubeAPI, rollout: Any, capsys:
 def test_status_shows_steps_weight_guardrails_and_events(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
     code, out, _ = run(kube_api, capsys, "status", "pricing")
     assert code == 0
-    assert "Steps 2/3" in out
+    assert "1/3 done, at step 2/3" in out
     assert "✓ 1:shadow 1m" in out and "▶ 2:30%" in out and "3:100%" in out, out
     assert "30% candidate / 70% stable" in out
     guardrail = next(line for line in out.splitlines() if "error-rate" in line and "0.0123" in line)
@@ -169,6 +169,23 @@ def test_status_watch_follows_the_rollout_until_it_ends(kube_api: KubeAPI, rollo
     assert lines[0] == "pricing: Paused at step 2/3 (30%), weight 30%: step 2/3 (setWeight): waiting for analysis"
     assert lines[1].startswith("pricing: Promoted at step 3/3 (promotion), weight 0%"), "one line per change"
     assert "✓ 3:100%" in out, "then the final panel"
+
+
+def test_status_watch_redraws_in_place_on_a_terminal(
+    kube_api: KubeAPI, rollout: Any, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich treats the captured stdout as a terminal: rich.live runs
+    finisher = threading.Timer(1.0, lambda: kube_api.set_status("PolicyRollout", "default", "pricing", {
+        "phase": "Aborted", "canaryWeight": 0, "message": "aborted by action x"}))
+    finisher.start()
+    try:
+        code, out, _ = run(kube_api, capsys, "status", "pricing", "-w", "--interval", "0.2", "--timeout", "30")
+    finally:
+        finisher.cancel()
+    assert code == 0
+    assert "\x1b[" in out, "cursor movement and colour: a live view, not lines"
+    assert out.count("PolicyRollout") >= 2, "redrawn at least once"
+    assert "Aborted" in out and "aborted by action x" in out
 
 
 def test_status_watch_gives_up_after_its_timeout(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
