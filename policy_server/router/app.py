@@ -205,7 +205,7 @@ class Router:
 
     def handle(self, conn: protocol.HttpProtocol, seq: int, method: bytes, path: bytes, body: bytes, t0: float) -> None:
         if path == b"/v1/act" and method == b"POST":
-            self._spawn(self._act(conn, seq, body, t0, getattr(conn, "sticky_value", None)))
+            self._act(conn, seq, body, t0, getattr(conn, "sticky_value", None))
         elif path == b"/v1/reward" and method == b"POST":
             self._spawn(self._reward(conn, seq, body))
         elif path == b"/v1/model" and method == b"GET":
@@ -275,48 +275,20 @@ class Router:
             return None
         return None if value is None else str(value).encode()
 
-    async def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float, sticky: bytes | None) -> None:
-        tbl = self.table
+    def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float, sticky: bytes | None) -> None:
+        """Assign and send; the rest happens in ``_Act``'s callbacks (no task or coroutine per request)."""
         cand = self._candidate
-        to_candidate, prob = assign.choose(tbl.weight, self._key(sticky, body), self._salt, self.rng)
-        m = self.metrics
-        fallback_reason = None
+        to_candidate, prob = assign.choose(self.table.weight, self._key(sticky, body), self._salt, self.rng)
+        req = _Act(self, conn, seq, body, t0, prob)
         if to_candidate and cand is not None:
-            m.assign("candidate")
-            try:
-                status, resp = await cand.request(b"POST", b"/v1/act", body, self._budget_s)
-                if status == 200:
-                    return self._answer(conn, seq, body, resp, t0, "candidate", "candidate", prob, None, cand)
-                fallback_reason = "status"
-            except upstream.UpstreamTimeout:
-                fallback_reason = "timeout"
-            except upstream.UpstreamError:
-                fallback_reason = "error"
-            m.upstream_error("candidate", fallback_reason)
-            m.fallback(fallback_reason)
-            up = self._fallback
+            self.metrics.assign("candidate")
+            req.upstream = cand
+            cand.send(b"POST", b"/v1/act", body, self._budget_s, req.on_candidate)
         else:
-            m.assign("stable")
-            up = self._stable
-        try:
-            status, resp = await up.request(b"POST", b"/v1/act", body, self.config.upstream_timeout_s)
-        except upstream.UpstreamError as exc:
-            reason = "timeout" if isinstance(exc, upstream.UpstreamTimeout) else "error"
-            m.upstream_error("stable", reason)
-            m.fail("stable")
-            conn.respond(
-                seq,
-                504 if reason == "timeout" else 502,
-                _error(f"stable policy server {up.url} unavailable ({exc}); no decision was made"),
-            )
-            return
-        if status != 200:
-            conn.respond(seq, status, resp)  # the client's own error (4xx), as the policy server worded it
-            return
-        served_by = "fallback" if fallback_reason else "stable"
-        decision = self._answer(conn, seq, body, resp, t0, "stable", served_by, prob, fallback_reason, up)
-        if tbl.shadow and cand is not None and not to_candidate and decision is not None:
-            self._start_shadow(cand, body, decision)
+            self.metrics.assign("stable")
+            req.shadow = self._candidate if self.table.shadow else None
+            req.upstream = self._stable
+            self._stable.send(b"POST", b"/v1/act", body, self.config.upstream_timeout_s, req.on_stable)
 
     def _answer(
         self,
@@ -413,3 +385,47 @@ class Router:
             m.shadow_outcome("error")
         finally:
             self._shadow_inflight -= 1
+
+
+class _Act:
+    """One /v1/act request in flight: its callbacks carry it from upstream answer to client response."""
+
+    __slots__ = ("body", "conn", "fallback_reason", "prob", "router", "seq", "shadow", "t0", "upstream")
+
+    def __init__(self, router: Router, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float,
+                 prob: float) -> None:
+        self.router, self.conn, self.seq, self.body, self.t0, self.prob = router, conn, seq, body, t0, prob
+        self.fallback_reason: str | None = None
+        self.shadow: upstream.Upstream | None = None
+        self.upstream: upstream.Upstream | None = None
+
+    def on_candidate(self, status: int, resp: bytes, err: Exception | None) -> None:
+        r = self.router
+        if err is None and status == 200:
+            r._answer(self.conn, self.seq, self.body, resp, self.t0, "candidate", "candidate", self.prob, None,
+                      self.upstream)
+            return
+        reason = "status" if err is None else "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
+        r.metrics.upstream_error("candidate", reason)
+        r.metrics.fallback(reason)
+        self.fallback_reason = reason
+        self.upstream = r._fallback
+        r._fallback.send(b"POST", b"/v1/act", self.body, r.config.upstream_timeout_s, self.on_stable)
+
+    def on_stable(self, status: int, resp: bytes, err: Exception | None) -> None:
+        r, up = self.router, self.upstream
+        if err is not None:
+            reason = "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
+            r.metrics.upstream_error("stable", reason)
+            r.metrics.fail("stable")
+            self.conn.respond(self.seq, 504 if reason == "timeout" else 502,
+                              _error(f"stable policy server {up.url} unavailable ({err}); no decision was made"))
+            return
+        if status != 200:
+            self.conn.respond(self.seq, status, resp)  # the client's own error (4xx), as the policy server worded it
+            return
+        served_by = "fallback" if self.fallback_reason else "stable"
+        decision = r._answer(self.conn, self.seq, self.body, resp, self.t0, "stable", served_by, self.prob,
+                             self.fallback_reason, up)
+        if self.shadow is not None and decision is not None:
+            r._start_shadow(self.shadow, self.body, decision)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -43,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--config", help="JSON file holding the last applied routing table (read at start, kept up to date)")
     r.add_argument("--configmap", help="NAMESPACE/NAME of the ConfigMap holding the routing table (watched)")
     r.add_argument("--kubeconfig", help="kubeconfig for --configmap (default: the pod's service account)")
+    r.add_argument("--watch-config", action="store_true",
+                   help="apply every change of the --config file at once (local mode: the operator writes the file)")
     r.add_argument("--log-dir", help="decision log directory or fsspec URL (unset: no logging)")
     r.add_argument("--seed", type=int, default=None, help="seed of the random split (default: random)")
     r.add_argument("--log-level", default="INFO")
@@ -80,6 +83,33 @@ def _initial_table(args: argparse.Namespace):  # -> table.RoutingTable
         shadow=args.shadow,
         sticky_key=sticky,
     ), "flags"
+
+
+async def _watch_file(path: str, router) -> None:  # router: app.Router
+    """Local mode's ConfigMap: poll the table file and apply each new version (a bad one is logged, not applied)."""
+    import os
+
+    from policy_server.router import table
+
+    seen = None
+    with contextlib.suppress(OSError):
+        seen = os.stat(path).st_mtime_ns
+    while True:
+        await asyncio.sleep(0.05)
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+        if mtime == seen:
+            continue
+        seen = mtime
+        try:
+            new = table.load(path)
+        except table.TableError as exc:
+            logging.getLogger(__name__).error("ignoring the routing table in %s: %s", path, exc)
+            continue
+        if new is not None and new != router.table:
+            router.apply(new, source="file", persist=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
                 api, namespace, name, lambda t, rv: router.apply(t, source=f"configmap@{rv}")
             )
             watcher_task = loop.create_task(watcher.run())
+        elif args.watch_config and args.config:
+            watcher_task = loop.create_task(_watch_file(args.config, router))
+        gc.collect()
+        gc.freeze()  # start-up objects are long-lived: keep them out of the collector's scans (p99)
         print(f"policy-server route listening on http://{args.host}:{port}", flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(router.shutdown()))
