@@ -159,8 +159,7 @@ class Step(Model):
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
-                "[has(self.shadow), has(self.setWeight), has(self.pause), has(self.approval)]"
-                ".filter(x, x).size() == 1",
+                "[has(self.shadow), has(self.setWeight), has(self.pause), has(self.approval)].filter(x, x).size() == 1",
                 "each step must set exactly one of shadow, setWeight, pause, approval",
             )
         )
@@ -387,14 +386,17 @@ class OfflineEvaluationSpec(Model):
     )
 
     dataset: str = Field(min_length=1, description="Decision log URL (the policy server's Parquet log).")
-    estimators: list[OPEEstimator] = Field(default_factory=lambda: [OPEEstimator.SNIPS, OPEEstimator.DR],
-                                           min_length=1, max_length=5)
+    estimators: list[OPEEstimator] = Field(
+        default_factory=lambda: [OPEEstimator.SNIPS, OPEEstimator.DR], min_length=1, max_length=5
+    )
     baseline: Literal["fallback", "logged"] = Field(
         default="fallback",
         description="Compare with the fallback policy evaluated on the same logs, or with the logged rewards.",
     )
     min_lower_bound_ratio: float | None = Field(
-        default=None, ge=0.0, le=10.0,
+        default=None,
+        ge=0.0,
+        le=10.0,
         description="Required lower bound as a fraction of the baseline's value (e.g. 0.98); default 1.",
     )
     min_lower_bound_delta: float | None = Field(
@@ -450,6 +452,10 @@ class PolicyRolloutSpec(Model):
     progress_deadline: Duration = Field(
         default="30m", description="Longest a step may run without passing before the rollout rolls back."
     )
+    offline_evaluation: OfflineEvaluationSpec | None = Field(
+        default=None, description="Off-policy evaluation gate run as a Job before any traffic."
+    )
+    training: TrainingSpec | None = Field(default=None, description="Retraining Jobs (scheduled and on demand).")
     notifications: list[NotificationSpec] = Field(
         default_factory=list, max_length=16, description="Webhooks told about phase changes, rollbacks, approvals."
     )
@@ -557,6 +563,47 @@ class Revision(Model):
     promoted_at: str
 
 
+class EstimateStatus(Model):
+    estimator: str
+    value: float | None = None
+    lower_bound: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    verdict: str | None = None
+
+
+class OfflineEvaluationStatus(Model):
+    """The offline gate of the current candidate: its Job and, once done, what it found."""
+
+    job_id: str
+    candidate_version: str
+    phase: Literal["Running", "Passed", "Failed", "Refused", "Error"] = "Running"
+    started_at: str | None = None
+    completed_at: str | None = None
+    baseline: str | None = None
+    baseline_value: float | None = None
+    required: float | None = None
+    estimates: list[EstimateStatus] = Field(default_factory=list)
+    ess: float | None = None
+    n: int | None = None
+    unsupported_mass: float | None = None
+    message: str | None = None
+
+
+class TrainingJobStatus(Model):
+    job_id: str
+    trigger: str = Field(description="manual/<id> or schedule/<slot time>.")
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    created_at: str | None = None
+    completed_at: str | None = None
+    artifact: str | None = None
+    version: str | None = None
+    estimate: float | None = None
+    baseline_value: float | None = None
+    verdict: str | None = None
+    message: str | None = None
+
+
 class PolicyRolloutStatus(Model):
     model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote
 
@@ -583,6 +630,10 @@ class PolicyRolloutStatus(Model):
     observed_generation: int | None = None
     last_action_id: str | None = None
     message: str | None = None
+    offline_evaluation: OfflineEvaluationStatus | None = None
+    training_jobs: list[TrainingJobStatus] = Field(default_factory=list)
+    last_train_id: str | None = None
+    last_scheduled_at: str | None = Field(default=None, description="The latest training schedule slot handled.")
 
 
 class ObjectMeta(BaseModel):

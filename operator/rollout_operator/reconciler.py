@@ -27,6 +27,7 @@ from rollout_operator.engine import judges, types
 from rollout_operator.guardrails import provider, templates, templating
 from rollout_operator.traffic import base as traffic_base
 from rollout_operator.workloads import base as workloads_base
+from rollout_operator.workloads import jobs as workloads_jobs
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class Platform:
     metrics_for: Callable[[api.PolicyRollout], provider.MetricProvider]
     write_status: Callable[[api.PolicyRollout, JSON], None]
     record_event: Callable[[api.PolicyRollout, types.Event], None]
+    # Offline-evaluation and training Jobs; None where Jobs cannot run (rollouts that ask for them wait).
+    jobs: workloads_jobs.JobRunner | None = None
+    # autoRollout: make `spec.policy` name a trained version.
+    write_policy: Callable[[api.PolicyRollout, api.PolicySpec], None] | None = None
     observers: Sequence[Observer] = ()
 
 
@@ -92,6 +97,10 @@ def _finite(measurement: types.Measurement) -> types.Measurement:
 
 
 def observe(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> types.Observations:
+    # Guardrails first: every call made before the query delays the detection of a breach.
+    measurements: dict[str, types.Measurement] = {}
+    if engine.analysis_due(rollout, now):
+        measurements = measure_guardrails(rollout, platform.metrics_for(rollout))
     state = platform.workloads.observe(rollout)
     router = platform.router_for(rollout)
     try:
@@ -99,9 +108,9 @@ def observe(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> ty
     except Exception as exc:  # a traffic object we cannot read is unknown, not zero
         log.warning("cannot read traffic weights of %s: %s", rollout.metadata.name, exc)
         actual = None
-    measurements: dict[str, types.Measurement] = {}
-    if engine.analysis_due(rollout, now):
-        measurements = measure_guardrails(rollout, platform.metrics_for(rollout))
+    jobs: dict[str, types.JobObservation] = {}
+    if platform.jobs is not None and (rollout.spec.offline_evaluation or rollout.spec.training):
+        jobs = platform.jobs.observe(rollout)
     return types.Observations(
         generation=rollout.metadata.generation or 0,
         candidate_ready=state.candidate_ready,
@@ -110,6 +119,8 @@ def observe(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> ty
         actual_weights=actual,
         measurements=measurements,
         action=engine.parse_action(rollout.metadata.annotations.get(api.ANNOTATION_ACTION)),
+        jobs=jobs,
+        train_request=rollout.metadata.annotations.get(api.ANNOTATION_TRAIN) or None,
     )
 
 
@@ -120,20 +131,28 @@ def status_patch(old: JSON, new: JSON) -> JSON:
     return patch
 
 
-def apply(platform: Platform, rollout: api.PolicyRollout, decision: types.Decision) -> None:
+def apply(platform: Platform, rollout: api.PolicyRollout, decision: types.Decision,
+          observed_jobs: dict[str, types.JobObservation] | None = None) -> None:
+    """Apply a decision. Jobs are created after the status naming them is written, so a crash in
+    between re-creates the same Job from status, never a second one with another name."""
+    if decision.next_policy is not None and platform.write_policy is not None:
+        # Before status: if the status write is lost the same trained version is proposed again.
+        platform.write_policy(rollout, decision.next_policy)
     router = platform.router_for(rollout)
-    platform.workloads.ensure(rollout, decision.workloads)
-    router.reconcile(rollout)
     patch = status_patch(rollout.status.wire(), decision.status.wire())
     lowering = decision.weights.candidate < rollout.status.canary_weight or (
         rollout.status.shadow and not decision.weights.shadow
     )
-    if lowering:
+    if lowering:  # before anything else: every call made first would delay the rollback
         router.set_weights(rollout, decision.weights)
+    platform.workloads.ensure(rollout, decision.workloads)
+    router.reconcile(rollout)
     if patch:
         platform.write_status(rollout, patch)
     if not lowering:
         router.set_weights(rollout, decision.weights)
+    if decision.jobs and platform.jobs is not None:
+        platform.jobs.ensure(rollout, decision.jobs, observed_jobs or {})
     for event in decision.events:
         try:
             platform.record_event(rollout, event)
@@ -145,7 +164,7 @@ def reconcile(platform: Platform, rollout: api.PolicyRollout, now: datetime) -> 
     started = time.monotonic()
     observations = observe(platform, rollout, now)
     decision = engine.decide(rollout, observations, now)
-    apply(platform, rollout, decision)
+    apply(platform, rollout, decision, observations.jobs)
     elapsed = time.monotonic() - started
     for observer in platform.observers:
         try:

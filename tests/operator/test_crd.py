@@ -197,7 +197,7 @@ _K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "m
 
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
-    assert len(rules) == 3
+    assert len(rules) == 5  # steps, guardrails (2), judge cost, offlineEvaluation margin
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -303,6 +303,14 @@ INVALID = [
     ("shadow-without-duration", _set("spec.steps.0.shadow", {}), "spec.steps[0].shadow.duration"),
     ("interval-without-unit", _set("spec.analysis.interval", "60"), "spec.analysis.interval"),
     ("progress-deadline-forever", _set("spec.progressDeadline", "forever"), "spec.progressDeadline"),
+    ("ope-ratio-and-delta", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "minLowerBoundRatio": 0.9,
+                                                            "minLowerBoundDelta": 0.1}), "spec.offlineEvaluation"),
+    ("ope-confidence-one", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "confidence": 1}),
+     "spec.offlineEvaluation.confidence"),
+    ("training-bad-cron", _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "schedule": "daily"}),
+     "spec.training.schedule"),
+    ("training-negative-gpus", _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "gpus": -1}),
+     "spec.training.gpus"),
     (
         "condition-in-words",
         _set("spec.analysis.guardrails.0.condition", "below 1%"),

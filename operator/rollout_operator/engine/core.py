@@ -14,7 +14,18 @@ from collections.abc import Callable
 from datetime import datetime
 
 from rollout_operator import api
-from rollout_operator.engine import actions, analysis, context, kstatus, lifecycle, progress, steps, timeutil
+from rollout_operator.engine import (
+    actions,
+    analysis,
+    context,
+    kstatus,
+    lifecycle,
+    offline,
+    progress,
+    steps,
+    timeutil,
+    training,
+)
 from rollout_operator.engine.context import Context
 from rollout_operator.engine.types import Decision, Observations, Workloads
 
@@ -89,6 +100,7 @@ def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime
         _run_pass(ctx)
         if ctx.transitions == before:
             break
+    next_policy = training.reconcile(ctx)  # independent of the phase: runs even after the rollout ended
     context.sync_weights(ctx)
     status.observed_generation = observations.generation
     kstatus.reconcile_conditions(ctx)
@@ -100,4 +112,6 @@ def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime
         weights=context.desired_weights(rollout.spec, status),
         events=tuple(ctx.events),
         requeue_after=_requeue_after(ctx),
+        jobs=offline.desired_jobs(status) + training.desired_jobs(rollout.spec, status),
+        next_policy=next_policy,
     )

@@ -7,7 +7,7 @@ Argo's canary.go reconcilers return early; `core.decide` runs them in a fixed or
 from __future__ import annotations
 
 from rollout_operator import api
-from rollout_operator.engine import context, steps, timeutil
+from rollout_operator.engine import context, offline, steps, timeutil
 from rollout_operator.engine.context import Context
 
 __all__ = [
@@ -69,6 +69,9 @@ def reconcile_pending(ctx: Context) -> bool:
     if status.phase is not api.Phase.PENDING:
         return False
     if ctx.observations.candidate_ready:
+        if offline.wanted(ctx):
+            offline.start(ctx)
+            return True
         context.enter_step(ctx, 0, "CandidateReady", f"candidate {ctx.version} is ready")
         return False
     started = timeutil.from_iso(status.step_started_at)
@@ -85,9 +88,5 @@ def reconcile_pending(ctx: Context) -> bool:
 
 
 def reconcile_offline_evaluation(ctx: Context) -> bool:
-    """Hook for the OfflineEvaluation phase (off-policy evaluation before any traffic).
-
-    Not used yet: Pending enters step 0 directly. A later change makes Pending enter
-    OfflineEvaluation and completes it here, without touching the other reconcilers.
-    """
-    return ctx.status.phase is api.Phase.OFFLINE_EVALUATION
+    """The OfflineEvaluation phase (off-policy evaluation before any traffic): see `engine.offline`."""
+    return offline.reconcile(ctx)

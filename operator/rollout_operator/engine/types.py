@@ -46,6 +46,40 @@ class ManualAction:
     id: str
 
 
+class JobState(enum.StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobObservation:
+    """A Job the operator created, as read back: its state and the JSON result it reported.
+
+    `result` is the container's termination message parsed as JSON (None if absent or not
+    JSON); `message` says why a Job failed (its Failed condition) or what is odd about it.
+    """
+
+    state: JobState
+    result: dict[str, object] | None = None
+    message: str | None = None
+
+
+class JobKind(enum.StrEnum):
+    OFFLINE_EVALUATION = "ope"
+    TRAINING = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRequest:
+    """A Job that must exist. `id` is derived from status alone (never from a clock or a counter),
+    so the same request after a restart names the same Job and creating it again is a no-op."""
+
+    kind: JobKind
+    id: str
+    version: str | None = None  # the artifact version a training Job produces
+
+
 @dataclasses.dataclass(frozen=True)
 class Observations:
     """Everything the engine may know about the world at `now`, gathered by the caller."""
@@ -60,6 +94,11 @@ class Observations:
     # Guardrail name -> measurement; empty unless the caller measured (see engine.analysis_due).
     measurements: dict[str, Measurement] = dataclasses.field(default_factory=dict)
     action: ManualAction | None = None
+    # Jobs of this rollout by JobRequest.id (absent: not found); gathered only when the spec
+    # asks for offline evaluation or training.
+    jobs: dict[str, JobObservation] = dataclasses.field(default_factory=dict)
+    # The `policy.rollouts.io/train` annotation's value (an on-demand training id), if set.
+    train_request: str | None = None
 
 
 class EventType(enum.StrEnum):
@@ -91,3 +130,7 @@ class Decision:
     # Seconds until the engine wants to be asked again (next analysis, step end), if sooner
     # than the caller's regular tick.
     requeue_after: float | None = None
+    # Jobs that must exist (created if missing; never two for one id).
+    jobs: tuple[JobRequest, ...] = ()
+    # autoRollout: the candidate the spec must name next (a trained version), or None.
+    next_policy: api.PolicySpec | None = None
