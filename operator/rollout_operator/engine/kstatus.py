@@ -14,6 +14,20 @@ lastTransitionTime changes only when its status flips):
 | RolledBack, Failed                      | False            | False (<phase>)          | True (<phase>)    |
 | Aborted                                 | False            | False (Aborted)          | False (Aborted)   |
 
+and kstatus's own abnormal-true conditions, which Flux, Argo CD's gitops-engine and
+`kubectl wait` tooling built on kstatus read first (docs/gitops.md):
+
+| phase                                            | Reconciling               | Stalled            |
+| ------------------------------------------------ | ------------------------- | ------------------ |
+| Pending ... Progressing, Paused (timed/analysis) | True (<phase>)            | False (AsExpected) |
+| waiting for a human                              | False (WaitingForHuman)   | False (AsExpected) |
+| Promoted                                         | False (Promoted)          | False (AsExpected) |
+| RollingBack, RolledBack, Failed, Aborted         | False (<phase>)           | True (<phase>)     |
+
+So kstatus computes Current for Promoted, Failed for a rollback / failure / abort (the desired
+policy will not be reached without a human), and InProgress otherwise (including a wait for
+approval: nothing is wrong, but the desired state is not reached yet).
+
 Why Progressing is False while waiting for a human: nothing will change without one, and a
 tool waiting for `Progressing=False` should not hang on an approval gate unnoticed; the
 reason `WaitingForHuman` says what to do. RolledBack is a failed rollout, so Ready stays
@@ -29,8 +43,9 @@ from rollout_operator.engine.context import Context
 
 __all__ = ["CONDITION_TYPES", "reconcile_conditions"]
 
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
 _DEGRADED = {api.Phase.ROLLING_BACK, api.Phase.ROLLED_BACK, api.Phase.FAILED}
+_STALLED = _DEGRADED | {api.Phase.ABORTED}
 
 
 def _waiting_for_human(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> bool:
@@ -53,10 +68,13 @@ def _wanted(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> dic
         progressing = (False, "WaitingForHuman")
     else:
         progressing = (True, phase.value)
+    stalled = phase in _STALLED
     return {
         "Ready": (phase is api.Phase.PROMOTED, phase.value),
         "Progressing": progressing,
         "Degraded": (phase in _DEGRADED, phase.value if phase in _DEGRADED | {api.Phase.ABORTED} else "AsExpected"),
+        "Reconciling": (progressing[0] and not stalled, phase.value if stalled else progressing[1]),
+        "Stalled": (stalled, phase.value if stalled else "AsExpected"),
     }
 
 
