@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -129,6 +130,12 @@ def _train_d3rlpy(data: LoggedData, algorithm: str, steps: int, device: str, see
             from d3rlpy.logging import NoopAdapterFactory
         except ImportError as exc:
             raise TrainError(f"{algorithm} needs d3rlpy: pip install 'policy-rollouts[train]' ({exc})") from exc
+    with contextlib.redirect_stdout(sys.stderr):  # d3rlpy logs to stdout; ours carries the JSON result
+        return _fit_d3rlpy(d3rlpy, MDPDataset, NoopAdapterFactory, data, algorithm, steps, device, seed, batch_size)
+
+
+def _fit_d3rlpy(d3rlpy: Any, MDPDataset: Any, NoopAdapterFactory: Any, data: LoggedData, algorithm: str,
+                steps: int, device: str, seed: int, batch_size: int) -> tuple[torch.nn.Module, str]:
     d3rlpy.seed(seed)
     n = data.actions.shape[0]
     dataset = MDPDataset(
