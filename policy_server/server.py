@@ -8,7 +8,8 @@ happens to one /v1/act request:
 2. validation.py checks the body (4xx with the field at fault, the server stays ready);
 3. the request joins the micro-batch; :meth:`PolicyServer._run_batch` runs one forward pass for
    the batch, the shield (exploration + constraints + fallbacks), writes every response, then
-   updates metrics once, feeds the drift window and appends to the decision log (non-blocking).
+   updates metrics once, feeds the drift window and hands the batch's records to the decision
+   log, which runs in a child process (log_process.py: its Arrow conversion would stall the loop).
 
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from policy_server import artifact, batching, drift, metrics, openapi, protocol, shield, validation
+from policy_server import artifact, batching, drift, log_process, metrics, openapi, protocol, shield, validation
 from policy_server import policy as policy_mod
 
 __all__ = ["PolicyServer", "ServerConfig"]
@@ -145,6 +146,8 @@ class PolicyServer:
     def _load(self) -> tuple[artifact.LoadedArtifact, policy_mod.Policy]:
         loaded = self.loader(self.config.model, self.config.device)
         pol = policy_mod.Policy.from_artifact(loaded, self.config.exploration)
+        if self.config.log_dir:  # here, off the loop: starting the log process takes a second or two
+            self.decision_log = log_process.ProcessDecisionLog(self.config.log_dir)
         warm_rng = np.random.default_rng(0)
         size = 1
         while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here
@@ -192,10 +195,6 @@ class PolicyServer:
                 interval_s=cfg.drift_interval_s,
             )
             self.drift.start()
-        if cfg.log_dir:
-            from policy_server import decision_log  # lazy: pyarrow only when logging
-
-            self.decision_log = decision_log.DecisionLog(cfg.log_dir)
         self._model_body = orjson.dumps(
             {
                 "name": m.name,
@@ -386,9 +385,9 @@ class PolicyServer:
         flat = obs.reshape(len(items), -1).tolist()
         probs = d.probabilities.tolist() if d.probabilities is not None else None
         lat_ms = (latency * 1000).tolist()
-        version, variant, logd = self._version, self.config.variant, self.decision_log.log_decision
-        for i, it in enumerate(items):
-            logd(
+        version, variant = self._version, self.config.variant
+        self.decision_log.log_decisions(
+            [
                 {
                     "request_id": it.request_id,
                     "time": now,
@@ -402,7 +401,9 @@ class PolicyServer:
                     "latency_ms": lat_ms[i],
                     "context_json": orjson.dumps(it.context).decode() if it.context is not None else None,
                 }
-            )
+                for i, it in enumerate(items)
+            ]
+        )
 
     # ------------------------------------------------------------------ /v1/reward
 
