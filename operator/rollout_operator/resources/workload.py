@@ -60,7 +60,9 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         "image": policy.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["policy-server"],
-        "args": ["serve", "--model", policy.artifact, "--port", str(policy.port), "--variant", variant],
+        # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
+        "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
+                 "--variant", variant],
         "ports": [{"name": "http", "containerPort": policy.port, "protocol": "TCP"}],
         "env": _env(rollout, variant, policy),
         "resources": _resources(policy),

@@ -81,7 +81,8 @@ def test_container_runs_policy_server_with_probes_and_metrics(rollout: api.Polic
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "ghcr.io/acme/policy-server:0.1.0"
     assert container["command"] + container["args"] == [
-        "policy-server", "serve", "--model", "s3://policies/v2.pt2", "--port", "8080", "--variant", "candidate",
+        "policy-server", "serve", "--model", "s3://policies/v2.pt2", "--host", "0.0.0.0", "--port", "8080",
+        "--variant", "candidate",
     ]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
