@@ -184,6 +184,8 @@ def offline_summary(status: JSON) -> str | None:
 def _events(events: list[JSON], now: datetime, note: str | None, limit: int = 6) -> RenderableType:
     if note:
         return Text(note, style="dim")
+    if not events:
+        return Text("Recent events: none", style="dim")
     table = Table(title="Recent events", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("AGE", "TYPE", "REASON", "MESSAGE"):
         table.add_column(column, overflow="fold" if column == "MESSAGE" else "ellipsis")
@@ -210,6 +212,9 @@ def status_view(obj: JSON, events: list[JSON], now: datetime, events_note: str |
         style="dim",
     )
     parts: list[RenderableType] = [header, timing, Text(""), _steps_bar(spec, status), _weight(status)]
+    if not status:
+        parts.append(Text(f"No status yet: the operator has not reconciled this rollout (is it running and "
+                          f"watching namespace {meta.get('namespace', 'default')}?)", style="yellow"))
     if status.get("message"):
         parts.append(Text(f"Message: {status['message']}"))
     offline = offline_summary(status)

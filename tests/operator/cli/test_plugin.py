@@ -386,6 +386,7 @@ def test_report_from_status_alone(kube_api: KubeAPI, rollout: Any, tmp_path: Pat
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     code, out, err = run(kube_api, capsys, "report", "pricing", "--out", str(tmp_path / "r"), "--prometheus-url", dead)
     assert code == 0, err
+    assert out.startswith(f"wrote {tmp_path / 'r' / 'timeline.png'} and ")
     png = (tmp_path / "r" / "timeline.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     html = (tmp_path / "r" / "report.html").read_text()
@@ -393,3 +394,11 @@ def test_report_from_status_alone(kube_api: KubeAPI, rollout: Any, tmp_path: Pat
     assert f"series unavailable from {dead}" in html, "an unreachable Prometheus is reported, not fatal"
     assert '<td>error-rate</td><td>&lt; 0.05</td><td>0.0123</td><td class="Pass">Pass</td>' in html
     assert "GuardrailFailing" in html and "<td>2</td><td>30%</td><td>current</td>" in html
+
+
+def test_status_of_a_rollout_the_operator_has_not_seen(kube_api: KubeAPI, capsys: Any) -> None:
+    kube_api.put("PolicyRollout", policy_rollout_manifest())
+    code, out, _ = run(kube_api, capsys, "status", "pricing")
+    assert code == 0
+    assert "No status yet: the operator has not reconciled this rollout" in out
+    assert "▶ 1:shadow 1m" in out and "0% candidate / 100% stable" in out and "Recent events: none" in out
