@@ -299,6 +299,7 @@ INVALID = [
     ("duplicate-guardrail-names", _duplicate_guardrail, "spec.analysis"),
     ("query-and-template", _set("spec.analysis.guardrails.0.template", "error-rate"), "spec.analysis.guardrails[0]"),
     ("neither-query-nor-template", _delete("spec.analysis.guardrails.0.query"), "spec.analysis.guardrails[0]"),
+    ("judge-cost-without-name", _set("spec.analysis.judge", {"metric": "cost"}), "spec.analysis.judge"),
     ("pause-duration-in-words", _set("spec.steps.2.pause.duration", "5 minutes"), "spec.steps[2].pause.duration"),
     ("shadow-without-duration", _set("spec.steps.0.shadow", {}), "spec.steps[0].shadow.duration"),
     ("interval-without-unit", _set("spec.analysis.interval", "60"), "spec.analysis.interval"),
