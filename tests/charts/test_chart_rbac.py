@@ -16,6 +16,7 @@ operator's ServiceAccount, in both RBAC scopes:
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 from rollout_operator import api
 
 from tests.support import helm_chart as hc
+from tests.support.jobs import finish_job, jobs_of
 from tests.support.kube import ApiCall, wait_for
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
@@ -36,8 +38,15 @@ SCOPES = {"cluster": None, "namespace": [WATCHED]}
 def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     run.client.create(rollout_manifest("healthy", "vector(0)", [{"setWeight": 50}, {"setWeight": 100}], prometheus_url))
     run.client.create(rollout_manifest("breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}], prometheus_url))
+    # An offline gate: its Job is created (batch jobs) and its result read back from its Pod (pods).
+    run.client.create(rollout_manifest("gated", "vector(0)", [{"setWeight": 100}], prometheus_url,
+                                       offlineEvaluation={"dataset": "s3://logs/gated", "estimators": ["dr"]}))
+    [job] = wait_for(lambda: jobs_of(run.kube_api, "gated", "ope"), 60, what="the offline evaluation Job")
+    finish_job(run.kube_api, job, 0, json.dumps({"verdict": "pass", "reason": "rbac run", "estimates": [
+        {"estimator": "dr", "value": 1.0, "lowerBound": 0.9, "verdict": "pass"}]}))
     run.wait_phase("healthy", "Promoted")
     run.wait_phase("breaching", "RolledBack")
+    run.wait_phase("gated", "Promoted")
     # Someone edits a Service the operator owns: it must put it back (a patch).
     service = copy.deepcopy(run.kube_api.get("services", WATCHED, "healthy-stable"))
     wanted = service["spec"]["selector"]
@@ -45,9 +54,9 @@ def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     run.kube_api.put("services", service)
     wait_for(lambda: run.kube_api.get("services", WATCHED, "healthy-stable")["spec"]["selector"] == wanted, 30,
              what="the operator to repair the Service")
-    for name in ("healthy", "breaching"):
+    for name in ("healthy", "breaching", "gated"):
         run.client.delete(name, WATCHED)
-    for name in ("healthy", "breaching"):
+    for name in ("healthy", "breaching", "gated"):
         run.wait_gone(name)
     assert run.kube_api.get("httproutes", WATCHED, "healthy") is None, "the finalizer removes the HTTPRoute"
 
@@ -122,6 +131,7 @@ def test_the_recorded_run_exercised_every_kind_of_call(recorded: tuple[str, list
                    ("", "services", "patch"),  # drift repaired
                    ("apps", "deployments", "patch"),  # promotion re-points stable
                    ("gateway.networking.k8s.io", "httproutes", "delete"),  # finalizer cleanup
+                   ("batch", "jobs", "create"), ("", "pods", "list"),  # offline evaluation Job and its result
                    ("kopf.dev", "clusterkopfpeerings" if any(c.resource == "clusterkopfpeerings" for c in calls)
                     else "kopfpeerings", "patch")]:  # peering keep-alive
         assert needed in used, f"the run never made {needed}"

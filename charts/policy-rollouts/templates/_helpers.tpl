@@ -74,4 +74,11 @@ The operator's rules in the namespaces where PolicyRollouts live: exactly the AP
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "create", "patch", "delete"]
+# Offline-evaluation and training Jobs; each reports its result as its Pod's termination message.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "create"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end -}}
