@@ -110,14 +110,16 @@ def test_training_jobs_are_summed_over_rollouts() -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_operator_serves_metrics_over_http(prometheus: PrometheusServer, tmp_path: Path) -> None:
-    port = free_port()
-    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1")
+    port, liveness = free_port(), free_port()
+    args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+            "--liveness", f"http://127.0.0.1:{liveness}/healthz")  # the chart's two probe endpoints
     with OperatorRun(tmp_path, prometheus.url, extra_args=args) as run:
         run.client.create(rollout_manifest("breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}],
                                            prometheus.url))
         run.wait_phase("breaching", "RolledBack")
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{liveness}/healthz", timeout=5).status_code == 200  # kopf's own
 
         def scrape() -> dict[Any, float]:
             return _samples(httpx.get(f"{url}/metrics", timeout=5).text)
