@@ -72,6 +72,7 @@ class Timeline:
     name: str
     namespace: str
     phase: str
+    created: datetime | None
     start: datetime
     end: datetime
     weights: list[tuple[datetime, int, str]]  # (time, weight, phase) from status.history
@@ -162,7 +163,8 @@ def timeline(obj: JSON, events: Sequence[JSON], now: datetime, prometheus_url: s
     start, end = start - pad, end + pad
     return Timeline(
         name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace", "default"),
-        phase=str(status.get("phase") or "Pending"), start=start, end=end, weights=weights, events=sorted(marks),
+        phase=str(status.get("phase") or "Pending"), created=created, start=start, end=end, weights=weights,
+        events=sorted(marks),
         guardrails=guardrail_series(obj, start, end, prometheus_url),
     )
 
@@ -214,6 +216,9 @@ def plot(data: Timeline, path: Path) -> None:
         ax.plot(times[:-1], values[:-1], "o", color="#08519c", markersize=3.5)
     else:
         ax.text(0.5, 0.5, "no history in status", transform=ax.transAxes, ha="center", color="grey")
+    if data.created is not None:
+        ax.axvline(data.created, color="black", linewidth=1.0)
+        ax.annotate("created", (data.created, 50), rotation=90, fontsize=7, ha="right", va="center")
     ax.set_ylim(-5, 112)
     ax.set_ylabel("candidate weight %")
     for t, warning, label in _event_marks(data.events):

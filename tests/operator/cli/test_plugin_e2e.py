@@ -76,7 +76,9 @@ def test_report_of_a_rolled_back_rollout(
     assert [w for _, w, _ in timeline.weights][:3] == [0, 20, 40]
 
 
-def test_actions_and_undo_through_the_operator(scenario: Any, kube_api: KubeAPI, capsys: Any) -> None:
+def test_actions_report_and_undo_through_the_operator(
+    scenario: Any, kube_api: KubeAPI, prometheus: PrometheusServer, tmp_path: Path, capsys: Any
+) -> None:
     s = scenario([{"setWeight": 10}, {"pause": {}}, {"approval": {}}, {"setWeight": 100}])
     s.wait_phase("Paused")
 
@@ -93,6 +95,16 @@ def test_actions_and_undo_through_the_operator(scenario: Any, kube_api: KubeAPI,
     s.wait_phase("Promoted", timeout=40)
     code, out, _ = run(kube_api, capsys, "history", s.name)
     assert "Approved" in out and "s3://policies/v2.pt2" in out, "the promoted revision is listed"
+
+    code, _, err = run(kube_api, capsys, "report", s.name, "--out", str(tmp_path / "promoted"),
+                       "--prometheus-url", prometheus.url)
+    assert code == 0, err
+    assert (tmp_path / "promoted" / "timeline.png").read_bytes().startswith(PNG_SIGNATURE)
+    html = (tmp_path / "promoted" / "report.html").read_text()
+    assert '<span class="phase" style="background:#74c476">Promoted</span>' in html
+    assert "<td>ManualPromote</td>" in html and "<td>Approved</td>" in html
+    assert "<td>v2</td><td>s3://policies/v2.pt2</td>" in html, "the promoted revision"
+    assert '<td class="Pass">Pass</td>' in html
 
     code, out, err = run(kube_api, capsys, "undo", s.name)
     assert code == 0, err
