@@ -78,27 +78,18 @@ def t_log_ratio(d: float, q: float, w: float, k: int, rho: float, delta0: float 
 
 
 def t_bounds(d: float, q: float, w: float, k: int, rho: float, alpha: float) -> tuple[float, float]:
-    """The confidence sequence from inverting `t_log_ratio`: all delta0 it does not reject."""
-    threshold = math.log(1.0 / alpha)
+    """The confidence sequence from inverting `t_log_ratio`: every delta0 it does not reject.
+
+    Closed form: with S = Q - D^2/W (free of delta0), x = D0^2/W and c = rho/(W + rho),
+    log Lambda = log(c)/2 + (k/2) log((S + x) / (S + c x)), increasing in x; setting it to
+    log(1/alpha) gives x*, and the sequence is estimate +- sqrt(x*/W). When even x -> infinity
+    stays below the threshold (too few intervals for this alpha), it is the whole line.
+    """
     estimate = d / w
-    if t_log_ratio(d, q, w, k, rho, estimate) >= threshold:
-        return estimate, estimate  # degenerate (all differences equal)
-    spread = math.sqrt(max(q / w - estimate * estimate, 1e-300)) + abs(estimate) + 1e-12
-    bounds = []
-    for direction in (-1.0, 1.0):
-        inside, outside = estimate, estimate + direction * spread
-        for _ in range(200):
-            if t_log_ratio(d, q, w, k, rho, outside) >= threshold:
-                break
-            inside, outside = outside, estimate + 2.0 * (outside - estimate)
-        else:
-            bounds.append(direction * math.inf)
-            continue
-        for _ in range(60):
-            mid = (inside + outside) / 2.0
-            if t_log_ratio(d, q, w, k, rho, mid) < threshold:
-                inside = mid
-            else:
-                outside = mid
-        bounds.append((inside + outside) / 2.0)
-    return bounds[0], bounds[1]
+    s = max(q - d * d / w, 0.0)
+    c = rho / (w + rho)
+    ratio = math.exp((2.0 * math.log(1.0 / alpha) - math.log(c)) / k)
+    if ratio * c >= 1.0:
+        return -math.inf, math.inf
+    half_width = math.sqrt(s * (ratio - 1.0) / (1.0 - ratio * c) / w)
+    return estimate - half_width, estimate + half_width

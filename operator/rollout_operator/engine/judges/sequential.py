@@ -63,7 +63,8 @@ def update(
     Pure and deterministic: the same state and values always give the same new state, so a
     restarted operator that replays an analysis from status computes the same statistic.
     """
-    new = (state or api.JudgeStatus(kind="sequential")).model_copy(deep=True)
+    new = (state or api.JudgeStatus(kind="sequential")).model_copy()  # only last_raw is mutable inside
+    new.last_raw = dict(new.last_raw)
     missing = [k for k in SERIES_KEYS if raw.get(k) is None or not math.isfinite(raw[k])]  # type: ignore[arg-type]
     if missing:
         new.consecutive_inconclusive += 1
@@ -118,10 +119,8 @@ def _conclude(spec: api.JudgeSpec, state: api.JudgeStatus) -> None:
         return
     if spec.reward_std_dev is not None:
         # Known sigma: the normal mixture (Robbins), tuned to the margin.
-        if state.mixture_scale is None:
-            state.mixture_scale = (
-                PRIOR_SCALE * margin
-            )  # fixed once: a prior chosen later from more data would void the guarantee
+        if state.mixture_scale is None:  # fixed once: a prior chosen from later data voids the bound
+            state.mixture_scale = PRIOR_SCALE * margin
         r = mixture.radius(spec.reward_std_dev**2, state.weight_sum, state.mixture_scale, spec.alpha)
         state.lower, state.upper = estimate - r, estimate + r
     else:
