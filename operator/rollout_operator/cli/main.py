@@ -12,6 +12,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from rollout_operator.bench import cli as bench_cli
+
 
 def _add_crds(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -146,6 +148,7 @@ def _notify_targets(args: argparse.Namespace) -> tuple[object, ...]:
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_crds,
     _add_operator,
+    bench_cli.add_bench_judges,
 ]
 
 
