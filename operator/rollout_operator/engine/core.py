@@ -89,8 +89,9 @@ def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime
 
     `observations.measurements` count only when `analysis_due(rollout, now)`; the caller
     measures then. No I/O, no clock: the same inputs always give the same decision.
-    Phase `Failed` is never entered today (nothing makes a rollout unable to proceed yet);
-    `retry` already accepts it.
+    Phase `Failed` is entered when the offline gate fails, refuses or its Job fails (`engine.offline`);
+    `retry` starts over with a new evaluation. `Decision.jobs` are the Jobs that must exist (ids
+    derived from status), `Decision.next_policy` a trained version to roll out (`engine.training`).
     """
     now = timeutil.require_utc(now)
     status = rollout.status.model_copy(deep=True)
