@@ -145,9 +145,53 @@ def _notify_targets(args: argparse.Namespace) -> tuple[object, ...]:
     return tuple(targets)
 
 
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a PolicyRollout on this machine (local processes, a local Prometheus, simulated traffic)",
+        description="Execute a PolicyRollout manifest with the operator's engine, without a cluster: policy servers "
+        "and the router run as local processes, Prometheus scrapes them, and simulated customers of "
+        "policy_server.sim's pricing environment call the router. Artifacts in the manifest must be local paths.",
+    )
+    parser.add_argument("-f", "--filename", required=True, help="PolicyRollout manifest (YAML)")
+    parser.add_argument("--workdir", default=None, help="where logs, decision logs and status go (default: a temp dir)")
+    parser.add_argument("--rate", type=float, default=150.0, help="simulated requests per second (0: no traffic)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rollout_operator.local import cli as local_cli
+
+    return local_cli.run_command(args)
+
+
+def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole product on one machine: log, train, offline gate, shadow, canary, rollback and promotion",
+        description="Log traffic of the fallback pricing policy, train two candidates (an honest one and one that "
+        "games its reward by breaking the margin floor), and roll both out locally with guardrails: the reward "
+        "hacker is rolled back, the honest one promoted. Writes DIR/report.json and DIR/report.html.",
+    )
+    parser.add_argument("--fast", action="store_true", help="short steps and small data (about 2-3 minutes)")
+    parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rollout_operator.local import cli as local_cli
+
+    return local_cli.demo_command(args)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_crds,
     _add_operator,
+    _add_run,
+    _add_demo,
     bench_cli.add_bench_judges,
 ]
 

@@ -1,0 +1,197 @@
+"""The demo, end to end: log → train → offline gate → shadow → canary → rollback / promotion → report.
+
+1. Log: the fallback policy (list price, exploring) serves simulated customers through a real
+   `policy-server serve`; decisions and delayed rewards/costs land in its Parquet decision log.
+2. Train: two candidates on that log (see `artifacts`): one honest, one that games the proxy reward.
+3. Roll out each candidate with the operator's engine in local mode (`local.run`): the offline gate
+   (`policy-server ope` as a local Job), shadow, canary steps at 20/50/100% under guardrail templates
+   and the sequential judge, with Prometheus scraping the servers and customers arriving all along.
+4. Report: `report.json` (one entry per scenario, the breaking guardrail named) and `report.html`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rollout_operator import api
+from rollout_operator.demo import artifacts, report, scenario, view
+from rollout_operator.local import loadgen, processes, run
+
+__all__ = ["DemoError", "run_demo"]
+
+
+class DemoError(RuntimeError):
+    """The demo could not run; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    fast: bool
+    log_decisions: int
+    rate: float
+    train_steps: int
+    timing: scenario.Timing
+    rollout_timeout: float
+
+
+FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0)
+FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0)
+
+
+def _env(seed: int):
+    from policy_server.sim import pricing
+
+    env = pricing.PricingEnv()
+    env.reset(seed=seed)
+    return env
+
+
+def _log_fallback(live: view.LiveView, workdir: Path, fallback: Path, logs: Path, settings: Settings,
+                  seed: int) -> dict[str, Any]:
+    port = processes.free_port()
+    server = processes.LocalProcess("fallback-logging", processes.policy_server_command(
+        "serve", "--model", str(fallback), "--port", str(port), "--variant", "stable", "--log-dir", str(logs),
+        "--seed", str(seed), "--threads", "1"), workdir / "logs")
+    started = time.time()
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+        gen = loadgen.TrafficGenerator(f"http://127.0.0.1:{port}", _env(seed), rate=settings.rate, drain_s=4.0)
+        gen.start()
+        while gen.sent < settings.log_decisions:
+            live.set_stage("1/4 logging", f"fallback served {gen.sent}/{settings.log_decisions} customers")
+            time.sleep(0.5)
+        gen.stop()
+        time.sleep(0.5)
+    finally:
+        server.stop(grace=30)  # SIGTERM: the decision log writes what it buffered
+    totals = gen.totals().get("stable", loadgen.Bucket())
+    return {"decisions": totals.decisions, "rewards": totals.rewards,
+            "conversion": totals.reward_sum / max(1, totals.rewards),
+            "violationRate": totals.violations / max(1, totals.rewards), "seconds": round(time.time() - started, 1),
+            "log": str(logs)}
+
+
+def _failing_guardrail(rollout: api.PolicyRollout) -> str | None:
+    limits = {g.name: g.failure_limit for g in rollout.spec.analysis.guardrails}
+    for entry in rollout.status.guardrails:
+        if entry.name in limits and entry.consecutive_failures >= limits[entry.name]:
+            return entry.name
+    if rollout.status.judge is not None and rollout.status.judge.decision in ("harm", "rollback"):
+        return "judge"
+    return None
+
+
+def _scenario(live: view.LiveView, local: run.LocalPlatform, candidate: artifacts.Candidate, fallback: Path,
+              logs: Path, out: Path, settings: Settings, seed: int) -> dict[str, Any]:
+    name = f"pricing-{candidate.name}"
+    document = scenario.manifest(name, candidate.artifact, candidate.version, fallback, logs, settings.timing)
+    manifest_path = out / "manifests" / f"{name}.yaml"
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    rollout = run.load_manifest(manifest_path)
+    local.register(rollout)
+    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), _env(seed), rate=settings.rate)
+    live.print(f"rollout {name}: {candidate.description}")
+
+    def on_tick(current: api.PolicyRollout, sample: run.Sample) -> None:
+        if gen.sent == 0 and not gen._stop.is_set() and sample.actual_weight is not None and (
+            gen._thread is None
+        ) and local.workloads.observe(current).stable_ready:
+            gen.start()
+        live.tick(current, gen.totals() if gen._thread is not None else {})
+
+    try:
+        result = run.run_rollout(local, rollout, timeout=settings.rollout_timeout, tick=0.5, on_tick=on_tick)
+    finally:
+        gen.stop()
+        local.stop_rollout(rollout)
+    final = result.rollout
+    s = final.status
+    traffic = {}
+    live_since = next((x.time for x in result.samples if x.weight > 0), None)
+    for variant, b in gen.totals(since=live_since or 0.0).items():
+        if variant == "error":
+            continue
+        traffic[variant] = {"decisions": b.decisions, "rewards": b.rewards,
+                            "conversion": b.reward_sum / b.rewards if b.rewards else None,
+                            "violationRate": b.violations / b.rewards if b.rewards else None}
+    entry: dict[str, Any] = {
+        "candidate": candidate.name,
+        "version": candidate.version,
+        "description": candidate.description,
+        "rollout": name,
+        "outcome": s.phase.value,
+        "message": s.message,
+        "timedOut": result.timed_out,
+        "seconds": round(result.finished_at - result.started_at, 1),
+        "offlineEvaluation": s.offline_evaluation.wire() if s.offline_evaluation else None,
+        "guardrails": [g.wire() for g in s.guardrails],
+        "judge": s.judge.wire() if s.judge else None,
+        "history": [h.wire() for h in s.history],
+        "trafficWhileLive": traffic,
+        "errors": sum(b.errors for b in gen.totals().values()),
+        "timeline": [dataclasses.asdict(x) for x in result.samples],
+        "trafficSeries": gen.series(),
+        "manifest": str(manifest_path),
+    }
+    if s.phase is api.Phase.ROLLED_BACK:
+        entry["guardrail"] = _failing_guardrail(final)
+    return entry
+
+
+def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView | None = None) -> dict[str, Any]:
+    settings = FAST if fast else FULL
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = out / "work"
+    live = live or view.LiveView()
+    began = time.time()
+    local = run.LocalPlatform(workdir, scrape_interval="500ms", seed=seed, on_event=live.event)
+    try:
+        with live:
+            live.set_stage("0/4 starting", f"Prometheus and the fallback policy in {workdir}")
+            try:
+                local.start()
+            except FileNotFoundError as exc:
+                raise DemoError(str(exc)) from None
+            fallback = artifacts.write_fallback(out / "artifacts" / "fallback", _env(seed + 100))
+            logs = out / "decision-log"
+            logging = _log_fallback(live, workdir, fallback, logs, settings, seed)
+            live.set_stage("2/4 training", f"two candidates on {logging['rewards']} logged decisions "
+                           f"({settings.train_steps} steps each, CPU)")
+            trained_at = time.time()
+            candidates = artifacts.train_candidates(str(logs), out / "artifacts", settings.train_steps, seed)
+            training = {"seconds": round(time.time() - trained_at, 1), "steps": settings.train_steps,
+                        "algorithm": "reward-model", "candidates": [
+                            {"name": c.name, "version": c.version, "artifact": str(c.artifact),
+                             "description": c.description} for c in candidates]}
+            # Both rollouts at once, as an operator runs many: each has its own servers, router and traffic.
+            live.set_stage("3/4 rollouts", ", ".join(f"pricing-{c.name}" for c in candidates))
+            with concurrent.futures.ThreadPoolExecutor(len(candidates)) as pool:
+                futures = [pool.submit(_scenario, live, local, c, fallback, logs, out, settings, seed + 1 + i)
+                           for i, c in enumerate(candidates)]
+                scenarios = [f.result() for f in futures]
+            live.set_stage("4/4 report", str(out / "report.html"))
+    finally:
+        local.close()
+    result = {
+        "fast": fast,
+        "seed": seed,
+        "wallSeconds": round(time.time() - began, 1),
+        "environment": "policy_rollouts/Pricing-v0 (conversion reward, margin_violation cost, delayed feedback, drift)",
+        "logging": logging,
+        "training": training,
+        "offlineGate": "policy-server ope run as the rollout's local offline-evaluation Job (engine-driven)",
+        "scenarios": scenarios,
+        "events": [dataclasses.asdict(e) for e in local.store.events],
+    }
+    (out / "report.json").write_text(json.dumps(result, indent=2))
+    report.write_html(result, out / "report.html")
+    return result

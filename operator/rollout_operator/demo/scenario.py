@@ -1,0 +1,67 @@
+"""The PolicyRollout the demo applies for each candidate (also what `examples/local-pricing.yaml` shows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAST", "FULL", "Timing", "manifest"]
+
+
+class Timing:
+    def __init__(self, shadow: str, pauses: tuple[str, ...], interval: str, window: str) -> None:
+        self.shadow, self.pauses, self.interval, self.window = shadow, pauses, interval, window
+
+
+FAST = Timing(shadow="6s", pauses=("9s", "9s", "6s"), interval="3s", window="6s")
+FULL = Timing(shadow="30s", pauses=("60s", "60s", "30s"), interval="5s", window="15s")
+
+
+def manifest(name: str, candidate_artifact: Path, candidate_version: str, fallback_artifact: Path,
+             logs: Path, timing: Timing) -> dict[str, Any]:
+    """A rollout with the offline gate, shadow, three canary steps, guardrail templates and the judge.
+
+    The last canary step is 80%, not 100%: the reward-ratio guardrail and the judge compare the
+    candidate with the stable variant, which needs stable traffic; promotion follows the last step.
+    """
+    window = {"window": timing.window}
+    return {
+        "apiVersion": "policy.rollouts.io/v1alpha1",
+        "kind": "PolicyRollout",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {
+            "policy": {"image": "local", "artifact": str(candidate_artifact), "version": candidate_version},
+            "fallback": {"image": "local", "artifact": str(fallback_artifact), "version": "list-price-v1"},
+            "offlineEvaluation": {
+                "dataset": str(logs),
+                "estimators": ["snips", "dr"],
+                "baseline": "fallback",
+                "minLowerBoundRatio": 0.9,
+                "confidence": 0.95,
+                "minEss": 50,
+                "maxUnsupportedMass": 0.05,
+            },
+            "steps": [
+                {"shadow": {"duration": timing.shadow}},
+                {"setWeight": 20},
+                {"pause": {"duration": timing.pauses[0]}},
+                {"setWeight": 50},
+                {"pause": {"duration": timing.pauses[1]}},
+                {"setWeight": 80},
+                {"pause": {"duration": timing.pauses[2]}},
+            ],
+            "analysis": {
+                "interval": timing.interval,
+                "guardrails": [
+                    {"name": "margin-floor", "template": "constraint-violation-rate", "params": window,
+                     "condition": "< 0.05", "failureLimit": 2, "inconclusiveLimit": 5},
+                    {"name": "conversion", "template": "reward-ratio", "params": window,
+                     "condition": "> 0.9", "failureLimit": 2, "inconclusiveLimit": 5},
+                    {"name": "errors", "template": "error-rate", "params": window,
+                     "condition": "< 0.02", "failureLimit": 2, "inconclusiveLimit": 5},
+                ],
+                "judge": {"kind": "sequential", "alpha": 0.01, "minDetectableEffect": 0.1, "inconclusiveLimit": 5},
+            },
+            "progressDeadline": "5m",
+        },
+    }

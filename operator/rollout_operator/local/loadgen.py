@@ -1,0 +1,160 @@
+"""Production traffic for local mode: customers of a simulated environment calling the router.
+
+Each customer is drawn from a Gymnasium environment of `policy_server.sim`, sent to the router's
+`POST /v1/act`, and the outcome of the served action (reward, costs) is posted to
+`POST /v1/reward` after the environment's feedback delay, as a real client would report a
+purchase seconds later. Requests leave at a fixed rate (an open loop, so a slow variant does not
+slow the traffic down); what each variant served and earned is kept per second for the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import threading
+import time
+from typing import Any
+
+__all__ = ["Bucket", "TrafficGenerator"]
+
+
+@dataclasses.dataclass
+class Bucket:
+    decisions: int = 0
+    rewards: int = 0
+    reward_sum: float = 0.0
+    violations: int = 0
+    errors: int = 0
+
+
+class TrafficGenerator:
+    """Plays `env` against `url` at `rate` requests per second in a background thread."""
+
+    def __init__(self, url: str, env: Any, rate: float = 150.0, concurrency: int = 32, cost: str = "margin_violation",
+                 drain_s: float = 0.0):
+        self.url = url.rstrip("/")
+        self.env = env
+        self.rate = rate
+        self.concurrency = concurrency
+        self.cost = cost
+        self.drain_s = drain_s  # on stop, wait this long for delayed rewards still to be posted
+        self.started_at = time.time()
+        # second since start -> variant -> Bucket
+        self.buckets: dict[int, dict[str, Bucket]] = collections.defaultdict(lambda: collections.defaultdict(Bucket))
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.started_at = time.time()
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def totals(self, since: float = 0.0) -> dict[str, Bucket]:
+        """Per variant sums over the buckets from `since` (epoch seconds) on."""
+        first = int(since - self.started_at) if since else 0
+        out: dict[str, Bucket] = collections.defaultdict(Bucket)
+        with self._lock:
+            for second, variants in self.buckets.items():
+                if second < first:
+                    continue
+                for variant, b in variants.items():
+                    t = out[variant]
+                    t.decisions += b.decisions
+                    t.rewards += b.rewards
+                    t.reward_sum += b.reward_sum
+                    t.violations += b.violations
+                    t.errors += b.errors
+        return dict(out)
+
+    def series(self) -> list[dict[str, Any]]:
+        """One row per second and variant (for plots)."""
+        with self._lock:
+            return [
+                {"t": self.started_at + s, "variant": v, **dataclasses.asdict(b)}
+                for s, variants in sorted(self.buckets.items())
+                for v, b in sorted(variants.items())
+            ]
+
+    def _bucket(self, variant: str, at: float) -> Bucket:
+        return self.buckets[int(at - self.started_at)][variant]
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=self.concurrency * 2)
+        timeout = aiohttp.ClientTimeout(total=5)
+        semaphore = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            begin = time.monotonic()
+            while not self._stop.is_set():
+                due = int((time.monotonic() - begin) * self.rate)
+                while self.sent < due and not self._stop.is_set():
+                    if semaphore.locked():  # saturated: skip rather than queue without bound
+                        self.sent = due
+                        break
+                    await semaphore.acquire()
+                    task = asyncio.create_task(self._one(session, semaphore))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    self.sent += 1
+                await asyncio.sleep(0.01)
+            if tasks and self.drain_s > 0:
+                await asyncio.wait(list(tasks), timeout=self.drain_s)
+            for task in list(tasks):
+                task.cancel()
+            for task in list(tasks):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _one(self, session: Any, semaphore: asyncio.Semaphore) -> None:
+        obs = self.env.next_customer()
+        try:
+            try:
+                async with session.post(f"{self.url}/v1/act", json={"observation": obs.tolist()}) as resp:
+                    body = await resp.json(content_type=None)
+                    ok = resp.status == 200
+            except Exception:
+                ok, body = False, None
+        finally:
+            semaphore.release()
+        now = time.time()
+        if not ok or not isinstance(body, dict):
+            with self._lock:
+                self._bucket("error", now).errors += 1
+            return
+        variant = str(body.get("variant") or "unknown")
+        outcome = self.env.outcome(obs, int(body["action"]))
+        with self._lock:
+            self._bucket(variant, now).decisions += 1
+        await asyncio.sleep(outcome["delay_s"])
+        payload = {"request_id": body["request_id"], "reward": outcome["reward"], "costs": outcome["costs"]}
+        try:
+            async with session.post(f"{self.url}/v1/reward", json=payload) as resp:
+                await resp.read()
+                ok = resp.status in (200, 202)
+        except Exception:
+            ok = False
+        now = time.time()
+        with self._lock:
+            bucket = self._bucket(variant, now)
+            if ok:
+                bucket.rewards += 1
+                bucket.reward_sum += outcome["reward"]
+                bucket.violations += int(outcome["costs"].get(self.cost, 0.0) > 0)
+            else:
+                bucket.errors += 1
