@@ -147,9 +147,24 @@ def run_wrk(url: str, rate: int, connections: int, duration_s: float, bodies: Pa
     delay_ms = max(1, round(connections * 1000 / rate))
     env = {**os.environ, "WRK_BODIES": str(bodies), "WRK_DELAY_MS": str(delay_ms)}
     out = subprocess.run(
-        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(duration_s))}s", "--timeout", "5s",
-         "-s", str(LUA), url],
-        capture_output=True, text=True, env=env, timeout=duration_s + 60,
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{max(1, round(duration_s))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(LUA),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=duration_s + 60,
     )
     m = re.search(r"^WRK_JSON (.*)$", out.stdout, re.M)
     if out.returncode != 0 or not m:
@@ -160,8 +175,12 @@ def run_wrk(url: str, rate: int, connections: int, duration_s: float, bodies: Pa
         "rate": raw["requests"] / (raw["duration_us"] / 1e6),
         "requests": raw["requests"],
         "errors": sum(raw["errors"].values()),
-        "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000, "p99_ms": lat["p99"] / 1000,
-        "p999_ms": lat["p999"] / 1000, "max_ms": lat["max"] / 1000, "mean_ms": lat["mean"] / 1000,
+        "p50_ms": lat["p50"] / 1000,
+        "p90_ms": lat["p90"] / 1000,
+        "p99_ms": lat["p99"] / 1000,
+        "p999_ms": lat["p999"] / 1000,
+        "max_ms": lat["max"] / 1000,
+        "mean_ms": lat["mean"] / 1000,
     }
 
 
@@ -181,16 +200,31 @@ def measure_rollback(n: int, workdir: Path) -> dict[str, Any]:
         provider = RouterProvider(client, manage_router=False, urls=lambda _r, v: nowhere[v])
         provider.reconcile(rollout)
         port = free_port()
-        cmd = [PY, "-m", "policy_server.cli", "route", "--port", str(port), "--stable", "http://127.0.0.1:9",
-               "--configmap", "default/pricing-routing", "--kubeconfig", str(kube_api.kubeconfig_path),
-               "--log-level", "WARNING"]
+        cmd = [
+            PY,
+            "-m",
+            "policy_server.cli",
+            "route",
+            "--port",
+            str(port),
+            "--stable",
+            "http://127.0.0.1:9",
+            "--configmap",
+            "default/pricing-routing",
+            "--kubeconfig",
+            str(kube_api.kubeconfig_path),
+            "--log-level",
+            "WARNING",
+        ]
         applied: list[float] = []
         writes: list[float] = []
         end_to_end: list[float] = []
         with process(cmd, f"http://127.0.0.1:{port}/readyz", workdir / "router-rollback.log"):
+
             def table() -> dict[str, Any]:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/router/config", timeout=5) as r:
                     return json.loads(r.read())
+
             deadline = time.monotonic() + 30
             while table()["table"].get("generation", 0) < 1:
                 if time.monotonic() > deadline:
@@ -218,8 +252,12 @@ def measure_rollback(n: int, workdir: Path) -> dict[str, Any]:
         xs = sorted(xs)
         return {"median_ms": statistics.median(xs), "p95_ms": xs[max(0, int(len(xs) * 0.95) - 1)], "max_ms": xs[-1]}
 
-    return {"changes": n, "set_weights_call_to_router_applied": summary(end_to_end),
-            "updated_at_to_router_applied": summary(applied), "set_weights_call": summary(writes)}
+    return {
+        "changes": n,
+        "set_weights_call_to_router_applied": summary(end_to_end),
+        "updated_at_to_router_applied": summary(applied),
+        "set_weights_call": summary(writes),
+    }
 
 
 def main() -> int:
@@ -248,39 +286,73 @@ def main() -> int:
         model = artifact.write_example_model(work / "model", exploration={"kind": "softmax", "temperature": 1.0})
         rng = random.Random(0)
         bodies = work / "bodies.jsonl"
-        bodies.write_text("".join(
-            json.dumps({"observation": [round(rng.gauss(0, 1), 4) for _ in range(8)]}) + "\n" for _ in range(256)))
+        bodies.write_text(
+            "".join(
+                json.dumps({"observation": [round(rng.gauss(0, 1), 4) for _ in range(8)]}) + "\n" for _ in range(256)
+            )
+        )
         sp, rp, np_ = free_port(), free_port(), free_port()
         backend = f"http://127.0.0.1:{sp}"
         ngdir = work / "nginx"
         ngdir.mkdir()
         (ngdir / "nginx.conf").write_text(NGINX_CONF.format(dir=ngdir, backend=sp, port=np_))
-        server_cmd = [PY, "-m", "policy_server.cli", "serve", "--model", str(model), "--port", str(sp),
-                      "--max-wait-ms", "0", "--log-level", "WARNING"]
-        router_cmd = [PY, "-m", "policy_server.cli", "route", "--port", str(rp), "--stable", backend,
-                      "--candidate", backend, "--weight", "30", "--log-level", "WARNING"]
+        server_cmd = [
+            PY,
+            "-m",
+            "policy_server.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(sp),
+            "--max-wait-ms",
+            "0",
+            "--log-level",
+            "WARNING",
+        ]
+        router_cmd = [
+            PY,
+            "-m",
+            "policy_server.cli",
+            "route",
+            "--port",
+            str(rp),
+            "--stable",
+            backend,
+            "--candidate",
+            backend,
+            "--weight",
+            "30",
+            "--log-level",
+            "WARNING",
+        ]
         nginx_cmd = ["nginx", "-p", str(ngdir), "-c", str(ngdir / "nginx.conf")]
         targets = {"direct": f"{backend}", "router": f"http://127.0.0.1:{rp}", "nginx": f"http://127.0.0.1:{np_}"}
         runs: list[dict[str, Any]] = []
-        with process(server_cmd, f"{backend}/readyz", work / "server.log"), \
-                process(router_cmd, f"http://127.0.0.1:{rp}/readyz", work / "router.log") as router_proc, \
-                process(nginx_cmd, f"http://127.0.0.1:{np_}/healthz", work / "nginx.log") as nginx_proc:
+        with (
+            process(server_cmd, f"{backend}/readyz", work / "server.log"),
+            process(router_cmd, f"http://127.0.0.1:{rp}/readyz", work / "router.log") as router_proc,
+            process(nginx_cmd, f"http://127.0.0.1:{np_}/healthz", work / "nginx.log") as nginx_proc,
+        ):
             pids = {"direct": [], "router": [router_proc.pid], "nginx": [nginx_proc.pid]}
             for name in targets:  # warm every path (connections, pools, caches) once
                 run_wrk(targets[name], rates[-1], args.connections, args.warmup, bodies)
             for rnd in range(args.rounds):
                 for rate in rates:
-                    order = list(targets)[rnd % 3:] + list(targets)[:rnd % 3]  # rotate who goes first
+                    order = list(targets)[rnd % 3 :] + list(targets)[: rnd % 3]  # rotate who goes first
                     for name in order:
                         cpu0 = cpu_seconds(pids[name])
                         res = run_wrk(targets[name], rate, args.connections, args.duration, bodies)
                         res["proxy_cpu_us_per_request"] = (
-                            (cpu_seconds(pids[name]) - cpu0) / res["requests"] * 1e6 if pids[name] else None)
+                            (cpu_seconds(pids[name]) - cpu0) / res["requests"] * 1e6 if pids[name] else None
+                        )
                         res.update(target=name, target_rate=rate, round=rnd)
                         runs.append(res)
-                        print(f"round {rnd} rate {rate:5d} {name:7s} {res['rate']:7.0f} req/s  p50 {res['p50_ms']:.3f}"
-                              f"  p99 {res['p99_ms']:.3f}  max {res['max_ms']:.1f} ms  errors {res['errors']}",
-                              flush=True)
+                        print(
+                            f"round {rnd} rate {rate:5d} {name:7s} {res['rate']:7.0f} req/s  p50 {res['p50_ms']:.3f}"
+                            f"  p99 {res['p99_ms']:.3f}  max {res['max_ms']:.1f} ms  errors {res['errors']}",
+                            flush=True,
+                        )
         rollback = measure_rollback(args.rollbacks, work)
     summary = []
     for rate in rates:
@@ -294,20 +366,31 @@ def main() -> int:
                 row[f"{proxy}_{q}_overhead_ms"] = statistics.median(diffs)
             for name in targets:
                 row[f"{name}_{q}_ms"] = statistics.median(
-                    r[f"{q}_ms"] for r in runs if r["target"] == name and r["target_rate"] == rate)
+                    r[f"{q}_ms"] for r in runs if r["target"] == name and r["target_rate"] == rate
+                )
         for proxy in ("router", "nginx"):
             row[f"{proxy}_cpu_us_per_request"] = statistics.median(
-                r["proxy_cpu_us_per_request"] for r in runs if r["target"] == proxy and r["target_rate"] == rate)
-        row["achieved_rate"] = {n: statistics.median(r["rate"] for r in runs if r["target"] == n
-                                                     and r["target_rate"] == rate) for n in targets}
+                r["proxy_cpu_us_per_request"] for r in runs if r["target"] == proxy and r["target_rate"] == rate
+            )
+        row["achieved_rate"] = {
+            n: statistics.median(r["rate"] for r in runs if r["target"] == n and r["target_rate"] == rate)
+            for n in targets
+        }
         ng = row["nginx_p99_overhead_ms"]
         row["p99_overhead_ratio_router_to_nginx"] = row["router_p99_overhead_ms"] / ng if ng > 0 else None
         summary.append(row)
     result = {
         "started": started.isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()[0]},
-        "settings": vars(args), "summary": summary, "runs": runs, "rollback": rollback,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_avg_at_start": load_start,
+            "load_avg_at_end": os.getloadavg()[0],
+        },
+        "settings": vars(args),
+        "summary": summary,
+        "runs": runs,
+        "rollback": rollback,
         "errors": sum(r["errors"] for r in runs),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +404,9 @@ def main() -> int:
 def write_readme(result: dict[str, Any]) -> None:
     m, s = result["machine"], result["settings"]
     lines = [
-        BEGIN, "## Router overhead", "",
+        BEGIN,
+        "## Router overhead",
+        "",
         "`bench/router.py` measures the latency `policy-server route` adds over calling a policy server directly, "
         "at fixed request rates, next to nginx (nginx-light, one worker, keep-alive upstreams) doing a plain "
         "weighted proxy with `split_clients`. Both proxies split 30/70 between two upstreams that are the same "
@@ -350,7 +435,8 @@ def write_readme(result: dict[str, Any]) -> None:
             f"| {r['router_p50_overhead_ms']:.3f} / {r['router_p99_overhead_ms']:.3f} "
             f"| {r['nginx_p50_overhead_ms']:.3f} / {r['nginx_p99_overhead_ms']:.3f} "
             f"| {'n/a' if ratio is None else f'{ratio:.1f}x'} "
-            f"| {r['router_cpu_us_per_request']:.0f} / {r['nginx_cpu_us_per_request']:.0f} |")
+            f"| {r['router_cpu_us_per_request']:.0f} / {r['nginx_cpu_us_per_request']:.0f} |"
+        )
     rb = result["rollback"]
     e, d, w = rb["set_weights_call_to_router_applied"], rb["updated_at_to_router_applied"], rb["set_weights_call"]
     lines += [
@@ -367,7 +453,7 @@ def write_readme(result: dict[str, Any]) -> None:
     text = README.read_text()
     block = "\n".join(lines)
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     README.write_text(text)

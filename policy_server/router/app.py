@@ -392,8 +392,9 @@ class _Act:
 
     __slots__ = ("body", "conn", "fallback_reason", "prob", "router", "seq", "shadow", "t0", "upstream")
 
-    def __init__(self, router: Router, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float,
-                 prob: float) -> None:
+    def __init__(
+        self, router: Router, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float, prob: float
+    ) -> None:
         self.router, self.conn, self.seq, self.body, self.t0, self.prob = router, conn, seq, body, t0, prob
         self.fallback_reason: str | None = None
         self.shadow: upstream.Upstream | None = None
@@ -402,8 +403,9 @@ class _Act:
     def on_candidate(self, status: int, resp: bytes, err: Exception | None) -> None:
         r = self.router
         if err is None and status == 200:
-            r._answer(self.conn, self.seq, self.body, resp, self.t0, "candidate", "candidate", self.prob, None,
-                      self.upstream)
+            r._answer(
+                self.conn, self.seq, self.body, resp, self.t0, "candidate", "candidate", self.prob, None, self.upstream
+            )
             return
         reason = "status" if err is None else "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
         r.metrics.upstream_error("candidate", reason)
@@ -418,14 +420,18 @@ class _Act:
             reason = "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
             r.metrics.upstream_error("stable", reason)
             r.metrics.fail("stable")
-            self.conn.respond(self.seq, 504 if reason == "timeout" else 502,
-                              _error(f"stable policy server {up.url} unavailable ({err}); no decision was made"))
+            self.conn.respond(
+                self.seq,
+                504 if reason == "timeout" else 502,
+                _error(f"stable policy server {up.url} unavailable ({err}); no decision was made"),
+            )
             return
         if status != 200:
             self.conn.respond(self.seq, status, resp)  # the client's own error (4xx), as the policy server worded it
             return
         served_by = "fallback" if self.fallback_reason else "stable"
-        decision = r._answer(self.conn, self.seq, self.body, resp, self.t0, "stable", served_by, self.prob,
-                             self.fallback_reason, up)
+        decision = r._answer(
+            self.conn, self.seq, self.body, resp, self.t0, "stable", served_by, self.prob, self.fallback_reason, up
+        )
         if self.shadow is not None and decision is not None:
             r._start_shadow(self.shadow, self.body, decision)

@@ -44,8 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--config", help="JSON file holding the last applied routing table (read at start, kept up to date)")
     r.add_argument("--configmap", help="NAMESPACE/NAME of the ConfigMap holding the routing table (watched)")
     r.add_argument("--kubeconfig", help="kubeconfig for --configmap (default: the pod's service account)")
-    r.add_argument("--watch-config", action="store_true",
-                   help="apply every change of the --config file at once (local mode: the operator writes the file)")
+    r.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="apply every change of the --config file at once (local mode: the operator writes the file)",
+    )
     r.add_argument("--log-dir", help="decision log directory or fsspec URL (unset: no logging)")
     r.add_argument("--seed", type=int, default=None, help="seed of the random split (default: random)")
     r.add_argument("--log-level", default="INFO")

@@ -34,8 +34,9 @@ class FastHistogram(Collector):
     router's hot path that is measurable. Not thread-safe by design: the event loop owns it.
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float], label: str,
-                 values: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], label: str, values: Sequence[str]
+    ) -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.bounds = list(buckets)
         self.counts = {v: [0] * (len(buckets) + 1) for v in values}

@@ -37,8 +37,20 @@ class UpstreamTimeout(UpstreamError):
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("body", "cb", "closed", "data", "deadline", "got_bytes", "keep_alive", "parser", "pool", "reused",
-                 "timer", "transport")
+    __slots__ = (
+        "body",
+        "cb",
+        "closed",
+        "data",
+        "deadline",
+        "got_bytes",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reused",
+        "timer",
+        "transport",
+    )
 
     def __init__(self, pool: Upstream) -> None:
         self.pool = pool
@@ -145,7 +157,11 @@ class Upstream:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         data = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-            method, path, self._host_header, len(body), body,
+            method,
+            path,
+            self._host_header,
+            len(body),
+            body,
         )
         self._start(data, loop.time() + timeout_s, cb, fresh=False)
 

@@ -141,12 +141,14 @@ def role(rollout: api.PolicyRollout) -> dict[str, Any]:
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": meta.object_meta(rollout, router_name(rollout), _router_labels(rollout)),
-        "rules": [{
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": [configmap_name(rollout)],
-            "verbs": ["get", "list", "watch"],
-        }],
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [configmap_name(rollout)],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
     }
 
 
@@ -156,8 +158,7 @@ def role_binding(rollout: api.PolicyRollout) -> dict[str, Any]:
         "kind": "RoleBinding",
         "metadata": meta.object_meta(rollout, router_name(rollout), _router_labels(rollout)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": router_name(rollout)},
-        "subjects": [{"kind": "ServiceAccount", "name": router_name(rollout),
-                      "namespace": rollout.metadata.namespace}],
+        "subjects": [{"kind": "ServiceAccount", "name": router_name(rollout), "namespace": rollout.metadata.namespace}],
     }
 
 
@@ -170,12 +171,28 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
     name = router_name(rollout)
     ns = rollout.metadata.namespace
     args = [
-        "route", "--host", "0.0.0.0", "--port", str(ROUTER_PORT),
-        "--stable", service_url(rollout, "stable"), "--candidate", service_url(rollout, "candidate"),
-        "--weight", "0", "--configmap", f"{ns}/{configmap_name(rollout)}", "--config", f"{STATE_DIR}/routing.json",
+        "route",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(ROUTER_PORT),
+        "--stable",
+        service_url(rollout, "stable"),
+        "--candidate",
+        service_url(rollout, "candidate"),
+        "--weight",
+        "0",
+        "--configmap",
+        f"{ns}/{configmap_name(rollout)}",
+        "--config",
+        f"{STATE_DIR}/routing.json",
     ]
-    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2, "timeoutSeconds": 2,
-             "failureThreshold": 3}
+    probe = {
+        "httpGet": {"path": "/readyz", "port": "http"},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
     container = {
         "name": "router",
         "image": rollout.spec.fallback.image,
@@ -208,8 +225,11 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
-                                    "prometheus.io/path": "/metrics"},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(ROUTER_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
                 },
                 "spec": {
                     "serviceAccountName": name,

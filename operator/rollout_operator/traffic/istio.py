@@ -32,8 +32,9 @@ class IstioRouter:
 
     def _read(self, rollout: api.PolicyRollout) -> dict[str, Any] | None:
         try:
-            return self.client.find(virtualservice.API_VERSION, virtualservice.KIND, rollout.metadata.name,
-                                    rollout.metadata.namespace)
+            return self.client.find(
+                virtualservice.API_VERSION, virtualservice.KIND, rollout.metadata.name, rollout.metadata.namespace
+            )
         except kube.UnknownKind as e:
             raise TrafficError(f"{e}: {_INSTALL}") from e
 
@@ -56,5 +57,6 @@ class IstioRouter:
 
     def finalize(self, rollout: api.PolicyRollout) -> None:
         with contextlib.suppress(kube.UnknownKind):
-            self.client.delete(virtualservice.API_VERSION, virtualservice.KIND, rollout.metadata.name,
-                               rollout.metadata.namespace)
+            self.client.delete(
+                virtualservice.API_VERSION, virtualservice.KIND, rollout.metadata.name, rollout.metadata.namespace
+            )

@@ -52,8 +52,9 @@ def offline_rollout() -> api.PolicyRollout:
 
 
 @pytest.mark.parametrize("weights", CASES, ids=str)
-def test_virtualservice_is_valid_against_the_istio_schema(crd: dict, offline_rollout: api.PolicyRollout,
-                                                          weights: Weights) -> None:
+def test_virtualservice_is_valid_against_the_istio_schema(
+    crd: dict, offline_rollout: api.PolicyRollout, weights: Weights
+) -> None:
     vs = virtualservice.virtualservice(offline_rollout, weights)
     jsonschema.validate(vs["spec"], crd_validation.version_schema(crd, "v1")["properties"]["spec"])
     assert crd_validation.validate(vs, crd) == []
@@ -99,8 +100,9 @@ def _vs(kube_api: KubeAPI) -> dict | None:
 
 
 @pytest.mark.integration
-def test_reconcile_creates_one_owned_virtualservice(client: kube.Client, kube_api: KubeAPI,
-                                                    rollout: api.PolicyRollout, crd: dict) -> None:
+def test_reconcile_creates_one_owned_virtualservice(
+    client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout, crd: dict
+) -> None:
     router = IstioRouter(client)
     assert isinstance(router, TrafficRouter) and router.name == "istio"
     router.reconcile(rollout)
@@ -111,7 +113,9 @@ def test_reconcile_creates_one_owned_virtualservice(client: kube.Client, kube_ap
     assert vs["metadata"]["ownerReferences"][0]["uid"] == rollout.metadata.uid
     assert vs["spec"]["hosts"] == ["bidder.default.svc.cluster.local"]
     assert [(r["destination"]["host"], r["weight"]) for r in vs["spec"]["http"][0]["route"]] == [
-        ("bidder-stable.default.svc.cluster.local", 100), ("bidder-candidate.default.svc.cluster.local", 0)]
+        ("bidder-stable.default.svc.cluster.local", 100),
+        ("bidder-candidate.default.svc.cluster.local", 0),
+    ]
     assert crd_validation.validate(vs, crd) == []  # what the server stored, too
     writes = [c.verb for c in kube_api.calls_to("virtualservices") if c.verb in ("create", "patch")]
     assert writes == ["create"]
@@ -119,8 +123,9 @@ def test_reconcile_creates_one_owned_virtualservice(client: kube.Client, kube_ap
 
 @pytest.mark.integration
 @pytest.mark.parametrize("weights", [Weights(0), Weights(30), Weights(100), Weights(0, shadow=True)], ids=str)
-def test_set_then_get_weights_round_trip(client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout,
-                                         weights: Weights) -> None:
+def test_set_then_get_weights_round_trip(
+    client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout, weights: Weights
+) -> None:
     router = IstioRouter(client)
     router.reconcile(rollout)
     router.set_weights(rollout, weights)
@@ -165,8 +170,9 @@ def test_finalize_removes_it(client: kube.Client, kube_api: KubeAPI, rollout: ap
 
 
 @pytest.mark.integration
-def test_missing_hosts_and_missing_istio_are_clear_errors(client: kube.Client, kube_api: KubeAPI,
-                                                          rollout: api.PolicyRollout) -> None:
+def test_missing_hosts_and_missing_istio_are_clear_errors(
+    client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout
+) -> None:
     manifest = _manifest(name="nohosts", namespace="default")
     manifest["spec"]["traffic"]["hosts"] = []
     with pytest.raises(TrafficError, match=r"spec\.traffic\.hosts is empty"):

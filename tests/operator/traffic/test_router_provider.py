@@ -52,18 +52,33 @@ def test_is_a_traffic_router(client: kube.Client) -> None:
     assert provider.name == "router"
 
 
-def test_reconcile_creates_the_table_and_the_router(client: kube.Client, kube_api: KubeAPI,
-                                                    rollout: api.PolicyRollout) -> None:
+def test_reconcile_creates_the_table_and_the_router(
+    client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout
+) -> None:
     provider = RouterProvider(client, clock=lambda: 1000.0)
     provider.reconcile(rollout)
     provider.reconcile(rollout)
     assert _table(kube_api) == {
-        "version": 1, "stable": "http://pricing-stable.default.svc", "candidate": "http://pricing-candidate.default.svc",
-        "weight": 0, "shadow": False, "generation": 1, "updatedAt": 1000.0, "salt": "default/pricing",
+        "version": 1,
+        "stable": "http://pricing-stable.default.svc",
+        "candidate": "http://pricing-candidate.default.svc",
+        "weight": 0,
+        "shadow": False,
+        "generation": 1,
+        "updatedAt": 1000.0,
+        "salt": "default/pricing",
         "stickyKey": "header:x-user",
     }
-    owner = [{"apiVersion": api.API_VERSION, "kind": api.KIND, "name": "pricing", "uid": rollout.metadata.uid,
-              "controller": True, "blockOwnerDeletion": True}]
+    owner = [
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": api.KIND,
+            "name": "pricing",
+            "uid": rollout.metadata.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     cm = kube_api.get("ConfigMap", "default", "pricing-routing")
     assert cm["metadata"]["ownerReferences"] == owner
     assert cm["metadata"]["labels"][api.LABEL_ROLLOUT] == "pricing"
@@ -72,8 +87,14 @@ def test_reconcile_creates_the_table_and_the_router(client: kube.Client, kube_ap
         assert obj is not None, kind
         assert obj["metadata"]["ownerReferences"] == owner
     role = kube_api.get("Role", "default", "pricing-router")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["pricing-routing"],
-                              "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["pricing-routing"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
     dep = kube_api.get("Deployment", "default", "pricing-router")
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "pricing-router"
@@ -85,14 +106,17 @@ def test_reconcile_creates_the_table_and_the_router(client: kube.Client, kube_ap
 
 
 def test_router_objects_are_valid_kubernetes_objects(rollout: api.PolicyRollout) -> None:
-    for obj in [*routing.router_objects(rollout), routing.configmap(rollout, routing.routing_table(
-            rollout, Weights(30), 1, 0.0))]:
+    for obj in [
+        *routing.router_objects(rollout),
+        routing.configmap(rollout, routing.routing_table(rollout, Weights(30), 1, 0.0)),
+    ]:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("weights", [Weights(0), Weights(30), Weights(100), Weights(0, shadow=True)], ids=str)
-def test_set_then_get_weights_round_trip(client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout,
-                                         weights: Weights) -> None:
+def test_set_then_get_weights_round_trip(
+    client: kube.Client, kube_api: KubeAPI, rollout: api.PolicyRollout, weights: Weights
+) -> None:
     provider = RouterProvider(client, manage_router=False)
     provider.reconcile(rollout)
     provider.set_weights(rollout, weights)

@@ -33,8 +33,9 @@ class HttpClient:
         self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-                ) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         try:
             self.conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
@@ -91,7 +92,11 @@ class RouterProc:
 def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "policy_server.cli", "route", "--port", "0", "--log-level", "WARNING", *flags],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
     )
     try:
         line = proc.stdout.readline()

@@ -27,22 +27,33 @@ from tests.support.policy_server import metric
 
 
 def test_table_round_trips_through_its_file(tmp_path) -> None:
-    t = table.RoutingTable(stable="http://s:80", candidate="http://c", weight=12.5, shadow=True,
-                           sticky_key="header:x-user", generation=7, updated_at=1.5, salt="ns/r")
+    t = table.RoutingTable(
+        stable="http://s:80",
+        candidate="http://c",
+        weight=12.5,
+        shadow=True,
+        sticky_key="header:x-user",
+        generation=7,
+        updated_at=1.5,
+        salt="ns/r",
+    )
     table.save(t, tmp_path / "t.json")
     assert table.load(tmp_path / "t.json") == t
     assert table.load(tmp_path / "missing.json") is None
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"stable": "ftp://x"}, "'stable' must be an http"),
-    ({"stable": "http://s", "weight": 30}, "needs a 'candidate'"),
-    ({"stable": "http://s", "candidate": "http://c", "weight": 130}, "'weight' must be a number in 0..100"),
-    ({"stable": "http://s", "stickyKey": "cookie:x"}, "'header:NAME' or 'context:FIELD'"),
-    ({"stable": "http://s", "weights": 3}, r"unknown field\(s\) \['weights'\]"),
-    ({"stable": "http://s", "version": 2}, "version 2 is not supported"),
-    ({}, "'stable' .* is required"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"stable": "ftp://x"}, "'stable' must be an http"),
+        ({"stable": "http://s", "weight": 30}, "needs a 'candidate'"),
+        ({"stable": "http://s", "candidate": "http://c", "weight": 130}, "'weight' must be a number in 0..100"),
+        ({"stable": "http://s", "stickyKey": "cookie:x"}, "'header:NAME' or 'context:FIELD'"),
+        ({"stable": "http://s", "weights": 3}, r"unknown field\(s\) \['weights'\]"),
+        ({"stable": "http://s", "version": 2}, "version 2 is not supported"),
+        ({}, "'stable' .* is required"),
+    ],
+)
 def test_bad_tables_are_rejected_with_the_field_at_fault(data, message) -> None:
     with pytest.raises(table.TableError, match=message):
         table.RoutingTable.from_json(data)
@@ -77,11 +88,16 @@ def test_random_assignment_probabilities() -> None:
     assert assign.choose(0, None) == (False, 1.0) and assign.choose(100, b"k") == (True, 1.0)
 
 
-@pytest.mark.parametrize(("served", "shadow", "expected"), [
-    (2, 2, (True, None)), (2, 1, (False, None)),
-    ([0.5, -1.0], [0.0, 1.0], (None, 1.25)), ([[1.0], [2.0]], [[1.0], [2.0]], (None, 0.0)),
-    ([1.0, 2.0], [1.0], (False, None)),
-])
+@pytest.mark.parametrize(
+    ("served", "shadow", "expected"),
+    [
+        (2, 2, (True, None)),
+        (2, 1, (False, None)),
+        ([0.5, -1.0], [0.0, 1.0], (None, 1.25)),
+        ([[1.0], [2.0]], [[1.0], [2.0]], (None, 0.0)),
+        ([1.0, 2.0], [1.0], (False, None)),
+    ],
+)
 def test_shadow_comparison(served, shadow, expected) -> None:
     assert app.compare(served, shadow) == expected
 
@@ -159,9 +175,20 @@ def test_operator_drives_the_router_through_a_configmap(kube_api: KubeAPI, stabl
     # restart with no reachable API and flags saying weight 0: the last weights (40) still apply
     dead = tmp_path / "dead-kubeconfig.yaml"
     dead.write_text(kube_api.kubeconfig_path.read_text().replace(kube_api.url, "http://127.0.0.1:9"))
-    with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "0",
-                      "--config", str(state), "--configmap", "default/pricing-routing", "--kubeconfig", str(dead)
-                      ) as router:
+    with start_router(
+        "--stable",
+        url(stable),
+        "--candidate",
+        url(candidate),
+        "--weight",
+        "0",
+        "--config",
+        str(state),
+        "--configmap",
+        "default/pricing-routing",
+        "--kubeconfig",
+        str(dead),
+    ) as router:
         got = router.table()
         assert got["source"] == "file" and got["table"]["weight"] == 40
         n = 600
@@ -182,8 +209,9 @@ def test_a_broken_configmap_keeps_the_last_table(kube_api: KubeAPI, stable, cand
     provider = RouterProvider(client, manage_router=False, urls=lambda _r, variant: local[variant])
     provider.reconcile(rollout)
     provider.set_weights(rollout, Weights(30))
-    with start_router("--stable", url(stable), "--configmap", "default/pricing-routing",
-                      "--kubeconfig", str(kube_api.kubeconfig_path)) as router:
+    with start_router(
+        "--stable", url(stable), "--configmap", "default/pricing-routing", "--kubeconfig", str(kube_api.kubeconfig_path)
+    ) as router:
         _wait_table(router, lambda t: t["weight"] == 30, "weight 30")
         client.patch("v1", "ConfigMap", "pricing-routing", "default", {"data": {"routing.json": '{"weight": 101'}})
         client.patch("v1", "ConfigMap", "pricing-routing", "default", {"metadata": {"labels": {"touched": "yes"}}})

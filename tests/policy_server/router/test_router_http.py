@@ -31,6 +31,7 @@ def test_weight_30_splits_3000_requests_within_4_sigma(stable, candidate) -> Non
     n, p = 3000, 0.30
     before_s, before_c = stable.client().metrics(), candidate.client().metrics()
     with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "30") as router:
+
         def run(seed: int) -> list[dict]:
             client, rng = router.client(), random.Random(seed)
             try:
@@ -52,8 +53,9 @@ def test_weight_30_splits_3000_requests_within_4_sigma(stable, candidate) -> Non
         c = router.client()
         assert abs(served["candidate"] - n * p) <= 4 * sigma, served
         m = c.metrics()
-        assert metric(m, "policy_router_requests_total", variant="candidate", served_by="candidate") == \
-            served["candidate"]
+        assert (
+            metric(m, "policy_router_requests_total", variant="candidate", served_by="candidate") == served["candidate"]
+        )
         assert metric(m, "policy_router_requests_total", variant="stable", served_by="stable") == served["stable"]
         assert metric(m, "policy_router_weight", variant="candidate") == 30
         assert metric(m, "policy_router_latency_seconds_count", variant="candidate") == served["candidate"]
@@ -70,8 +72,9 @@ def test_sticky_header_keeps_a_caller_on_one_variant_and_grows_consistently(stab
     on_candidate: dict[int, set[str]] = {}
     routes = {}
     for weight in (20, 60):
-        with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", str(weight),
-                          "--sticky-header", "X-User") as router:
+        with start_router(
+            "--stable", url(stable), "--candidate", url(candidate), "--weight", str(weight), "--sticky-header", "X-User"
+        ) as router:
             c = router.client()
             seen: dict[str, set[str]] = {}
             for _ in range(2):
@@ -91,8 +94,9 @@ def test_sticky_header_keeps_a_caller_on_one_variant_and_grows_consistently(stab
 
 def test_sticky_context_field(stable, candidate) -> None:
     rng = random.Random(3)
-    with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "50",
-                      "--sticky-context", "user") as router:
+    with start_router(
+        "--stable", url(stable), "--candidate", url(candidate), "--weight", "50", "--sticky-context", "user"
+    ) as router:
         c = router.client()
         variants = {}
         for user in range(60):
@@ -134,8 +138,9 @@ def test_shadow_at_weight_0_serves_only_stable_and_exports_agreement(stable, can
 
 
 def test_stalled_candidate_is_answered_by_stable_within_the_budget(stable, candidate) -> None:
-    with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "50",
-                      "--latency-budget-ms", "50") as router:
+    with start_router(
+        "--stable", url(stable), "--candidate", url(candidate), "--weight", "50", "--latency-budget-ms", "50"
+    ) as router:
         c = router.client()
         rng = random.Random(5)
         for _ in range(20):  # warm connections to both
@@ -156,8 +161,10 @@ def test_stalled_candidate_is_answered_by_stable_within_the_budget(stable, candi
 
 
 def test_killing_the_candidate_at_weight_50_fails_no_request(router_models, stable) -> None:
-    with cli_server("--model", str(router_models["candidate"]), "--variant", "candidate") as doomed, \
-            start_router("--stable", url(stable), "--candidate", url(doomed), "--weight", "50") as router:
+    with (
+        cli_server("--model", str(router_models["candidate"]), "--variant", "candidate") as doomed,
+        start_router("--stable", url(stable), "--candidate", url(doomed), "--weight", "50") as router,
+    ):
         results: list[tuple[int, str, float]] = []
         errors: list[BaseException] = []
         stop = threading.Event()
@@ -170,8 +177,9 @@ def test_killing_the_candidate_at_weight_50_fails_no_request(router_models, stab
                 while not stop.is_set():
                     status, body = c.request("POST", "/v1/act", {"observation": _obs(rng)})
                     with lock:
-                        results.append((status, body.get("variant") if isinstance(body, dict) else None,
-                                        time.monotonic()))
+                        results.append(
+                            (status, body.get("variant") if isinstance(body, dict) else None, time.monotonic())
+                        )
             except BaseException as exc:  # a connection error is a failed request too
                 errors.append(exc)
             finally:
@@ -219,8 +227,9 @@ def test_rewards_reach_the_server_that_decided(stable, candidate) -> None:
 
 def test_decision_log_records_variant_served_by_and_assignment_probability(stable, candidate, tmp_path) -> None:
     logdir = tmp_path / "log"
-    with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "40", "--shadow",
-                      "--log-dir", str(logdir)) as router:
+    with start_router(
+        "--stable", url(stable), "--candidate", url(candidate), "--weight", "40", "--shadow", "--log-dir", str(logdir)
+    ) as router:
         c = router.client()
         rng = random.Random(7)
         served = {b["request_id"]: b for b in (c.act(_obs(rng), context={"page": "home"}) for _ in range(100))}
