@@ -276,3 +276,23 @@ def test_failing_refused_and_crashed_evaluations_never_get_traffic(
         assert len(jobs_of(kube_api, watch.name, "ope")) == 1
     crash = watches["crash"].status()["offlineEvaluation"]["message"]
     assert "cannot read the decision log" in crash or "no rewarded" in crash, crash
+
+
+def test_results_are_read_from_the_latest_terminated_pod() -> None:
+    from rollout_operator.workloads import jobs as k8s_jobs
+
+    def pod(finished: str, message: str) -> dict[str, Any]:
+        return {"status": {"containerStatuses": [{"name": job_resources.CONTAINER_NAME, "state": {
+            "terminated": {"exitCode": 1, "finishedAt": finished, "message": message}}}]}}
+
+    retried = [pod("2026-01-01T00:00:05Z", '{"verdict": "pass"}'), pod("2026-01-01T00:00:01Z", "Traceback ...")]
+    assert k8s_jobs.termination_result(retried) == ({"verdict": "pass"}, '{"verdict": "pass"}')
+    assert k8s_jobs.termination_result([pod("2026-01-01T00:00:01Z", "Traceback ...")]) == (None, "Traceback ...")
+    assert k8s_jobs.termination_result([{"status": {}}]) == (None, None)
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                         "message": "Job was active longer than specified deadline"}]}}
+    assert k8s_jobs.job_state(failed) == (types.JobState.FAILED,
+                                         "DeadlineExceeded: Job was active longer than specified deadline")
+    assert k8s_jobs.job_state({"status": {"active": 1}}) == (types.JobState.RUNNING, None)
+    complete = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    assert k8s_jobs.job_state(complete) == (types.JobState.SUCCEEDED, None)

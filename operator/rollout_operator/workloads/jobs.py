@@ -15,7 +15,7 @@ from rollout_operator import api, kube
 from rollout_operator.engine import types
 from rollout_operator.resources import jobs as job_resources
 
-__all__ = ["JobRunner", "KubernetesJobs", "job_state", "termination_result"]
+__all__ = ["JobRunner", "KubernetesJobs", "awaited_ids", "job_state", "termination_result"]
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -64,6 +64,15 @@ def termination_result(pods: list[JSON]) -> tuple[JSON | None, str | None]:
     return (parsed if isinstance(parsed, dict) else None), text
 
 
+def awaited_ids(status: api.PolicyRolloutStatus) -> set[str]:
+    """Jobs whose outcome status has not recorded yet: only their Pods' results are read."""
+    ids = {e.job_id for e in status.training_jobs if e.phase in ("Pending", "Running")}
+    evaluation = status.offline_evaluation
+    if evaluation is not None and evaluation.phase == "Running":
+        ids.add(evaluation.job_id)
+    return ids
+
+
 class KubernetesJobs:
     def __init__(self, client: kube.Client) -> None:
         self.client = client
@@ -75,6 +84,7 @@ class KubernetesJobs:
         namespace = rollout.metadata.namespace
         selector = self._selector(rollout)
         result: dict[str, types.JobObservation] = {}
+        awaited = awaited_ids(rollout.status)
         pods: list[JSON] | None = None
         for job in self.client.list("batch/v1", "Job", namespace, selector):
             labels = (job.get("metadata") or {}).get("labels") or {}
@@ -83,7 +93,7 @@ class KubernetesJobs:
                 continue
             state, message = job_state(job)
             parsed = None
-            if state is not types.JobState.RUNNING:
+            if state is not types.JobState.RUNNING and ident in awaited:
                 if pods is None:  # one list for every finished Job of this rollout
                     pods = self.client.list("v1", "Pod", namespace, selector)
                 mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(
