@@ -101,11 +101,10 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, candidate: artifact
     live.print(f"rollout {name}: {candidate.description}")
 
     def on_tick(current: api.PolicyRollout, sample: run.Sample) -> None:
-        if gen.sent == 0 and not gen._stop.is_set() and sample.actual_weight is not None and (
-            gen._thread is None
-        ) and local.workloads.observe(current).stable_ready:
+        # customers arrive once the router routes and the stable policy answers (a deployed service's traffic)
+        if not gen.started and sample.actual_weight is not None and local.workloads.observe(current).stable_ready:
             gen.start()
-        live.tick(current, gen.totals() if gen._thread is not None else {})
+        live.tick(current, gen.totals() if gen.started else {})
 
     try:
         result = run.run_rollout(local, rollout, timeout=settings.rollout_timeout, tick=0.5, on_tick=on_tick)

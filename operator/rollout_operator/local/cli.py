@@ -44,10 +44,10 @@ def run_command(args: argparse.Namespace) -> int:
         gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate)
 
         def on_tick(current, sample) -> None:  # type: ignore[no-untyped-def]
-            if args.rate > 0 and gen._thread is None and sample.actual_weight is not None \
+            if args.rate > 0 and not gen.started and sample.actual_weight is not None \
                     and local.workloads.observe(current).stable_ready:
                 gen.start()
-            live.tick(current, gen.totals() if gen._thread is not None else {})
+            live.tick(current, gen.totals() if gen.started else {})
 
         with live:
             live.set_stage("rollout", f"{rollout.metadata.name} (workdir {workdir})")

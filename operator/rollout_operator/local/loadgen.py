@@ -48,6 +48,10 @@ class TrafficGenerator:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)

@@ -69,7 +69,7 @@ def _drive(local: run.LocalPlatform, rollout: api.PolicyRollout) -> tuple[run.Ru
     gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=80)
 
     def on_tick(current: api.PolicyRollout, sample: run.Sample) -> None:
-        if gen._thread is None and sample.actual_weight is not None and local.workloads.observe(current).stable_ready:
+        if not gen.started and sample.actual_weight is not None and local.workloads.observe(current).stable_ready:
             gen.start()
 
     try:
