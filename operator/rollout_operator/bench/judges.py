@@ -343,9 +343,16 @@ def command(args: argparse.Namespace) -> int:
         plot(result, args.plot)
     summary = {k: v for k, v in result.items() if k != "curves"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(dumps(result) + "\n")
     sys.stdout.write(json.dumps(summary, indent=1) + "\n")
     return 0
+
+
+def dumps(result: dict[str, Any]) -> str:
+    """Indented JSON with the per-rollout curves on one line each (thousands of numbers)."""
+    text = json.dumps({**result, "curves": "__CURVES__"}, indent=1)
+    curves = ",\n".join(f" {json.dumps(name)}: {json.dumps(c)}" for name, c in result.get("curves", {}).items())
+    return text.replace('"__CURVES__"', "{\n" + curves + "\n }")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
