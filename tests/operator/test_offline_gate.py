@@ -81,6 +81,7 @@ def test_engine_holds_traffic_until_the_job_passes() -> None:
     assert waiting.status.phase is api.Phase.OFFLINE_EVALUATION and waiting.weights.candidate == 0
     [request] = waiting.jobs
     assert request.kind is types.JobKind.OFFLINE_EVALUATION
+    assert waiting.requeue_after is not None and waiting.requeue_after <= 5.0  # Job completion is polled
     assert request.id == waiting.status.offline_evaluation.job_id  # type: ignore[union-attr]
     # The same status decided again asks for the same Job: a restart creates nothing new.
     again = _decide(_rollout(manifest, waiting.status), candidate_ready=True)

@@ -27,7 +27,7 @@ from rollout_operator.engine import (
     training,
 )
 from rollout_operator.engine.context import Context
-from rollout_operator.engine.types import Decision, Observations, Workloads
+from rollout_operator.engine.types import Decision, JobRequest, Observations, Workloads
 
 __all__ = ["PIPELINE", "decide"]
 
@@ -84,6 +84,16 @@ def _requeue_after(ctx: Context) -> float | None:
     return timeutil.seconds_until(min(moments), now)
 
 
+JOB_POLL_SECONDS = 5.0
+
+
+def _with_jobs(requeue_after: float | None, jobs: tuple[JobRequest, ...]) -> float | None:
+    """A Job's completion changes nothing on the rollout object, so look again while Jobs run."""
+    if not jobs:
+        return requeue_after
+    return JOB_POLL_SECONDS if requeue_after is None else min(requeue_after, JOB_POLL_SECONDS)
+
+
 def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime) -> Decision:
     """Work out the next status, workloads, weights and events of `rollout` at `now`.
 
@@ -107,12 +117,13 @@ def decide(rollout: api.PolicyRollout, observations: Observations, now: datetime
     kstatus.reconcile_conditions(ctx)
     assert status.stable_policy is not None  # reconcile_stable_policy always sets it
     candidate = None if status.phase in _NO_CANDIDATE else rollout.spec.policy
+    jobs = offline.desired_jobs(status) + training.desired_jobs(rollout.spec, status)
     return Decision(
         status=status,
         workloads=Workloads(stable=status.stable_policy, candidate=candidate),
         weights=context.desired_weights(rollout.spec, status),
         events=tuple(ctx.events),
-        requeue_after=_requeue_after(ctx),
-        jobs=offline.desired_jobs(status) + training.desired_jobs(rollout.spec, status),
+        requeue_after=_with_jobs(_requeue_after(ctx), jobs),
+        jobs=jobs,
         next_policy=next_policy,
     )
