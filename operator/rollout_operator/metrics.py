@@ -109,7 +109,11 @@ def _training_states(rollout: api.PolicyRollout) -> list[str]:
     jobs = getattr(rollout.status, "training_jobs", None) or []
     states = []
     for job in jobs:
-        state = job.get("state") if isinstance(job, dict) else getattr(job, "state", None)
+        # api.TrainingJobStatus names it `phase`; older drafts used `state`.
+        if isinstance(job, dict):
+            state = job.get("phase") or job.get("state")
+        else:
+            state = getattr(job, "phase", None) or getattr(job, "state", None)
         if state:
             states.append(str(state))
     return states

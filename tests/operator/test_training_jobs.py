@@ -233,3 +233,11 @@ def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
     annotate("nightly-2")
     poll(lambda: len(jobs_of(kube_api, name, "train")) == 2, 30, what="the second training Job")
     assert sorted(e["trigger"] for e in status()["trainingJobs"]) == ["manual/nightly-1", "manual/nightly-2"]
+
+
+def test_operator_metrics_count_training_jobs_by_phase() -> None:
+    from rollout_operator import metrics
+
+    started = _decide(_rollout(TRAINING), T0, train_request="run-1")
+    rollout = _rollout(TRAINING, started.status)
+    assert metrics._training_states(rollout) == ["Pending"]
