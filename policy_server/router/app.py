@@ -37,7 +37,11 @@ __all__ = ["Router", "RouterConfig", "RouterProtocol"]
 
 log = logging.getLogger("policy_server.router")
 
-REQUEST_IDS = 200_000  # request id -> variant that served it, so /v1/reward reaches the right server
+REQUEST_IDS = 200_000  # request id -> non-stable server that answered it, so /v1/reward reaches it
+_MARK = {"stable": b'"variant":"stable"', "candidate": b'"variant":"candidate"'}
+_NAMES = {name: name.encode() for name in ("stable", "candidate", "fallback")}
+_RID = b'{"request_id":"'
+_RID_LEN = len(_RID)
 
 
 @dataclass
@@ -302,28 +306,42 @@ class Router:
         prob: float,
         fallback_reason: str | None,
         up: upstream.Upstream,
+        need_decision: bool = False,
     ) -> dict[str, Any] | None:
-        try:
-            decision = orjson.loads(resp)
-        except orjson.JSONDecodeError:
-            conn.respond(seq, 502, _error(f"policy server {up.url} answered invalid JSON"))
-            self.metrics.fail(variant)
-            return None
-        decision["variant"] = variant
-        decision["served_by"] = served_by
-        decision["assignment_probability"] = prob
-        if fallback_reason:
-            decision["fallback_reason"] = fallback_reason
-        conn.respond(seq, 200, orjson.dumps(decision))
+        """Write the answer; return the parsed decision when it was parsed (shadow, decision log)."""
+        decision: dict[str, Any] | None = None
+        if self.decision_log is None and not need_decision and resp[-1:] == b"}" and _MARK[variant] in resp:
+            # Fast path: the server already labels itself with our variant name (the operator runs it with
+            # --variant stable|candidate), so append our fields instead of parsing and re-serialising.
+            extra = b',"served_by":"%s","assignment_probability":%s' % (_NAMES[served_by], orjson.dumps(prob))
+            if fallback_reason:
+                extra += b',"fallback_reason":"%s"' % fallback_reason.encode()
+            conn.respond(seq, 200, b"%s%s}" % (resp[:-1], extra))
+            rid = None
+            if up is not self._stable and resp.startswith(_RID):
+                rid = resp[_RID_LEN : resp.find(b'"', _RID_LEN)].decode()
+        else:
+            try:
+                decision = orjson.loads(resp)
+            except orjson.JSONDecodeError:
+                conn.respond(seq, 502, _error(f"policy server {up.url} answered invalid JSON"))
+                self.metrics.fail(variant)
+                return None
+            decision["variant"] = variant
+            decision["served_by"] = served_by
+            decision["assignment_probability"] = prob
+            if fallback_reason:
+                decision["fallback_reason"] = fallback_reason
+            conn.respond(seq, 200, orjson.dumps(decision))
+            rid = decision.get("request_id") if up is not self._stable else None
         elapsed = time.perf_counter() - t0
         self.metrics.served(variant, served_by, elapsed)
-        rid = decision.get("request_id")
-        if isinstance(rid, str):
+        if isinstance(rid, str):  # rewards default to the stable server: remember the others' ids only
             ids = self._served_by_id
             ids[rid] = up
             if len(ids) > REQUEST_IDS:
                 ids.popitem(last=False)
-        if self.decision_log is not None:
+        if decision is not None and self.decision_log is not None:
             self._log(body, decision, variant, served_by, prob, elapsed)
         return decision
 
@@ -431,7 +449,17 @@ class _Act:
             return
         served_by = "fallback" if self.fallback_reason else "stable"
         decision = r._answer(
-            self.conn, self.seq, self.body, resp, self.t0, "stable", served_by, self.prob, self.fallback_reason, up
+            self.conn,
+            self.seq,
+            self.body,
+            resp,
+            self.t0,
+            "stable",
+            served_by,
+            self.prob,
+            self.fallback_reason,
+            up,
+            need_decision=self.shadow is not None,
         )
         if self.shadow is not None and decision is not None:
             r._start_shadow(self.shadow, self.body, decision)

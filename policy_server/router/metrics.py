@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["FALLBACK_REASONS", "SERVED_BY", "RouterMetrics"]
@@ -58,27 +58,39 @@ class FastHistogram(Collector):
         yield fam
 
 
+class FastCounter(Collector):
+    """A labelled counter kept as plain ints (no lock): the event loop owns it."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], keys: Iterable[tuple[str, ...]]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.values = dict.fromkeys(keys, 0)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in self.values.items():
+            fam.add_metric(list(key), value)
+        yield fam
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = FastCounter(
             "policy_router_requests",
             "Decisions answered through the router, by the variant whose action was served and how",
             ["variant", "served_by"],
-            registry=r,
+            [("stable", "stable"), ("candidate", "candidate"), ("stable", "fallback")],
         )
-        self._requests = {
-            ("stable", "stable"): self.requests.labels("stable", "stable"),
-            ("candidate", "candidate"): self.requests.labels("candidate", "candidate"),
-            ("stable", "fallback"): self.requests.labels("stable", "fallback"),
-        }
-        self.assigned = Counter(
+        r.register(self.requests)
+        self._requests = self.requests.values
+        self.assigned = FastCounter(
             "policy_router_assignments",
             "Requests assigned to each variant (before any fallback)",
             ["variant"],
-            registry=r,
+            [(v,) for v in VARIANTS],
         )
-        self._assigned = {v: self.assigned.labels(v) for v in VARIANTS}
+        r.register(self.assigned)
+        self._assigned = self.assigned.values
         self.latency = FastHistogram(
             "policy_router_latency_seconds",
             "Seconds from a complete request to the answer, by served variant",
@@ -185,11 +197,11 @@ class RouterMetrics:
 
     # ---- hot path
     def served(self, variant: str, served_by: str, seconds: float) -> None:
-        self._requests[variant, served_by].inc()
+        self._requests[variant, served_by] += 1
         self.latency.observe(variant, seconds)
 
     def assign(self, variant: str) -> None:
-        self._assigned[variant].inc()
+        self._assigned[(variant,)] += 1
 
     def upstream_error(self, variant: str, reason: str) -> None:
         self._errors[variant, reason].inc()

@@ -91,7 +91,21 @@ class RouterProc:
 @contextmanager
 def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "policy_server.cli", "route", "--port", "0", "--log-level", "WARNING", *flags],
+        # A generous candidate budget by default, so that a slow answer on this loaded machine does not turn
+        # into a fallback in tests about something else; tests of the budget pass their own (the last flag wins).
+        [
+            sys.executable,
+            "-m",
+            "policy_server.cli",
+            "route",
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--latency-budget-ms",
+            "10000",
+            *flags,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -161,8 +161,9 @@ def test_stalled_candidate_is_answered_by_stable_within_the_budget(stable, candi
 
 
 def test_killing_the_candidate_at_weight_50_fails_no_request(router_models, stable) -> None:
+    # The doomed server labels itself "canary": the router must still answer variant="candidate".
     with (
-        cli_server("--model", str(router_models["candidate"]), "--variant", "candidate") as doomed,
+        cli_server("--model", str(router_models["candidate"]), "--variant", "canary") as doomed,
         start_router("--stable", url(stable), "--candidate", url(doomed), "--weight", "50") as router,
     ):
         results: list[tuple[int, str, float]] = []
