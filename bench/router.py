@@ -6,8 +6,10 @@ back at each rate, in alternating rounds, and the comparison rests on difference
 * targets: (a) the policy server directly; (b) ``policy-server route --weight 30`` in front of it;
   (c) nginx (Debian nginx-light, one worker, keep-alive upstreams) doing a plain weighted proxy with
   ``split_clients`` (30 %). Stable and candidate are the same policy-server process in (b) and (c), so
-  the difference to (a) is the proxy alone. The policy server runs with ``--max-wait-ms 0`` (no
-  micro-batch wait) so that its batching does not depend on how many connections the proxy opens.
+  the difference to (a) is the proxy alone. It runs with ``--variant stable`` as the operator runs it, so
+  the router appends its fields to stable answers and parses/rewrites the candidate's (30 %); and with
+  ``--max-wait-ms 0`` (no micro-batch wait) so that its batching does not depend on how many connections
+  the proxy opens.
 * load: ``wrk`` with ``bench/wrk_paced.lua``: C connections, each pausing ``C * 1000 / rate`` ms between a
   response and its next request, i.e. a fixed request rate (wrk2 is not packaged). Latency percentiles
   are wrk's (send to response, microseconds).
@@ -307,6 +309,8 @@ def main() -> int:
             str(sp),
             "--max-wait-ms",
             "0",
+            "--variant",
+            "stable",
             "--log-level",
             "WARNING",
         ]
