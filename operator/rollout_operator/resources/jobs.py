@@ -74,6 +74,8 @@ def _job(
     gpus: int = 0,
 ) -> dict[str, Any]:
     labels = _labels(rollout, request)
+    # The root filesystem is read-only: libraries that cache under $HOME (torch, d3rlpy's deps) get /tmp.
+    env = {"HOME": "/tmp", **env}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": template.image or rollout.spec.policy.image,
