@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from rollout_operator import api
+from rollout_operator.resources import routing
 
 from tests.support import helm_chart as hc
 from tests.support.jobs import finish_job, jobs_of
@@ -35,18 +36,44 @@ WATCHED = "default"
 SCOPES = {"cluster": None, "namespace": [WATCHED]}
 
 
+# Every traffic provider is exercised: (name, provider, guardrail query, final phase).
+PROVIDER_ROLLOUTS = [("routed", "router", "vector(1)", "RolledBack"), ("meshed", "istio", "vector(0)", "Promoted")]
+
+
 def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     run.client.create(rollout_manifest("healthy", "vector(0)", [{"setWeight": 50}, {"setWeight": 100}], prometheus_url))
     run.client.create(rollout_manifest("breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}], prometheus_url))
+    for name, provider, query, final in PROVIDER_ROLLOUTS:
+        steps = [{"setWeight": 50}, {"setWeight": 100}] if final == "Promoted" else [{"setWeight": 20}, {"pause": {}}]
+        manifest = rollout_manifest(name, query, steps, prometheus_url)
+        manifest["spec"]["traffic"]["provider"] = provider
+        if provider == "istio":
+            manifest["spec"]["traffic"]["hosts"] = [f"{name}.{WATCHED}.svc.cluster.local"]
+        run.client.create(manifest)
     # An offline gate: its Job is created (batch jobs) and its result read back from its Pod (pods).
     run.client.create(rollout_manifest("gated", "vector(0)", [{"setWeight": 100}], prometheus_url,
                                        offlineEvaluation={"dataset": "s3://logs/gated", "estimators": ["dr"]}))
     [job] = wait_for(lambda: jobs_of(run.kube_api, "gated", "ope"), 60, what="the offline evaluation Job")
     finish_job(run.kube_api, job, 0, json.dumps({"verdict": "pass", "reason": "rbac run", "estimates": [
         {"estimator": "dr", "value": 1.0, "lowerBound": 0.9, "verdict": "pass"}]}))
-    run.wait_phase("healthy", "Promoted")
-    run.wait_phase("breaching", "RolledBack")
+    run.wait_phase("healthy", "Promoted", timeout=120)
+    run.wait_phase("breaching", "RolledBack", timeout=120)
     run.wait_phase("gated", "Promoted")
+    for name, _, _, final in PROVIDER_ROLLOUTS:
+        run.wait_phase(name, final, timeout=120)
+    # Someone widens the router's Role: the operator must narrow it again (a patch).
+    router_role = copy.deepcopy(run.kube_api.get("roles", WATCHED, routing.router_name(_named("routed"))))
+    granted_rules = router_role["rules"]
+    router_role["rules"] = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
+    run.kube_api.put("roles", router_role)
+    # ... and binds it to another subject: the binding is restored too.
+    binding = copy.deepcopy(run.kube_api.get("rolebindings", WATCHED, router_role["metadata"]["name"]))
+    subjects = binding["subjects"]
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": "intruder", "namespace": WATCHED}]
+    run.kube_api.put("rolebindings", binding)
+    wait_for(lambda: run.kube_api.get("roles", WATCHED, router_role["metadata"]["name"])["rules"] == granted_rules
+             and run.kube_api.get("rolebindings", WATCHED, binding["metadata"]["name"])["subjects"] == subjects,
+             60, what="the operator to restore the router's Role and RoleBinding")
     # Someone edits a Service the operator owns: it must put it back (a patch).
     service = copy.deepcopy(run.kube_api.get("services", WATCHED, "healthy-stable"))
     wanted = service["spec"]["selector"]
@@ -54,9 +81,10 @@ def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     run.kube_api.put("services", service)
     wait_for(lambda: run.kube_api.get("services", WATCHED, "healthy-stable")["spec"]["selector"] == wanted, 30,
              what="the operator to repair the Service")
-    for name in ("healthy", "breaching", "gated"):
+    everything = ["healthy", "breaching", "gated", *(name for name, *_ in PROVIDER_ROLLOUTS)]
+    for name in everything:
         run.client.delete(name, WATCHED)
-    for name in ("healthy", "breaching", "gated"):
+    for name in everything:
         run.wait_gone(name)
     assert run.kube_api.get("httproutes", WATCHED, "healthy") is None, "the finalizer removes the HTTPRoute"
 
@@ -72,6 +100,16 @@ def recorded(request: pytest.FixtureRequest, prometheus: PrometheusServer,
     calls = run.operator_calls()
     assert calls, "no API call was recorded"
     return scope, calls
+
+
+def _named(name: str) -> api.PolicyRollout:
+    return api.PolicyRollout.model_validate(rollout_manifest(name, "vector(0)", [{"setWeight": 100}], "http://p"))
+
+
+def _delegated() -> set[hc.Triple]:
+    """What the operator grants to Roles it creates (the router's): it must hold those rules itself,
+    or the API server refuses the Role. Computed from the builder, so a wider router Role shows up here."""
+    return hc.rules_of(routing.role(_named("any")))
 
 
 def _triple(call: ApiCall) -> hc.Triple:
@@ -105,7 +143,7 @@ def test_rbac_equals_the_calls_the_operator_made(recorded: tuple[str, list[ApiCa
         ((role, where),) = bound
         assert role["kind"] == "ClusterRole" and where is None
         granted = hc.rules_of(role)
-        used = {_triple(c) for c in calls}
+        used = {_triple(c) for c in calls} | _delegated()
         assert granted - used == set(), f"granted but never used: {sorted(granted - used)}"
         assert used - granted == set(), f"used but not granted (403 in a cluster): {sorted(used - granted)}"
     else:
@@ -115,7 +153,7 @@ def test_rbac_equals_the_calls_the_operator_made(recorded: tuple[str, list[ApiCa
         assert len(namespaced) == 1 and namespaced[0]["kind"] == "Role"
         assert {where for _, where in bound} == {None, WATCHED}, "nothing bound in namespaces not watched"
         used_cluster = {_triple(c) for c in calls if c.namespace is None}
-        used_namespaced = {_triple(c) for c in calls if c.namespace == WATCHED}
+        used_namespaced = {_triple(c) for c in calls if c.namespace == WATCHED} | _delegated()
         assert {c.namespace for c in calls} <= {None, WATCHED}, "the operator stepped outside its namespace"
         assert hc.rules_of(cluster[0]) == used_cluster
         assert hc.rules_of(namespaced[0]) == used_namespaced
@@ -131,6 +169,11 @@ def test_the_recorded_run_exercised_every_kind_of_call(recorded: tuple[str, list
                    ("", "services", "patch"),  # drift repaired
                    ("apps", "deployments", "patch"),  # promotion re-points stable
                    ("gateway.networking.k8s.io", "httproutes", "delete"),  # finalizer cleanup
+                   ("networking.istio.io", "virtualservices", "patch"),  # istio weights
+                   ("", "configmaps", "patch"),  # router weights
+                   ("rbac.authorization.k8s.io", "roles", "patch"),  # router Role restored
+                   ("rbac.authorization.k8s.io", "rolebindings", "patch"),  # and its binding
+                   ("rbac.authorization.k8s.io", "rolebindings", "delete"),  # router cleanup
                    ("batch", "jobs", "create"), ("", "pods", "list"),  # offline evaluation Job and its result
                    ("kopf.dev", "clusterkopfpeerings" if any(c.resource == "clusterkopfpeerings" for c in calls)
                     else "kopfpeerings", "patch")]:  # peering keep-alive

@@ -67,7 +67,7 @@ class TestClient:
     __test__ = False  # not a pytest test class
 
     def __init__(self, url: str) -> None:
-        self._http = httpx.Client(base_url=url, headers={"User-Agent": TEST_USER_AGENT}, timeout=10.0)
+        self._http = httpx.Client(base_url=url, headers={"User-Agent": TEST_USER_AGENT}, timeout=60.0)
 
     def _path(self, namespace: str, name: str | None = None) -> str:
         path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"

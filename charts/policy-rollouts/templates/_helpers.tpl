@@ -65,14 +65,31 @@ The operator's rules in the namespaces where PolicyRollouts live: exactly the AP
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The policy variants; with the router provider also its own Deployment and Service (deleted with the rollout).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
+# Traffic providers: gatewayAPI (HTTPRoute), istio (VirtualService), router (a routing ConfigMap
+# read by a router that runs under its own ServiceAccount, Role and RoleBinding).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["networking.istio.io"]
+  resources: ["virtualservices"]
+  verbs: ["get", "create", "patch", "delete"]
+# list and watch are not called by the operator: it must hold them to grant them to the router's
+# Role (Kubernetes refuses a Role that grants more than its creator has).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "patch", "delete"]
 # Offline-evaluation and training Jobs; each reports its result as its Pod's termination message.
 - apiGroups: ["batch"]
