@@ -451,10 +451,10 @@ def write_readme(result: dict[str, Any]) -> None:
             f"The router spends {at_1000['router_cpu_us_per_request']:.0f} µs of CPU per request (user + kernel: "
             "four socket syscalls and the Python event loop), nginx "
             f"{at_1000['nginx_cpu_us_per_request']:.0f} µs. With the load average "
-            f"{m['load_avg_at_start']:.0f}-{m['load_avg_at_end']:.0f} on 2 cores, every process waits for a "
-            "CPU on each wake-up and a process that uses more CPU per request waits longer: the tail through the "
-            "router is dominated by run-queue waits, not by its code path. Re-run on a quiet machine to check "
-            "the target itself.",
+            f"{m['load_avg_at_start']:.0f}-{m['load_avg_at_end']:.0f} on 2 cores the measured overheads swing "
+            "by milliseconds between rates and rounds, far more than the router's ~0.1 ms of CPU per request: "
+            "that points at run-queue waits (every wake-up waits for a CPU, longer for a process that uses more "
+            "CPU per request) rather than the code path. Re-run on a quiet machine to check the target itself.",
         ]
     rb = result["rollback"]
     e, d, w = rb["set_weights_call_to_router_applied"], rb["updated_at_to_router_applied"], rb["set_weights_call"]
