@@ -183,8 +183,12 @@ def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_ap
         ]
     )
     s.wait(lambda st: st.get("phase") == "Shadow", 30, "shadow")
-    route = s.route()
-    assert route is not None and httproute.weights_of(route, api.PolicyRollout.model_validate(s.body())).shadow
+
+    def mirrored() -> bool:  # status is written before traffic moves forward, so the route follows it
+        route = s.route()
+        return route is not None and httproute.weights_of(route, api.PolicyRollout.model_validate(s.body())).shadow
+
+    poll(mirrored, 10, what="the HTTPRoute mirroring to the candidate", on_timeout=s.explain)
     status = s.wait_phase("Promoted", timeout=60)
 
     assert status["stableVersion"] == "v2" and status["canaryWeight"] == 0
