@@ -93,6 +93,7 @@ class Scenario:
         )
         assert crd_validation.validate(manifest) == [], "the scenario's manifest must be valid"
         self.client.create(manifest)
+        self.steps = len(steps)
         self.weights_seen: list[tuple[str, int]] = []
 
     def set_metric(self, value: float) -> None:
@@ -143,7 +144,8 @@ class Scenario:
             weight = self.candidate_weight()  # before status: a weight is never newer than the phase beside it
             status = self.status()
             if weight is not None:
-                self.weights_seen.append((status.get("phase", ""), weight))
+                promoting = status.get("currentStepIndex", 0) >= self.steps
+                self.weights_seen.append(("Promoting" if promoting else status.get("phase", ""), weight))
             return predicate(status)
 
         return poll(check, timeout, what=what, on_timeout=self.explain)
@@ -167,8 +169,14 @@ def _phases(status: dict[str, Any]) -> list[str]:
 
 
 def _assert_never_backwards(weights: list[tuple[str, int]]) -> None:
-    """Until promotion or rollback, the candidate's weight only grows."""
-    live = [w for phase, w in weights if phase not in ("Promoted", "RollingBack", "RolledBack", "Aborted")]
+    """Until promotion or rollback, the candidate's weight only grows.
+
+    Weights are read before status and a lowering is applied before status is written, so a
+    sample taken during promotion or rollback may pair the new weight with the old phase:
+    those phases (and the promotion past the last step) are left out.
+    """
+    ending = ("Promoting", "Promoted", "RollingBack", "RolledBack", "Aborted")
+    live = [w for phase, w in weights if phase not in ending]
     assert live == sorted(live), f"weight went backwards: {live}"
 
 
