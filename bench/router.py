@@ -10,8 +10,9 @@ back at each rate, in alternating rounds, and the comparison rests on difference
   the router appends its fields to stable answers and parses/rewrites the candidate's (30 %); and with
   ``--max-wait-ms 0`` (no micro-batch wait) so that its batching does not depend on how many connections
   the proxy opens.
-* load: ``wrk`` with ``bench/wrk_paced.lua``: C connections, each pausing ``C * 1000 / rate`` ms between a
-  response and its next request, i.e. a fixed request rate (wrk2 is not packaged). Latency percentiles
+* load: ``wrk`` with ``bench/wrk_paced.lua``: C connections, each pausing a random (exponential, mean
+  ``C * 1000 / rate`` ms) time between a response and its next request, i.e. close to Poisson arrivals at
+  a fixed rate (wrk2 is not packaged). Latency percentiles
   are wrk's (send to response, microseconds).
 * CPU per request of each proxy process (utime + stime from /proc, nginx master + worker): a measure of
   the proxy's own cost that scheduling noise on a shared machine does not distort.
@@ -415,8 +416,9 @@ def write_readme(result: dict[str, Any]) -> None:
         "at fixed request rates, next to nginx (nginx-light, one worker, keep-alive upstreams) doing a plain "
         "weighted proxy with `split_clients`. Both proxies split 30/70 between two upstreams that are the same "
         "policy-server process (`--max-wait-ms 0`), so the difference to the direct calls is the proxy alone. Load: "
-        f"`wrk` with `bench/wrk_paced.lua` ({s['connections']} connections, each pausing between a response and its "
-        "next request so the total is the target rate; wrk2 is not packaged). Overhead = proxy percentile minus "
+        f"`wrk` with `bench/wrk_paced.lua` ({s['connections']} connections, each pausing an exponentially distributed "
+        "time between a response and its next request so that arrivals are close to Poisson at the target rate; "
+        "wrk2 is not packaged). Overhead = proxy percentile minus "
         f"direct percentile in the same round, median of {s['rounds']} rounds of {s['duration']:.0f} s runs "
         "per target and rate (short runs back to back, first target rotating: the load of this shared machine "
         "swings within seconds). CPU per request: utime + stime of the proxy process(es) "

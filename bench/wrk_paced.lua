@@ -1,4 +1,4 @@
--- wrk script for the router benchmark (bench/router.py): fixed-rate load. Each connection waits
+-- wrk script for the router benchmark (bench/router.py): fixed-rate load. Each connection waits on average
 -- $WRK_DELAY_MS between a response and its next request, so C connections send about
 -- C * 1000 / WRK_DELAY_MS requests per second (a paced, nearly open-loop load; wrk2 is not packaged).
 -- POST bodies cycle through the lines of $WRK_BODIES; the summary is printed as one "WRK_JSON " line.
@@ -17,8 +17,10 @@ function init(args)
   next_body = math.random(#bodies) - 1
 end
 
+-- Exponentially distributed pauses (mean pause_ms): connections do not fire in lockstep, so arrivals are
+-- close to a Poisson stream at the target rate instead of bursts of C requests every pause_ms.
 function delay()
-  return pause_ms
+  return math.floor(-math.log(1 - math.random()) * pause_ms + 0.5)
 end
 
 function request()
