@@ -453,10 +453,11 @@ def write_readme(result: dict[str, Any]) -> None:
             f"The router spends {at_1000['router_cpu_us_per_request']:.0f} µs of CPU per request (user + kernel: "
             "four socket syscalls and the Python event loop), nginx "
             f"{at_1000['nginx_cpu_us_per_request']:.0f} µs. With the load average "
-            f"{m['load_avg_at_start']:.0f}-{m['load_avg_at_end']:.0f} on 2 cores the measured overheads swing "
-            "by milliseconds between rates and rounds, far more than the router's ~0.1 ms of CPU per request: "
-            "that points at run-queue waits (every wake-up waits for a CPU, longer for a process that uses more "
-            "CPU per request) rather than the code path. Re-run on a quiet machine to check the target itself.",
+            f"{m['load_avg_at_start']:.1f}-{m['load_avg_at_end']:.1f} on 2 cores (the benchmark's own four "
+            "processes included), the p99 differences swing by milliseconds between rounds, more than the "
+            "proxies' CPU per request: run-queue waits dominate the tail (every wake-up may wait for a CPU, "
+            "longer for a process that uses more CPU per request). The p50 overhead is the steadier figure of "
+            "the router's own cost.",
         ]
     rb = result["rollback"]
     e, d, w = rb["set_weights_call_to_router_applied"], rb["updated_at_to_router_applied"], rb["set_weights_call"]
