@@ -51,6 +51,7 @@ def test_weight_30_splits_3000_requests_within_4_sigma(stable, candidate) -> Non
             assert body["assignment_probability"] == pytest.approx(p if body["variant"] == "candidate" else 1 - p)
         sigma = math.sqrt(n * p * (1 - p))
         c = router.client()
+        print(f"weight 30: {served} of {n} (expected {n * p:.0f} +- 4 sigma = {4 * sigma:.0f})")
         assert abs(served["candidate"] - n * p) <= 4 * sigma, served
         m = c.metrics()
         assert (
