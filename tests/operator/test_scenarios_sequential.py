@@ -102,6 +102,7 @@ class SequentialScenario(scenarios.Scenario):
         )
         assert crd_validation.validate(manifest) == [], "the scenario's manifest must be valid"
         self.client.create(manifest)
+        self.steps = len(steps)
         self.weights_seen: list[tuple[str, int]] = []
 
     def judge(self) -> dict[str, Any]:
