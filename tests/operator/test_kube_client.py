@@ -14,15 +14,6 @@ from tests.support.kube import KubeAPI, policy_rollout_manifest
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def client(kube_api: KubeAPI):
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def _configmap(name: str = "settings", **data: str) -> dict:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default",
                                                                    "labels": {"app": "x"}},

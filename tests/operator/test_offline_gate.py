@@ -161,15 +161,6 @@ def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentContro
         process.stop()
 
 
-@pytest.fixture()
-def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 class Watch:
     """Reads a rollout's status and HTTPRoute weight, remembering every candidate weight seen."""
 

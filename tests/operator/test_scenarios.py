@@ -47,15 +47,6 @@ def operator(
         process.stop()
 
 
-@pytest.fixture()
-def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 class Scenario:
     """One rollout under test, with the accessors the assertions need."""
 

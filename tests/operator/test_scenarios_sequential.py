@@ -27,7 +27,6 @@ from tests.support.prometheus import Exporter, PrometheusServer
 pytestmark = pytest.mark.integration
 
 # Reuse the end-to-end fixtures (the operator process, the API client) and helpers, not copies.
-client = scenarios.client
 operator = scenarios.operator
 NAMESPACE = scenarios.NAMESPACE
 

@@ -168,15 +168,6 @@ def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentContro
         process.stop()
 
 
-@pytest.fixture()
-def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 @pytest.mark.integration
 def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
     kube_api: KubeAPI, client: kube.Client, operator: OperatorProcess, tmp_path: Path

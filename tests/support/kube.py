@@ -55,7 +55,7 @@ import pytest
 import yaml
 from kmock._internal import k8s as kmock_k8s
 from kmock._internal import parsing
-from rollout_operator import api
+from rollout_operator import api, kube
 
 # --------------------------------------------------------------------------- path parsing
 
@@ -714,6 +714,16 @@ def kube_api(tmp_path: Path) -> Iterator[KubeAPI]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def client(kube_api: KubeAPI) -> Iterator[kube.Client]:
+    """The operator's own client (`rollout_operator.kube.Client`) pointed at the emulator."""
+    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture()

@@ -25,7 +25,6 @@ pytestmark = pytest.mark.integration
 
 # The scenario fixtures (a real operator process, a kube client, a rollout driver), used as they are.
 operator = test_scenarios.operator
-client = test_scenarios.client
 scenario = test_scenarios.scenario
 NAMESPACE = test_scenarios.NAMESPACE
 

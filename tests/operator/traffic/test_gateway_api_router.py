@@ -17,15 +17,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def client(kube_api: KubeAPI):
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture()
 def rollout(client: kube.Client) -> api.PolicyRollout:
     return api.PolicyRollout.model_validate(client.apply(policy_rollout_manifest(name="pricing")))
 

@@ -82,15 +82,6 @@ def test_schema_check_rejects_a_broken_virtualservice(crd: dict, offline_rollout
 
 
 @pytest.fixture()
-def client(kube_api: KubeAPI):
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture()
 def rollout(client: kube.Client) -> api.PolicyRollout:
     return api.PolicyRollout.model_validate(client.apply(_manifest(namespace="default")))
 

@@ -25,15 +25,6 @@ ROUTER_KINDS = ["ServiceAccount", "Role", "RoleBinding", "Deployment", "Service"
 
 
 @pytest.fixture()
-def client(kube_api: KubeAPI):
-    c = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture()
 def rollout(client: kube.Client) -> api.PolicyRollout:
     manifest = policy_rollout_manifest(name="pricing", provider="router")
     manifest["spec"]["traffic"]["stickyKey"] = "x-user"
