@@ -27,6 +27,13 @@ from rollout_operator.engine.types import Measurement
 __all__ = ["FailedChecksJudge", "MannWhitneyJudge", "mann_whitney_z"]
 
 
+def _carried_state(status: api.PolicyRolloutStatus, kind: str) -> api.JudgeStatus:
+    """This judge's state from status, copied so that judging never mutates its input."""
+    state = (status.judge or api.JudgeStatus(kind=kind)).model_copy()
+    state.last_raw = dict(state.last_raw)
+    return state
+
+
 class FailedChecksJudge:
     kind = "flagger-failed-checks"
 
@@ -43,8 +50,7 @@ class FailedChecksJudge:
         measurements: Mapping[str, Measurement],
         now: datetime,
     ) -> base.Judgement:
-        state = (status.judge or api.JudgeStatus(kind=self.kind)).model_copy()
-        state.last_raw = dict(state.last_raw)
+        state = _carried_state(status, self.kind)
         failed = state.last_raw.get("failed_checks", 0.0)
         rollback = None
         for guardrail in spec.analysis.guardrails:
@@ -85,8 +91,7 @@ class MannWhitneyJudge:
         measurements: Mapping[str, Measurement],
         now: datetime,
     ) -> base.Judgement:
-        state = (status.judge or api.JudgeStatus(kind=self.kind)).model_copy()
-        state.last_raw = dict(state.last_raw)
+        state = _carried_state(status, self.kind)
         c = measurements.get(base.SERIES_PREFIX + "candidate_mean")
         s = measurements.get(base.SERIES_PREFIX + "stable_mean")
         if c is None or s is None or c.value is None or s.value is None:
