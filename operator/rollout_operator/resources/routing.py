@@ -20,7 +20,7 @@ from typing import Any
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
 from rollout_operator.resources import meta
-from rollout_operator.resources.workload import RUN_AS_USER, SERVICE_PORT
+from rollout_operator.resources.workload import SERVICE_PORT, pod_security_context, scrape_annotations
 
 CONFIGMAP_KEY = "routing.json"  # = policy_server.router.table.CONFIGMAP_KEY (the contract; a test checks)
 TABLE_VERSION = 1
@@ -225,22 +225,12 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(ROUTER_PORT),
-                        "prometheus.io/path": "/metrics",
-                    },
+                    "annotations": scrape_annotations(ROUTER_PORT),
                 },
                 "spec": {
                     "serviceAccountName": name,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_USER,
-                        "runAsGroup": RUN_AS_USER,
-                        "fsGroup": RUN_AS_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],

@@ -24,6 +24,22 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 RUN_AS_USER = 65532  # the conventional "nonroot" uid of distroless images
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Non-root, fixed uid, default seccomp: every pod the operator creates runs this way."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The annotations a Prometheus pod scrape config keys on."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def _resources(policy: api.PolicySpec) -> dict[str, dict[str, str]]:
     """The spec's resources; each of requests/limits the spec leaves out keeps our default."""
     result = {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
@@ -93,22 +109,14 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
                     "labels": pod_labels,
                     "annotations": {
                         meta.ANNOTATION_VERSION: policy.version,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(policy.port),
-                        "prometheus.io/path": "/metrics",
+                        **scrape_annotations(policy.port),
                     },
                 },
                 "spec": {
                     # The policy server never talks to the Kubernetes API.
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_USER,
-                        "runAsGroup": RUN_AS_USER,
-                        "fsGroup": RUN_AS_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [{"name": vol, "emptyDir": {}} for vol in SCRATCH_VOLUMES],
