@@ -84,17 +84,34 @@ def discrete_probabilities(raw: np.ndarray, exploration: artifact.Exploration, m
 
 def sample_discrete(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: the first action whose cumulative probability exceeds ``u * total``."""
-    return _sample(p, u, np.arange(p.shape[0]))[0]
+    return _sample(p, u)[0]
 
 
-def _sample(p: np.ndarray, u: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# Renormalising the unmasked softmax over the allowed actions equals the masked softmax as long as
+# the allowed mass is a normal float; below this the masked softmax is recomputed from the logits.
+_MIN_ALLOWED_MASS = 1e-200
+
+
+def _restrict(free: np.ndarray, values: np.ndarray, exploration: artifact.Exploration, mask: np.ndarray) -> np.ndarray:
+    """The exploration rule over the allowed actions, reusing the unmasked distribution ``free`` where exact."""
+    if exploration.kind == "softmax":
+        p = free * mask
+        total = p.sum(axis=1, keepdims=True)
+        if total.min() > _MIN_ALLOWED_MASS:
+            p /= total
+            return p
+    return discrete_probabilities(values, exploration, mask)
+
+
+def _sample(p: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverse-CDF draw plus the drawn actions' probabilities (few numpy calls: this is the hot path)."""
     cdf = np.cumsum(p, axis=1)
     a = (cdf <= u[:, None] * cdf[:, -1:]).sum(axis=1)
+    rows = np.arange(p.shape[0])
     prop = p[rows, a]
     # u < 1 keeps a <= K-1; only float round-off at the very top can land on a trailing zero-probability
     # action: move those rows to the last action with positive probability
-    if not (prop > 0).all():
+    if not prop.min() > 0:
         last = p.shape[1] - 1 - np.argmax((p > 0)[:, ::-1], axis=1)
         a = np.minimum(a, last)
         prop = p[rows, a]
@@ -128,6 +145,9 @@ class Policy:
             self.low = np.asarray(manifest.action.low, dtype=np.float64)
             self.high = np.asarray(manifest.action.high, dtype=np.float64)
             self.std = np.exp(np.asarray(manifest.log_std or [0.0] * self.n_outputs, dtype=np.float64))
+        # A ScriptModule's own forward skips nn.Module's hook dispatch (a few µs per call, the
+        # size of a small MLP's whole forward pass); other callables are called as they are.
+        self._run = module.forward if isinstance(module, torch.jit.ScriptModule) else module
 
     @classmethod
     def from_artifact(cls, loaded: artifact.LoadedArtifact, exploration: artifact.Exploration | None = None) -> Policy:
@@ -135,7 +155,9 @@ class Policy:
 
     def forward(self, observations: np.ndarray) -> np.ndarray:
         """Run the model on a (B, *shape) batch; returns float32 (B, K)."""
-        obs = np.ascontiguousarray(observations, dtype=np.float32)
+        obs = observations
+        if obs.dtype != np.float32 or not obs.flags.c_contiguous:
+            obs = np.ascontiguousarray(obs, dtype=np.float32)
         if obs.shape[1:] != self.obs_shape:
             raise ValueError(
                 f"observations have shape {obs.shape}, expected (B, {', '.join(map(str, self.obs_shape))})"
@@ -144,7 +166,7 @@ class Policy:
             x = torch.from_numpy(obs)
             if self.device != "cpu":
                 x = x.to(self.device, non_blocking=True)
-            out = self.module(x)
+            out = self._run(x)
             if out.device.type != "cpu" or out.dtype != torch.float32:
                 out = out.to("cpu", torch.float32)
             return out.numpy()
@@ -173,8 +195,13 @@ class Policy:
         *,
         low: np.ndarray | None = None,
         high: np.ndarray | None = None,
+        masks_checked: bool = False,
     ) -> BatchDecision:
-        """Apply the exploration rule to model outputs ``raw`` (B, K)."""
+        """Apply the exploration rule to model outputs ``raw`` (B, K).
+
+        ``masks_checked``: the caller guarantees ``masks`` is a bool (B, K) array allowing at least
+        one action per row (the shield does), so the checks are skipped.
+        """
         if np.isfinite(raw).all():
             finite = np.ones(raw.shape[0], dtype=bool)
             values = raw.astype(np.float64)
@@ -182,8 +209,19 @@ class Policy:
             finite = np.isfinite(raw).all(axis=1)
             values = np.where(finite[:, None], raw, 0.0).astype(np.float64)
         if self.discrete:
+            if masks is not None and not masks_checked:
+                masks = self._checked_masks(masks, values.shape)
             return self._choose_discrete(raw, values, finite, rng, masks)
         return self._choose_continuous(raw, values, finite, rng, low, high)
+
+    @staticmethod
+    def _checked_masks(masks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != shape:
+            raise ValueError(f"masks have shape {masks.shape}, expected {shape}")
+        if not masks.any(axis=1).all():
+            raise ValueError("a mask allows no action")
+        return masks
 
     def _choose_discrete(
         self,
@@ -194,26 +232,15 @@ class Policy:
         masks: np.ndarray | None,
     ) -> BatchDecision:
         b = values.shape[0]
-        if masks is not None:
-            masks = np.asarray(masks, dtype=bool)
-            if masks.shape != values.shape:
-                raise ValueError(f"masks have shape {masks.shape}, expected {values.shape}")
-            if not masks.any(axis=1).all():
-                raise ValueError("a mask allows no action")
         u = rng.random(b)
-        p = discrete_probabilities(values, self.exploration, masks)
-        actions = sample_discrete(p, u)
-        unconstrained = (
-            actions if masks is None else sample_discrete(discrete_probabilities(values, self.exploration, None), u)
-        )
-        return BatchDecision(
-            actions=actions,
-            propensities=np.take_along_axis(p, actions[:, None], axis=1)[:, 0],
-            probabilities=p,
-            raw=raw,
-            unconstrained_actions=unconstrained,
-            finite=finite,
-        )
+        free = discrete_probabilities(values, self.exploration, None)
+        if masks is None:
+            actions, propensities = _sample(free, u)
+            return BatchDecision(actions, propensities, free, raw, actions, finite)
+        p = _restrict(free, values, self.exploration, masks)
+        # one draw for the masked and the unmasked rule, same uniform number per row
+        drawn, drawn_p = _sample(np.concatenate((p, free)), np.concatenate((u, u)))
+        return BatchDecision(drawn[:b], drawn_p[:b], p, raw, drawn[b:], finite)
 
     def _choose_continuous(
         self,

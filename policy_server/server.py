@@ -14,9 +14,10 @@ happens to one /v1/act request:
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
 
-Rewards: /v1/reward accepts one reward per request id served by this process recently. The ids
-are kept in an LRU of ``max_request_ids`` entries (default 1,000,000, ~150 MB worst case):
-older ids answer 404 like unknown ones, a second reward for an id answers 409.
+Rewards: /v1/reward accepts one reward per request id among the last ``max_request_ids``
+decisions of this process (default 1,000,000; request_ids.py): older ids answer 404 like unknown
+ones, a second reward for an id answers 409. Generated ids cost no memory, client-chosen ones an
+LRU entry each.
 
 Shutdown (SIGTERM/SIGINT via the CLI): stop accepting connections, finish every request
 already read, close idle connections, then close the decision log (flushes every buffered
@@ -28,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,18 @@ from typing import Any
 import numpy as np
 import orjson
 
-from policy_server import artifact, batching, drift, log_process, metrics, openapi, protocol, shield, validation
+from policy_server import (
+    artifact,
+    batching,
+    drift,
+    log_process,
+    metrics,
+    openapi,
+    protocol,
+    request_ids,
+    shield,
+    validation,
+)
 from policy_server import policy as policy_mod
 
 __all__ = ["PolicyServer", "ServerConfig"]
@@ -103,15 +113,13 @@ class PolicyServer:
         self.shield: shield.Shield | None = None
         self.drift: drift.DriftMonitor | None = None
         self.decision_log: Any = None
-        self._ids: OrderedDict[str, bool] = OrderedDict()  # request id -> rewarded
+        self._ids = request_ids.RequestIds(config.max_request_ids)
         self._server: asyncio.AbstractServer | None = None
         self._loaded = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._openapi = orjson.dumps(openapi.document())
         self._model_body = b""
-        self._id_prefix = os.urandom(8).hex()  # generated ids: random per process + counter (unique, cheap)
-        self._counter = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -321,28 +329,21 @@ class PolicyServer:
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
         rid = req.request_id
-        ids = self._ids
         if rid is None:
-            self._counter += 1
-            rid = f"{self._id_prefix}-{self._counter:x}"
-        elif rid in ids:
+            rid = self._ids.generate()
+        elif not self._ids.claim(rid):
             return self._fail(
                 conn, seq, 409, "duplicate_request_id", f"request_id {rid!r} was already used; send a unique id or none"
             )
-        ids[rid] = False
-        if len(ids) > self.config.max_request_ids:
-            ids.popitem(last=False)
         self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context, req.mask, req.entity))
 
     def _run_batch(self, items: list[_Pending]) -> None:
         pol = self.policy
         try:
             obs = np.array([it.obs for it in items], dtype=np.float32)
+            started = np.fromiter([it.t0 for it in items], dtype=np.float64, count=len(items))
             raw = pol.forward(obs)
-            waited = None
-            if self.shield.latency_budget_s is not None:
-                now = time.perf_counter()
-                waited = np.array([now - it.t0 for it in items])
+            waited = None if self.shield.latency_budget_s is None else time.perf_counter() - started
             res = self.shield.run(
                 raw, self.rng, masks=[it.mask for it in items], entities=[it.entity for it in items], waited_s=waited
             )
@@ -372,8 +373,7 @@ class PolicyServer:
                     }
                 ),
             )
-        end = time.perf_counter()
-        latency = end - np.fromiter((it.t0 for it in items), dtype=np.float64, count=len(items))
+        latency = time.perf_counter() - started
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
@@ -419,8 +419,8 @@ class PolicyServer:
                     )
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
-        state = self._ids.get(req.request_id)
-        if state is None:
+        check = self._ids.reward(req.request_id)
+        if check is request_ids.RewardCheck.UNKNOWN:
             return self._fail(
                 conn,
                 seq,
@@ -429,7 +429,7 @@ class PolicyServer:
                 f"unknown request_id {req.request_id!r}: not served by this server within the last "
                 f"{self.config.max_request_ids} decisions",
             )
-        if state:
+        if check is request_ids.RewardCheck.DUPLICATE:
             return self._fail(
                 conn,
                 seq,
@@ -437,7 +437,6 @@ class PolicyServer:
                 "duplicate_request_id",
                 f"a reward for request_id {req.request_id!r} was already recorded",
             )
-        self._ids[req.request_id] = True
         self.metrics.record_reward(req.reward, req.costs)
         if self.decision_log is not None:
             self.decision_log.log_reward(

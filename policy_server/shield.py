@@ -69,6 +69,9 @@ class Shield:
         k = pol.n_outputs
         if pol.discrete:
             self.static_mask = None if cfg.action_mask is None else np.asarray(cfg.action_mask, dtype=bool)
+            if self.static_mask is not None and (self.static_mask.shape != (k,) or not self.static_mask.any()):
+                raise ValueError(f"shield action_mask must have {k} entries and allow at least one action")
+            self._static_rows: dict[int, np.ndarray] = {}  # batch size -> read-only tiled static mask
             fb = cfg.fallback_action
             self.fallback = int(fb) if isinstance(fb, int) else None
         else:
@@ -102,7 +105,8 @@ class Shield:
     ) -> ShieldResult:
         """Choose shielded actions for model outputs ``raw`` (B, K).
 
-        ``masks``/``entities``: per-row request mask (or None) and entity key (or None);
+        ``masks``/``entities``: per-row request mask (or None; each must have passed
+        :meth:`check_request_mask`) and entity key (or None);
         ``waited_s``: per-row seconds since the request arrived, for the latency budget.
         """
         b = raw.shape[0]
@@ -118,10 +122,8 @@ class Shield:
             decision, base = self._continuous(raw, rng, last, reasons, counts)
         all_finite = bool(decision.finite.all())
         late = None
-        if self.latency_budget_s is not None and waited_s is not None:
+        if self.latency_budget_s is not None and waited_s is not None and waited_s.max() > self.latency_budget_s:
             late = waited_s > self.latency_budget_s
-            if not late.any():
-                late = None
         if late is not None or not all_finite:
             late = np.zeros(b, dtype=bool) if late is None else late
             self._fallback(decision, base, ~decision.finite, late, reasons, counts)
@@ -132,11 +134,16 @@ class Shield:
     def _discrete(self, raw, rng, masks, last, reasons, counts):
         b, k = raw.shape
         base = None
-        if self.static_mask is not None or any(m is not None for m in masks):
+        if any(m is not None for m in masks):
             base = np.ones((b, k), dtype=bool) if self.static_mask is None else np.tile(self.static_mask, (b, 1))
             for i, m in enumerate(masks):
                 if m is not None:
                     base[i] &= m
+        elif self.static_mask is not None:
+            base = self._static_rows.get(b)
+            if base is None:
+                base = self._static_rows[b] = np.tile(self.static_mask, (b, 1))
+                base.flags.writeable = False
         full = base
         if last is not None and any(v is not None for v in last):
             idx = np.arange(k)
@@ -147,7 +154,9 @@ class Shield:
                 row = full[i] & (np.abs(idx - int(v)) <= self.max_delta)
                 if row.any():
                     full[i] = row
-        decision = self.policy.choose(raw, rng, full)
+        # every row allows an action: the static mask is checked above, request masks by
+        # check_request_mask, and a delta limit that would forbid everything is skipped
+        decision = self.policy.choose(raw, rng, full, masks_checked=True)
         if full is not None:
             for i in np.nonzero(decision.actions != decision.unconstrained_actions)[0]:
                 a0 = decision.unconstrained_actions[i]
