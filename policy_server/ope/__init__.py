@@ -10,7 +10,18 @@ This is the array-level foundation (numpy + scipy; `fqe` adds torch and is impor
 Formulas and their obp correspondence: docs/ope.md.
 """
 
-from policy_server.ope import bandit, confidence, diagnostics, gate, sequential
+import importlib
+from typing import Any
+
 from policy_server.ope._checks import OPEInputError
 
 __all__ = ["OPEInputError", "bandit", "confidence", "diagnostics", "gate", "sequential"]
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules load on first use: ``confidence`` (and ``gate``) import scipy, ~80 MB that the
+    policy server's ``serve`` and ``route`` commands, which register the ``ope`` command's
+    arguments, never need."""
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

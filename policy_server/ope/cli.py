@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from policy_server.ope import bandit, gate
+from policy_server.ope import bandit
 from policy_server.ope._checks import OPEInputError
 
 __all__ = ["ESTIMATORS", "LoggedData", "OPEError", "add_parser", "evaluate", "load_logged", "main", "run"]
@@ -38,7 +38,6 @@ __all__ = ["ESTIMATORS", "LoggedData", "OPEError", "add_parser", "evaluate", "lo
 ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr")
 RESULT_LIMIT = 4096
 RESULT_VERSION = 1
-_RANK = {gate.Verdict.PASS: 0, gate.Verdict.FAIL: 1, gate.Verdict.REFUSE: 2}
 
 
 class OPEError(Exception):
@@ -191,8 +190,11 @@ def evaluate(
 
     `baseline` (n, K) are the baseline policy's probabilities, or None to compare with the logged rewards.
     """
+    # here, not at the top: gate and confidence import scipy, which `policy-server serve` and `route` never need
     from policy_server.ope import confidence as conf
+    from policy_server.ope import gate
 
+    rank = {gate.Verdict.PASS: 0, gate.Verdict.FAIL: 1, gate.Verdict.REFUSE: 2}
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown or not estimators:
         raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
@@ -217,7 +219,7 @@ def evaluate(
             min_ess=min_ess, max_unsupported_mass=max_unsupported_mass, rng=seed,
         )
         first = first or judged
-        if _RANK[judged.verdict] > _RANK[worst]:
+        if rank[judged.verdict] > rank[worst]:
             worst = judged.verdict
         entries.append({
             "estimator": name, "value": _finite(float(rounds.mean())), "lowerBound": _finite(judged.lower_bound),

@@ -124,3 +124,14 @@ def test_sigterm_under_load_loses_no_answered_decision(tmp_path: Path, models) -
     logged = set(table.column("request_id").to_pylist())
     assert len(answered) >= 200 and set(answered) <= logged
     assert set(table.column("propensity").to_pylist()) == {1.0}  # --exploration greedy overrides softmax
+
+
+def test_the_command_line_loads_no_evaluation_stack_until_asked() -> None:
+    """`serve` and `route` build the whole parser; scipy (~80 MB of RSS in every pod) must stay unloaded."""
+    probe = (
+        "import sys; from policy_server import cli; cli.build_parser(); "
+        "print(sorted(m for m in ('scipy', 'pyarrow', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
