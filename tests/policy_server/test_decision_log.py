@@ -1,5 +1,8 @@
 """Decision log: exact round-trip, segment rotation, no loss under concurrency, retries, joins.
 
+Batches (``log_decision_batch``) are specified against the dict path: the same decisions logged
+both ways must read back as the same table.
+
 Waits in these tests poll with a generous deadline (the machine is shared); they never assert
 on how long something took.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +30,7 @@ from policy_server.decision_log import (
     DECISION_SCHEMA,
     REWARD_SCHEMA,
     SCHEMA_VERSION,
+    DecisionBatch,
     DecisionLog,
     DecisionLogError,
     join_rewards,
@@ -52,6 +57,55 @@ def decision(i: int, **over: Any) -> dict[str, Any]:
     }
     rec.update(over)
     return rec
+
+
+def batch(start: int, size: int, **over: Any) -> DecisionBatch:
+    """``size`` discrete decisions with ids req-<start>..., as the server's hot path hands them over."""
+    rows = np.arange(start, start + size)
+    probabilities = np.tile([0.25, 0.5, 0.25], (size, 1))
+    fields: dict[str, Any] = {
+        "request_ids": [f"req-{i}" for i in rows],
+        "time": 1_700_000_000.0 + start * 0.001,
+        "policy_version": "v2",
+        "variant": "candidate",
+        "observations": np.stack([0.1 * rows, np.full(size, -1.5), np.full(size, 3.0)], axis=1).astype(np.float32),
+        "actions": rows % 3,
+        "propensities": probabilities[np.arange(size), rows % 3],
+        "probabilities": probabilities,
+        "shield_reasons": [[] for _ in rows],
+        "latency_ms": 0.5 + 0.01 * rows,
+    }
+    fields.update(over)
+    return DecisionBatch(**fields)
+
+
+def records_of(b: DecisionBatch) -> list[dict[str, Any]]:
+    """The same decisions as ``log_decision`` dicts, built the way the server built them (``tolist()``)."""
+    n = len(b.request_ids)
+    if n == 0:
+        return []
+    observations = b.observations.reshape(n, -1).tolist()
+    actions = b.actions.tolist()
+    probabilities = b.probabilities.tolist() if b.probabilities is not None else [None] * n
+    assignment = b.assignment_probability.tolist() if b.assignment_probability is not None else [None] * n
+    return [
+        {
+            "request_id": b.request_ids[i],
+            "time": b.time,
+            "policy_version": b.policy_version,
+            "variant": b.variant,
+            "observation": observations[i],
+            "action": actions[i],
+            "propensity": b.propensities.tolist()[i],
+            "probabilities": probabilities[i],
+            "shield_reasons": b.shield_reasons[i],
+            "latency_ms": b.latency_ms.tolist()[i],
+            "context_json": b.context_json[i] if b.context_json is not None else None,
+            "assignment_probability": assignment[i],
+            "served_by": b.served_by,
+        }
+        for i in range(n)
+    ]
 
 
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
@@ -418,6 +472,7 @@ def test_public_surface() -> None:
         "DECISION_SCHEMA",
         "REWARD_SCHEMA",
         "SCHEMA_VERSION",
+        "DecisionBatch",
         "DecisionLog",
         "DecisionLogError",
         "join_rewards",
@@ -439,3 +494,224 @@ def test_flush_reports_a_writer_stuck_in_a_hung_write(tmp_path: Path, dlogs: lis
     fs.release.set()  # the storage answers again: nothing was lost
     dlog.close()
     assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-1"]
+
+
+# ------------------------------------------------------------------------------------------
+# log_decision_batch: numpy columns instead of one dict per decision
+
+
+def varied_batches() -> list[DecisionBatch]:
+    """Every shape of batch the server may log, so that each conversion path is compared with the dict path."""
+    return [
+        batch(0, 4),
+        batch(4, 3, shield_reasons=[["clip"], [], ["clip", "max_delta"]], context_json=['{"u": 1}', None, "{}"]),
+        # continuous (B, D) actions, no distribution, float64 observations, router fields
+        batch(
+            7,
+            2,
+            actions=np.array([[0.5, -2.0], [1.25, 3.0]]),
+            probabilities=None,
+            propensities=np.array([1.0, 1.0]),
+            observations=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+            assignment_probability=np.array([0.05, 0.05]),
+            served_by="policy-v2-abc",
+        ),
+        batch(9, 0),  # an empty batch writes nothing
+        # continuous (B,) actions, (B, 2, 2) observations stored flattened, another policy version
+        batch(
+            9,
+            2,
+            actions=np.array([0.5, -0.5], np.float32),
+            observations=np.arange(8, dtype=np.float32).reshape(2, 2, 2),
+            probabilities=None,
+            policy_version="v1",
+            variant="stable",
+        ),
+        batch(11, 2, observations=np.zeros((2, 0), np.float32), actions=np.array([7, 1], np.int32)),
+        batch(13, 5),
+    ]
+
+
+@pytest.mark.parametrize("repeats", [1, 200], ids=["seven batches", "1400 batches"])  # 1400: gathered in pieces
+def test_batches_write_the_same_parquet_as_records(repeats: int, tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    batches = varied_batches() * repeats
+    by_batch = DecisionLog(str(tmp_path / "batches"), flush_interval_s=3600)
+    by_record = DecisionLog(str(tmp_path / "records"), flush_interval_s=3600)
+    dlogs += [by_batch, by_record]
+    for b in batches:
+        by_batch.log_decision_batch(b)
+        for record in records_of(b):
+            by_record.log_decision(record)
+    by_batch.close()
+    by_record.close()
+
+    from_batches = read_decisions(str(tmp_path / "batches"))
+    from_records = read_decisions(str(tmp_path / "records"))
+    assert from_records.num_rows == sum(len(b.request_ids) for b in batches) == 18 * repeats
+    assert from_batches.equals(from_records)
+    (batch_segment,) = segments(tmp_path / "batches")
+    (record_segment,) = segments(tmp_path / "records")
+    assert pq.read_schema(batch_segment).equals(pq.read_schema(record_segment), check_metadata=True)
+    assert pq.read_schema(batch_segment).metadata == DECISION_SCHEMA.metadata
+    assert by_batch.rows_written == by_record.rows_written and by_batch.rejected == 0
+    # and both are what was logged, not merely the same
+    rows = {r["request_id"]: r for r in from_batches.to_pylist()}
+    assert rows["req-4"]["shield_reasons"] == ["clip"] and rows["req-4"]["context_json"] == '{"u": 1}'
+    assert rows["req-7"]["action"] == [0.5, -2.0] and rows["req-7"]["action_index"] is None
+    assert rows["req-7"]["served_by"] == "policy-v2-abc" and rows["req-0"]["served_by"] is None
+    assert rows["req-9"]["observation"] == [0.0, 1.0, 2.0, 3.0] and rows["req-11"]["action_index"] == 7
+    assert rows["req-13"]["observation"] == [float(np.float32(1.3)), -1.5, 3.0]
+
+
+def test_records_and_batches_keep_logging_order_across_segments(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=5, flush_interval_s=3600)
+    dlogs.append(dlog)
+    expected: list[str] = []
+    next_id = 0
+    for size in (3, 0, 7, 1, 12, 2, 5, 4):  # batches cut by segment boundaries, a dict between each
+        dlog.log_decision_batch(batch(next_id, size))
+        dlog.log_decision(decision(next_id + size))
+        expected += [f"req-{i}" for i in range(next_id, next_id + size + 1)]
+        next_id += size + 1
+    dlog.close()
+
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == expected
+    sizes = [pq.read_metadata(p).num_rows for p in segments(tmp_path)]
+    assert sum(sizes) == len(expected) == 42
+    assert all(n <= 5 for n in sizes)
+    assert dlog.rows_written["decisions"] == 42 and dlog.buffered == 0 and dlog.rejected == 0
+
+
+def test_batch_rows_wake_the_writer(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=10, flush_interval_s=3600)
+    dlogs.append(dlog)
+    for start in (0, 4, 8):  # three buffer items, twelve rows
+        dlog.log_decision_batch(batch(start, 4))
+    wait_until(lambda: len(segments(tmp_path)) == 1 and dlog.buffered == 2, "a full segment cut from the batches")
+    assert [pq.read_metadata(p).num_rows for p in segments(tmp_path)] == [10]
+    dlog.close()
+    assert [pq.read_metadata(p).num_rows for p in segments(tmp_path)] == [10, 2]
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == [f"req-{i}" for i in range(12)]
+
+
+def test_buffered_counts_the_rows_of_batches(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision_batch(batch(0, 6))
+    dlog.log_decision(decision(6))
+    assert dlog.buffered == 7
+    dlog.flush()
+    assert dlog.buffered == 0 and dlog.rows_written["decisions"] == 7
+
+
+def test_batches_from_concurrent_producers_are_all_written(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    threads_n, per_thread, size = 4, 1_500, 5
+    dlog = DecisionLog(str(tmp_path), segment_rows=7_000, flush_interval_s=0.05)
+    dlogs.append(dlog)
+    start = threading.Barrier(threads_n)
+
+    def produce(t: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            first = (t * per_thread + i) * (size + 1)
+            dlog.log_decision_batch(batch(first, size))
+            dlog.log_decision(decision(first + size))
+
+    producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads_n)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join()
+    dlog.close()
+
+    total = threads_n * per_thread * (size + 1)
+    ids = read_decisions(str(tmp_path)).column("request_id").to_pylist()
+    assert len(ids) == total and set(ids) == {f"req-{i}" for i in range(total)}
+    assert all(pq.read_metadata(p).num_rows <= 7_000 for p in segments(tmp_path))
+    assert dlog.rows_written["decisions"] == total
+    assert dlog.buffered == 0 and dlog.errors == 0 and dlog.rejected == 0
+
+
+def _bad(**over: Any) -> Callable[[int], Any]:
+    return lambda start: batch(start, 3, **over)
+
+
+MALFORMED_BATCHES = {
+    "observations too short": (_bad(observations=np.zeros((2, 3), np.float32)), "observations has 2 rows, expected 3"),
+    "shield_reasons too long": (_bad(shield_reasons=[[]] * 4), "shield_reasons has 4 rows, expected 3"),
+    "context_json too short": (_bad(context_json=[None]), "context_json has 1 rows, expected 3"),
+    "actions of strings": (_bad(actions=np.array(["a", "b", "c"])), "actions must be integers"),
+    "boolean actions": (_bad(actions=np.array([True, False, True])), "actions must be integers"),
+    "integer actions with two columns": (_bad(actions=np.zeros((3, 2), np.int64)), "one index per row"),
+    "one string as request ids": (_bad(request_ids="abc"), "request_ids must be a list"),
+    "a missing request id": (_bad(request_ids=["x", None, "z"]), "request_ids must not contain None"),
+    "no policy version": (_bad(policy_version=None), "policy_version must be a string"),
+    "time as text": (_bad(time="now"), "time must be a number"),
+    "observations as lists": (_bad(observations=[[0.0]] * 3), "observations must be numpy arrays"),
+    "probabilities per row as scalars": (_bad(probabilities=np.full(3, 0.5)), "probabilities must have 2 dimensions"),
+    "a reason that is not a list": (_bad(shield_reasons=[[], "clip", []]), "shield_reasons must hold one list"),
+    "not a DecisionBatch": (lambda start: records_of(batch(start, 3))[0], "takes a DecisionBatch, got dict"),
+}
+
+
+@pytest.mark.parametrize("make_bad", list(MALFORMED_BATCHES), ids=list(MALFORMED_BATCHES))
+def test_a_malformed_batch_is_rejected_by_its_rows_and_the_rest_is_written(
+    make_bad: str, tmp_path: Path, dlogs: list[DecisionLog], caplog: pytest.LogCaptureFixture
+) -> None:
+    make, reason = MALFORMED_BATCHES[make_bad]
+    bad = make(100)
+    bad_rows = 1 if isinstance(bad, dict) else 3
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision_batch(batch(0, 2))
+    dlog.log_decision_batch(bad)  # never raises: checked by the writer
+    dlog.log_decision(decision(2))
+    dlog.log_decision_batch(batch(3, 2))
+    dlog.close()
+
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == [f"req-{i}" for i in range(5)]
+    assert dlog.rejected == bad_rows
+    assert f"rejected {bad_rows} decisions record(s)" in caplog.text
+    assert reason in caplog.text and "docs/decision-log.md" in caplog.text
+
+
+def test_a_malformed_batch_cut_by_a_segment_boundary_is_rejected_in_both_parts(
+    tmp_path: Path, dlogs: list[DecisionLog], caplog: pytest.LogCaptureFixture
+) -> None:
+    dlog = DecisionLog(str(tmp_path), segment_rows=4, flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision_batch(batch(0, 3))
+    # rows 3..7: the first part alone would look consistent (obs rows 0:1 of 4 exist)
+    dlog.log_decision_batch(batch(3, 5, observations=np.zeros((4, 3), np.float32)))
+    dlog.log_decision_batch(batch(8, 2))
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == [
+        "req-0",
+        "req-1",
+        "req-2",
+        "req-8",
+        "req-9",
+    ]
+    assert dlog.rejected == 5
+    assert "observations has 4 rows, expected 5" in caplog.text
+
+
+def test_batch_write_failure_is_retried_without_loss(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = FlakyFS(failures=1)
+    dlog = DecisionLog(str(tmp_path), segment_rows=50, flush_interval_s=0.05, filesystem=fs)
+    dlogs.append(dlog)
+    for start in range(0, 120, 8):
+        dlog.log_decision_batch(batch(start, 8))
+    wait_until(lambda: dlog.errors == 1 and dlog.buffered == 0, "the writer to retry the failed segment")
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == [f"req-{i}" for i in range(120)]
+
+
+def test_batch_logged_after_close_is_not_lost(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.close()
+    dlog.log_decision_batch(batch(0, 3))
+    assert dlog.buffered == 3
+    dlog.close()
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-1", "req-2"]
