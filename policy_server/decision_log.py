@@ -126,7 +126,7 @@ class DecisionBatch:
     """
 
     request_ids: list[str]  # B ids
-    time: float  # Unix epoch seconds, one value for the whole batch
+    time: float | np.ndarray  # Unix epoch seconds: one value for the whole batch, or float64 (B,) per row
     policy_version: str
     variant: str
     observations: np.ndarray  # (B, ...) float32 or float64; stored flattened per row as list<float64>
@@ -355,6 +355,8 @@ def _sliced(part: _BatchSlice) -> DecisionBatch:
     cut = slice(part.start, part.stop)
     declared = [len(batch.request_ids)]
     fields = {name: _row_field([batch], declared, name)[0] for name in (*_ROW_FIELDS, *_OPTIONAL_ROW_FIELDS)}
+    if type(batch.time) is np.ndarray:
+        fields["time"] = _row_field([batch], declared, "time")[0]
     return replace(batch, **{name: value[cut] for name, value in fields.items() if value is not None})
 
 
@@ -521,7 +523,14 @@ def _reasons_column(values: list[Any], n: int) -> pa.Array:
 
 
 def _times(times: list[Any], rows: list[int]) -> pa.Array:
-    for kind in set(map(type, times)):
+    """One float64 per row from each batch's number, or from its (B,) array (a coalesced batch)."""
+    kinds = set(map(type, times))
+    if np.ndarray in kinds:
+        per_row = [t if type(t) is np.ndarray else np.full(k, t, np.float64) for t, k in zip(times, rows, strict=True)]
+        if list(map(len, per_row)) != rows or any(t.ndim != 1 or t.dtype.kind not in "iuf" for t in per_row):
+            raise ValueError("time must be a number or a float64 array (B,), one value per row")
+        return pa.array(_concatenate(per_row).astype(np.float64, copy=False))
+    for kind in kinds:
         if kind is bool or not issubclass(kind, numbers.Real):
             raise TypeError(f"time must be a number (Unix epoch seconds), got {kind.__name__}")
     return pa.array(np.repeat(np.array(times, np.float64), rows))

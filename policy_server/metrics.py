@@ -41,7 +41,7 @@ ERROR_REASONS = (
     "internal",
 )
 MAX_COST_NAMES = 64  # undeclared cost names get label sets lazily, up to this many
-FOLD_EVERY = 4096  # batches buffered before they are folded into the metrics
+FOLD_EVERY = 256  # batches buffered before a fold into the metrics (folding 4,096 stalled the loop ~2 ms)
 
 
 class BatchHistogram(Collector):

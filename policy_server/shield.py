@@ -44,7 +44,7 @@ REASONS = ("action_mask", "bounds", "max_delta", "non_finite_output", "latency_b
 @dataclass
 class ShieldResult:
     decision: policy.BatchDecision
-    reasons: list[list[str]]  # per row
+    reasons: list[tuple[str, ...]]  # per row; rows the shield left alone share the empty tuple (no list each)
     counts: dict[str, int]  # per reason that occurred in this batch, for metrics
 
 
@@ -110,28 +110,31 @@ class Shield:
         ``waited_s``: per-row seconds since the request arrived, for the latency budget.
         """
         b = raw.shape[0]
-        reasons: list[list[str]] = [[] for _ in range(b)]
+        found: dict[int, list[str]] = {}  # row -> reasons, for the few rows the shield changed
         counts: dict[str, int] = {}
         has_entity = any(e is not None for e in entities)
         last = None
         if self.max_delta is not None and has_entity:
             last = [self._last.get(e) if e is not None else None for e in entities]
         if self.policy.discrete:
-            decision, base = self._discrete(raw, rng, masks, last, reasons, counts)
+            decision, base = self._discrete(raw, rng, masks, last, found, counts)
         else:
-            decision, base = self._continuous(raw, rng, last, reasons, counts)
+            decision, base = self._continuous(raw, rng, last, found, counts)
         all_finite = bool(decision.finite.all())
         late = None
         if self.latency_budget_s is not None and waited_s is not None and waited_s.max() > self.latency_budget_s:
             late = waited_s > self.latency_budget_s
         if late is not None or not all_finite:
             late = np.zeros(b, dtype=bool) if late is None else late
-            self._fallback(decision, base, ~decision.finite, late, reasons, counts)
+            self._fallback(decision, base, ~decision.finite, late, found, counts)
         if has_entity:
             self._remember(decision.actions, entities)
+        reasons: list[tuple[str, ...]] = [()] * b
+        for i, row in found.items():
+            reasons[i] = tuple(row)
         return ShieldResult(decision=decision, reasons=reasons, counts=counts)
 
-    def _discrete(self, raw, rng, masks, last, reasons, counts):
+    def _discrete(self, raw, rng, masks, last, found, counts):
         b, k = raw.shape
         base = None
         if any(m is not None for m in masks):
@@ -161,11 +164,11 @@ class Shield:
             for i in np.nonzero(decision.actions != decision.unconstrained_actions)[0]:
                 a0 = decision.unconstrained_actions[i]
                 reason = "action_mask" if base is not None and not base[i, a0] else "max_delta"
-                reasons[i].append(reason)
+                found.setdefault(i, []).append(reason)
                 counts[reason] = counts.get(reason, 0) + 1
         return decision, base
 
-    def _continuous(self, raw, rng, last, reasons, counts):
+    def _continuous(self, raw, rng, last, found, counts):
         b, d = raw.shape
         lo = np.broadcast_to(self.low, (b, d))
         hi = np.broadcast_to(self.high, (b, d))
@@ -190,14 +193,14 @@ class Shield:
             for i in np.nonzero(by_bounds | by_delta)[0]:
                 for reason, hit in (("bounds", by_bounds[i]), ("max_delta", by_delta[i])):
                     if hit:
-                        reasons[i].append(reason)
+                        found.setdefault(i, []).append(reason)
                         counts[reason] = counts.get(reason, 0) + 1
         return decision, None
 
-    def _fallback(self, decision, base, bad, late, reasons, counts):
+    def _fallback(self, decision, base, bad, late, found, counts):
         for i in np.nonzero(bad | late)[0]:
             reason = "non_finite_output" if bad[i] else "latency_budget"
-            reasons[i].append(reason)
+            found.setdefault(i, []).append(reason)
             counts[reason] = counts.get(reason, 0) + 1
             decision.propensities[i] = 1.0
             if self.policy.discrete:

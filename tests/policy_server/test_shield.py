@@ -151,10 +151,10 @@ def test_continuous_max_delta_and_bounds_attribution(tmp_path: Path) -> None:
     sh = shield.Shield(pol)
     raw = np.array([[0.0, 0.0]], np.float32)
     r1 = sh.run(raw, np.random.default_rng(0), masks=[None], entities=["e"])
-    assert r1.reasons == [[]]
+    assert r1.reasons == [()]
     r2 = sh.run(np.array([[0.5, -2.0]], np.float32), np.random.default_rng(0), masks=[None], entities=["e"])
     assert np.allclose(r2.decision.actions, [[0.05, -0.05]])
-    assert r2.reasons == [["bounds", "max_delta"]]  # -2 is outside the action space, 0.5 only outside the delta
+    assert r2.reasons == [("bounds", "max_delta")]  # -2 is outside the action space, 0.5 only outside the delta
     assert r2.counts == {"bounds": 1, "max_delta": 1}
 
 
@@ -186,7 +186,7 @@ def test_mask_then_delta_infeasible_keeps_mask(tmp_path: Path) -> None:
     sh.run(np.array([[5.0, 0, 0, 0]], np.float32), np.random.default_rng(0), masks=[None], entities=["e"])  # last = 0
     # delta allows {0, 1}, the request mask allows only {3}: the mask wins, the delta limit is skipped
     res = sh.run(raw, np.random.default_rng(0), masks=[np.array([False, False, False, True])], entities=["e"])
-    assert res.decision.actions.tolist() == [3] and res.reasons == [[]]
+    assert res.decision.actions.tolist() == [3] and res.reasons == [()]
 
 
 def test_entity_lru_is_bounded(models) -> None:
