@@ -61,8 +61,9 @@ README_SECTION = f"""
 mask in the shield) three ways: `policy-server serve` (decision log on, `/metrics` scraped every second, shield
 on with a 100 ms latency budget); TorchServe through the `policy_server.torchserve` handler (each
 worker/batching configuration tried, the best one reported per client count); in-process (`Policy.decide` in
-a loop, batch 1: the floor). Load comes from `wrk` with `bench/wrk_act.lua` (POST bodies from a file of 256
-random observations, a warm-up run before each measured run); memory is VmRSS from /proc summed over each
+a loop, batch 1: the floor). Load comes from one `wrk` thread with `bench/wrk_act.lua` (POST bodies from a file
+of 256 random observations, a warm-up run before each measured run; one thread keeps up and leaves the second
+core to the server under test); memory is VmRSS from /proc summed over each
 server's process tree. TorchServe runs tuned: warnings-only logs (no access log), system metrics off, one
 torch thread per worker, every `WxB` (workers x batch size) configuration registered in turn in the same JVM.
 Targets: policy-server >= 5x TorchServe's req/s at 8 and 32 clients, p99 <= 1/5 of TorchServe's, RSS <= 400 MB.
@@ -83,9 +84,15 @@ def _rss_tree(pid: int) -> int:
     return process_tree_rss_bytes(pid)
 
 
+WRK_THREADS = 1
+"""One wrk thread keeps up with every server here (~25 % of a core at 30,000 req/s) and leaves the
+second of the machine's two cores to the server under test and its helpers (TorchServe's JVM and
+workers, the policy server's log writer); a second wrk thread only competes with them."""
+
+
 def run_wrk(url: str, connections: int, duration_s: float, bodies: Path) -> dict[str, Any]:
     """One wrk run; returns req/s, latency percentiles (ms) and error counts."""
-    threads = min(2, connections)
+    threads = min(WRK_THREADS, connections)
     command = [
         "wrk",
         f"-t{threads}",
