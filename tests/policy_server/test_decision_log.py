@@ -116,6 +116,21 @@ def wait_until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> No
         time.sleep(0.01)
 
 
+def run_together(produce: Callable[[int], None], threads_n: int) -> None:
+    """``produce(t)`` for t in 0..threads_n-1, in threads released at the same moment; waits for all."""
+    start = threading.Barrier(threads_n)
+
+    def released(t: int) -> None:
+        start.wait()
+        produce(t)
+
+    threads = [threading.Thread(target=released, args=(t,)) for t in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def segments(root: Path, stream: str = "decisions") -> list[Path]:
     return sorted(p for p in (root / stream).iterdir() if p.suffix == ".parquet")
 
@@ -267,21 +282,15 @@ def test_close_flushes_everything_from_concurrent_producers(tmp_path: Path, dlog
     threads_n, per_thread = 4, 25_000
     dlog = DecisionLog(str(tmp_path), segment_rows=7_000, flush_interval_s=0.05)
     dlogs.append(dlog)
-    start = threading.Barrier(threads_n)
 
     def produce(t: int) -> None:
-        start.wait()
         for i in range(per_thread):
             n = t * per_thread + i
             dlog.log_decision(decision(n))
             if i % 5 == 0:
                 dlog.log_reward({"request_id": f"req-{n}", "time": float(n), "reward": 1.0})
 
-    producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads_n)]
-    for p in producers:
-        p.start()
-    for p in producers:
-        p.join()
+    run_together(produce, threads_n)
     dlog.close()
 
     table = read_decisions(str(tmp_path))
@@ -608,20 +617,14 @@ def test_batches_from_concurrent_producers_are_all_written(tmp_path: Path, dlogs
     threads_n, per_thread, size = 4, 1_500, 5
     dlog = DecisionLog(str(tmp_path), segment_rows=7_000, flush_interval_s=0.05)
     dlogs.append(dlog)
-    start = threading.Barrier(threads_n)
 
     def produce(t: int) -> None:
-        start.wait()
         for i in range(per_thread):
             first = (t * per_thread + i) * (size + 1)
             dlog.log_decision_batch(batch(first, size))
             dlog.log_decision(decision(first + size))
 
-    producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads_n)]
-    for p in producers:
-        p.start()
-    for p in producers:
-        p.join()
+    run_together(produce, threads_n)
     dlog.close()
 
     total = threads_n * per_thread * (size + 1)

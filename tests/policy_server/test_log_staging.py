@@ -59,6 +59,16 @@ def logged_rows(table: pa.Table) -> list[dict[str, Any]]:
     return [{k: row[k] for k in keys} for row in table.to_pylist()]
 
 
+def stage_all(log: DecisionLog, batches: list[dict[str, Any]], capacity: int) -> list[dict[str, Any]]:
+    """Stage every micro-batch, flush, close the log; the rows it wrote."""
+    staging = DecisionStaging(log, policy_version="v7", variant="candidate", capacity=capacity)
+    for b in batches:
+        staging.add(**b)
+    staging.flush()
+    log.close()
+    return logged_rows(read_decisions(log.url))
+
+
 @pytest.fixture
 def log(tmp_path: Path) -> Iterator[DecisionLog]:
     dlog = DecisionLog(str(tmp_path / "log"), flush_interval_s=60)
@@ -67,13 +77,8 @@ def log(tmp_path: Path) -> Iterator[DecisionLog]:
 
 
 def test_staged_micro_batches_are_logged_row_for_row(log: DecisionLog) -> None:
-    staging = DecisionStaging(log, policy_version="v7", variant="candidate", capacity=64)
     batches = [micro_batch(start, size) for start, size in zip(range(0, 400, 4), [1, 4, 3, 4] * 25, strict=True)]
-    for b in batches:
-        staging.add(**b)
-    staging.flush()
-    log.close()
-    assert logged_rows(read_decisions(log.url)) == expected_rows(batches)
+    assert stage_all(log, batches, capacity=64) == expected_rows(batches)
 
 
 def test_a_full_staging_area_goes_to_the_log_without_a_flush(log: DecisionLog) -> None:
@@ -87,28 +92,13 @@ def test_a_full_staging_area_goes_to_the_log_without_a_flush(log: DecisionLog) -
 
 
 def test_a_change_of_shape_hands_over_what_was_staged_first(log: DecisionLog) -> None:
-    staging = DecisionStaging(log, policy_version="v7", variant="candidate", capacity=1000)
-    batches = [
-        micro_batch(0, 3),
-        micro_batch(3, 2, probabilities=False),
-        micro_batch(5, 2, width=5),
-        micro_batch(7, 1),
-    ]
-    for b in batches:
-        staging.add(**b)
-    staging.flush()
-    log.close()
-    assert logged_rows(read_decisions(log.url)) == expected_rows(batches)
+    batches = [micro_batch(0, 3), micro_batch(3, 2, probabilities=False), micro_batch(5, 2, width=5), micro_batch(7, 1)]
+    assert stage_all(log, batches, capacity=1000) == expected_rows(batches)
 
 
 def test_batches_larger_than_the_staging_area_are_kept_whole(log: DecisionLog) -> None:
-    staging = DecisionStaging(log, policy_version="v7", variant="candidate", capacity=4)
     batches = [micro_batch(0, 2), micro_batch(2, 9), micro_batch(11, 1)]
-    for b in batches:
-        staging.add(**b)
-    staging.flush()
-    log.close()
-    assert logged_rows(read_decisions(log.url)) == expected_rows(batches)
+    assert stage_all(log, batches, capacity=4) == expected_rows(batches)
 
 
 def test_the_callers_arrays_may_change_after_add(log: DecisionLog) -> None:
@@ -130,11 +120,6 @@ def test_capacity_must_be_positive(log: DecisionLog) -> None:
 
 def test_segments_cut_through_a_staged_batch_keep_each_rows_time(tmp_path: Path) -> None:
     log = DecisionLog(str(tmp_path / "log"), segment_rows=5, flush_interval_s=60)
-    staging = DecisionStaging(log, policy_version="v7", variant="candidate", capacity=64)
     batches = [micro_batch(start, 3) for start in range(0, 21, 3)]
-    for b in batches:
-        staging.add(**b)
-    staging.flush()
-    log.close()
+    assert stage_all(log, batches, capacity=64) == expected_rows(batches)
     assert len(list((tmp_path / "log" / "decisions").glob("part-*.parquet"))) == 5  # 21 rows, 5 per segment
-    assert logged_rows(read_decisions(log.url)) == expected_rows(batches)
