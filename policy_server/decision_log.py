@@ -15,8 +15,10 @@ Why it looks like this:
   child process.
   ``log_decision_batch`` takes a micro-batch as numpy columns (:class:`DecisionBatch`) instead,
   appends it whole to the same deque, and the writer builds Arrow columns from concatenated
-  numpy buffers and offsets, with no Python object per row: cheap enough to run in the
-  server's own process. Dicts and batches share one buffer, so the log keeps their order.
+  numpy buffers and offsets, with no Python object per row. Dicts and batches share one
+  buffer, so the log keeps their order. The work per batch is still Python and holds the GIL,
+  so a producer of many tiny batches should coalesce them first (``log_staging.DecisionStaging``,
+  which the server uses: one batch per 4,096 decisions).
 * Nothing is lost: a segment that fails to write stays queued and is retried with backoff
   (``errors`` counts failures); ``flush()``/``close()`` drain everything while holding the same
   lock the writer thread holds, so a write that is in flight when ``close()`` is called finishes
