@@ -443,6 +443,22 @@ class TrainingSpec(JobTemplate):
     history_limit: int = Field(default=10, ge=1, le=100, description="Training Jobs kept in status.")
 
 
+class DecisionLogSpec(Model):
+    """Where the rollout's policy servers and router write their decision logs (Parquet, docs/decision-log.md)."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^\S+$",
+        description=(
+            "Directory or fsspec URL (s3://bucket/prefix, gs://..., or a path on a mounted volume). Each variant "
+            "writes under <url>/<variant> (stable, candidate) and the router under <url>/router; replicas of one "
+            "variant share a directory (segment names carry a writer id). Storage credentials: each server uses its "
+            "policy's env, the router the fallback's."
+        ),
+    )
+
+
 class PolicyRolloutSpec(Model):
     policy: PolicySpec = Field(description="The candidate policy.")
     fallback: FallbackSpec = Field(description="The trusted policy that serves when the candidate does not.")
@@ -458,6 +474,13 @@ class PolicyRolloutSpec(Model):
     training: TrainingSpec | None = Field(default=None, description="Retraining Jobs (scheduled and on demand).")
     notifications: list[NotificationSpec] = Field(
         default_factory=list, max_length=16, description="Webhooks told about phase changes, rollbacks, approvals."
+    )
+    decision_log: DecisionLogSpec | None = Field(
+        default=None,
+        description=(
+            "Log every decision and reward of this rollout's servers and router, for off-policy evaluation and "
+            "retraining. Unset: the pods log nothing."
+        ),
     )
 
 

@@ -293,6 +293,8 @@ def _too_many_guardrails(manifest: dict[str, Any]) -> None:
 # (case id, mutation of pricing-canary.yaml, field path both validators must name)
 # pricing-canary steps: 0 shadow, 1 setWeight 5, 2 pause 30m, 3 setWeight 25, 4 approval, 5 setWeight 100.
 INVALID = [
+    ("decision-log-url-with-spaces", _set("spec.decisionLog", {"url": "s3://logs/my rollout"}), "spec.decisionLog.url"),
+    ("decision-log-without-url", _set("spec.decisionLog", {}), "spec.decisionLog.url"),
     ("two-actions-in-a-step", _set("spec.steps.1", {"setWeight": 5, "pause": {"duration": "1m"}}), "spec.steps[1]"),
     ("step-without-action", _set("spec.steps.1", {}), "spec.steps[1]"),
     ("set-weight-above-100", _set("spec.steps.1.setWeight", 101), "spec.steps[1].setWeight"),

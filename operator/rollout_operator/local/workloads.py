@@ -52,8 +52,11 @@ class LocalWorkloads:
     def url(self, rollout: api.PolicyRollout, variant: meta.Variant) -> str:
         return f"http://127.0.0.1:{self.port(rollout, variant)}"
 
-    def decision_log(self, rollout: api.PolicyRollout, variant: meta.Variant) -> Path:
-        return self.workdir / "decisions" / rollout.metadata.name / variant
+    def decision_log(self, rollout: api.PolicyRollout, variant: meta.Variant) -> str:
+        """``spec.decisionLog.url``/<variant> as in a cluster; without it, the run's work directory."""
+        if rollout.spec.decision_log is not None:
+            return f"{rollout.spec.decision_log.url.rstrip('/')}/{variant}"
+        return str(self.workdir / "decisions" / rollout.metadata.name / variant)
 
     def ensure(self, rollout: api.PolicyRollout, workloads: types.Workloads) -> None:
         for variant, policy in (("stable", workloads.stable), ("candidate", workloads.candidate)):
@@ -69,7 +72,7 @@ class LocalWorkloads:
             self._stop(slot)
             argv = processes.policy_server_command(
                 "serve", "--model", policy.artifact, "--port", str(slot.port), "--variant", variant,
-                "--log-dir", str(self.decision_log(rollout, variant)), "--seed", str(self.seed),
+                "--log-dir", self.decision_log(rollout, variant), "--seed", str(self.seed),
                 "--threads", "1", "--drift-interval-s", "2",
             )
             name = f"{rollout.metadata.name}-{variant}"

@@ -20,7 +20,12 @@ from typing import Any
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
 from rollout_operator.resources import meta
-from rollout_operator.resources.workload import SERVICE_PORT, pod_security_context, scrape_annotations
+from rollout_operator.resources.workload import (
+    SERVICE_PORT,
+    decision_log_args,
+    pod_security_context,
+    scrape_annotations,
+)
 
 CONFIGMAP_KEY = "routing.json"  # = policy_server.router.table.CONFIGMAP_KEY (the contract; a test checks)
 TABLE_VERSION = 1
@@ -186,6 +191,7 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
         f"{ns}/{configmap_name(rollout)}",
         "--config",
         f"{STATE_DIR}/routing.json",
+        *decision_log_args(rollout, "router"),
     ]
     probe = {
         "httpGet": {"path": "/readyz", "port": "http"},
@@ -212,6 +218,8 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
         },
         "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    if rollout.spec.decision_log is not None:  # the log's storage credentials: the router runs the fallback's image
+        container["env"] = [{"name": e.name, "value": e.value} for e in rollout.spec.fallback.env]
     labels = _router_labels(rollout)
     return {
         "apiVersion": "apps/v1",

@@ -58,6 +58,12 @@ def _env(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySp
     return env
 
 
+def decision_log_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
+    """``--log-dir <spec.decisionLog.url>/<writer>`` (a variant or ``router``), or nothing when unset."""
+    spec = rollout.spec.decision_log
+    return [] if spec is None else ["--log-dir", f"{spec.url.rstrip('/')}/{writer}"]
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -78,7 +84,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         "command": ["policy-server"],
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
-                 "--variant", variant],
+                 "--variant", variant, *decision_log_args(rollout, variant)],
         "ports": [{"name": "http", "containerPort": policy.port, "protocol": "TCP"}],
         "env": _env(rollout, variant, policy),
         "resources": _resources(policy),

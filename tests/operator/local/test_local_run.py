@@ -17,6 +17,8 @@ from rollout_operator import api
 from rollout_operator.demo import artifacts
 from rollout_operator.local import loadgen, prometheus, run
 
+from policy_server import decision_log
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
@@ -47,10 +49,11 @@ def local(tmp_path_factory: pytest.TempPathFactory):
         platform.close()
 
 
-def _rollout(name: str, policies: dict[str, Path], guardrail: dict) -> api.PolicyRollout:
+def _rollout(name: str, policies: dict[str, Path], guardrail: dict, **extra: object) -> api.PolicyRollout:
     return api.PolicyRollout.model_validate({
         "metadata": {"name": name, "namespace": "test", "generation": 1},
         "spec": {
+            **extra,
             "policy": {"image": "local", "artifact": str(policies["candidate"]), "version": "v2"},
             "fallback": {"image": "local", "artifact": str(policies["fallback"]), "version": "list-price-v1"},
             "steps": [{"shadow": {"duration": "6s"}}, {"setWeight": 50}, {"pause": {"duration": "4s"}}],
@@ -82,9 +85,12 @@ def _router_table(local: run.LocalPlatform, rollout: api.PolicyRollout) -> dict:
     return httpx.get(f"{local.traffic.url(rollout)}/router/config", timeout=2).json()["table"]
 
 
-def test_promotes_through_shadow_and_canary(local: run.LocalPlatform, policies: dict[str, Path]) -> None:
+def test_promotes_through_shadow_and_canary(
+    local: run.LocalPlatform, policies: dict[str, Path], tmp_path: Path
+) -> None:
+    logs = tmp_path / "decision-logs"
     rollout = _rollout("promote", policies, {"name": "errors", "template": "error-rate", "condition": "< 0.05",
-                                             "inconclusiveLimit": 5})
+                                             "inconclusiveLimit": 5}, decisionLog={"url": str(logs)})
     result, gen = _drive(local, rollout)
     status = result.rollout.status
     assert not result.timed_out
@@ -106,6 +112,11 @@ def test_promotes_through_shadow_and_canary(local: run.LocalPlatform, policies: 
     events = [e.reason for e in local.store.events if e.rollout == "promote"]
     assert "RolloutStarted" in events or events  # every decision left an event trail
     assert (local.workdir / "rollouts" / "promote.status.json").exists()
+    # spec.decisionLog: each variant logged its decisions under <url>/<variant> (candidate stopped, logs flushed)
+    candidate_log = decision_log.read_decisions(str(logs / "candidate"))
+    assert candidate_log.num_rows > 0
+    assert set(candidate_log.column("variant").to_pylist()) == {"candidate"}
+    assert decision_log.read_decisions(str(logs / "stable")).num_rows > 0
 
 
 def test_rolls_back_on_a_breaking_guardrail(local: run.LocalPlatform, policies: dict[str, Path]) -> None:

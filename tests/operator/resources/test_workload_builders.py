@@ -8,7 +8,7 @@ import copy
 import kubernetes_validate
 import pytest
 from rollout_operator import api, resources
-from rollout_operator.resources import meta, workload
+from rollout_operator.resources import meta, routing, workload
 
 from tests.support.kube import policy_rollout_manifest
 
@@ -153,3 +153,25 @@ def test_service_maps_port_80_to_the_named_container_port(rollout: api.PolicyRol
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     dep = resources.deployment(rollout, "stable", rollout.spec.fallback)
     assert dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"] == "http"
+
+
+def test_every_server_and_the_router_log_decisions_under_the_rollouts_decision_log_url() -> None:
+    rollout = _rollout(decisionLog={"url": "s3://decisions/shop/pricing/"})
+    rollout.spec.fallback.env = [api.EnvVar(name="AWS_REGION", value="eu-west-1")]
+    for variant, policy in (("stable", rollout.spec.fallback), ("candidate", rollout.spec.policy)):
+        dep = resources.deployment(rollout, variant, policy)
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--log-dir") + 1] == f"s3://decisions/shop/pricing/{variant}"
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    router = routing.deployment(rollout)
+    container = router["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][container["args"].index("--log-dir") + 1] == "s3://decisions/shop/pricing/router"
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in container["env"]  # the log's storage credentials
+    kubernetes_validate.validate(router, K8S_VERSION, strict=True)
+
+
+def test_without_a_decision_log_url_nothing_is_logged(rollout: api.PolicyRollout) -> None:
+    assert rollout.spec.decision_log is None
+    dep = resources.deployment(rollout, "candidate", rollout.spec.policy)
+    assert "--log-dir" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--log-dir" not in routing.deployment(rollout)["spec"]["template"]["spec"]["containers"][0]["args"]
