@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-budget-ms", type=float, default=None, help="serve the fallback action past this")
     s.add_argument("--max-body", type=int, default=1 << 20, help="largest request body in bytes (413 above)")
     s.add_argument("--drift-interval-s", type=float, default=5.0, help="how often drift PSI is recomputed")
+    s.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with the server this one replaces (SO_REUSEPORT) and bind only once the model is "
+        "warm: start the new server, wait for its 'listening' line, then stop the old one (no refused requests)",
+    )
     s.add_argument("--log-level", default="INFO")
     _exploration_args(s, override=True)
 
@@ -134,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
         latency_budget_ms=args.latency_budget_ms,
         max_body=args.max_body,
         drift_interval_s=args.drift_interval_s,
+        reuse_port=args.reuse_port,
     )
 
     async def run() -> int:
@@ -144,7 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
-        print(f"policy-server listening on http://{args.host}:{port}", flush=True)
+        if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
+            print(f"policy-server listening on http://{args.host}:{port}", flush=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.shutdown()))
         try:

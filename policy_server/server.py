@@ -81,6 +81,7 @@ class ServerConfig:
     drift_interval_s: float = 5.0
     warmup_iters: int = 20
     shutdown_timeout_s: float = 20.0
+    reuse_port: bool = False  # SO_REUSEPORT, bound once the model is warm: zero-downtime replacement
 
 
 @dataclass(slots=True)
@@ -131,7 +132,13 @@ class PolicyServer:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Bind and start loading the model in a worker thread; returns the bound port."""
+        """Bind and start loading the model in a worker thread; returns the bound port.
+
+        With ``reuse_port`` the model is loaded first and the socket bound (SO_REUSEPORT) only
+        once it is warm, so a replacement server can start on the port of the one it replaces
+        and take connections only when it can answer them; if loading fails, nothing is bound
+        (``wait_ready`` raises) and ``port`` is returned as given.
+        """
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.batcher: batching.MicroBatcher[_Pending] = batching.MicroBatcher(
@@ -141,13 +148,26 @@ class PolicyServer:
             max_wait_ms=self.config.max_wait_ms,
             expected=lambda: len(self.connections),
         )
-        self._server = await loop.create_server(
-            lambda: protocol.HttpProtocol(self, self.config.max_body), host, port, backlog=2048
-        )
-        bound = self._server.sockets[0].getsockname()[1]
+        reuse = self.config.reuse_port
+        if not reuse:
+            port = await self._bind(host, port, reuse_port=False)
         fut = loop.run_in_executor(None, self._load)
         fut.add_done_callback(self._on_loaded)
-        return bound
+        if reuse:
+            await self._loaded.wait()
+            if self.load_error is None:
+                port = await self._bind(host, port, reuse_port=True)
+        return port
+
+    async def _bind(self, host: str, port: int, *, reuse_port: bool) -> int:
+        self._server = await self.loop.create_server(
+            lambda: protocol.HttpProtocol(self, self.config.max_body), host, port, backlog=2048, reuse_port=reuse_port
+        )
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
 
     async def wait_ready(self) -> None:
         """Wait for the model; re-raise the load error (e.g. :class:`artifact.ArtifactError`)."""

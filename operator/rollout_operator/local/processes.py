@@ -43,6 +43,7 @@ class LocalProcess:
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()  # the file may hold earlier processes' output (same name)
         self.proc = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True,
@@ -57,6 +58,15 @@ class LocalProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def printed(self, text: str) -> bool:
+        """Whether this process (not an earlier one logging to the same file) has printed ``text``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                return text.encode() in f.read()
+        except OSError:
+            return False
 
     def wait_http(self, url: str, timeout: float = 60.0) -> None:
         """Poll `url` until it answers 200; raise with the log's tail if the process dies or time runs out."""

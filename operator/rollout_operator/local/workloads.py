@@ -2,7 +2,10 @@
 
 Each variant keeps its port for the whole run (Prometheus scrapes it from the start), and a
 process is replaced when its variant must run another artifact or version (a promotion, a
-new candidate) — the local analogue of a Deployment's rolling update.
+new candidate) — the local analogue of a Deployment's rolling update, without its gap: every
+server shares its port (``serve --reuse-port``), the replacement binds only once its model is
+warm, and the old process is stopped (it drains) after that. Until then the old one keeps
+serving and the variant does not count as ready, so the engine waits as it would for a rollout.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ __all__ = ["LocalWorkloads"]
 log = logging.getLogger(__name__)
 
 
+LISTENING = "policy-server listening on"  # what `serve` prints once it accepts connections
+
+
 @dataclasses.dataclass
 class _Slot:
     port: int
     process: processes.LocalProcess | None = None
     policy: api.PolicySpec | None = None
+    retiring: processes.LocalProcess | None = None  # the replaced process, serving until its successor listens
 
 
 class LocalWorkloads:
@@ -68,12 +75,18 @@ class LocalWorkloads:
             if running and slot.policy is not None and (slot.policy.artifact, slot.policy.version) == (
                 policy.artifact, policy.version
             ):
+                self._settle(slot)
                 continue
-            self._stop(slot)
+            self._settle(slot)
+            if running and slot.retiring is None:  # hand over: it serves until its successor listens
+                slot.retiring = slot.process
+            successor, slot.process, slot.policy = slot.process, None, None
+            if successor is not None and successor is not slot.retiring:  # never got to listen: retiring one stays
+                successor.stop()
             argv = processes.policy_server_command(
                 "serve", "--model", policy.artifact, "--port", str(slot.port), "--variant", variant,
                 "--log-dir", self.decision_log(rollout, variant), "--seed", str(self.seed),
-                "--threads", "1", "--drift-interval-s", "2",
+                "--threads", "1", "--drift-interval-s", "2", "--reuse-port",
             )
             name = f"{rollout.metadata.name}-{variant}"
             log.info("starting %s: %s %s on port %d", name, policy.artifact, policy.version, slot.port)
@@ -83,12 +96,23 @@ class LocalWorkloads:
             slot.policy = policy
 
     def _stop(self, slot: _Slot) -> None:
-        if slot.process is not None:
-            slot.process.stop()
-        slot.process, slot.policy = None, None
+        # Out of the slot before stopping: another rollout's thread calling failed() must not take a
+        # process that is shutting down (it exits while stop() waits) for one that crashed.
+        procs = (slot.process, slot.retiring)
+        slot.process = slot.retiring = slot.policy = None
+        for proc in procs:
+            if proc is not None:
+                proc.stop()
+
+    def _settle(self, slot: _Slot) -> None:
+        """Stop the retiring process once its successor accepts connections."""
+        if slot.retiring is not None and slot.process is not None and slot.process.printed(LISTENING):
+            retiring, slot.retiring = slot.retiring, None
+            retiring.stop()
 
     def _ready(self, slot: _Slot) -> bool:
-        if slot.process is None or not slot.process.alive:
+        self._settle(slot)
+        if slot.process is None or not slot.process.alive or slot.retiring is not None:
             return False
         try:
             return httpx.get(f"http://127.0.0.1:{slot.port}/readyz", timeout=0.5).status_code == 200

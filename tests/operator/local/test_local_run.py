@@ -106,6 +106,8 @@ def test_promotes_through_shadow_and_canary(
     # both variants served simulated customers
     totals = gen.totals()
     assert totals["candidate"].decisions > 0 and totals["stable"].decisions > 0
+    # no decision request failed, the promotion's server handover included (serve --reuse-port)
+    assert "error" not in totals, f"{totals['error'].errors} /v1/act requests failed"
     # promotion: the stable server now runs the candidate's version
     model = httpx.get(f"{local.workloads.url(rollout, 'stable')}/v1/model", timeout=2).json()
     assert "v2" in json.dumps(model)
