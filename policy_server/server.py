@@ -8,9 +8,9 @@ happens to one /v1/act request:
 2. validation.py checks the body (4xx with the field at fault, the server stays ready);
 3. the request joins the micro-batch; :meth:`PolicyServer._run_batch` runs one forward pass for
    the batch, the shield (exploration + constraints + fallbacks), writes every response, then
-   updates metrics once, feeds the drift window and hands the batch's numpy columns to the decision
-   log (decision_log.DecisionBatch: one deque append; the log's writer thread builds Arrow columns
-   from them and writes Parquet, which releases the GIL).
+   updates metrics once, feeds the drift window and copies the batch's numpy columns into the
+   decision log's staging area (log_staging.py), which hands the log one large batch per 4,096
+   decisions or every second; the log's writer thread builds Arrow columns and writes Parquet.
 
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
@@ -420,7 +420,7 @@ class PolicyServer:
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
-        if self.decision_log is not None:
+        if self._staging is not None:
             self._log_batch(items, obs, d, reasons, latency)
 
     def _log_batch(self, items, obs, d, reasons, latency) -> None:

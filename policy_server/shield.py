@@ -111,30 +111,32 @@ class Shield:
         """
         b = raw.shape[0]
         found: dict[int, list[str]] = {}  # row -> reasons, for the few rows the shield changed
-        counts: dict[str, int] = {}
         has_entity = any(e is not None for e in entities)
         last = None
         if self.max_delta is not None and has_entity:
             last = [self._last.get(e) if e is not None else None for e in entities]
         if self.policy.discrete:
-            decision, base = self._discrete(raw, rng, masks, last, found, counts)
+            decision, base = self._discrete(raw, rng, masks, last, found)
         else:
-            decision, base = self._continuous(raw, rng, last, found, counts)
+            decision, base = self._continuous(raw, rng, last, found)
         all_finite = bool(decision.finite.all())
         late = None
         if self.latency_budget_s is not None and waited_s is not None and waited_s.max() > self.latency_budget_s:
             late = waited_s > self.latency_budget_s
         if late is not None or not all_finite:
             late = np.zeros(b, dtype=bool) if late is None else late
-            self._fallback(decision, base, ~decision.finite, late, found, counts)
+            self._fallback(decision, base, ~decision.finite, late, found)
         if has_entity:
             self._remember(decision.actions, entities)
         reasons: list[tuple[str, ...]] = [()] * b
+        counts: dict[str, int] = {}
         for i, row in found.items():
             reasons[i] = tuple(row)
+            for reason in row:
+                counts[reason] = counts.get(reason, 0) + 1
         return ShieldResult(decision=decision, reasons=reasons, counts=counts)
 
-    def _discrete(self, raw, rng, masks, last, found, counts):
+    def _discrete(self, raw, rng, masks, last, found):
         b, k = raw.shape
         base = None
         if any(m is not None for m in masks):
@@ -165,10 +167,9 @@ class Shield:
                 a0 = decision.unconstrained_actions[i]
                 reason = "action_mask" if base is not None and not base[i, a0] else "max_delta"
                 found.setdefault(i, []).append(reason)
-                counts[reason] = counts.get(reason, 0) + 1
         return decision, base
 
-    def _continuous(self, raw, rng, last, found, counts):
+    def _continuous(self, raw, rng, last, found):
         b, d = raw.shape
         lo = np.broadcast_to(self.low, (b, d))
         hi = np.broadcast_to(self.high, (b, d))
@@ -194,14 +195,12 @@ class Shield:
                 for reason, hit in (("bounds", by_bounds[i]), ("max_delta", by_delta[i])):
                     if hit:
                         found.setdefault(i, []).append(reason)
-                        counts[reason] = counts.get(reason, 0) + 1
         return decision, None
 
-    def _fallback(self, decision, base, bad, late, found, counts):
+    def _fallback(self, decision, base, bad, late, found):
         for i in np.nonzero(bad | late)[0]:
             reason = "non_finite_output" if bad[i] else "latency_budget"
             found.setdefault(i, []).append(reason)
-            counts[reason] = counts.get(reason, 0) + 1
             decision.propensities[i] = 1.0
             if self.policy.discrete:
                 allowed = base[i] if base is not None else None

@@ -19,7 +19,7 @@ import httpx
 from rollout_operator import api
 from rollout_operator.engine import types
 from rollout_operator.local import processes
-from rollout_operator.resources import meta
+from rollout_operator.resources import meta, workload
 from rollout_operator.workloads import base
 
 __all__ = ["LocalWorkloads"]
@@ -61,9 +61,9 @@ class LocalWorkloads:
 
     def decision_log(self, rollout: api.PolicyRollout, variant: meta.Variant) -> str:
         """``spec.decisionLog.url``/<variant> as in a cluster; without it, the run's work directory."""
-        if rollout.spec.decision_log is not None:
-            return f"{rollout.spec.decision_log.url.rstrip('/')}/{variant}"
-        return str(self.workdir / "decisions" / rollout.metadata.name / variant)
+        return workload.decision_log_url(rollout, variant) or str(
+            self.workdir / "decisions" / rollout.metadata.name / variant
+        )
 
     def ensure(self, rollout: api.PolicyRollout, workloads: types.Workloads) -> None:
         for variant, policy in (("stable", workloads.stable), ("candidate", workloads.candidate)):

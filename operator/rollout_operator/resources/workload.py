@@ -58,10 +58,16 @@ def _env(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySp
     return env
 
 
-def decision_log_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
-    """``--log-dir <spec.decisionLog.url>/<writer>`` (a variant or ``router``), or nothing when unset."""
+def decision_log_url(rollout: api.PolicyRollout, writer: str) -> str | None:
+    """``<spec.decisionLog.url>/<writer>`` (a variant or ``router``), or None when the spec sets no log."""
     spec = rollout.spec.decision_log
-    return [] if spec is None else ["--log-dir", f"{spec.url.rstrip('/')}/{writer}"]
+    return None if spec is None else f"{spec.url.rstrip('/')}/{writer}"
+
+
+def decision_log_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
+    """``--log-dir`` for :func:`decision_log_url`, or nothing when unset."""
+    url = decision_log_url(rollout, writer)
+    return [] if url is None else ["--log-dir", url]
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
