@@ -718,3 +718,60 @@ def test_batch_logged_after_close_is_not_lost(tmp_path: Path, dlogs: list[Decisi
     assert dlog.buffered == 3
     dlog.close()
     assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == ["req-0", "req-1", "req-2"]
+
+
+def test_a_segment_is_converted_in_chunks_and_stays_in_order(
+    tmp_path: Path, dlogs: list[DecisionLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each conversion holds the GIL, so a segment is converted a few rows at a time (batches never cut)."""
+    monkeypatch.setattr(decision_log, "CONVERT_RECORDS", 4)
+    monkeypatch.setattr(decision_log, "CONVERT_BATCH_ROWS", 6)
+    calls: list[tuple[str, int]] = []
+
+    def counting(name: str) -> Callable[..., pa.Table]:
+        convert = getattr(decision_log, name)
+
+        def wrapped(items: list[Any], schema: pa.Schema) -> pa.Table:
+            table = convert(items, schema)
+            calls.append((name, table.num_rows))
+            return table
+
+        return wrapped
+
+    for name in ("_records_to_table", "_slices_to_table"):
+        monkeypatch.setattr(decision_log, name, counting(name))
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    expected = []
+    for i in range(10):
+        if i == 6:
+            dlog.log_decision({"request_id": "bad"})  # rejected alone, its chunk's neighbours are kept
+        dlog.log_decision(decision(i))
+        expected.append(f"req-{i}")
+    for start, size in ((10, 3), (13, 3), (16, 3), (19, 8), (27, 2)):
+        dlog.log_decision_batch(batch(start, size))
+        expected += [f"req-{i}" for i in range(start, start + size)]
+    dlog.close()
+
+    assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == expected
+    assert len(segments(tmp_path)) == 1 and dlog.rejected == 1
+    records = [n for name, n in calls if name == "_records_to_table"]
+    batches = [n for name, n in calls if name == "_slices_to_table"]
+    assert sum(records) == 10 and max(records) <= 4 and len(records) >= 3
+    assert batches == [6, 3, 8, 2]  # 3+3 fill a chunk; the 8-row batch is a chunk of its own, never cut
+
+
+def test_only_repeating_columns_are_dictionary_encoded(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
+    dlogs.append(dlog)
+    dlog.log_decision_batch(batch(0, 100))
+    dlog.close()
+    meta = pq.read_metadata(segments(tmp_path)[0])
+    names = meta.schema.to_arrow_schema().names
+    group = meta.row_group(0)
+
+    def dictionary(name: str) -> bool:
+        return any("DICTIONARY" in e for e in group.column(names.index(name)).encodings)
+
+    assert dictionary("variant") and dictionary("policy_version")
+    assert not dictionary("request_id") and not dictionary("time") and not dictionary("propensity")
