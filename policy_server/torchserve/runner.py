@@ -227,9 +227,20 @@ class TorchServe:
         )
         self._request("POST", f"{self.management_url}/models?{query}", timeout=self.startup_timeout_s)
 
-    def unregister(self, model_name: str) -> None:
-        """Remove a model and stop its workers (their memory is returned)."""
-        self._request("DELETE", f"{self.management_url}/models/{model_name}", timeout=self.startup_timeout_s)
+    def unregister(self, model_name: str, *, attempts: int = 5) -> None:
+        """Remove a model and stop its workers (their memory is returned).
+
+        Retried: right after heavy load TorchServe (0.12) sometimes answers the DELETE with 500
+        (NullPointerException on a null batch job in its aggregator); a moment later it succeeds.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._request("DELETE", f"{self.management_url}/models/{model_name}", timeout=self.startup_timeout_s)
+                return
+            except TorchServeError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.5 * attempt)
 
     def rss_bytes(self) -> int:
         """Resident memory of the launcher, the JVM and every worker."""

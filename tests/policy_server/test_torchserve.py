@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ import pytest
 
 from policy_server import artifact, policy
 from policy_server.torchserve import archive
-from policy_server.torchserve.runner import TorchServe, free_port
+from policy_server.torchserve.runner import TorchServe, TorchServeError, free_port
 
 N_OBS = 200
 SEED = 11
@@ -292,3 +294,42 @@ def test_bad_requests_get_the_same_answer_from_both(servers: Servers) -> None:
         ok = client.post(servers.torchserve.predictions_url("greedy"), json={"observation": [0.0] * 8})
         assert ok.status_code == 200
         assert ok.json()["request_id"]
+
+
+class _FlakyManagement(http.server.BaseHTTPRequestHandler):
+    """Answers DELETE /models/NAME with TorchServe's 500 (NullPointerException) ``failures`` times, then 200."""
+
+    failures = 0
+    deletes: list[str] = []
+
+    def do_DELETE(self) -> None:
+        type(self).deletes.append(self.path)
+        failing = len(self.deletes) <= self.failures
+        body = b'{"code": 500, "type": "NullPointerException"}' if failing else b'{"status": "unregistered"}'
+        self.send_response(500 if failing else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("failures", "succeeds"), [(2, True), (5, False)])
+def test_unregister_retries_torchserve_transient_500(tmp_path: Path, failures: int, succeeds: bool) -> None:
+    _FlakyManagement.failures, _FlakyManagement.deletes = failures, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyManagement)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ts = TorchServe(model_store=tmp_path, startup_timeout_s=5)
+        ts.management_port = server.server_address[1]
+        if succeeds:
+            ts.unregister("policy_w2_b8", attempts=5)
+        else:
+            with pytest.raises(TorchServeError, match="answered 500"):
+                ts.unregister("policy_w2_b8", attempts=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _FlakyManagement.deletes == ["/models/policy_w2_b8"] * min(failures + 1, 5)
