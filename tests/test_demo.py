@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from rollout_operator.demo import pipeline
 from rollout_operator.local import prometheus
 
 pytestmark = [
@@ -86,3 +87,9 @@ def test_report_files(demo: tuple[Path, dict, str]) -> None:
     assert html.count("data:image/png;base64,") >= 6  # weights, reward/cost by variant, OPE per scenario
     assert "margin-floor" in html and "Promoted" in html and "RolledBack" in html
     assert (out / "manifests" / "pricing-constrained.yaml").exists()
+
+
+def test_the_log_spans_a_whole_season() -> None:
+    # otherwise the candidates meet seasons in the rollout that their training data never showed
+    for settings in (pipeline.FAST, pipeline.FULL):
+        assert settings.log_decisions >= pipeline.SEASON_CUSTOMERS

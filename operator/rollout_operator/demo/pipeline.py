@@ -41,6 +41,11 @@ class Settings:
     rollout_timeout: float
 
 
+# Customers per season of the simulated market. The logged data must span a whole season: a
+# candidate trained on part of one extrapolates into seasons it never saw (the honest candidate
+# then undercut the margin floor once the rollout's traffic reached them, and whether it was
+# promoted depended on how fast the machine ran).
+SEASON_CUSTOMERS = 4000
 FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0)
 FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0)
 
@@ -48,7 +53,7 @@ FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0)
 def _env(seed: int):
     from policy_server.sim import pricing
 
-    env = pricing.PricingEnv()
+    env = pricing.PricingEnv(season_period=SEASON_CUSTOMERS)
     env.reset(seed=seed)
     return env
 

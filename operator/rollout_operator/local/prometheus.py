@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from rollout_operator.local import processes
@@ -42,6 +43,7 @@ class LocalPrometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         self.targets_path = workdir / "prometheus" / "targets.json"
         self._groups: dict[str, dict] = {}
+        self._targets_lock = threading.Lock()  # rollouts run in threads; a late stale write would drop a group
         self.process: processes.LocalProcess | None = None
 
     def start(self) -> None:
@@ -68,8 +70,9 @@ class LocalPrometheus:
 
     def set_targets(self, key: str, targets: list[str], labels: dict[str, str]) -> None:
         """Scrape `targets` (host:port) with `labels`; `key` names the group (one per rollout)."""
-        self._groups[key] = {"targets": targets, "labels": labels}
-        self._write_targets()
+        with self._targets_lock:
+            self._groups[key] = {"targets": targets, "labels": labels}
+            self._write_targets()
 
     def _write_targets(self) -> None:
         self.targets_path.parent.mkdir(parents=True, exist_ok=True)
