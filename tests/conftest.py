@@ -1,4 +1,5 @@
 """Fixture registration only: helpers live in tests/support/ (extend this list, don't add logic here)."""
 
 from tests.support.kube import client, fake_deployment_controller, kube_api  # noqa: F401
+from tests.support.operator_process import operator  # noqa: F401
 from tests.support.prometheus import exporter, prometheus, prometheus_factory  # noqa: F401

@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
 from tests.support.jobs import finish_job, jobs_of, run_job
-from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest
+from tests.support.kube import KubeAPI, policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
 NAMESPACE = "default"
@@ -149,16 +147,6 @@ def test_evaluation_job_runs_ope_on_the_spec() -> None:
 
 # --------------------------------------------------------------------------- end to end
 
-
-@pytest.fixture()
-def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
-    # No guardrails here: Prometheus is never queried.
-    process = OperatorProcess(kube_api.kubeconfig_path, "http://127.0.0.1:9", tmp_path / "operator.log").start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 class Watch:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
 from tests.support.jobs import container, finish_job, jobs_of, run_job
-from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest
+from tests.support.kube import KubeAPI, policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
 T0 = datetime.datetime(2026, 1, 1, 0, 2, tzinfo=datetime.UTC)
@@ -157,15 +156,6 @@ def test_failed_or_lost_jobs_are_recorded(observed: types.JobObservation | None,
 
 # --------------------------------------------------------------------------- end to end
 
-
-@pytest.fixture()
-def operator(kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube_api.kubeconfig_path, "http://127.0.0.1:9", tmp_path / "operator.log").start()
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.integration

@@ -11,10 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.kube import FakeDeploymentController, KubeAPI
 
 
 class OperatorProcess:
@@ -79,3 +82,21 @@ def poll(predicate: Any, timeout: float, interval: float = 0.1, what: str = "", 
             detail = on_timeout() if on_timeout else ""
             pytest.fail(f"timed out after {timeout}s waiting for {what}\n{detail}")
         time.sleep(interval)
+
+
+NO_PROMETHEUS = "http://127.0.0.1:9"  # nothing listens there: a guardrail query would fail loudly
+
+
+@pytest.fixture()
+def operator(
+    kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """The operator against the emulator, for rollouts without guardrails (Prometheus is never queried).
+
+    Scenarios with guardrails override it with one pointed at their Prometheus (test_scenarios.py).
+    """
+    process = OperatorProcess(kube_api.kubeconfig_path, NO_PROMETHEUS, tmp_path / "operator.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
