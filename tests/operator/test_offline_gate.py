@@ -148,7 +148,6 @@ def test_evaluation_job_runs_ope_on_the_spec() -> None:
 # --------------------------------------------------------------------------- end to end
 
 
-
 class Watch:
     """Reads a rollout's status and HTTPRoute weight, remembering every candidate weight seen."""
 

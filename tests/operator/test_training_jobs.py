@@ -157,7 +157,6 @@ def test_failed_or_lost_jobs_are_recorded(observed: types.JobObservation | None,
 # --------------------------------------------------------------------------- end to end
 
 
-
 @pytest.mark.integration
 def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
     kube_api: KubeAPI, client: kube.Client, operator: OperatorProcess, tmp_path: Path
