@@ -1,10 +1,22 @@
 # The two commands the README promises: `make demo` and `make test`.
 VENV := .venv/bin
 
-.PHONY: bootstrap demo test lint crds mar
+.PHONY: bootstrap demo test lint crds mar kube-binaries cluster-up cluster-down
 
 bootstrap:
 	@scripts/bootstrap.sh
+
+# kube-apiserver, kube-controller-manager, kube-scheduler, etcd and kwok built from Go modules into
+# ~/.cache/policy-rollouts/kube/ (cold: see README; warm: instant).
+kube-binaries:
+	@scripts/kube-binaries.sh >/dev/null
+
+# A real control plane on loopback, no Docker: writes .cluster/kubeconfig.
+cluster-up: bootstrap kube-binaries
+	$(VENV)/python -m rollout_operator.cli.main cluster up --dir .cluster
+
+cluster-down:
+	$(VENV)/python -m rollout_operator.cli.main cluster down --dir .cluster
 
 demo: bootstrap
 	$(VENV)/python -m rollout_operator.cli.main demo
@@ -16,7 +28,7 @@ lint: bootstrap
 crds: bootstrap
 	$(VENV)/python -m rollout_operator.crdgen --write
 
-test: lint
+test: lint kube-binaries
 	$(VENV)/python -m pytest
 
 # TorchServe model archive from a policy artifact: make mar ARTIFACT=dir OUT=dir

@@ -1,18 +1,20 @@
 """Rollback latency: first breaching sample queryable in Prometheus -> candidate weight 0 in the HTTPRoute.
 
-Runs the real operator process against the Kubernetes emulator (over HTTP) and a real
-Prometheus scraping an exporter every 100 ms. For each trial a rollout is held at weight 30
+Runs the real operator process against a real control plane (kube-apiserver, etcd, controllers
+and a kwok node built from Go modules; `--api emulator` for the kmock emulator of earlier runs)
+and a real Prometheus scraping an exporter every 100 ms. For each trial a rollout is held at weight 30
 (an indefinite pause), the guardrail metric is flipped to a breaching value, and two pollers
 timestamp (a) the first instant Prometheus answers the breaching value to the guardrail's
 own query and (b) the first instant the stored HTTPRoute gives the candidate weight 0.
 The target is one analysis interval + 1 s; results are written as a ratio to that budget.
 
-Usage: .venv/bin/python bench/rollback_latency.py [--trials 5] [--intervals 2s 5s]
+Usage: .venv/bin/python bench/rollback_latency.py [--trials 5] [--intervals 2s 5s] [--api real|emulator]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from rollout_operator import api, kube  # noqa: E402
 from rollout_operator.resources import httproute  # noqa: E402
 
+from tests.support.cluster import ClusterAPI, install_crds  # noqa: E402
 from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest  # noqa: E402
 from tests.support.operator_process import OperatorProcess  # noqa: E402
 from tests.support.prometheus import Exporter, PrometheusServer  # noqa: E402
@@ -46,7 +49,31 @@ def _poll(predicate, timeout: float, step: float = 0.01) -> float:  # type: igno
     raise TimeoutError(f"condition not met within {timeout}s")
 
 
-def trial(kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prom: PrometheusServer,
+@contextlib.contextmanager
+def kubernetes_api(kind: str, workdir: Path):  # type: ignore[no-untyped-def]
+    """The API the operator talks to: a real control plane, or the emulator with its fake controller."""
+    if kind == "real":
+        from rollout_operator.cluster.control_plane import ControlPlane
+
+        plane = ControlPlane(workdir / "control-plane").start(lambda m: print(f"[control plane] {m}", flush=True))
+        try:
+            cluster = ClusterAPI(plane)
+            install_crds(cluster.client)
+            yield cluster
+            cluster.close()
+        finally:
+            plane.stop()
+        return
+    kube_api = KubeAPI(workdir).start()
+    controller = FakeDeploymentController(kube_api).start()
+    try:
+        yield kube_api
+    finally:
+        controller.stop()
+        kube_api.stop()
+
+
+def trial(kube_api: KubeAPI | ClusterAPI, client: kube.Client, exporter: Exporter, prom: PrometheusServer,
           name: str, interval: str) -> dict[str, float]:
     exporter.set(METRIC, 0.0, rollout=name)
     prom.wait_for(f'{METRIC}{{rollout="{name}"}}', lambda v: v == 0.0, timeout=30)
@@ -84,12 +111,12 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--intervals", nargs="+", default=["2s", "5s"])
     parser.add_argument("--tick", type=float, default=1.0, help="operator --tick (its default is 1 s)")
+    parser.add_argument("--api", choices=["real", "emulator"], default="real",
+                        help="a real control plane (default) or the kmock emulator")
     args = parser.parse_args()
 
     results: dict[str, list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        kube_api = KubeAPI(Path(tmp)).start()
-        controller = FakeDeploymentController(kube_api).start()
+    with tempfile.TemporaryDirectory() as tmp, kubernetes_api(args.api, Path(tmp)) as kube_api:
         exporter = Exporter()
         prom = PrometheusServer([exporter.target], scrape_interval="100ms").start()
         operator = OperatorProcess(kube_api.kubeconfig_path, prom.url, Path(tmp) / "operator.log",
@@ -108,8 +135,6 @@ def main() -> int:
             client.close()
             prom.close()
             exporter.close()
-            controller.stop()
-            kube_api.stop()
 
     summary = {
         interval: {
@@ -124,7 +149,8 @@ def main() -> int:
     when = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"date": when, "machine": platform.processor() or platform.machine(),
-                                   "operator_tick_s": args.tick, "summary": summary, "trials": results},
+                                   "api": args.api, "operator_tick_s": args.tick, "summary": summary,
+                                   "trials": results},
                                   indent=2) + "\n")
     rows = "\n".join(
         f"| {iv} | {s['trials']} | {s['median_s']:.2f} | {s['max_s']:.2f} | {s['budget_s']:.1f} | "
@@ -133,10 +159,13 @@ def main() -> int:
     section = (
         "<!-- rollback-latency:begin -->\n## Rollback latency (control plane)\n\n"
         f"{when}; command: `.venv/bin/python bench/rollback_latency.py --trials {args.trials} --intervals "
-        f"{' '.join(args.intervals)}` (raw: `bench/results/rollback_latency.json`).\n\n"
+        f"{' '.join(args.intervals)} --api {args.api}` (raw: `bench/results/rollback_latency.json`).\n\n"
         "Time from the first breaching sample being queryable in Prometheus (the guardrail's own query answers "
         "the breaching value) to the candidate's weight being 0 in the HTTPRoute stored in the API. Real "
-        f"operator process (tick {args.tick} s), Kubernetes emulator over HTTP, real Prometheus scraping every "
+        f"operator process (tick {args.tick} s), "
+        + ("a real kube-apiserver with etcd, controllers and a kwok node" if args.api == "real"
+           else "the Kubernetes emulator over HTTP")
+        + ", real Prometheus scraping every "
         "100 ms. Target: one analysis interval + 1 s; the ratio column is latency / target (≤ 1 meets it).\n\n"
         "| analysis interval | trials | median s | max s | target s | max ratio to target |\n"
         "|---|---|---|---|---|---|\n" + rows + "\n<!-- rollback-latency:end -->\n"

@@ -1,4 +1,4 @@
-"""The offline-evaluation gate, end to end: real operator process, emulated API, the real `policy-server ope`.
+"""The offline-evaluation gate, end to end: real operator process, real control plane, the real `policy-server ope`.
 
 The emulator runs no pods, so the test plays the Job: it runs the exact command line the
 operator wrote into the Job (`policy-server ope ...`) on a synthetic decision log with a known
@@ -21,8 +21,10 @@ from rollout_operator.resources import httproute
 from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api, cluster_client  # noqa: F401 - the real control plane
 from tests.support.jobs import finish_job, jobs_of, run_job
-from tests.support.kube import KubeAPI, policy_rollout_manifest
+from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
 NAMESPACE = "default"

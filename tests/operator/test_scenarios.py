@@ -1,9 +1,10 @@
-"""End to end: the real operator process, the Kubernetes emulator over HTTP, a real Prometheus.
+"""End to end: the real operator process, a real control plane (kube-apiserver, etcd, controllers,
+kwok nodes; tests/support/cluster.py), a real Prometheus.
 
 Each scenario applies a PolicyRollout with the Gateway API provider, drives the guardrail's
 metric through an exporter that Prometheus scrapes every second, and checks what a user
-would: status (phase, step, message, history), Events, and the HTTPRoute's weights.
-The emulator runs no controllers, so a fake Deployment controller marks Deployments ready.
+would: status (phase, step, message, history), Events, and the HTTPRoute's weights. The real
+Deployment and ReplicaSet controllers, the scheduler and kwok make the Deployments Available.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rollout_operator import api, kube
 from rollout_operator.resources import httproute
 
 from tests.support import crd_validation
-from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI
+from tests.support.kube import KubeAPI, policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 from tests.support.prometheus import Exporter, PrometheusServer
 
@@ -34,13 +36,8 @@ _names = (f"scenario-{i}" for i in itertools.count())
 
 
 @pytest.fixture()
-def operator(
-    kube_api: KubeAPI,
-    fake_deployment_controller: FakeDeploymentController,
-    prometheus: PrometheusServer,
-    tmp_path: Path,
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube_api.kubeconfig_path, prometheus.url, tmp_path / "operator.log").start()
+def operator(cluster: ClusterAPI, prometheus: PrometheusServer, tmp_path: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster.operator_kubeconfig, prometheus.url, tmp_path / "operator.log").start()
     try:
         yield process
     finally:
@@ -52,7 +49,7 @@ class Scenario:
 
     def __init__(
         self,
-        kube_api: KubeAPI,
+        kube_api: ClusterAPI,
         client: kube.Client,
         exporter: Exporter,
         prometheus: PrometheusServer,
@@ -146,11 +143,9 @@ class Scenario:
 
 
 @pytest.fixture()
-def scenario(
-    kube_api: KubeAPI, client: kube.Client, exporter: Exporter, prometheus: PrometheusServer, operator: OperatorProcess
-) -> Any:
+def scenario(cluster: ClusterAPI, exporter: Exporter, prometheus: PrometheusServer, operator: OperatorProcess) -> Any:
     def make(steps: list[dict[str, Any]], **guardrail: Any) -> Scenario:
-        return Scenario(kube_api, client, exporter, prometheus, operator, steps, **guardrail)
+        return Scenario(cluster, cluster.client, exporter, prometheus, operator, steps, **guardrail)
 
     return make
 
@@ -171,7 +166,7 @@ def _assert_never_backwards(weights: list[tuple[str, int]]) -> None:
     assert live == sorted(live), f"weight went backwards: {live}"
 
 
-def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_api: KubeAPI) -> None:
+def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, cluster: ClusterAPI) -> None:
     s = scenario(
         [
             {"shadow": {"duration": "1s"}},
@@ -200,7 +195,7 @@ def test_healthy_candidate_is_promoted_through_every_step(scenario: Any, kube_ap
     assert s.candidate_weight() == 0, "after promotion the stable variant (now v2) serves everything"
     assert {25, 50, 100} <= {e.get("weight") for e in status["history"]}, "every weight step was taken"
     _assert_never_backwards(s.weights_seen)
-    stable = kube_api.get("deployments", NAMESPACE, f"{s.name}-stable")
+    stable = cluster.get("deployments", NAMESPACE, f"{s.name}-stable")
     assert stable["spec"]["template"]["metadata"]["annotations"]["policy.rollouts.io/version"] == "v2"
     reasons = {e["reason"] for e in s.events()}
     assert "Promoted" in reasons or any("Promot" in r for r in reasons), reasons
@@ -251,7 +246,7 @@ def test_prometheus_outage_pauses_then_rolls_back_never_promotes(scenario: Any, 
 
 
 def test_operator_killed_mid_step_resumes_from_the_same_step(
-    scenario: Any, operator: OperatorProcess, kube_api: KubeAPI
+    scenario: Any, operator: OperatorProcess, cluster: ClusterAPI
 ) -> None:
     s = scenario([{"setWeight": 10}, {"pause": {"duration": "3s"}}, {"setWeight": 30}, {"pause": {}}])
     before = s.wait(lambda st: st if st.get("currentStepIndex") == 1 else None, 40, "the timed pause")
@@ -268,10 +263,10 @@ def test_operator_killed_mid_step_resumes_from_the_same_step(
     _assert_never_backwards(s.weights_seen)
     mine = {"policy.rollouts.io/rollout": s.name}
     deployments = [
-        d for d in kube_api.objects("deployments", NAMESPACE) if mine.items() <= d["metadata"].get("labels", {}).items()
+        d for d in cluster.objects("deployments", NAMESPACE) if mine.items() <= d["metadata"].get("labels", {}).items()
     ]
     assert sorted(d["metadata"]["name"] for d in deployments) == [f"{s.name}-candidate", f"{s.name}-stable"]
-    routes = [r for r in kube_api.objects("httproutes", NAMESPACE) if r["metadata"]["name"] == s.name]
+    routes = [r for r in cluster.objects("httproutes", NAMESPACE) if r["metadata"]["name"] == s.name]
     assert len(routes) == 1
 
 
@@ -298,23 +293,35 @@ def test_manual_abort_returns_all_traffic_to_stable(scenario: Any) -> None:
     assert "Promoted" not in _phases(status)
 
 
-def test_a_manifest_past_the_schema_is_refused_in_status(
-    client: kube.Client, operator: OperatorProcess, kube_api: KubeAPI
-) -> None:
-    """The emulator runs no schema or CEL; the operator itself must still refuse bad specs, naming the field."""
+def test_the_api_server_refuses_a_manifest_that_breaks_a_cel_rule(cluster: ClusterAPI) -> None:
     manifest = policy_rollout_manifest(name="broken", steps=[{"setWeight": 10, "pause": {}}])
-    client.create(manifest)
-    status = poll(
-        lambda: (client.get(api.API_VERSION, api.KIND, "broken", NAMESPACE).get("status") or {}).get("message"),
-        30,
-        what="a status message",
-        on_timeout=operator.log_tail,
-    )
+    with pytest.raises(kube.Invalid) as refused:
+        cluster.client.create(manifest)
+    assert "spec.steps[0]" in str(refused.value) and "exactly one" in str(refused.value)
+    assert cluster.get("policyrollouts", NAMESPACE, "broken") is None
+
+
+def test_a_manifest_past_the_schema_is_refused_in_status(
+    kube_api: KubeAPI, client: kube.Client, fake_deployment_controller: Any, tmp_path: Path
+) -> None:
+    """Emulator on purpose: a real server never stores a manifest its CRD's CEL rules refuse (an older
+    CRD could). The operator itself must still refuse bad specs, naming the field."""
+    process = OperatorProcess(kube_api.kubeconfig_path, "http://127.0.0.1:9", tmp_path / "operator.log").start()
+    try:
+        client.create(policy_rollout_manifest(name="broken", steps=[{"setWeight": 10, "pause": {}}]))
+        status = poll(
+            lambda: (client.get(api.API_VERSION, api.KIND, "broken", NAMESPACE).get("status") or {}).get("message"),
+            30,
+            what="a status message",
+            on_timeout=process.log_tail,
+        )
+    finally:
+        process.stop()
     assert "steps" in status and "exactly one" in status
     assert kube_api.get("deployments", NAMESPACE, "broken-stable") is None, "a bad spec changes nothing"
 
 
-def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, kube_api: KubeAPI) -> None:
+def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, cluster: ClusterAPI) -> None:
     if not HTTPROUTE_SCHEMA.exists():
         pytest.skip(f"Gateway API schema not found at {HTTPROUTE_SCHEMA.resolve()}")
     s = scenario([{"setWeight": 30}, {"pause": {}}])
@@ -322,7 +329,9 @@ def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, kube_a
     server_fields = {"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"}
     checked = 0
     for kind in ("deployments", "services"):
-        for obj in kube_api.objects(kind, NAMESPACE):
+        for obj in cluster.objects(kind, NAMESPACE):
+            if kind == "services" and obj["metadata"]["name"] == "kubernetes":
+                continue
             obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k not in server_fields}
             obj.pop("status", None)
             kubernetes_validate.validate(obj, "1.30", strict=True)

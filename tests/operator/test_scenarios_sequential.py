@@ -1,6 +1,6 @@
 """End to end with the sequential judge and two guardrail templates: promote, roll back, outage.
 
-The real operator process, the Kubernetes emulator and a real Prometheus, as in
+The real operator process, the real control plane and a real Prometheus, as in
 test_scenarios.py (whose `Scenario` helpers and fixtures this module reuses). A feeder thread
 plays the two policy servers: every 0.2 s it adds rewards to each variant's cumulative
 `policy_reward_sum`/`policy_reward_count` (labelled as the scrape config labels pods) and keeps
@@ -20,7 +20,8 @@ from rollout_operator import kube
 
 from tests.operator import test_scenarios as scenarios
 from tests.support import crd_validation
-from tests.support.kube import FakeDeploymentController, KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI
+from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess
 from tests.support.prometheus import Exporter, PrometheusServer
 
@@ -67,7 +68,7 @@ class SequentialScenario(scenarios.Scenario):
 
     def __init__(
         self,
-        kube_api: KubeAPI,
+        kube_api: ClusterAPI,
         client: kube.Client,
         exporter: Exporter,
         prometheus: PrometheusServer,
@@ -110,9 +111,7 @@ class SequentialScenario(scenarios.Scenario):
 
 @pytest.fixture()
 def sequential(
-    kube_api: KubeAPI,
-    fake_deployment_controller: FakeDeploymentController,
-    client: kube.Client,
+    cluster: ClusterAPI,
     exporter: Exporter,
     prometheus: PrometheusServer,
     operator: OperatorProcess,
@@ -120,7 +119,7 @@ def sequential(
     made: list[SequentialScenario] = []
 
     def make(steps: list[dict[str, Any]], candidate_mean: float, **judge: Any) -> SequentialScenario:
-        s = SequentialScenario(kube_api, client, exporter, prometheus, operator, steps, candidate_mean, **judge)
+        s = SequentialScenario(cluster, cluster.client, exporter, prometheus, operator, steps, candidate_mean, **judge)
         made.append(s)
         return s
 

@@ -1,7 +1,7 @@
 """Training Jobs: GPU resources, one Job per trigger (on demand and per cron slot), results in status.
 
 Pure rules first (the engine with a given `now`, the Job builder), then the real operator
-process against the emulator: an on-demand trigger creates exactly one GPU Job even across a
+process against the real control plane: an on-demand trigger creates exactly one GPU Job even across a
 SIGKILL, the test plays the Job by running the real `policy-server train` from the Job's own
 command line (on CPU), and the produced version is recorded and, with autoRollout, rolled out.
 """
@@ -19,8 +19,10 @@ from rollout_operator.engine import training, types
 from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api, cluster_client  # noqa: F401 - the real control plane
 from tests.support.jobs import container, finish_job, jobs_of, run_job
-from tests.support.kube import KubeAPI, policy_rollout_manifest
+from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
 T0 = datetime.datetime(2026, 1, 1, 0, 2, tzinfo=datetime.UTC)

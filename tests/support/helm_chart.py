@@ -29,10 +29,10 @@ def chart() -> helm_python.Chart:
 
 
 def render_templates(
-    values: dict[str, Any] | None = None, namespace: str = NAMESPACE
+    values: dict[str, Any] | None = None, namespace: str = NAMESPACE, release: str = RELEASE
 ) -> dict[str, list[dict[str, Any]]]:
     """Template path -> the objects it rendered (empty documents dropped)."""
-    rendered = chart().render(values or {}, name=RELEASE, namespace=namespace)
+    rendered = chart().render(values or {}, name=release, namespace=namespace)
     return {
         path: [doc for doc in yaml.safe_load_all(text) if doc]
         for path, text in rendered.items()
@@ -40,10 +40,11 @@ def render_templates(
     }
 
 
-def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+           release: str = RELEASE) -> list[dict[str, Any]]:
     """Every object a `helm install` would create: CRDs first, then the templates."""
     crds = [doc for crd in chart().crds for doc in yaml.safe_load_all(crd["data"]) if doc]
-    return crds + [obj for objs in render_templates(values, namespace).values() for obj in objs]
+    return crds + [obj for objs in render_templates(values, namespace, release).values() for obj in objs]
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -1,27 +1,27 @@
-"""Play the Job controller and the kubelet for the operator's Jobs (the emulator runs no pods).
+"""Play the container of the operator's Jobs on the real control plane (kwok runs no containers).
 
 `run_job` runs the very command line the operator put in the Job (`policy-server ope|train ...`)
 in this process, with the termination-message path redirected to a temp file; `finish_job`
-then does what a cluster would: a Pod of the Job whose terminated container carries that file's
-content as its termination message, and the Job's Complete or Failed condition.
+then terminates the Job's real pod with that file's content as its termination message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 from rollout_operator.resources import jobs as job_resources
 
 from policy_server import cli as policy_cli
-from tests.support.kube import KubeAPI
+from tests.support.cluster import ClusterAPI
+from tests.support.kube import wait_for
 
 
-def jobs_of(kube_api: KubeAPI, rollout: str, kind: str, namespace: str = "default") -> list[dict[str, Any]]:
+def jobs_of(kube_api: ClusterAPI, rollout: str, kind: str, namespace: str = "default") -> list[dict[str, Any]]:
     return [
         j for j in kube_api.objects("jobs", namespace)
         if j["metadata"].get("labels", {}).get("policy.rollouts.io/rollout") == rollout
@@ -51,28 +51,33 @@ def run_job(job: dict[str, Any], replace: dict[str, str] | None = None) -> tuple
         return code, result.read_text() if result.exists() else ""
 
 
-def finish_job(kube_api: KubeAPI, job: dict[str, Any], exit_code: int, message: str) -> None:
-    """A terminated Pod of the Job with `message`, then the Job's Complete/Failed condition."""
+def finish_job(cluster: ClusterAPI, job: dict[str, Any], exit_code: int, message: str, timeout: float = 60.0) -> None:
+    """End the Job's pod with `exit_code` and `message`, as its container would have.
+
+    The real Job controller made the pod, the scheduler bound it and kwok made it Running (kwok
+    never ends a Job's pod by itself, see rollout_operator/cluster/kwok-stages.yaml). Here its
+    container terminates with the termination message the Job's command wrote; the Job controller
+    then counts the pod and sets the Job's Complete or Failed condition itself.
+    """
     meta = job["metadata"]
     namespace = meta["namespace"]
-    labels = dict(job["spec"]["template"]["metadata"]["labels"])
-    labels["job-name"] = meta["name"]
-    kube_api.put("pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "namespace": namespace, "labels": labels},
-        "spec": job["spec"]["template"]["spec"],
-        "status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [{
-                "name": container(job)["name"], "ready": False, "restartCount": 0, "image": container(job)["image"],
-                "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                                         "message": message, "finishedAt": "2026-01-01T00:00:00Z"}},
-            }],
-        },
-    })
-    if exit_code == 0:
-        status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-    else:
-        status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                               "message": "Job has reached the specified backoff limit"}]}
-    assert kube_api.set_status("jobs", namespace, meta["name"], status)
+
+    def running_pod() -> dict[str, Any] | None:
+        pods = [p for p in cluster.objects("pods", namespace)
+                if p["metadata"].get("labels", {}).get("job-name") == meta["name"]]
+        return next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+
+    pod = wait_for(running_pod, timeout, interval=0.2, what=f"a Running pod of Job {meta['name']}")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    c = container(job)
+    status = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
+        "containerStatuses": [{
+            "name": c["name"], "ready": False, "restartCount": 0, "image": c["image"], "imageID": c["image"],
+            "started": False,
+            "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                     "message": message, "startedAt": now, "finishedAt": now}},
+        }],
+    }
+    assert cluster.set_status("pods", namespace, pod["metadata"]["name"], status)

@@ -97,6 +97,7 @@ class ApiCall:
     namespace: str | None
     # Who called (tests separate their own requests from the operator's); not part of equality.
     user_agent: str = dataclasses.field(default="", compare=False)
+    user: str = dataclasses.field(default="", compare=False)  # the authenticated user (real API server only)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

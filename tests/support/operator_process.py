@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.kube import FakeDeploymentController, KubeAPI
+from tests.support.cluster import ClusterAPI
 
 
 class OperatorProcess:
@@ -88,14 +88,12 @@ NO_PROMETHEUS = "http://127.0.0.1:9"  # nothing listens there: a guardrail query
 
 
 @pytest.fixture()
-def operator(
-    kube_api: KubeAPI, fake_deployment_controller: FakeDeploymentController, tmp_path: Path
-) -> Iterator[OperatorProcess]:
-    """The operator against the emulator, for rollouts without guardrails (Prometheus is never queried).
+def operator(cluster: ClusterAPI, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator against the real control plane, for rollouts without guardrails (Prometheus is never queried).
 
     Scenarios with guardrails override it with one pointed at their Prometheus (test_scenarios.py).
     """
-    process = OperatorProcess(kube_api.kubeconfig_path, NO_PROMETHEUS, tmp_path / "operator.log").start()
+    process = OperatorProcess(cluster.operator_kubeconfig, NO_PROMETHEUS, tmp_path / "operator.log").start()
     try:
         yield process
     finally:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rollout_operator.bench import cli as bench_cli
+from rollout_operator.cluster import cli as cluster_cli
 
 
 def _add_crds(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -193,6 +194,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     _add_run,
     _add_demo,
     bench_cli.add_bench_judges,
+    cluster_cli.add_cluster,
 ]
 
 

@@ -18,7 +18,8 @@ import pytest
 from rollout_operator.cli import plugin, report
 
 from tests.operator import test_scenarios
-from tests.support.kube import KubeAPI
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api  # noqa: F401 - the real control plane
 from tests.support.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.integration

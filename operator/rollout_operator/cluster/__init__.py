@@ -1,0 +1,1 @@
+"""A real Kubernetes control plane on this machine, without Docker (`policy-rollouts cluster up`)."""
