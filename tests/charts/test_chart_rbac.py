@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from rollout_operator import api
+from rollout_operator.cluster.control_plane import ControlPlane
 from rollout_operator.resources import routing
 
 from tests.support import helm_chart as hc
@@ -90,11 +91,11 @@ def _exercise(run: OperatorRun, prometheus_url: str) -> None:
 
 
 @pytest.fixture(scope="module", params=sorted(SCOPES))
-def recorded(request: pytest.FixtureRequest, prometheus: PrometheusServer,
+def recorded(request: pytest.FixtureRequest, control_plane: ControlPlane, prometheus: PrometheusServer,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[ApiCall]]:
     scope = request.param
     workdir: Path = tmp_path_factory.mktemp(f"rbac-{scope}")
-    with OperatorRun(workdir, prometheus.url, namespaces=SCOPES[scope]) as run:
+    with OperatorRun(control_plane, workdir, prometheus.url, namespaces=SCOPES[scope]) as run:
         _exercise(run, prometheus.url)
         run.wait_log("Handler 'finalize' succeeded")
     calls = run.operator_calls()

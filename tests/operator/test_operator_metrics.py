@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rollout_operator import api, metrics
+from rollout_operator.cluster.control_plane import ControlPlane
 from rollout_operator.engine import types
 
 from tests.support.kube import policy_rollout_manifest, wait_for
@@ -109,11 +110,12 @@ def test_training_jobs_are_summed_over_rollouts() -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_operator_serves_metrics_over_http(prometheus: PrometheusServer, tmp_path: Path) -> None:
+def test_the_operator_serves_metrics_over_http(control_plane: ControlPlane, prometheus: PrometheusServer,
+                                              tmp_path: Path) -> None:
     port, liveness = free_port(), free_port()
     args = ("--metrics-port", str(port), "--metrics-host", "127.0.0.1",
             "--liveness", f"http://127.0.0.1:{liveness}/healthz")  # the chart's two probe endpoints
-    with OperatorRun(tmp_path, prometheus.url, extra_args=args) as run:
+    with OperatorRun(control_plane, tmp_path, prometheus.url, extra_args=args) as run:
         run.client.create(rollout_manifest("breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}],
                                            prometheus.url))
         run.wait_phase("breaching", "RolledBack")

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rollout_operator.cluster.control_plane import ControlPlane
 
 from tests.support.kube import wait_for
 from tests.support.operator_process import OperatorProcess
-from tests.support.operator_run import PEERING_NAME, OperatorRun, rollout_manifest
+from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,14 +34,15 @@ def _settled_paused(log: str) -> bool:
 
 
 def test_the_follower_pauses_then_takes_over_when_the_leader_leaves(
-    prometheus: PrometheusServer, tmp_path: Path
+    control_plane: ControlPlane, prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
     leader_args = ("--metrics-port", "0", "--priority", "200")
-    with OperatorRun(tmp_path, prometheus.url, extra_args=leader_args) as run:
+    with OperatorRun(control_plane, tmp_path, prometheus.url, extra_args=leader_args) as run:
         leader = run.operator
         assert leader is not None
-        follower = OperatorProcess(run.kube_api.kubeconfig_path, prometheus.url, tmp_path / "follower.log",
-                                   extra_args=("--metrics-port", "0", "--peering", PEERING_NAME, "--priority", "100"))
+        assert run.rbac is not None
+        follower = OperatorProcess(run.rbac.kubeconfig, prometheus.url, tmp_path / "follower.log",
+                                   extra_args=("--metrics-port", "0", "--peering", run.peering, "--priority", "100"))
         follower.start()
         try:
             # kopf starts every replica paused until it has read the peering; the follower stays so once it
@@ -64,5 +66,5 @@ def test_the_follower_pauses_then_takes_over_when_the_leader_leaves(
             follower.stop()
     assert "handover" in _log(follower), "the follower finished the rollout"
     assert [h["phase"] for h in status["history"]].count("Paused") == 1, "the pause was not started over"
-    peering = run.calls
+    peering = run.operator_calls()
     assert any(c.resource == "clusterkopfpeerings" and c.verb == "patch" for c in peering)

@@ -11,8 +11,8 @@ Fixtures (registered in tests/conftest.py):
 - `control_plane` (session) -> the running `ControlPlane`.
 - `operator_rbac` (session) -> `ChartRBAC`: the chart's cluster-scope ServiceAccount and RBAC,
   installed once; `.kubeconfig` authenticates as that ServiceAccount (a TokenRequest token).
-- `cluster` -> `ClusterAPI` (`.operator_kubeconfig`: the chart ServiceAccount's): the same accessors as the emulator's `KubeAPI` (`.url`,
-  `.kubeconfig_path`, `objects()`, `get()`, `put()`, `set_status()`, `calls`, `calls_to()`),
+- `cluster` -> `ClusterAPI` (`.operator_kubeconfig`: the chart ServiceAccount's): the same
+  accessors as the emulator's `KubeAPI` (`.url`, `.kubeconfig_path`, `objects()`, `get()`, `put()`, `set_status()`, `calls`, `calls_to()`),
   backed by the real server. `calls` are read from the API server's audit log, from the start of
   the test. After the test, everything it left in its namespace is deleted.
 """
@@ -61,6 +61,8 @@ KINDS = {
     "services": ("v1", "Service"), "configmaps": ("v1", "ConfigMap"), "pods": ("v1", "Pod"),
     "events": ("v1", "Event"), "secrets": ("v1", "Secret"), "namespaces": ("v1", "Namespace"),
     "kopfpeerings": ("kopf.dev/v1", "KopfPeering"), "clusterkopfpeerings": ("kopf.dev/v1", "ClusterKopfPeering"),
+    "serviceaccounts": ("v1", "ServiceAccount"), "roles": ("rbac.authorization.k8s.io/v1", "Role"),
+    "rolebindings": ("rbac.authorization.k8s.io/v1", "RoleBinding"),
 }
 
 
@@ -114,7 +116,8 @@ class ClusterAPI:
     chart's ServiceAccount's, when given: the identity an operator under test runs as.
     """
 
-    def __init__(self, plane: ControlPlane, namespace: str = "default", operator_kubeconfig: Path | None = None) -> None:
+    def __init__(self, plane: ControlPlane, namespace: str = "default",
+                 operator_kubeconfig: Path | None = None) -> None:
         self.plane = plane
         self.namespace = namespace
         self.url = plane.server

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import io
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,30 @@ def finish_job(cluster: ClusterAPI, job: dict[str, Any], exit_code: int, message
     """
     meta = job["metadata"]
     namespace = meta["namespace"]
+    ended: set[str] = set()
 
     def running_pod() -> dict[str, Any] | None:
         pods = [p for p in cluster.objects("pods", namespace)
                 if p["metadata"].get("labels", {}).get("job-name") == meta["name"]]
-        return next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+        return next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                     and p["metadata"]["name"] not in ended), None)
 
-    pod = wait_for(running_pod, timeout, interval=0.2, what=f"a Running pod of Job {meta['name']}")
+    def job_finished() -> bool:
+        conditions = ((cluster.get("jobs", namespace, meta["name"]) or {}).get("status") or {}).get("conditions")
+        return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions or [])
+
+    # A failing container fails again in every retry the Job's backoffLimit allows.
+    deadline = time.monotonic() + timeout
+    while not ended or (exit_code != 0 and not job_finished()):
+        pod = wait_for(lambda: job_finished() or running_pod(), max(1.0, deadline - time.monotonic()),
+                       interval=0.2, what=f"a Running pod of Job {meta['name']}")
+        if pod is True:
+            break
+        _terminate(cluster, job, pod, exit_code, message)
+        ended.add(pod["metadata"]["name"])
+
+
+def _terminate(cluster: ClusterAPI, job: dict[str, Any], pod: dict[str, Any], exit_code: int, message: str) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     c = container(job)
     status = {
@@ -80,4 +98,4 @@ def finish_job(cluster: ClusterAPI, job: dict[str, Any], exit_code: int, message
                                      "message": message, "startedAt": now, "finishedAt": now}},
         }],
     }
-    assert cluster.set_status("pods", namespace, pod["metadata"]["name"], status)
+    assert cluster.set_status("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], status)

@@ -1,13 +1,16 @@
-"""The real operator process against a fresh emulator, as the Helm chart runs it (with kopf peering).
+"""The real operator process as the Helm chart runs it (kopf peering, the chart's ServiceAccount and RBAC),
+against the real control plane (tests/support/cluster.py).
 
-Used by the chart's RBAC test (which records every API call the operator makes), and by the
-notification and metrics end-to-end tests. The test's own writes go through `TestClient`,
-whose requests carry the `TEST_USER_AGENT`, so `operator_calls()` can leave them out; reads go
-through `KubeAPI.objects()/get()` (in-process, never recorded).
+Used by the chart's RBAC test, and by the peering, notification and metrics end-to-end tests. The
+chart's ServiceAccount, RBAC and peering objects are installed as `helm install` would create them
+(a release of its own per run, so the RBAC under test is the only RBAC the operator has), the
+operator authenticates with that ServiceAccount's token, and the real RBAC authorizer holds it to
+the chart's rules. `operator_calls()` reads the API server's audit log: every request the
+operator's ServiceAccount made.
 
 Usage::
 
-    with OperatorRun(tmp_path, prometheus.url, namespaces=["default"]) as run:
+    with OperatorRun(control_plane, tmp_path, prometheus.url, namespaces=["default"]) as run:
         run.client.create(rollout_manifest("r", query="vector(1)"))
         run.wait_phase("r", "RolledBack")
         run.client.delete("r")
@@ -17,37 +20,19 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-import kmock
 from rollout_operator import api
+from rollout_operator.cluster.control_plane import ControlPlane
 
-from tests.support.kube import ApiCall, FakeDeploymentController, KubeAPI, policy_rollout_manifest, wait_for
+from tests.support.cluster import ChartRBAC, ClusterAPI
+from tests.support.kube import ApiCall, policy_rollout_manifest, wait_for
 from tests.support.operator_process import OperatorProcess
 
-TEST_USER_AGENT = "policy-rollouts-test-client"
-PEERING_NAME = "policy-rollouts"
-KOPF_PEERINGS = "kopf.dev/v1/kopfpeerings"
-CLUSTER_KOPF_PEERINGS = "kopf.dev/v1/clusterkopfpeerings"
-
-
-def register_peering(kube_api: KubeAPI, namespaces: list[str] | None) -> None:
-    """Serve kopf's peering resources and create the peering objects the chart would create."""
-    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
-    kube_api.emulator.resources[KOPF_PEERINGS] = kmock.ResourceInfo(
-        kind="KopfPeering", singular="kopfpeering", namespaced=True, verbs=verbs)
-    kube_api.emulator.resources[CLUSTER_KOPF_PEERINGS] = kmock.ResourceInfo(
-        kind="ClusterKopfPeering", singular="clusterkopfpeering", namespaced=False, verbs=verbs)
-    if namespaces:
-        for namespace in namespaces:
-            kube_api.put(KOPF_PEERINGS, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-                                         "metadata": {"name": PEERING_NAME, "namespace": namespace}})
-    else:
-        kube_api.put(CLUSTER_KOPF_PEERINGS, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-                                             "metadata": {"name": PEERING_NAME}})
+_releases = (f"run{i}" for i in itertools.count())
 
 
 def rollout_manifest(name: str, query: str, steps: list[dict[str, Any]], prometheus_url: str,
@@ -62,72 +47,67 @@ def rollout_manifest(name: str, query: str, steps: list[dict[str, Any]], prometh
 
 
 class TestClient:
-    """Creates and deletes PolicyRollouts over HTTP with a user agent the recording can tell apart."""
+    """Creates and deletes PolicyRollouts as the test's own user (the cluster admin, not the operator)."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, url: str) -> None:
-        self._http = httpx.Client(base_url=url, headers={"User-Agent": TEST_USER_AGENT}, timeout=60.0)
-
-    def _path(self, namespace: str, name: str | None = None) -> str:
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"
-        return f"{path}/{name}" if name else path
+    def __init__(self, cluster: ClusterAPI) -> None:
+        self._client = cluster.client
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        namespace = manifest["metadata"].get("namespace", "default")
-        response = self._http.post(self._path(namespace), json=manifest)
-        response.raise_for_status()
-        return dict(response.json())
+        return self._client.create(manifest)
 
     def delete(self, name: str, namespace: str = "default") -> None:
-        self._http.delete(self._path(namespace, name)).raise_for_status()
-
-    def close(self) -> None:
-        self._http.close()
+        self._client.delete(api.API_VERSION, api.KIND, name, namespace)
 
 
 class OperatorRun:
-    """Emulator + peering objects + fake Deployment controller + `policy-rollouts operator --peering`."""
+    """The chart's RBAC + peering objects + `policy-rollouts operator --peering` as its ServiceAccount."""
 
-    def __init__(self, workdir: Path, prometheus_url: str, namespaces: list[str] | None = None,
+    def __init__(self, plane: ControlPlane, workdir: Path, prometheus_url: str, namespaces: list[str] | None = None,
                  extra_args: tuple[str, ...] = ("--metrics-port", "0")) -> None:
+        self.plane = plane
         self.workdir = workdir
         self.prometheus_url = prometheus_url
         self.namespaces = namespaces
         self.extra_args = extra_args
-        self.kube_api = KubeAPI(workdir)
-        self.controller: FakeDeploymentController | None = None
+        self.kube_api = ClusterAPI(plane)
+        self.client = TestClient(self.kube_api)
+        self.rbac: ChartRBAC | None = None
         self.operator: OperatorProcess | None = None
-        self.client: TestClient
         self.calls: list[ApiCall] = []
 
     def __enter__(self) -> OperatorRun:
-        self.kube_api.start()
         try:
-            register_peering(self.kube_api, self.namespaces)
-            self.controller = FakeDeploymentController(self.kube_api).start()
-            args = ["--peering", PEERING_NAME, *self.extra_args]
+            scope = "namespace" if self.namespaces else "cluster"
+            self.rbac = ChartRBAC(self.plane, self.workdir, scope=scope, namespaces=self.namespaces,
+                                  release=next(_releases))
+            args = ["--peering", self.peering, *self.extra_args]
             for namespace in self.namespaces or []:
                 args += ["--namespace", namespace]
-            self.operator = OperatorProcess(self.kube_api.kubeconfig_path, self.prometheus_url,
+            self.operator = OperatorProcess(self.rbac.kubeconfig, self.prometheus_url,
                                             self.workdir / "operator.log", extra_args=tuple(args)).start()
-            self.client = TestClient(self.kube_api.url)
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    @property
+    def peering(self) -> str:
+        """The peering the chart created for this release (its name follows the release)."""
+        assert self.rbac is not None
+        [peering] = [o for o in self.rbac.objects if o["kind"] in ("KopfPeering", "ClusterKopfPeering")][:1]
+        return str(peering["metadata"]["name"])
+
     def __exit__(self, *exc: Any) -> None:
         if self.operator is not None:
             self.operator.stop()  # SIGTERM: kopf leaves the peering on the way out (a recorded call too)
-        if self.controller is not None:
-            self.controller.stop()
         self.calls = self.kube_api.calls
-        if hasattr(self, "client"):
-            self.client.close()
-        self.kube_api.stop()
-
-    # ---- reads (in-process: not recorded)
+        self.kube_api.clean_up()
+        if self.rbac is not None:
+            self.rbac.uninstall()
+        self.kube_api.close()
+    # ---- reads (as the admin: never counted as the operator's)
 
     def status(self, name: str, namespace: str = "default") -> dict[str, Any]:
         obj = self.kube_api.get(api.PLURAL, namespace, name)
@@ -151,9 +131,10 @@ class OperatorRun:
                  timeout, what=f"{text!r} in the operator log")
 
     def operator_calls(self) -> list[ApiCall]:
-        """Every recorded resource request except the test client's own."""
+        """Every resource request the operator's ServiceAccount made (from the audit log)."""
+        assert self.rbac is not None
         calls = self.calls or self.kube_api.calls
-        return [c for c in calls if c.user_agent != TEST_USER_AGENT]
+        return [c for c in calls if c.user == self.rbac.user]
 
 
 def settle(seconds: float) -> None:

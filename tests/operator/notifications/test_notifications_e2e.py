@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rollout_operator.cluster.control_plane import ControlPlane
 
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
@@ -14,13 +15,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_rollback_and_approval_reach_global_and_per_rollout_webhooks(
-    prometheus: PrometheusServer, tmp_path: Path
+    control_plane: ControlPlane, prometheus: PrometheusServer, tmp_path: Path
 ) -> None:
     with WebhookReceiver() as global_hook, WebhookReceiver() as team_hook:
         global_hook.respond(503)  # the first call fails: the retry must still deliver it
         args = ("--metrics-port", "0", "--notify-url", global_hook.url, "--notify-format", "json",
                 "--notify-retries", "2")
-        with OperatorRun(tmp_path, prometheus.url, extra_args=args) as run:
+        with OperatorRun(control_plane, tmp_path, prometheus.url, extra_args=args) as run:
             run.client.create(rollout_manifest(
                 "breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}], prometheus.url,
                 notifications=[{"url": team_hook.url, "format": "slack", "events": ["rollback"]}],
