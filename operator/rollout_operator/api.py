@@ -152,7 +152,10 @@ class PauseStep(Model):
 
 
 class ApprovalStep(Model):
-    pass
+    # `approval: {}` takes no fields. An object schema without properties makes the API server
+    # prune unknown fields silently (`approval: {by: alice}` would be stored as `{}` and read as
+    # a gate anyone may open), so unknown fields are kept and then refused by maxProperties.
+    model_config = ConfigDict(json_schema_extra={"maxProperties": 0, "x-kubernetes-preserve-unknown-fields": True})
 
 
 class Step(Model):

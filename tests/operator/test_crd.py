@@ -166,7 +166,9 @@ def test_fields_carry_the_model_constraints(schema: dict[str, Any]) -> None:
     spec = schema["properties"]["spec"]["properties"]
     step = spec["steps"]["items"]
     assert step["properties"]["setWeight"] | {} == {"type": "integer", "minimum": 0, "maximum": 100}
-    assert step["properties"]["approval"] == {"type": "object"}
+    # Fields are kept so that maxProperties refuses them, rather than pruned in silence (test_admission.py).
+    assert step["properties"]["approval"] == {"type": "object", "maxProperties": 0,
+                                              "x-kubernetes-preserve-unknown-fields": True}
     assert step["properties"]["pause"]["properties"]["duration"]["pattern"] == api.DURATION_PATTERN
     assert spec["progressDeadline"]["pattern"] == api.DURATION_PATTERN
     assert spec["steps"]["minItems"] == 1
@@ -327,7 +329,7 @@ INVALID = [
     ("empty-steps", _set("spec.steps", []), "spec.steps"),
     ("unknown-policy-field", _set("spec.policy.imagePullPolicy", "Always"), "spec.policy.imagePullPolicy"),
     ("misspelt-step-action", _set("spec.steps.1", {"weight": 5}), "spec.steps[1].weight"),
-    ("approval-with-fields", _set("spec.steps.4.approval", {"by": "alice"}), "spec.steps[4].approval.by"),
+    ("approval-with-fields", _set("spec.steps.4.approval", {"by": "alice"}), "spec.steps[4].approval"),
     (
         "guardrail-name-not-dns",
         _set("spec.analysis.guardrails.0.name", "Error_Rate"),

@@ -12,7 +12,8 @@ Fixtures (registered in tests/conftest.py):
 - `operator_rbac` (session) -> `ChartRBAC`: the chart's cluster-scope ServiceAccount and RBAC,
   installed once; `.kubeconfig` authenticates as that ServiceAccount (a TokenRequest token).
 - `cluster` -> `ClusterAPI` (`.operator_kubeconfig`: the chart ServiceAccount's): the same
-  accessors as the emulator's `KubeAPI` (`.url`, `.kubeconfig_path`, `objects()`, `get()`, `put()`, `set_status()`, `calls`, `calls_to()`),
+  accessors as the emulator's `KubeAPI` (`.url`, `.kubeconfig_path`, `objects()`, `get()`, `put()`,
+  `set_status()`, `calls`, `calls_to()`),
   backed by the real server. `calls` are read from the API server's audit log, from the start of
   the test. After the test, everything it left in its namespace is deleted.
 """

@@ -116,6 +116,7 @@ class ControlPlane:
         self.kubeconfig = self.directory / "kubeconfig"
         self.audit_log = self.directory / "logs" / "audit.log"
         self.server = ""
+        self.bin_dir: Path | None = None
 
     # ----------------------------------------------------------------------------- starting
 
@@ -123,7 +124,7 @@ class ControlPlane:
         if self.running():
             raise ClusterError(f"a control plane already runs from {self.directory}: "
                                "stop it first (policy-rollouts cluster down)")
-        bin_dir = binaries(progress)
+        bin_dir = self.bin_dir = binaries(progress)
         for sub in ("pki", "logs", "etcd", "kwok"):
             shutil.rmtree(self.directory / sub, ignore_errors=True)
         self.pki_dir.mkdir(parents=True)
@@ -279,6 +280,12 @@ class ControlPlane:
                 raise ClusterError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for {what}: "
                                    f"see {self.log_dir}/{process}.log")
             time.sleep(0.2)
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run the kubectl built with this control plane (same release) as the admin."""
+        assert self.bin_dir is not None, "start() the control plane first"
+        return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
 
     # ----------------------------------------------------------------------------- stopping
 
