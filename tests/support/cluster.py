@@ -225,6 +225,22 @@ def cluster(control_plane: ControlPlane, operator_rbac: ChartRBAC) -> Iterator[C
         api_.close()
 
 
+@contextlib.contextmanager
+def without_crd(plane: ControlPlane, crd_name: str, timeout: float = 60.0) -> Iterator[None]:
+    """A cluster that does not serve one of our CRDs (Istio or Gateway API not installed), then reinstalled."""
+    client = kube.Client.from_kubeconfig(plane.kubeconfig)
+    try:
+        client.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd_name)
+        deadline = time.monotonic() + timeout
+        while client.find("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd_name) is not None:
+            assert time.monotonic() < deadline, f"CRD {crd_name} not deleted within {timeout}s"
+            time.sleep(0.1)
+        yield
+    finally:
+        install_crds(client)
+        client.close()
+
+
 @pytest.fixture(name="kube_api")
 def cluster_as_kube_api(cluster: ClusterAPI) -> ClusterAPI:
     """Import into a test module to run its `kube_api` tests against the real control plane."""

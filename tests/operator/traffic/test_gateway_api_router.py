@@ -1,4 +1,4 @@
-"""GatewayAPIRouter against the emulator over HTTP: reconcile creates one owned HTTPRoute,
+"""GatewayAPIRouter against the real control plane: reconcile creates one owned HTTPRoute,
 set_weights/get_weights round-trip through the stored object, shadow mirrors, reconcile keeps
 the live split, finalize removes the route, and missing CRDs or parentRefs fail clearly."""
 
@@ -11,7 +11,9 @@ from rollout_operator.resources import httproute
 from rollout_operator.traffic.base import TrafficError, TrafficRouter
 from rollout_operator.traffic.gateway_api import GatewayAPIRouter
 
-from tests.support.kube import HTTPROUTES, KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api, cluster_client, without_crd  # noqa: F401 - the real control plane
+from tests.support.kube import policy_rollout_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -114,12 +116,12 @@ def test_missing_parent_refs_is_a_clear_error(client: kube.Client) -> None:
 
 
 def test_cluster_without_gateway_api(kube_api: KubeAPI, rollout: api.PolicyRollout) -> None:
-    del kube_api.emulator.resources[HTTPROUTES]
-    client = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)  # fresh discovery
-    router = GatewayAPIRouter(client)
-    with pytest.raises(TrafficError, match="Gateway API CRDs"):
-        router.set_weights(rollout, Weights(10))
-    with pytest.raises(TrafficError, match="Gateway API CRDs"):
-        router.get_weights(rollout)
-    router.finalize(rollout)  # nothing can exist: nothing to clean up
-    client.close()
+    with without_crd(kube_api.plane, "httproutes.gateway.networking.k8s.io"):
+        client = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)  # fresh discovery
+        router = GatewayAPIRouter(client)
+        with pytest.raises(TrafficError, match="Gateway API CRDs"):
+            router.set_weights(rollout, Weights(10))
+        with pytest.raises(TrafficError, match="Gateway API CRDs"):
+            router.get_weights(rollout)
+        router.finalize(rollout)  # nothing can exist: nothing to clean up
+        client.close()

@@ -1,6 +1,6 @@
 """Istio provider: the VirtualService is valid against the official Istio 1.30 CRD schema
 (v1, structural schema + CEL rules) at every split and in shadow, `weights_of` reads back what
-the builder wrote, and IstioRouter against the emulator over HTTP: reconcile creates one owned
+the builder wrote, and IstioRouter against the real control plane: reconcile creates one owned
 VirtualService, set/get round-trip, shadow->canary drops the mirror, reconcile keeps the live
 split, finalize removes it, and missing hosts or a cluster without Istio fail clearly."""
 
@@ -18,7 +18,9 @@ from rollout_operator.traffic.base import TrafficError, TrafficRouter
 from rollout_operator.traffic.istio import IstioRouter
 
 from tests.support import crd_validation
-from tests.support.kube import VIRTUALSERVICES, KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api, cluster_client, without_crd  # noqa: F401 - the real control plane
+from tests.support.kube import policy_rollout_manifest
 
 SCHEMA = Path(__file__).parents[3] / ".." / "shared" / "schemas" / "istio-1.30.3-virtualservices.yaml"
 CASES = [Weights(0), Weights(30), Weights(100), Weights(0, shadow=True), Weights(30, shadow=True)]
@@ -78,7 +80,7 @@ def test_schema_check_rejects_a_broken_virtualservice(crd: dict, offline_rollout
     assert crd_validation.validate(typo, crd)
 
 
-# ----------------------------------------------------------------------------- against the emulator
+# ----------------------------------------------------------------------------- against the real control plane
 
 
 @pytest.fixture()
@@ -168,12 +170,12 @@ def test_missing_hosts_and_missing_istio_are_clear_errors(
     manifest["spec"]["traffic"]["hosts"] = []
     with pytest.raises(TrafficError, match=r"spec\.traffic\.hosts is empty"):
         IstioRouter(client).reconcile(api.PolicyRollout.model_validate(client.apply(manifest)))
-    del kube_api.emulator.resources[VIRTUALSERVICES]
-    fresh = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)  # fresh discovery
-    router = IstioRouter(fresh)
-    with pytest.raises(TrafficError, match="install Istio"):
-        router.set_weights(rollout, Weights(10))
-    with pytest.raises(TrafficError, match="install Istio"):
-        router.get_weights(rollout)
-    router.finalize(rollout)
-    fresh.close()
+    with without_crd(kube_api.plane, "virtualservices.networking.istio.io"):
+        fresh = kube.Client.from_kubeconfig(kube_api.kubeconfig_path)  # fresh discovery
+        router = IstioRouter(fresh)
+        with pytest.raises(TrafficError, match="install Istio"):
+            router.set_weights(rollout, Weights(10))
+        with pytest.raises(TrafficError, match="install Istio"):
+            router.get_weights(rollout)
+        router.finalize(rollout)
+        fresh.close()

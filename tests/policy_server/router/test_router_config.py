@@ -1,6 +1,6 @@
 """Where the router's routing table comes from: the table itself (validation, file round trip),
 sticky hashing, shadow comparison, and — over real HTTP — the operator's router provider writing a
-ConfigMap in the Kubernetes emulator that a real router process follows: changes arrive while it
+ConfigMap in the real control plane that a real router process follows: changes arrive while it
 runs, a rollback's propagation time is measured, a restart keeps the last weights even with no
 API, and a router started after a change picks it up."""
 
@@ -20,7 +20,9 @@ from rollout_operator.traffic.router import RouterProvider
 from policy_server.router import app, assign, table
 from policy_server.router import metrics as router_metrics
 from tests.policy_server.router.conftest import RouterProc, start_router, url
-from tests.support.kube import KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import cluster_as_kube_api, cluster_client  # noqa: F401 - the real control plane
+from tests.support.kube import policy_rollout_manifest
 from tests.support.policy_server import metric
 
 # ----------------------------------------------------------------------------- pure parts
