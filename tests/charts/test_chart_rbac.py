@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,44 @@ def test_the_recorded_run_exercised_every_kind_of_call(recorded: tuple[str, list
                    ("kopf.dev", "clusterkopfpeerings" if any(c.resource == "clusterkopfpeerings" for c in calls)
                     else "kopfpeerings", "patch")]:  # peering keep-alive
         assert needed in used, f"the run never made {needed}"
+
+
+# Take one rule out of the chart's ClusterRole and the real RBAC authorizer refuses the call it
+# covered: what a user would see then. (The equality test above shows every rule is used; these
+# show, end to end, what breaks without one.)
+WITHOUT_ONE_RULE = [
+    # No status writes: the rollout never shows a phase at all.
+    ((api.GROUP, f"{api.PLURAL}/status", "patch"), [{"setWeight": 50}, {"setWeight": 100}], None,
+     lambda status: not status.get("phase")),
+    # No HTTPRoutes: the candidate never gets traffic; the rollout is stuck before its first weight.
+    (("gateway.networking.k8s.io", "httproutes", "create"), [{"setWeight": 50}, {"setWeight": 100}], None,
+     lambda status: status.get("phase") != "Promoted" and not status.get("canaryWeight")),
+    # No Jobs: the offline gate cannot run and the candidate gets no traffic.
+    (("batch", "jobs", "create"), [{"setWeight": 100}], {"dataset": "s3://logs/gated", "estimators": ["dr"]},
+     lambda status: status.get("phase") in (None, "Pending", "OfflineEvaluation", "Failed")
+     and not status.get("canaryWeight")),
+]
+
+
+@pytest.mark.parametrize(("rule", "steps", "gate", "stuck"), WITHOUT_ONE_RULE,
+                         ids=["/".join(r[0][1:]) for r in WITHOUT_ONE_RULE])
+def test_without_one_rule_the_scenario_fails_with_forbidden(
+    rule: hc.Triple, steps: list[dict[str, Any]], gate: dict[str, Any] | None, stuck: Any,
+    control_plane: ControlPlane, prometheus: PrometheusServer, tmp_path: Path,
+) -> None:
+    release = "minus-" + rule[1].replace("/", "-")
+    with OperatorRun(control_plane, tmp_path, prometheus.url, release=release, without=rule) as run:
+        spec = {"offlineEvaluation": gate} if gate else {}
+        run.client.create(rollout_manifest("starved", "vector(0)", steps, prometheus.url, **spec))
+        assert run.operator is not None
+        _, resource, verb = rule
+        plural = resource.split("/")[0]
+        # The refused call shows in the operator's log (kopf or our client name the 403).
+        wait_for(lambda: "403" in (log := run.operator.log_path.read_text(errors="replace"))  # type: ignore[union-attr]
+                 and plural in log, 60, what=f"a 403 on {rule} in the operator log")
+        denied = [c for c in run.kube_api.calls if c.user == run.user and c.resource == plural
+                  and c.verb == verb and c.status == 403]
+        assert denied, f"the API server never refused {rule}"
+        time.sleep(3)  # the rollout had time to go on, and did not
+        status = run.status("starved")
+        assert stuck(status), f"without {rule} the rollout still got to {status}"

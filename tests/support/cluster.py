@@ -192,7 +192,8 @@ class ClusterAPI:
                 calls.append(ApiCall(event["verb"], ref.get("apiGroup", ""), ref.get("apiVersion", ""),
                                      ref["resource"], ref.get("subresource"), ref.get("namespace"),
                                      user_agent=event.get("userAgent", ""),
-                                     user=event.get("user", {}).get("username", "")))
+                                     user=event.get("user", {}).get("username", ""),
+                                     status=int(event.get("responseStatus", {}).get("code", 0))))
         return calls
 
     def calls_to(self, resource: str) -> list[ApiCall]:
@@ -265,7 +266,9 @@ class ChartRBAC:
     """
 
     def __init__(self, plane: ControlPlane, workdir: Path, scope: str = "cluster",
-                 namespaces: list[str] | None = None, release: str = "rollouts") -> None:
+                 namespaces: list[str] | None = None, release: str = "rollouts",
+                 without: tuple[str, str, str] | None = None) -> None:
+        """`without`: one (apiGroup, resource, verb) the chart grants, taken out of every role."""
         from tests.support import helm_chart
 
         values: dict[str, Any] = {"rbac": {"scope": scope}}
@@ -273,6 +276,12 @@ class ChartRBAC:
             values["rbac"]["namespaces"] = namespaces
         self.plane = plane
         self.objects = [o for o in helm_chart.render(values, release=release) if o["kind"] in RBAC_KINDS]
+        if without is not None:
+            roles = [o for o in self.objects if o["kind"] in ("ClusterRole", "Role")]
+            assert any(without in helm_chart.rules_of(r) for r in roles), f"the chart never grants {without}"
+            for role in roles:
+                role["rules"] = [{"apiGroups": [g], "resources": [r], "verbs": [v]}
+                                 for g, r, v in sorted(helm_chart.rules_of(role) - {without})]
         (account,) = [o for o in self.objects if o["kind"] == "ServiceAccount"]
         self.namespace, self.account = account["metadata"]["namespace"], account["metadata"]["name"]
         self.user = f"system:serviceaccount:{self.namespace}:{self.account}"

@@ -98,6 +98,7 @@ class ApiCall:
     # Who called (tests separate their own requests from the operator's); not part of equality.
     user_agent: str = dataclasses.field(default="", compare=False)
     user: str = dataclasses.field(default="", compare=False)  # the authenticated user (real API server only)
+    status: int = dataclasses.field(default=0, compare=False)  # the response code (real API server only)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

@@ -65,8 +65,12 @@ class OperatorRun:
     """The chart's RBAC + peering objects + `policy-rollouts operator --peering` as its ServiceAccount."""
 
     def __init__(self, plane: ControlPlane, workdir: Path, prometheus_url: str, namespaces: list[str] | None = None,
-                 extra_args: tuple[str, ...] = ("--metrics-port", "0")) -> None:
+                 extra_args: tuple[str, ...] = ("--metrics-port", "0"), release: str | None = None,
+                 without: tuple[str, str, str] | None = None) -> None:
+        """`release` names the chart release (default: a fresh one); `without` drops one RBAC rule."""
         self.plane = plane
+        self.release = release or next(_releases)
+        self.without = without
         self.workdir = workdir
         self.prometheus_url = prometheus_url
         self.namespaces = namespaces
@@ -81,7 +85,7 @@ class OperatorRun:
         try:
             scope = "namespace" if self.namespaces else "cluster"
             self.rbac = ChartRBAC(self.plane, self.workdir, scope=scope, namespaces=self.namespaces,
-                                  release=next(_releases))
+                                  release=self.release, without=self.without)
             args = ["--peering", self.peering, *self.extra_args]
             for namespace in self.namespaces or []:
                 args += ["--namespace", namespace]
@@ -91,6 +95,12 @@ class OperatorRun:
             self.__exit__()
             raise
         return self
+
+    @property
+    def user(self) -> str:
+        """The operator's user name as the API server authenticates it."""
+        assert self.rbac is not None
+        return self.rbac.user
 
     @property
     def peering(self) -> str:
