@@ -341,3 +341,48 @@ def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, cluste
     route = s.route()
     assert route is not None
     jsonschema.validate(route["spec"], schema["properties"]["spec"])
+
+
+def test_kubectl_wait_for_ready_returns_once_promoted(scenario: Any, cluster: ClusterAPI) -> None:
+    """kstatus as GitOps pipelines use it: `kubectl wait --for=condition=Ready policyrollout/NAME`."""
+    s = scenario([{"shadow": {"duration": "2s"}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}, {"setWeight": 100}])
+    early = cluster.plane.kubectl("wait", "--for=condition=Ready", f"policyrollout/{s.name}", "--timeout=1s")
+    assert early.returncode != 0, "Ready before the rollout even started"
+    waited = cluster.plane.kubectl("wait", "--for=condition=Ready", f"policyrollout/{s.name}", "--timeout=90s",
+                                   timeout=100)
+    assert waited.returncode == 0, f"{waited.stderr}\n{s.explain()}"
+    assert "condition met" in waited.stdout
+    assert s.status()["phase"] == "Promoted"
+
+
+def test_deletion_runs_the_finalizer_and_the_garbage_collector_removes_what_the_rollout_owned(
+    scenario: Any, cluster: ClusterAPI
+) -> None:
+    s = scenario([{"setWeight": 30}, {"pause": {}}])
+    s.wait_phase("Paused")
+    uid = s.body()["metadata"]["uid"]
+    mine = {"policy.rollouts.io/rollout": s.name}
+
+    def owned(kind: str) -> list[dict[str, Any]]:
+        return [o for o in cluster.objects(kind, NAMESPACE) if mine.items() <= o["metadata"].get("labels", {}).items()]
+
+    deployments, services = owned("deployments"), owned("services")
+    assert len(deployments) == 2 and len(services) == 2
+    for obj in deployments + services:
+        assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uid], obj["metadata"]["name"]
+    pods = poll(lambda: [p for p in cluster.objects("pods", NAMESPACE)
+                         if p["metadata"]["labels"].get("policy.rollouts.io/rollout") == s.name], 30,
+                what="the rollout's pods (Deployment -> ReplicaSet -> Pod on the kwok node)")
+    assert all(p["status"]["phase"] == "Running" and p["spec"]["nodeName"].startswith("kwok-") for p in pods)
+
+    cluster.client.delete(api.API_VERSION, api.KIND, s.name, NAMESPACE)
+    poll(lambda: s.route() is None, 30, what="the finalizer to remove the HTTPRoute", on_timeout=s.explain)
+    poll(lambda: cluster.get("policyrollouts", NAMESPACE, s.name) is None, 30, what="the rollout to be deleted",
+         on_timeout=s.explain)
+    # The real garbage collector follows the owner references: Deployments, Services, their
+    # ReplicaSets and pods go without the operator deleting them.
+    poll(lambda: not owned("deployments") and not owned("services"), 60, what="garbage collection",
+         on_timeout=lambda: f"{owned('deployments')} {owned('services')}")
+    poll(lambda: not [p for p in cluster.objects("pods", NAMESPACE)
+                      if p["metadata"]["labels"].get("policy.rollouts.io/rollout") == s.name], 60,
+         what="the pods to go")
