@@ -322,20 +322,18 @@ def _ready(node: dict[str, Any]) -> bool:
 
 
 def _alive(pid: int | None) -> bool:
+    """Running (not exited, not a zombie). `cluster up` exits and leaves its processes to init,
+    which need not reap them at once: an exited one can linger as a zombie."""
     if pid is None:
         return False
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own exited child: reaped now
+            return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    # A zombie child of this process has exited: reap it.
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return reaped == 0
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
