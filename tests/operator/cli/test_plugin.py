@@ -1,12 +1,16 @@
-"""`kubectl policyrollout` against the Kubernetes emulator over HTTP: every verb, its patches, its output, its errors.
+"""`kubectl policyrollout` against the real control plane (kube-apiserver, etcd; tests/support/cluster.py):
+every verb, its patches, its output, its errors.
 
-Objects are created as another client would (`kube_api.put`) and their status set as the operator
-would (`kube_api.set_status`); the plugin runs in-process through `main()` with the emulator's
-kubeconfig, except for `--help`, which runs the installed console script through kubectl itself.
+Objects are created as another client would (`kube_api.put`, validated by the server against the CRD)
+and their status set as the operator would (`kube_api.set_status`, through the /status subresource);
+the plugin runs in-process through `main()` with the admin's kubeconfig, except for `--help`, which
+runs the installed console script through kubectl itself. RBAC denials come from the real RBAC
+authorizer (ServiceAccounts with too few rights), a missing CRD from deleting ours (then reinstalled).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -14,27 +18,50 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 import yaml
 from rollout_operator import api, kube
 from rollout_operator.cli import plugin
 
-from tests.support.kube import KubeAPI, policy_rollout_manifest
+from tests.support.cluster import ClusterAPI as KubeAPI
+from tests.support.cluster import (
+    cluster_as_kube_api,  # noqa: F401 - the real control plane
+    install_crds,
+    service_account_kubeconfig,
+)
+from tests.support.kube import policy_rollout_manifest
 
 pytestmark = pytest.mark.integration
 
 VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "train", "report")
 GUARDRAILS = {"guardrails": [{"name": "error-rate", "query": "max(errors)", "condition": "< 0.05"}]}
+CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition", f"{api.PLURAL}.{api.GROUP}")
 
 
 def run(kube_api: KubeAPI, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = plugin.main([*args, "--kubeconfig", str(kube_api.kubeconfig_path), "--width", "200"])
+    return run_as(kube_api.kubeconfig_path, capsys, *args)
+
+
+def run_as(kubeconfig: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = plugin.main([*args, "--kubeconfig", str(kubeconfig), "--width", "200"])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture()
+def ml(kube_api: KubeAPI) -> Iterator[str]:
+    """Namespace `ml`, created if missing; the PolicyRollouts a test leaves there are deleted after it."""
+    kube_api.client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}})
+    try:
+        yield "ml"
+    finally:
+        for item in kube_api.client.list(api.API_VERSION, api.KIND, "ml"):
+            with contextlib.suppress(kube.NotFound):
+                kube_api.client.delete(api.API_VERSION, api.KIND, item["metadata"]["name"], "ml")
 
 
 def annotations(kube_api: KubeAPI, name: str = "pricing", namespace: str = "default") -> dict[str, str]:
@@ -101,7 +128,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def test_list_shows_phase_step_weight_versions(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
+def test_list_shows_phase_step_weight_versions(kube_api: KubeAPI, rollout: Any, ml: str, capsys: Any) -> None:
     kube_api.put("PolicyRollout", policy_rollout_manifest(name="ranking", namespace="ml"))
     kube_api.set_status("PolicyRollout", "ml", "ranking", {"phase": "Promoted", "stableVersion": "v2",
                                                             "currentStepIndex": 3})
@@ -299,34 +326,77 @@ def test_a_missing_rollout_names_the_namespace_and_the_list_command(kube_api: Ku
         assert out == ""
 
 
+@contextlib.contextmanager
+def _without_the_crd(kube_api: KubeAPI, timeout: float = 60.0) -> Iterator[None]:
+    """The server stops serving PolicyRollouts (our CRD deleted); the CRDs are installed again after."""
+    client = kube_api.client
+    try:
+        client.delete(*CRD)
+        deadline = time.monotonic() + timeout
+        while client.find(*CRD) is not None:  # deleted once its PolicyRollouts are gone
+            assert time.monotonic() < deadline, f"CRD {CRD[2]} not deleted within {timeout}s"
+            time.sleep(0.1)
+        yield
+    finally:
+        install_crds(client)  # waits until Established: the next test has its PolicyRollouts again
+
+
 def test_a_missing_crd_says_how_to_install_it(kube_api: KubeAPI, capsys: Any) -> None:
-    resource = kube_api.resource("policyrollouts")
-    del kube_api.emulator.resources[resource]
-    for args in (["list"], ["status", "pricing"], ["abort", "pricing"]):
-        code, _, err = run(kube_api, capsys, *args)
-        assert code == 1
-        assert err == "error: the PolicyRollout CRD is not installed: policy-rollouts crds | kubectl apply -f -\n"
+    with _without_the_crd(kube_api):
+        for args in (["list"], ["status", "pricing"], ["abort", "pricing"]):
+            code, _, err = run(kube_api, capsys, *args)
+            assert code == 1
+            assert err == "error: the PolicyRollout CRD is not installed: policy-rollouts crds | kubectl apply -f -\n"
 
 
-def _forbid(kube_api: KubeAPI, method: kmock.method, verb: str) -> None:
-    body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "code": 403,
-            "reason": "Forbidden", "message": f'policyrollouts.policy.rollouts.io is forbidden: User "bob" cannot '
-            f'{verb} resource "policyrollouts" in API group "policy.rollouts.io"'}
-    kube_api.emulator[method, kmock.resource(api.GROUP, api.VERSION, api.PLURAL)] << 403 << body
+def _service_account(kube_api: KubeAPI, tmp_path: Path, name: str, verbs: list[str] | None = None) -> Path:
+    """A kubeconfig for ServiceAccount `name` in default, allowed `verbs` on policyrollouts there (or nothing)."""
+    client, namespace = kube_api.client, "default"
+    client.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}})
+    kubeconfig = service_account_kubeconfig(kube_api.plane, namespace, name, tmp_path / f"{name}.kubeconfig")
+    if verbs:
+        rbac = "rbac.authorization.k8s.io/v1"
+        client.apply({"apiVersion": rbac, "kind": "Role", "metadata": {"name": name, "namespace": namespace},
+                      "rules": [{"apiGroups": [api.GROUP], "resources": [api.PLURAL], "verbs": verbs}]})
+        client.apply({"apiVersion": rbac, "kind": "RoleBinding", "metadata": {"name": name, "namespace": namespace},
+                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                      "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]})
+        _wait_until_allowed(kubeconfig, namespace)
+    return kubeconfig
 
 
-def test_rbac_denials_name_the_verb_and_the_role(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
-    _forbid(kube_api, kmock.method.PATCH, "patch")
-    code, _, err = run(kube_api, capsys, "promote", "pricing")
+def _wait_until_allowed(kubeconfig: Path, namespace: str, timeout: float = 30.0) -> None:
+    """The RBAC authorizer learns of a new RoleBinding through an informer: wait until it applies."""
+    account = kube.Client.from_kubeconfig(kubeconfig)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                account.find(api.API_VERSION, api.KIND, "pricing", namespace)  # a 404 is allowed too
+                return
+            except kube.Forbidden:
+                assert time.monotonic() < deadline, f"the RoleBinding took no effect within {timeout}s"
+                time.sleep(0.1)
+    finally:
+        account.close()
+
+
+def test_rbac_denials_name_the_verb_and_the_role(kube_api: KubeAPI, rollout: Any, tmp_path: Path,
+                                                 capsys: Any) -> None:
+    reader = _service_account(kube_api, tmp_path, "reader", verbs=["get"])  # may read the rollout, not patch it
+    before = kube_api.get("PolicyRollout", "default", "pricing")
+    code, _, err = run_as(reader, capsys, "promote", "pricing")
     assert code == 1
     assert err == ("error: forbidden: your user cannot patch policyrollouts in default; "
                    "ask for the policy-rollouts-user role\n")
-    # (kmock stores intercepted writes anyway, so the stored object cannot show that nothing was written.)
+    after = kube_api.get("PolicyRollout", "default", "pricing")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], "nothing was written"
+    assert api.ANNOTATION_ACTION not in annotations(kube_api)
 
-    _forbid(kube_api, kmock.method.GET, "get")
-    code, _, err = run(kube_api, capsys, "status", "pricing")
+    nobody = _service_account(kube_api, tmp_path, "nobody")  # no RBAC rights at all
+    code, _, err = run_as(nobody, capsys, "status", "pricing")
     assert code == 1 and "forbidden: your user cannot get policyrollouts in default" in err
-    code, _, err = run(kube_api, capsys, "list", "-A")
+    code, _, err = run_as(nobody, capsys, "list", "-A")
     assert code == 1 and "forbidden: your user cannot list policyrollouts in all namespaces" in err
 
 
@@ -355,7 +425,8 @@ def test_kubeconfig_errors_say_what_to_pass(kube_api: KubeAPI, tmp_path: Path, c
     assert code == 1 and f"no kubeconfig at {missing}: pass --kubeconfig FILE or set $KUBECONFIG" in err
     code = plugin.main(["list", "--kubeconfig", str(kube_api.kubeconfig_path), "--context", "prod"])
     err = capsys.readouterr().err
-    assert code == 1 and "context 'prod' is not in" in err and "(it has: emulator); pass --context NAME" in err
+    contexts = ", ".join(c["name"] for c in yaml.safe_load(kube_api.kubeconfig_path.read_text())["contexts"])
+    assert code == 1 and "context 'prod' is not in" in err and f"(it has: {contexts}); pass --context NAME" in err
 
     monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig_path))  # like kubectl, $KUBECONFIG is honoured
     kube_api.put("PolicyRollout", policy_rollout_manifest())
@@ -363,12 +434,13 @@ def test_kubeconfig_errors_say_what_to_pass(kube_api: KubeAPI, tmp_path: Path, c
     assert "pricing" in capsys.readouterr().out
 
 
-def test_namespace_defaults_to_the_contexts(kube_api: KubeAPI, capsys: Any) -> None:
+def test_namespace_defaults_to_the_contexts(kube_api: KubeAPI, ml: str, tmp_path: Path, capsys: Any) -> None:
     config = yaml.safe_load(kube_api.kubeconfig_path.read_text())
     config["contexts"][0]["context"]["namespace"] = "ml"
-    kube_api.kubeconfig_path.write_text(yaml.safe_dump(config))
+    kubeconfig = tmp_path / "kubeconfig"  # a copy: the session's admin kubeconfig stays as it is
+    kubeconfig.write_text(yaml.safe_dump(config))
     kube_api.put("PolicyRollout", policy_rollout_manifest(namespace="ml"))
-    code, _, _ = run(kube_api, capsys, "abort", "pricing")
+    code, _, _ = run_as(kubeconfig, capsys, "abort", "pricing")
     assert code == 0
     assert annotations(kube_api, namespace="ml")[api.ANNOTATION_ACTION].startswith("abort/")
 
