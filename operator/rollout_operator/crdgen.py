@@ -202,9 +202,29 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+# Strings that YAML 1.1 reads as booleans. PyYAML writes them bare, but kubectl and Helm parse
+# YAML 1.1 (go-yaml): a bare `n:` property became `false:` in the API server, which then pruned
+# `status.offlineEvaluation.n`. They are written quoted.
+_YAML11_BOOLEANS = frozenset(
+    word for w in ("y", "n", "yes", "no", "on", "off", "true", "false") for word in (w, w.upper(), w.capitalize())
+)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value in _YAML11_BOOLEANS else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def render(crd: dict[str, Any] | None = None) -> str:
     """The CRD as stable YAML text: sorted keys, no line wrapping, a do-not-edit header."""
-    body = yaml.safe_dump(crd if crd is not None else build_crd(), sort_keys=True, width=10_000)
+    body = yaml.dump(crd if crd is not None else build_crd(), Dumper=_Dumper, sort_keys=True, width=10_000)
     return HEADER + body
 
 

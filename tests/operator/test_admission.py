@@ -10,6 +10,7 @@ message naming the field, and cel-python agrees with the server on every one.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ def test_the_generated_crd_applies_server_side_and_is_established(control_plane:
     assert waited.returncode == 0, waited.stderr
     served = control_plane.kubectl("get", "policyrollouts", "--all-namespaces")
     assert served.returncode == 0, served.stderr
+    # What kubectl (YAML 1.1) read from the file is what we generated: a bare `n:` key once came back
+    # as `false:`, and the server pruned status.offlineEvaluation.n.
+    stored = json.loads(control_plane.kubectl("get", "crd", crd["metadata"]["name"], "-o", "json").stdout)
+    assert stored["spec"]["versions"] == crd["spec"]["versions"]
 
 
 @pytest.mark.parametrize("path", test_crd.EXAMPLES, ids=lambda p: p.name)

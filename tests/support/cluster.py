@@ -199,21 +199,32 @@ class ClusterAPI:
     def calls_to(self, resource: str) -> list[ApiCall]:
         return [c for c in self.calls if c.resource == resource]
 
-    def clean_up(self) -> None:
-        """Delete what the test left in its namespace, so the next test starts from an empty one."""
+    def clean_up(self, timeout: float = 30.0) -> None:
+        """Delete what the test left in its namespace, so the next test starts from an empty one.
+
+        Waits until the deleted objects are gone (pods and events may linger), so that a next test
+        reusing a name never meets the previous object on its way out.
+        """
         for api_version, kind in CLEANED_UP:
-            try:
-                items = self.client.list(api_version, kind, self.namespace)
-            except kube.KubeError:
-                continue
-            for item in items:
+            for item in self._leftovers(api_version, kind):
                 name = item["metadata"]["name"]
-                if (kind, name) in KEPT or name.startswith("kube-"):
-                    continue
                 with contextlib.suppress(kube.NotFound):
                     if item["metadata"].get("finalizers"):
                         self.client.patch(api_version, kind, name, self.namespace, {"metadata": {"finalizers": None}})
                     self.client.delete(api_version, kind, name, self.namespace)
+        deadline = time.monotonic() + timeout
+        awaited = [(v, k) for v, k in CLEANED_UP if k not in ("Pod", "Event")]
+        while left := [f"{k}/{o['metadata']['name']}" for v, k in awaited for o in self._leftovers(v, k)]:
+            assert time.monotonic() < deadline, f"still there {timeout}s after the test: {left}"
+            time.sleep(0.1)
+
+    def _leftovers(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        try:
+            items = self.client.list(api_version, kind, self.namespace)
+        except kube.KubeError:
+            return []
+        return [i for i in items if (kind, i["metadata"]["name"]) not in KEPT
+                and not i["metadata"]["name"].startswith("kube-")]
 
 
 @pytest.fixture()
