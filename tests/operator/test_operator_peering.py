@@ -25,11 +25,15 @@ def _log(process: OperatorProcess) -> str:
     return process.log_path.read_text(errors="replace")
 
 
-def _settled_paused(log: str) -> bool:
-    """Paused for a higher-priority peer: it said so last, or it never resumed and has kept alive since."""
+def _settled_paused(log: str, peering: str) -> bool:
+    """Paused for a higher-priority peer: it said so last, or it never resumed and has kept alive since;
+    and its PolicyRollout watch-stream is paused too (kopf pauses the stream a moment after saying so)."""
+    stream = "the watch-stream for policyrollouts"
+    if log.rfind(f"Resuming {stream}") > log.rfind(f"Pausing {stream}"):
+        return False
     paused, resumed = log.rfind("Pausing operations in favour of"), log.rfind("Resuming operations")
     if resumed < 0:
-        return "Keep-alive in 'policy-rollouts'" in log
+        return f"Keep-alive in '{peering}'" in log
     return paused > resumed
 
 
@@ -49,7 +53,8 @@ def test_the_follower_pauses_then_takes_over_when_the_leader_leaves(
             # has seen the leader (in the first instants it may not have, and resume briefly: harmless,
             # status is the only state, but the test waits for the settled situation).
             wait_for(lambda: "Resuming operations" in _log(leader), 30, what="the leader to start working")
-            wait_for(lambda: _settled_paused(_log(follower)), 30, what="the follower to pause for the leader")
+            wait_for(lambda: _settled_paused(_log(follower), run.peering), 30,
+                     what="the follower to pause for the leader")
             mark = len(_log(follower))
             run.client.create(rollout_manifest(
                 "handover", "vector(0)", [{"setWeight": 20}, {"pause": {"duration": "10s"}}, {"setWeight": 100}],

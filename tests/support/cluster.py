@@ -53,7 +53,7 @@ CLEANED_UP = (
     ("v1", "Secret"), ("v1", "ServiceAccount"), ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("rbac.authorization.k8s.io/v1", "Role"),
 )
-KEPT = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default")}
+KEPT = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default"), ("Service", "kubernetes")}
 # Kinds the tests name by plural or kind, as the emulator's KubeAPI accepted them.
 KINDS = {
     "policyrollouts": (api.API_VERSION, api.KIND), "httproutes": ("gateway.networking.k8s.io/v1", "HTTPRoute"),
