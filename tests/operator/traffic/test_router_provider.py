@@ -151,7 +151,8 @@ def test_finalize_removes_everything(client: kube.Client, kube_api: KubeAPI, rol
     provider.finalize(rollout)
     for kind in ["ConfigMap", *ROUTER_KINDS]:
         left = [o["metadata"]["name"] for o in kube_api.objects(kind, "default")]
-        # What every namespace of a real cluster has (its CA bundle, its default ServiceAccount) stays.
-        assert set(left) <= {"kube-root-ca.crt", "default"}, (kind, left)
+        # What a real cluster keeps in every namespace (its CA bundle, its default ServiceAccount) and
+        # the API server's own `kubernetes` Service in `default` stay.
+        assert set(left) <= {"kube-root-ca.crt", "default", "kubernetes"}, (kind, left)
     assert provider.get_weights(rollout) is None
     provider.finalize(rollout)  # twice is fine
