@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -69,6 +70,8 @@ class _Operator:
             observers.append(operator_metrics.MetricsObserver(metrics))
         self._metrics: dict[str, provider.MetricProvider] = {}
         self._routers: dict[api.TrafficProvider, traffic_base.TrafficRouter] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self.platform = reconciler.Platform(
             workloads=k8s_workloads.KubernetesWorkloads(self.client),
             router_for=self.router_for,
@@ -79,6 +82,16 @@ class _Operator:
             jobs=k8s_jobs.KubernetesJobs(self.client),
             write_policy=self.write_policy,
         )
+
+    def lock_for(self, namespace: str, name: str) -> threading.Lock:
+        """One rollout's reconcile and its finalizer never overlap: a reconcile already running when
+        the rollout is deleted would otherwise write its HTTPRoute back after the finalizer removed it."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget_lock(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
 
     def router_for(self, rollout: api.PolicyRollout) -> traffic_base.TrafficRouter:
         provider_name = rollout.spec.traffic.provider
@@ -143,6 +156,11 @@ def reconcile_once(operator: _Operator, name: str, namespace: str) -> float:
     A finished rollout (Promoted, RolledBack, ...) has nothing to time: it is looked at again
     only on a change to the object (which wakes the daemon) or every `IDLE_TICKS` ticks.
     """
+    with operator.lock_for(namespace, name):
+        return _reconcile_locked(operator, name, namespace)
+
+
+def _reconcile_locked(operator: _Operator, name: str, namespace: str) -> float:
     tick = operator.config.tick_seconds
     body = operator.client.get(api.API_VERSION, api.KIND, name, namespace)
     if body.get("metadata", {}).get("deletionTimestamp"):
@@ -229,10 +247,14 @@ async def _wake(event: dict[str, Any], name: str, namespace: str, memo: kopf.Mem
 def finalize(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Remove traffic objects; Deployments and Services go with the owner references."""
     operator: _Operator = memo["operator"]
+    namespace, name = body.metadata.namespace or "", body.metadata.name or ""
     if operator.metrics is not None:
-        operator.metrics.forget(body.metadata.namespace or "", body.metadata.name or "")
+        operator.metrics.forget(namespace, name)
     try:
         rollout = api.PolicyRollout.model_validate(dict(body))
     except pydantic.ValidationError:
         return  # never got as far as creating traffic objects
-    operator.router_for(rollout).finalize(rollout)
+    # Waits for a reconcile in flight; any later one reads the deletionTimestamp and writes nothing.
+    with operator.lock_for(namespace, name):
+        operator.router_for(rollout).finalize(rollout)
+    operator.forget_lock(namespace, name)
