@@ -35,6 +35,7 @@ BINARIES_SCRIPT = REPO_ROOT / "scripts" / "kube-binaries.sh"
 KWOK_STAGES = Path(__file__).with_name("kwok-stages.yaml")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # The controllers a PolicyRollout's objects need: Deployments make ReplicaSets make Pods, Jobs make
 # Pods, owner references are collected, namespaces are cleaned up, service accounts get tokens, and
@@ -139,7 +140,7 @@ class ControlPlane:
 
     def _start(self, bin_dir: Path, progress: Progress) -> None:
         ca = pki.CertificateAuthority(self.pki_dir)
-        serving = ca.serving(ips=("127.0.0.1", SERVICE_CIDR.replace("0.0/16", "0.1")))
+        serving = ca.serving(ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
         sa = pki.service_account_keys(self.pki_dir)
         apiserver_port, etcd_port, etcd_peer = _free_port(), _free_port(), _free_port()
         self.server = f"https://127.0.0.1:{apiserver_port}"
