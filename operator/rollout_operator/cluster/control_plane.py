@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -29,6 +28,7 @@ from typing import Any
 import yaml
 
 from rollout_operator.cluster import pki
+from rollout_operator.local.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BINARIES_SCRIPT = REPO_ROOT / "scripts" / "kube-binaries.sh"
@@ -67,12 +67,6 @@ Progress = Callable[[str], None]
 
 class ClusterError(RuntimeError):
     """The control plane could not be built, started or reached; the message says what to do."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def binaries(progress: Progress = print) -> Path:
@@ -142,7 +136,7 @@ class ControlPlane:
         ca = pki.CertificateAuthority(self.pki_dir)
         serving = ca.serving(ips=("127.0.0.1", KUBERNETES_SERVICE_IP))
         sa = pki.service_account_keys(self.pki_dir)
-        apiserver_port, etcd_port, etcd_peer = _free_port(), _free_port(), _free_port()
+        apiserver_port, etcd_port, etcd_peer = free_port(), free_port(), free_port()
         self.server = f"https://127.0.0.1:{apiserver_port}"
         clients = {
             "admin": ca.client("admin", "kubernetes-admin", "system:masters"),
@@ -205,7 +199,7 @@ class ControlPlane:
             str(bin_dir / "kube-controller-manager"), "--kubeconfig", str(kubeconfigs["controller-manager"]),
             "--authentication-kubeconfig", str(kubeconfigs["controller-manager"]),
             "--authorization-kubeconfig", str(kubeconfigs["controller-manager"]),
-            "--bind-address", "127.0.0.1", "--secure-port", str(_free_port()),
+            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
             "--controllers", ",".join(CONTROLLERS), "--use-service-account-credentials",
             "--service-account-private-key-file", str(sa.key), "--root-ca-file", str(ca.cert_path),
             "--leader-elect=false", "--v", "1",
@@ -214,7 +208,7 @@ class ControlPlane:
             str(bin_dir / "kube-scheduler"), "--kubeconfig", str(kubeconfigs["scheduler"]),
             "--authentication-kubeconfig", str(kubeconfigs["scheduler"]),
             "--authorization-kubeconfig", str(kubeconfigs["scheduler"]),
-            "--bind-address", "127.0.0.1", "--secure-port", str(_free_port()),
+            "--bind-address", "127.0.0.1", "--secure-port", str(free_port()),
             "--leader-elect=false", "--v", "1",
         ])
 
@@ -223,7 +217,7 @@ class ControlPlane:
             str(bin_dir / "kwok"), "--kubeconfig", str(kubeconfigs["kwok"]), "--config", str(KWOK_STAGES),
             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector", f"{KWOK_NODE_ANNOTATION}=fake",
             "--cidr", "10.244.0.1/16", "--node-ip", "10.240.0.1", "--node-lease-duration-seconds", "40",
-            "--server-address", f"127.0.0.1:{_free_port()}",
+            "--server-address", f"127.0.0.1:{free_port()}",
         ])
         from rollout_operator import kube
 
