@@ -266,8 +266,8 @@ class Client:
         if current is None:
             try:
                 return self.create(desired)
-            except Conflict:  # created meanwhile by someone else: fall through to a patch
-                current = self.get(api_version, kind, name, namespace)
+            except Conflict:  # it exists after all (created meanwhile, or not in a cache yet): patch it
+                return self.patch(api_version, kind, name, namespace, desired)
         if _covers(current, desired):
             return current
         return self.patch(api_version, kind, name, namespace, desired)

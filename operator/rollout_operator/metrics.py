@@ -12,18 +12,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import wsgiref.simple_server
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import GaugeMetricFamily
 
-from rollout_operator import api
+from rollout_operator import api, workqueue
 from rollout_operator.engine import types
 
-__all__ = ["TRAINING_JOB_STATES", "MetricsObserver", "OperatorMetrics", "serve"]
+__all__ = ["RECONCILE_OUTCOMES", "TRAINING_JOB_STATES", "MetricsObserver", "OperatorMetrics", "QueueObserver",
+           "serve"]
 
 TRAINING_JOB_STATES = ("Pending", "Running", "Succeeded", "Failed")
+RECONCILE_OUTCOMES = ("ok", "error", "invalid", "skipped")
+QUEUE_PRIORITIES = tuple(p.name.lower() for p in workqueue.Priority)
 _ROLLBACK_PHASES = {api.Phase.ROLLING_BACK, api.Phase.ROLLED_BACK}
 
 
@@ -60,8 +64,29 @@ class OperatorMetrics:
             "policyrollouts_training_jobs", "Training Jobs listed in the rollouts' status, by state.",
             ["state"], registry=self.registry,
         )
+        self.workqueue_wait = Histogram(
+            "policyrollouts_workqueue_wait_seconds",
+            "From when a rollout's reconcile was due (its timer's deadline, or a change it watches) to when a "
+            "worker started it.", ["priority"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+        self.reconciles = Counter(
+            "policyrollouts_reconciles", "Reconciles run by the work queue's workers, by outcome.",
+            ["outcome"], registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "policyrollouts_api_requests", "Calls the operator's reconciles made to the Kubernetes API (cache reads "
+            "excluded; kopf's own watches and finalizers are not counted).", ["verb", "kind"], registry=self.registry,
+        )
         for verdict in api.Verdict:
             self.guardrail_evaluations.labels(verdict=verdict.value)
+        for outcome in RECONCILE_OUTCOMES:
+            self.reconciles.labels(outcome=outcome)
+        for priority in QUEUE_PRIORITIES:
+            self.workqueue_wait.labels(priority=priority)
+        self._queue = _QueueCollector(lambda: ({p: 0 for p in workqueue.Priority}, 0, 0), dict)
+        self.registry.register(self._queue)
         for state in TRAINING_JOB_STATES:
             self.training_jobs.labels(state=state).set(0)
         self._jobs: dict[tuple[str, str], dict[str, int]] = {}
@@ -98,6 +123,14 @@ class OperatorMetrics:
         self._remove(self.guardrails_inconclusive, namespace, name)
         self.set_training_jobs(namespace, name, ())
 
+    def api_request(self, verb: str, kind: str) -> None:
+        self.api_requests.labels(verb=verb, kind=kind).inc()
+
+    def watch_queue(self, snapshot: Callable[[], tuple[dict[Any, int], int, int]],
+                    cache_sizes: Callable[[], dict[str, int]]) -> None:
+        """Publish this work queue's depth and these caches' sizes, read when Prometheus scrapes."""
+        self._queue.snapshot, self._queue.cache_sizes = snapshot, cache_sizes
+
     @staticmethod
     def _remove(metric: Any, *labels: str) -> None:
         with contextlib.suppress(KeyError):
@@ -117,6 +150,44 @@ def _training_states(rollout: api.PolicyRollout) -> list[str]:
         if state:
             states.append(str(state))
     return states
+
+
+class _QueueCollector(prometheus_client.registry.Collector):
+    """Gauges computed at scrape time: counting on every queue operation would cost more than it tells."""
+
+    def __init__(self, snapshot: Callable[[], tuple[dict[Any, int], int, int]],
+                 cache_sizes: Callable[[], dict[str, int]]) -> None:
+        self.snapshot, self.cache_sizes = snapshot, cache_sizes
+
+    def collect(self) -> Iterable[Metric]:
+        ready, timers, busy = self.snapshot()
+        depth = GaugeMetricFamily("policyrollouts_workqueue_depth",
+                                  "Rollouts due and waiting for a worker, by priority.", labels=["priority"])
+        for priority, count in ready.items():
+            depth.add_metric([priority.name.lower()], count)
+        yield depth
+        yield GaugeMetricFamily("policyrollouts_workqueue_timers", "Rollouts with a timer set (their next "
+                                "analysis, step end or deadline).", value=timers)
+        yield GaugeMetricFamily("policyrollouts_workqueue_busy_workers", "Workers reconciling right now.",
+                                value=busy)
+        cached = GaugeMetricFamily("policyrollouts_cache_objects", "Objects held in the watch-backed caches, by "
+                                   "kind.", labels=["kind"])
+        for kind, count in sorted(self.cache_sizes().items()):
+            cached.add_metric([kind], count)
+        yield cached
+
+
+class QueueObserver:
+    """Feeds the work queue's wait times and outcomes into `OperatorMetrics` (a `workqueue.Observer`)."""
+
+    def __init__(self, metrics: OperatorMetrics) -> None:
+        self.metrics = metrics
+
+    def waited(self, priority: Any, seconds: float) -> None:
+        self.metrics.workqueue_wait.labels(priority=priority.name.lower()).observe(seconds)
+
+    def finished(self, result: str, seconds: float) -> None:
+        self.metrics.reconciles.labels(outcome=result).inc()
 
 
 class MetricsObserver:

@@ -257,7 +257,9 @@ def test_grafana_dashboard_is_real_and_uses_only_exposed_metrics() -> None:
             assert names <= exposed, f"panel {panel['title']!r} uses unknown metrics {names - exposed}"
             used |= names
     wanted = {"policyrollouts_phase", "policyrollouts_canary_weight_percent", "policyrollouts_rollbacks_total",
-              "policyrollouts_guardrail_evaluations_total", "policyrollouts_reconcile_duration_seconds_bucket"}
+              "policyrollouts_guardrail_evaluations_total", "policyrollouts_reconcile_duration_seconds_bucket",
+              "policyrollouts_workqueue_wait_seconds_bucket", "policyrollouts_workqueue_depth",
+              "policyrollouts_reconciles_total", "policyrollouts_api_requests_total"}
     assert wanted <= used, f"the dashboard misses {wanted - used}"
 
 

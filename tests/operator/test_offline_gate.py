@@ -23,7 +23,7 @@ from rollout_operator.resources import jobs as job_resources
 from tests.support import decision_logs
 from tests.support.cluster import ClusterAPI as KubeAPI
 from tests.support.cluster import cluster_as_kube_api, cluster_client  # noqa: F401 - the real control plane
-from tests.support.jobs import finish_job, jobs_of, run_job
+from tests.support.jobs import finish_job, jobs_of, run_job, wait_for_jobs_reread
 from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
@@ -200,9 +200,7 @@ def test_passing_candidate_gets_traffic_and_a_restart_creates_no_second_job(
     operator.kill()  # a crash while the Job runs
     seen = len(kube_api.calls_to("jobs"))
     operator.start()
-    # The restarted operator has reconciled several times (each reads the rollout's Jobs).
-    poll(lambda: len(kube_api.calls_to("jobs")) >= seen + 5, 60, what="the restarted operator's reconciles",
-         on_timeout=operator.log_tail)
+    wait_for_jobs_reread(kube_api, seen, operator)
     assert watch.status()["phase"] == "OfflineEvaluation"
     assert len(jobs_of(kube_api, name, "ope")) == 1, "a restarted operator must not start a second evaluation"
 

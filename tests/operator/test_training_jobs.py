@@ -21,7 +21,7 @@ from rollout_operator.resources import jobs as job_resources
 from tests.support import decision_logs
 from tests.support.cluster import ClusterAPI as KubeAPI
 from tests.support.cluster import cluster_as_kube_api, cluster_client  # noqa: F401 - the real control plane
-from tests.support.jobs import container, finish_job, jobs_of, run_job
+from tests.support.jobs import container, finish_job, jobs_of, run_job, wait_for_jobs_reread
 from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 
@@ -187,8 +187,7 @@ def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
     operator.kill()  # crash while the Job runs; the annotation is still there when it comes back
     seen = len(kube_api.calls_to("jobs"))
     operator.start()
-    poll(lambda: len(kube_api.calls_to("jobs")) >= seen + 5, 60, what="the restarted operator's reconciles",
-         on_timeout=operator.log_tail)
+    wait_for_jobs_reread(kube_api, seen, operator)
     assert len(jobs_of(kube_api, name, "train")) == 1, "one Job per trigger id, whatever the restarts"
 
     code, message = run_job(job, {"--device": "cpu"})  # the Job's own command line, on this GPU-less machine

@@ -193,7 +193,8 @@ class ClusterAPI:
                                      ref["resource"], ref.get("subresource"), ref.get("namespace"),
                                      user_agent=event.get("userAgent", ""),
                                      user=event.get("user", {}).get("username", ""),
-                                     status=int(event.get("responseStatus", {}).get("code", 0))))
+                                     status=int(event.get("responseStatus", {}).get("code", 0)),
+                                     name=ref.get("name")))
         return calls
 
     def calls_to(self, resource: str) -> list[ApiCall]:

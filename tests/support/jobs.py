@@ -99,3 +99,17 @@ def _terminate(cluster: ClusterAPI, job: dict[str, Any], pod: dict[str, Any], ex
         }],
     }
     assert cluster.set_status("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], status)
+
+
+def wait_for_jobs_reread(kube_api: Any, seen: int, operator: Any, settle: float = 3.0) -> None:
+    """A restarted operator has listed the Jobs again (its cache) and had time to act on what it found.
+
+    Reconciles read Jobs from a watch-backed cache, so the restart shows as one list of Jobs; a
+    reconcile that would create a second Job does so right after it, within `settle` seconds.
+    """
+    try:
+        wait_for(lambda: any(c.verb == "list" for c in kube_api.calls_to("jobs")[seen:]), 60,
+                 what="the restarted operator to list the Jobs")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{operator.log_tail()}") from None
+    time.sleep(settle)

@@ -99,6 +99,7 @@ class ApiCall:
     user_agent: str = dataclasses.field(default="", compare=False)
     user: str = dataclasses.field(default="", compare=False)  # the authenticated user (real API server only)
     status: int = dataclasses.field(default=0, compare=False)  # the response code (real API server only)
+    name: str | None = dataclasses.field(default=None, compare=False)  # the object's name (real API server only)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:

@@ -56,45 +56,48 @@ The operator's rules in the namespaces where PolicyRollouts live: exactly the AP
 (tests/charts/test_chart_rbac.py records them at the API and compares). No wildcards.
 */}}
 {{- define "policy-rollouts.rolloutRules" -}}
+# PolicyRollouts: kopf lists and watches them and keeps its finalizer (patch); the engine writes status.
 - apiGroups: ["policy.rollouts.io"]
   resources: ["policyrollouts"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["policy.rollouts.io"]
   resources: ["policyrollouts/status"]
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# Everything below is read from watch-backed caches (list and watch, never get), and written only
+# when it differs from the cached copy.
 # The policy variants; with the router provider also its own Deployment and Service (deleted with the rollout).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Traffic providers: gatewayAPI (HTTPRoute), istio (VirtualService), router (a routing ConfigMap
 # read by a router that runs under its own ServiceAccount, Role and RoleBinding).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.istio.io"]
   resources: ["virtualservices"]
-  verbs: ["get", "create", "patch", "delete"]
-# list and watch are not called by the operator: it must hold them to grant them to the router's
-# Role (Kubernetes refuses a Role that grants more than its creator has).
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# get is not called by the operator: it must hold it to grant it to the router's Role (Kubernetes
+# refuses a Role that grants more than its creator has).
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["serviceaccounts"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Offline-evaluation and training Jobs; each reports its result as its Pod's termination message.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "create"]
+  verbs: ["list", "watch", "create"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

@@ -32,6 +32,13 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "operator",
@@ -44,7 +51,10 @@ def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
                         help="watch only this namespace (repeatable); default: all namespaces")
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090",
                         help="Prometheus used by guardrails that do not name their own (spec.analysis.prometheusUrl)")
-    parser.add_argument("--tick", type=float, default=1.0, help="seconds between reconciles of one rollout")
+    parser.add_argument("--tick", type=float, default=1.0,
+                        help="seconds before a failed reconcile is retried (doubling up to 30 s)")
+    parser.add_argument("--workers", type=_positive_int, default=8,
+                        help="reconciles run at once (a bounded pool shared by every rollout; rollbacks first)")
     parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument("--metrics-port", type=int, default=8080,
                         help="serve the operator's Prometheus metrics on this port at /metrics (0: off)")
@@ -90,7 +100,8 @@ def _cmd_operator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    config = handlers.OperatorConfig(kubeconfig=kubeconfig, prometheus_url=args.prometheus_url,
+    config = handlers.OperatorConfig(namespaces=tuple(args.namespace) if args.namespace else None,
+                                     workers=args.workers, kubeconfig=kubeconfig, prometheus_url=args.prometheus_url,
                                      tick_seconds=args.tick, notify_targets=targets,
                                      notify_timeout_seconds=args.notify_timeout, notify_retries=args.notify_retries)
     memo = kopf.Memo(config=config)
