@@ -3,6 +3,7 @@ and a client that reads from them and writes through."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,3 +138,20 @@ def test_informers_skip_kinds_outside_their_namespaces() -> None:
     informers = Informers(kube.Client.__new__(kube.Client), namespaces=("team-a",))
     assert informers.store("v1", "ConfigMap", "team-b") is None
     assert informers.store("v1", "Secret", "team-a") is None, "not an owned kind"
+
+
+@pytest.mark.integration
+def test_the_watch_resumes_where_it_ended(cluster: ClusterAPI) -> None:
+    """The API server ends every watch after its timeout; the informer watches again from the last version."""
+    from rollout_operator.informers import Informer
+
+    informer = Informer(cluster.client, "v1", "ConfigMap", "default", watch_timeout=1).start()
+    try:
+        assert informer.synced.wait(10)
+        for i in range(3):
+            cluster.client.apply(_configmap("renewed", a=str(i)))
+            wait_for(lambda i=i: ((informer.store.get("default", "renewed") or {}).get("data") or {}).get("a")
+                     == str(i), 10, what=f"version {i} through a renewed watch")
+            time.sleep(1.5)  # past the watch's timeout
+    finally:
+        informer.stop()
