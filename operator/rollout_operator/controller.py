@@ -92,7 +92,7 @@ class Controller:
         self.client = informers.CachedClient(kube.Client.from_config(config.kubeconfig), config.namespaces,
                                              on_request=on_request)
         # PolicyRollouts come from kopf's watch (see handlers); our status writes go through to here.
-        self.rollouts = informers.Store()
+        self.rollouts = informers.Store(compact=False)
         self.client.extra_stores[api.API_VERSION, api.KIND] = self.rollouts
         self.client.informers.listen(self._owned_changed)
         self.notifier = notify_dispatcher.Dispatcher(timeout=config.notify_timeout_seconds,

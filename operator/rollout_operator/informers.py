@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -89,11 +90,30 @@ def _matches(obj: JSON, selector: Selector) -> bool:
 
 
 def _slim(obj: JSON) -> JSON:
-    """managedFields are most of a Deployment's size and nothing here reads them."""
+    """A compact copy for the cache, which holds several objects per rollout for as long as it exists.
+
+    managedFields are most of an object's size and nothing here reads them. Keys and short values
+    repeat across thousands of objects ("apiVersion", "IfNotPresent", label values): interned,
+    they are stored once; measured on a Deployment of ours, 21.7 KB -> 11.1 KB of Python objects.
+    """
+    return _compact(_without_managed_fields(obj))  # type: ignore[no-any-return]
+
+
+def _without_managed_fields(obj: JSON) -> JSON:
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
     return obj
+
+
+def _compact(value: Any) -> Any:
+    if type(value) is dict:
+        return {sys.intern(k): _compact(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_compact(v) for v in value]
+    if type(value) is str and len(value) <= 64:
+        return sys.intern(value)
+    return value
 
 
 class Store:
@@ -102,7 +122,9 @@ class Store:
     Listeners hear of every real change (not of a write-through echoed back by the watch).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, compact: bool = True) -> None:
+        # compact=False keeps the objects as given (PolicyRollouts: kopf holds the same dicts already).
+        self._transform = _slim if compact else _without_managed_fields
         self._objects: dict[Key, JSON] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
@@ -127,7 +149,7 @@ class Store:
 
     def put(self, obj: JSON, event: str = "MODIFIED") -> bool:
         """Store `obj` unless a newer version is held; True (and listeners told) if it changed."""
-        obj = _slim(obj)
+        obj = self._transform(obj)
         key, new = _key(obj), _version(obj)
         with self._lock:
             old = self._objects.get(key)
@@ -148,7 +170,7 @@ class Store:
 
     def replace(self, objects: Iterable[JSON]) -> None:
         """A relist: what is listed is the truth; what is not listed was deleted meanwhile."""
-        fresh = {_key(obj): _slim(obj) for obj in objects}
+        fresh = {_key(obj): self._transform(obj) for obj in objects}
         with self._lock:
             old, self._objects = self._objects, dict(fresh)
         for key, obj in fresh.items():

@@ -37,7 +37,7 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.phase = Gauge(
-            "policyrollouts_phase", "1 for the phase each PolicyRollout is in, 0 for the others.",
+            "policyrollouts_phase", "1 for the phase each PolicyRollout is in (one series per rollout).",
             ["namespace", "name", "phase"], registry=self.registry,
         )
         self.canary_weight = Gauge(
@@ -90,13 +90,17 @@ class OperatorMetrics:
         for state in TRAINING_JOB_STATES:
             self.training_jobs.labels(state=state).set(0)
         self._jobs: dict[tuple[str, str], dict[str, int]] = {}
+        self._phases: dict[tuple[str, str], api.Phase] = {}
         self._lock = threading.Lock()
 
     def set_phase(self, namespace: str, name: str, phase: api.Phase) -> None:
-        for candidate in api.Phase:
-            self.phase.labels(namespace=namespace, name=name, phase=candidate.value).set(
-                1 if candidate is phase else 0
-            )
+        """One series per rollout, for its current phase (eleven per rollout were 20 MB at 2,000 rollouts)."""
+        with self._lock:
+            before = self._phases.get((namespace, name))
+            self._phases[namespace, name] = phase
+        if before is not None and before is not phase:
+            self._remove(self.phase, namespace, name, before.value)
+        self.phase.labels(namespace=namespace, name=name, phase=phase.value).set(1)
 
     def set_training_jobs(self, namespace: str, name: str, states: Iterable[str]) -> None:
         """Replace one rollout's job states and publish the sums over all rollouts."""
@@ -117,8 +121,10 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted rollout's series, so dashboards do not show it forever."""
-        for candidate in api.Phase:
-            self._remove(self.phase, namespace, name, candidate.value)
+        with self._lock:
+            phase = self._phases.pop((namespace, name), None)
+        if phase is not None:
+            self._remove(self.phase, namespace, name, phase.value)
         self._remove(self.canary_weight, namespace, name)
         self._remove(self.guardrails_inconclusive, namespace, name)
         self.set_training_jobs(namespace, name, ())

@@ -72,7 +72,8 @@ def test_observer_tracks_phase_weight_verdicts_and_rollbacks() -> None:
     observer.reconciled(rollout, types.Observations(generation=1), _decision(rollout, "Progressing", 30), 0.01)
     samples = _exposition(m)
     assert _value(samples, "policyrollouts_phase", namespace="shop", name="pricing", phase="Progressing") == 1
-    assert _value(samples, "policyrollouts_phase", namespace="shop", name="pricing", phase="Promoted") == 0
+    assert _value(samples, "policyrollouts_phase", namespace="shop", name="pricing", phase="Promoted") is None, \
+        "only the current phase has a series"
     assert _value(samples, "policyrollouts_canary_weight_percent", namespace="shop", name="pricing") == 30
     assert _value(samples, "policyrollouts_guardrail_evaluations_total", verdict="Pass") == 1
     assert _value(samples, "policyrollouts_guardrail_evaluations_total", verdict="Inconclusive") == 1
@@ -89,6 +90,8 @@ def test_observer_tracks_phase_weight_verdicts_and_rollbacks() -> None:
                   reason="GuardrailFailed") == 1
     assert sum(v for (n, _), v in samples.items() if n == "policyrollouts_rollbacks_total") == 1
     assert _value(samples, "policyrollouts_phase", namespace="shop", name="pricing", phase="RolledBack") == 1
+    phases = [labels for name, labels in samples if name == "policyrollouts_phase" and ("name", "pricing") in labels]
+    assert len(phases) == 1, "the previous phase's series was removed"
 
     m.forget("shop", "pricing")
     samples = _exposition(m)
