@@ -21,8 +21,10 @@ cluster-down:
 demo: bootstrap
 	$(VENV)/python -m rollout_operator.cli.main demo
 
+# mypy checks the packages listed under [tool.mypy] in pyproject.toml (strict).
 lint: bootstrap
 	$(VENV)/ruff check .
+	$(VENV)/mypy
 	$(VENV)/python -m rollout_operator.crdgen --check
 
 crds: bootstrap

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from policy_server.decision_log import DecisionLog, read_decisions
+from policy_server.decision_log.reader import read_decisions
+from policy_server.decision_log.writer import DecisionLog
 
 
 def record(i: int) -> dict[str, Any]:

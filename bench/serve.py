@@ -251,9 +251,9 @@ def bench_policy_server(
     result["decisions_in_metrics"] = counted
     if decision_log:
         # After a clean shutdown every decision must be in the log: proof that logging was on and kept up.
-        from policy_server import decision_log as decision_log_module
+        from policy_server.decision_log import reader
 
-        result["decisions_in_log"] = decision_log_module.read_decisions(str(log_dir)).num_rows
+        result["decisions_in_log"] = reader.read_decisions(str(log_dir)).num_rows
         print(f"  decisions: {counted} in metrics, {result['decisions_in_log']} in the decision log", flush=True)
     return result
 

@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policy_server import cli
-from policy_server.ope import cli as ope_cli
+from policy_server.ope import evaluate as ope_evaluate
+from policy_server.ope import logged as ope_logged
 from tests.support import decision_logs as dl
 
 
@@ -35,7 +36,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         log = dl.write_log(root / "log", dl.behaviour(root / "behaviour"), n=args.n, seed=11)
-        logged = ope_cli.load_logged(log.url)
+        logged = ope_logged.load_logged(log.url)
         truth = dl.expected_reward(logged.observations)
         for algorithm, steps in (("reward-model", 2000), ("discrete-cql", 1000)):
             out = io.StringIO()
@@ -45,7 +46,7 @@ def main() -> int:
                                  "--algorithm", algorithm, "--steps", str(steps)])
             assert code == 0, f"{algorithm} failed"
             result = json.loads(out.getvalue())
-            probs, _ = ope_cli.policy_probabilities(str(root / algorithm), logged.observations)
+            probs, _ = ope_evaluate.policy_probabilities(str(root / algorithm), logged.observations)
             rows.append({
                 "algorithm": algorithm, "steps": steps, "n": result["n"], "train_s": result["seconds"],
                 "wall_s": round(time.perf_counter() - started, 1), "dr_estimate": result["ope"]["estimate"],

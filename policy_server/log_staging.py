@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from policy_server.decision_log import DecisionBatch, DecisionLog
+from policy_server.decision_log.schema import DecisionBatch
+from policy_server.decision_log.writer import DecisionLog
 
 __all__ = ["DecisionStaging"]
 

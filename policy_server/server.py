@@ -184,13 +184,13 @@ class PolicyServer:
         if self.config.log_dir:  # imported here: pyarrow costs ~45 MB of RSS, only worth it when logging
             import pyarrow
 
-            from policy_server import decision_log
+            from policy_server.decision_log import writer
 
             # Arrow's jemalloc pool returns freed segment buffers sooner than its default (mimalloc):
             # measured ~25 MB less RSS for the same load on this machine.
             with contextlib.suppress(NotImplementedError):  # wheels built without jemalloc keep the default
                 pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-            self.decision_log = decision_log.DecisionLog(self.config.log_dir)
+            self.decision_log = writer.DecisionLog(self.config.log_dir)
         warm_rng = np.random.default_rng(0)
         size = 1
         while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here

@@ -8,20 +8,26 @@ breaks the floor; both passed the offline gate, which cannot see the floor).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from rollout_operator.demo import pipeline
-from rollout_operator.local import prometheus
+
+from tests.support import requirements
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason=prometheus.INSTALL_HINT),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prometheus_installed() -> None:
+    """Prometheus runs as a local process here: without it these tests fail, saying how to install it."""
+    requirements.prometheus()
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,16 +13,76 @@ from __future__ import annotations
 import enum
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-GROUP = "policy.rollouts.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "PolicyRollout"
+__all__ = [
+    "ANNOTATION_ACTION",
+    "ANNOTATION_TRAIN",
+    "API_VERSION",
+    "CONDITION_PATTERN",
+    "DURATION_PATTERN",
+    "GROUP",
+    "KIND",
+    "LABEL_ROLLOUT",
+    "LABEL_VARIANT",
+    "PLURAL",
+    "REVISION_LIMIT",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "AnalysisSpec",
+    "ApprovalStep",
+    "Condition",
+    "DecisionLogSpec",
+    "Duration",
+    "EnvVar",
+    "EstimateStatus",
+    "FallbackSpec",
+    "GatewayAPISpec",
+    "Guardrail",
+    "GuardrailStatus",
+    "HistoryEntry",
+    "JobTemplate",
+    "JudgeKind",
+    "JudgeMetric",
+    "JudgeSpec",
+    "JudgeStatus",
+    "Model",
+    "NotificationEvent",
+    "NotificationFormat",
+    "NotificationSpec",
+    "OPEEstimator",
+    "ObjectMeta",
+    "OfflineEvaluationSpec",
+    "OfflineEvaluationStatus",
+    "ParentRef",
+    "PauseStep",
+    "Phase",
+    "PolicyRollout",
+    "PolicyRolloutSpec",
+    "PolicyRolloutStatus",
+    "PolicySpec",
+    "Revision",
+    "ShadowStep",
+    "Step",
+    "Toleration",
+    "TrafficProvider",
+    "TrafficSpec",
+    "TrainingJobStatus",
+    "TrainingSpec",
+    "Verdict",
+    "parse_duration",
+]
+
+GROUP: Final = "policy.rollouts.io"
+VERSION: Final = "v1alpha1"
+# GROUP/VERSION spelled out, so that its type is the Literal `PolicyRollout.api_version` requires.
+API_VERSION: Final = "policy.rollouts.io/v1alpha1"
+KIND: Final = "PolicyRollout"
 PLURAL = "policyrollouts"
 SINGULAR = "policyrollout"
 SHORT_NAMES = ["prl"]
@@ -97,6 +157,8 @@ class Model(BaseModel):
 
 
 class EnvVar(Model):
+    """An environment variable of a container, as in a Pod spec (a literal value)."""
+
     name: str = Field(min_length=1)
     value: str = ""
 
@@ -120,23 +182,31 @@ class FallbackSpec(PolicySpec):
 
 
 class TrafficProvider(enum.StrEnum):
+    """What moves the traffic: the policy router, Gateway API HTTPRoute weights or an Istio VirtualService."""
+
     ROUTER = "router"
     GATEWAY_API = "gatewayAPI"
     ISTIO = "istio"
 
 
 class ParentRef(Model):
+    """A Gateway the HTTPRoute attaches to (Gateway API `parentRefs`)."""
+
     name: str = Field(min_length=1)
     namespace: str | None = None
     section_name: str | None = None
 
 
 class GatewayAPISpec(Model):
+    """The gatewayAPI provider: the Gateways the HTTPRoute attaches to and the hostnames it serves."""
+
     parent_refs: list[ParentRef] = Field(default_factory=list)
     hostnames: list[str] = Field(default_factory=list)
 
 
 class TrafficSpec(Model):
+    """How requests reach the variants: the traffic provider and its settings."""
+
     provider: TrafficProvider = TrafficProvider.ROUTER
     sticky_key: str | None = Field(default=None, description="Header whose value keeps a caller on one variant.")
     gateway_api: GatewayAPISpec = Field(default_factory=GatewayAPISpec, alias="gatewayAPI")
@@ -144,14 +214,20 @@ class TrafficSpec(Model):
 
 
 class ShadowStep(Model):
+    """Mirror requests to the candidate for `duration`; only the stable variant's answers are returned."""
+
     duration: Duration
 
 
 class PauseStep(Model):
+    """Hold the current weight for `duration`, or until `promote` when no duration is given."""
+
     duration: Duration | None = Field(default=None, description="Omit to wait for `promote`.")
 
 
 class ApprovalStep(Model):
+    """Wait until a human approves (`kubectl policyrollout approve`)."""
+
     # `approval: {}` takes no fields. An object schema without properties makes the API server
     # prune unknown fields silently (`approval: {by: alice}` would be stored as `{}` and read as
     # a gate anyone may open), so unknown fields are kept and then refused by maxProperties.
@@ -159,6 +235,8 @@ class ApprovalStep(Model):
 
 
 class Step(Model):
+    """One step of the rollout: exactly one of shadow, setWeight, pause, approval."""
+
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
@@ -189,6 +267,8 @@ class Step(Model):
 
 
 class Guardrail(Model):
+    """A number the candidate must keep within `condition`: a PromQL `query` or a built-in `template`."""
+
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
@@ -226,6 +306,8 @@ class JudgeKind(enum.StrEnum):
 
 
 class JudgeMetric(enum.StrEnum):
+    """What the sequential judge compares between the variants: the reward, or a named cost."""
+
     REWARD = "reward"
     COST = "cost"
 
@@ -287,6 +369,8 @@ class JudgeSpec(Model):
 
 
 class AnalysisSpec(Model):
+    """Guardrail analysis: how often to measure, where, what, and how the measurements are judged."""
+
     model_config = ConfigDict(
         json_schema_extra=_validations(
             _cel(
@@ -322,6 +406,8 @@ class NotificationEvent(enum.StrEnum):
 
 
 class NotificationFormat(enum.StrEnum):
+    """The body a notification target receives: the operator's JSON, or a Slack message."""
+
     JSON = "json"
     SLACK = "slack"
 
@@ -365,6 +451,8 @@ class JobTemplate(Model):
 
 
 class OPEEstimator(enum.StrEnum):
+    """An off-policy estimator of the candidate's value on logged decisions."""
+
     IPS = "ips"
     SNIPS = "snips"
     DM = "dm"
@@ -463,6 +551,8 @@ class DecisionLogSpec(Model):
 
 
 class PolicyRolloutSpec(Model):
+    """What to roll out, what to fall back to, and how: traffic, steps, guardrails, gates, training."""
+
     policy: PolicySpec = Field(description="The candidate policy.")
     fallback: FallbackSpec = Field(description="The trusted policy that serves when the candidate does not.")
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
@@ -491,6 +581,8 @@ class PolicyRolloutSpec(Model):
 
 
 class Phase(enum.StrEnum):
+    """Where a rollout is; Promoted, RolledBack, Aborted and Failed are terminal."""
+
     PENDING = "Pending"
     OFFLINE_EVALUATION = "OfflineEvaluation"
     SHADOW = "Shadow"
@@ -512,12 +604,16 @@ _TERMINAL = {Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}
 
 
 class Verdict(enum.StrEnum):
+    """A measurement judged against its guardrail's condition; Inconclusive when there is no number."""
+
     PASS = "Pass"
     FAIL = "Fail"
     INCONCLUSIVE = "Inconclusive"
 
 
 class GuardrailStatus(Model):
+    """A guardrail's latest measurement and verdict, and its runs of consecutive failures and inconclusives."""
+
     name: str
     value: float | None = None
     verdict: Verdict | None = None
@@ -573,6 +669,8 @@ class Condition(Model):
 
 
 class HistoryEntry(Model):
+    """A phase transition: when, into which phase, at which step and weight, and why."""
+
     time: str
     phase: Phase
     step: int | None = None
@@ -590,6 +688,8 @@ class Revision(Model):
 
 
 class EstimateStatus(Model):
+    """One estimator's result in the offline evaluation."""
+
     estimator: str
     value: float | None = None
     lower_bound: float | None = None
@@ -617,6 +717,8 @@ class OfflineEvaluationStatus(Model):
 
 
 class TrainingJobStatus(Model):
+    """A training Job: what triggered it, its phase and, once it succeeded, the version it produced."""
+
     job_id: str
     trigger: str = Field(description="manual/<id> or schedule/<slot time>.")
     phase: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
@@ -631,6 +733,8 @@ class TrainingJobStatus(Model):
 
 
 class PolicyRolloutStatus(Model):
+    """What the operator observed and decided: all it needs to resume where it was after a restart."""
+
     model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote
 
     phase: Phase = Phase.PENDING
@@ -663,6 +767,8 @@ class PolicyRolloutStatus(Model):
 
 
 class ObjectMeta(BaseModel):
+    """The object metadata the operator reads; other metadata fields are kept as they are."""
+
     model_config = ConfigDict(extra="allow")
 
     name: str

@@ -23,7 +23,7 @@ from typing import Any
 
 import pydantic
 
-from rollout_operator import api, informers, kube, reconciler, workqueue
+from rollout_operator import api, checks, informers, kube, reconciler, workqueue
 from rollout_operator import metrics as operator_metrics
 from rollout_operator.engine import types
 from rollout_operator.guardrails import factory as metrics_factory
@@ -107,6 +107,7 @@ class Controller:
         self._routers: dict[api.TrafficProvider, traffic_base.TrafficRouter] = {}
         self._locks: dict[Key, threading.Lock] = {}
         self._adopted: set[Key] = set()
+        self._warned: set[tuple[str, str, int | None, str]] = set()
         self._guard = threading.Lock()
         self.platform = reconciler.Platform(
             workloads=k8s_workloads.KubernetesWorkloads(self.client),
@@ -195,8 +196,15 @@ class Controller:
             try:
                 rollout = api.PolicyRollout.model_validate(body)
             except pydantic.ValidationError as error:
-                self._reject_invalid(body, error)
+                self._reject(body, f"invalid spec: {checks.format_validation_error(error)}")
                 return Outcome(None, result="invalid")
+            problems = checks.spec_problems(rollout)
+            if problems and not _has_started(rollout):
+                self._reject(body, f"the spec cannot work: {'; '.join(problems)} (fix the spec; then "
+                             "`kubectl policyrollout retry` starts the rollout over)")
+                return Outcome(None, result="invalid")
+            if problems:  # traffic is already moving: the engine's own safety (inconclusive -> rollback) governs
+                self._warn_once(rollout, "; ".join(problems))
             started = time.monotonic()
             try:
                 decision = reconciler.reconcile(self.platform, rollout, _now())
@@ -218,12 +226,17 @@ class Controller:
         # requeue_after counts from when the reconcile started, not from its (possibly slow) end.
         return Outcome(max(decision.requeue_after - elapsed, 0.0), priority_of(body))
 
-    def _reject_invalid(self, body: dict[str, Any], error: pydantic.ValidationError) -> None:
-        """A manifest that slipped past the CRD's schema: say why in status and an Event, change nothing else."""
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors(include_url=False)
-        )
-        message = f"invalid spec: {problems}"
+    def _warn_once(self, rollout: api.PolicyRollout, message: str) -> None:
+        """A spec edited into one that cannot work, mid-rollout: one Warning per generation, not one per reconcile."""
+        key = (rollout.metadata.namespace, rollout.metadata.name, rollout.metadata.generation, message)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.record_event(rollout, types.Event(types.EventType.WARNING, "SpecProblem", message))
+
+    def _reject(self, body: dict[str, Any], message: str) -> None:
+        """A spec that cannot work (past the CRD's schema, or semantically): say why in status and an Event,
+        change nothing else. Permanent: not retried until the spec changes."""
         meta = body.get("metadata", {})
         status = body.get("status") or {}
         if status.get("message") == message:
@@ -285,6 +298,19 @@ class Controller:
                          "uid": rollout.metadata.uid},
         }
         self.client.create_event(involved, event.reason, event.message, type=event.type.value)
+
+
+_LIVE = {api.Phase.SHADOW, api.Phase.PROGRESSING, api.Phase.PAUSED, api.Phase.AWAITING_APPROVAL,
+         api.Phase.ROLLING_BACK}
+
+
+def _has_started(rollout: api.PolicyRollout) -> bool:
+    """Whether the candidate may see traffic now: a reject would strand it there, so the engine keeps going.
+
+    Otherwise (not started, or ended: a spec edit would start it over) the rollout is failed as it stands.
+    """
+    status = rollout.status
+    return status.canary_weight > 0 or status.shadow or status.phase in _LIVE
 
 
 def _key(body: dict[str, Any]) -> Key:

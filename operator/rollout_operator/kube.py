@@ -18,17 +18,21 @@ Errors::
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import os
+import ssl
 import tempfile
 import threading
 import uuid
+import warnings
 import weakref
 from typing import Any
 
 import kubernetes
 import urllib3
+import yaml
 from kubernetes.dynamic import exceptions as dyn_errors
 
 __all__ = ["Client", "Conflict", "Forbidden", "Invalid", "KubeError", "NotFound", "UnknownKind"]
@@ -111,6 +115,27 @@ def _wrap(error: Exception, action: str, what: str) -> KubeError:
     return KubeError(f"cannot {action} {what}: {error}")
 
 
+def _cause(error: BaseException, timeout: float) -> str:
+    """The root of a connection failure in a few words ("connection refused"), not urllib3's repr chain."""
+    chain: list[BaseException] = []
+    pending: list[object] = [error]
+    while pending:
+        current = pending.pop(0)
+        if not isinstance(current, BaseException) or any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        pending += [getattr(current, "reason", None), current.__cause__, current.__context__]
+    for e in chain:
+        if isinstance(e, urllib3.exceptions.SSLError | ssl.SSLError):
+            return f"TLS failed ({' '.join(str(e).split())[:200]}; check the server's scheme and certificate-authority)"
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[:1].lower() + e.strerror[1:]
+    if any(isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in chain):
+        return f"no answer within {timeout:g} s"
+    return " ".join(str(error).split())[:200]
+
+
 def _covers(current: Any, desired: Any) -> bool:
     """Whether `current` already holds everything `desired` sets.
 
@@ -159,7 +184,7 @@ class Client:
         try:
             kubernetes.config.load_kube_config(config_file=os.fspath(path), context=context,
                                                client_configuration=configuration)
-        except (kubernetes.config.ConfigException, OSError) as e:
+        except (kubernetes.config.ConfigException, OSError, yaml.YAMLError) as e:
             raise KubeError(f"cannot load kubeconfig {os.fspath(path)!r}: {e}; pass --kubeconfig with a valid "
                             "file") from e
         return cls(kubernetes.client.ApiClient(configuration))
@@ -181,6 +206,31 @@ class Client:
     @property
     def host(self) -> str:
         return str(self.api_client.configuration.host)
+
+    def server_version(self, timeout: float = 5.0) -> str:
+        """The API server's version from one `GET /version`, not retried: "is the server there?".
+
+        Raises `KubeError` with reason "Unreachable" (status 0) when nothing answers within
+        `timeout` seconds, its message naming the server and the cause in a few words
+        ("connection refused"), or the HTTP error when the server answers with one (401: it
+        refused the kubeconfig's credentials).
+        """
+        configuration = copy.deepcopy(self.api_client.configuration)
+        configuration.retries = False  # one attempt: the caller decides whether to wait and retry
+        with kubernetes.client.ApiClient(configuration) as probe, warnings.catch_warnings():
+            # insecure-skip-tls-verify is the kubeconfig's choice; kopf warns about it soon enough
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            try:
+                info = kubernetes.client.VersionApi(probe).get_code(_request_timeout=(timeout, timeout))
+            except kubernetes.client.ApiException as e:
+                if e.status:
+                    raise _wrap(e, "read the version of the Kubernetes API server at", self.host) from e
+                raise KubeError(f"cannot reach the Kubernetes API server at {self.host}: {_cause(e, timeout)}",
+                                status=0, reason="Unreachable") from e  # status 0: the client's wrapped TLS error
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise KubeError(f"cannot reach the Kubernetes API server at {self.host}: {_cause(e, timeout)}",
+                                status=0, reason="Unreachable") from e
+        return str(info.git_version)
 
     @property
     def dynamic(self) -> kubernetes.dynamic.DynamicClient:

@@ -229,7 +229,7 @@ class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         pass
 
 
-def serve(metrics: OperatorMetrics, port: int, host: str = "0.0.0.0") -> tuple[Any, threading.Thread]:
+def serve(metrics: OperatorMetrics, port: int, host: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
     """Serve `/metrics` (and `/healthz`, answering 200 while the process is up) in a daemon thread."""
     metrics_app = prometheus_client.make_wsgi_app(metrics.registry)
 

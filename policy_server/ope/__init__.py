@@ -7,15 +7,31 @@ This is the array-level foundation (numpy + scipy; `fqe` adds torch and is impor
 - `confidence`: vectorised bootstrap intervals and high-confidence lower bounds (Student-t, empirical Bernstein).
 - `gate`: pass / fail / refuse a candidate from a lower bound, ESS and support.
 
+On top of it, what `policy-server ope` and `policy-server train` share (their command lines live in `cli`
+and `policy_server.train.cli`):
+
+- `logged`: the decision log's rewarded, served, discrete decisions as arrays (`LoggedData`).
+- `evaluate`: a candidate artifact's probabilities on them, every estimator, intervals and one verdict.
+
 Formulas and their obp correspondence: docs/ope.md.
 """
 
 import importlib
 from typing import Any
 
-from policy_server.ope._checks import OPEInputError
+from policy_server.ope._checks import OPEError, OPEInputError
 
-__all__ = ["OPEInputError", "bandit", "confidence", "diagnostics", "gate", "sequential"]
+__all__ = [
+    "OPEError",
+    "OPEInputError",
+    "bandit",
+    "confidence",
+    "diagnostics",
+    "evaluate",
+    "gate",
+    "logged",
+    "sequential",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Input checks shared by the estimators.
+"""Input checks shared by the estimators, and the errors offline evaluation raises.
 
 OPE numbers decide whether a policy reaches production, so bad inputs must stop loudly with a message that
 says which array is wrong and how to fix it, instead of producing a plausible-looking NaN.
@@ -8,7 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["OPEInputError", "as_float_array", "check_bandit", "check_clip", "check_episodes", "check_gamma"]
+__all__ = [
+    "OPEError",
+    "OPEInputError",
+    "as_float_array",
+    "check_bandit",
+    "check_clip",
+    "check_episodes",
+    "check_gamma",
+]
+
+
+class OPEError(Exception):
+    """The evaluation cannot run; the message says what is wrong and how to fix it.
+
+    Raised for a whole evaluation (an unreadable log, an artifact that cannot be evaluated, an
+    unknown estimator); `policy-server ope` and `train` exit with code 2 on it.
+    """
 
 
 class OPEInputError(ValueError):

@@ -123,9 +123,9 @@ class Router:
         self._stopped = asyncio.Event()
         self.decision_log: Any = None
         if config.log_dir:
-            from policy_server import decision_log  # lazy: pyarrow only when logging
+            from policy_server.decision_log import writer  # lazy: pyarrow only when logging
 
-            self.decision_log = decision_log.DecisionLog(config.log_dir)
+            self.decision_log = writer.DecisionLog(config.log_dir)
         self.apply(config.table, source=self.table_source, persist=False)
 
     # ------------------------------------------------------------------ routing table

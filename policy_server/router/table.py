@@ -147,9 +147,6 @@ class RoutingTable:
             raise TableError(f"routing table is not valid JSON: {exc}") from exc
         return cls.from_json(data)
 
-    def with_(self, **changes: Any) -> RoutingTable:
-        return dataclasses.replace(self, **changes)
-
 
 def load(path: str | os.PathLike[str]) -> RoutingTable | None:
     """The table saved at ``path``; None if there is no file yet. Raises TableError if it is corrupt."""

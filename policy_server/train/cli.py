@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from policy_server import artifact
-    from policy_server.ope import cli as ope_cli
+    from policy_server.ope import evaluate, logged
     from policy_server.train import trainer
 
     torch.set_num_threads(max(1, args.threads))
-    data = ope_cli.load_logged(args.logs)
+    data = logged.load_logged(args.logs)
     exploration = artifact.Exploration(kind=args.exploration, epsilon=args.epsilon, temperature=args.temperature)
     model = trainer.train(data, args.algorithm, steps=args.steps, device=args.device, seed=args.seed,
                           batch_size=args.batch_size)
@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="policy-artifact-") as tmp:
         local = Path(tmp) if remote else Path(args.out.removeprefix("file://"))
         trainer.export_artifact(model, data, local, version=args.version, name=args.name, exploration=exploration)
-        candidate, _ = ope_cli.policy_probabilities(str(local), data.observations, device=args.device)
-        report = ope_cli.evaluate(data, candidate, baseline=None, estimators=["snips", "dr"], min_ess=args.min_ess,
-                                  seed=args.seed)
+        candidate, _ = evaluate.policy_probabilities(str(local), data.observations, device=args.device)
+        report = evaluate.evaluate(data, candidate, baseline=None, estimators=["snips", "dr"], min_ess=args.min_ess,
+                                   seed=args.seed)
         report["candidate"] = args.version
         (local / "ope.json").write_text(json.dumps(report, indent=2) + "\n")
         if remote:
@@ -94,17 +94,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from policy_server.ope import cli as ope_cli
+    from policy_server.ope import OPEError, evaluate
     from policy_server.train import trainer
 
     try:
         result = run(args)
-    except (ope_cli.OPEError, trainer.TrainError) as exc:
+    except (OPEError, trainer.TrainError) as exc:
         print(f"policy-server train: {exc}", file=sys.stderr)
         if args.write_result:
-            ope_cli.write_result(args.write_result, {"v": RESULT_VERSION, "kind": "train", "error": str(exc)[:3500]})
+            evaluate.write_result(args.write_result, {"v": RESULT_VERSION, "kind": "train", "error": str(exc)[:3500]})
         return 2
     if args.write_result:
-        ope_cli.write_result(args.write_result, result)
+        evaluate.write_result(args.write_result, result)
     print(json.dumps(result, indent=2))
     return 0

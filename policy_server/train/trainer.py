@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from policy_server import artifact
-from policy_server.ope.cli import LoggedData
+from policy_server.ope.logged import LoggedData
 
 __all__ = ["ALGORITHMS", "TrainError", "TrainedModel", "export_artifact", "train"]
 

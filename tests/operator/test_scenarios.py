@@ -20,7 +20,7 @@ import pytest
 from rollout_operator import api, kube
 from rollout_operator.resources import httproute
 
-from tests.support import crd_validation
+from tests.support import crd_validation, requirements
 from tests.support.cluster import ClusterAPI
 from tests.support.kube import KubeAPI, policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 NAMESPACE = "default"
 METRIC = "candidate_error_ratio"
 GUARDRAIL_QUERY = f'max({METRIC}{{rollout="{{{{ rollout }}}}",namespace="{{{{ namespace }}}}"}})'
-HTTPROUTE_SCHEMA = Path(__file__).parents[2] / ".." / "shared" / "schemas" / "gateway-api-v1.6.1-httproutes.yaml"
 _names = (f"scenario-{i}" for i in itertools.count())
 
 
@@ -322,8 +321,7 @@ def test_a_manifest_past_the_schema_is_refused_in_status(
 
 
 def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, cluster: ClusterAPI) -> None:
-    if not HTTPROUTE_SCHEMA.exists():
-        pytest.skip(f"Gateway API schema not found at {HTTPROUTE_SCHEMA.resolve()}")
+    httproute_schema = requirements.schema("gateway-api-v1.6.1-httproutes.yaml")
     s = scenario([{"setWeight": 30}, {"pause": {}}])
     s.wait_phase("Paused")
     server_fields = {"uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"}
@@ -337,7 +335,7 @@ def test_every_object_the_operator_creates_is_schema_valid(scenario: Any, cluste
             kubernetes_validate.validate(obj, "1.30", strict=True)
             checked += 1
     assert checked >= 4
-    schema = crd_validation.version_schema(crd_validation.load_crd(HTTPROUTE_SCHEMA), "v1")
+    schema = crd_validation.version_schema(crd_validation.load_crd(httproute_schema), "v1")
     route = s.route()
     assert route is not None
     jsonschema.validate(route["spec"], schema["properties"]["spec"])

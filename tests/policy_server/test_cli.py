@@ -67,7 +67,7 @@ def test_broken_artifact_fails_startup_with_clear_error(tmp_path: Path, how: str
 
 
 def test_sigterm_drains_and_logs_every_decision(tmp_path: Path, models) -> None:
-    from policy_server import decision_log
+    from policy_server.decision_log import reader
 
     log_dir = tmp_path / "log"
     with cli_server("--model", str(models()), "--log-dir", str(log_dir), "--variant", "blue", "--seed", "7") as srv:
@@ -78,7 +78,7 @@ def test_sigterm_drains_and_logs_every_decision(tmp_path: Path, models) -> None:
         c.close()
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(60) == 0, srv.proc.stderr.read()
-    table = decision_log.read_decisions(str(log_dir))
+    table = reader.read_decisions(str(log_dir))
     assert table.num_rows == 300
     rows = table.to_pylist()
     assert sorted(r["request_id"] for r in rows) == sorted(ids)
@@ -86,13 +86,13 @@ def test_sigterm_drains_and_logs_every_decision(tmp_path: Path, models) -> None:
     assert all(0 < r["propensity"] <= 1 and len(r["probabilities"]) == 4 for r in rows)
     assert all(r["observation"] == pytest.approx(OBS) for r in rows)
     assert json.loads(next(r for r in rows if r["request_id"] == "req-5")["context_json"]) == {"i": 5}
-    assert decision_log.read_rewards(str(log_dir)).num_rows == 10
+    assert reader.read_rewards(str(log_dir)).num_rows == 10
 
 
 def test_sigterm_under_load_loses_no_answered_decision(tmp_path: Path, models) -> None:
     import threading
 
-    from policy_server import decision_log
+    from policy_server.decision_log import reader
 
     log_dir = tmp_path / "log"
     answered: list[str] = []
@@ -120,7 +120,7 @@ def test_sigterm_under_load_loses_no_answered_decision(tmp_path: Path, models) -
         for t in threads:
             t.join(60)
         assert srv.proc.wait(60) == 0, srv.proc.stderr.read()
-    table = decision_log.read_decisions(str(log_dir))
+    table = reader.read_decisions(str(log_dir))
     logged = set(table.column("request_id").to_pylist())
     assert len(answered) >= 200 and set(answered) <= logged
     assert set(table.column("propensity").to_pylist()) == {1.0}  # --exploration greedy overrides softmax

@@ -26,17 +26,10 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from policy_server import decision_log
-from policy_server.decision_log import (
-    DECISION_SCHEMA,
-    REWARD_SCHEMA,
-    SCHEMA_VERSION,
-    DecisionBatch,
-    DecisionLog,
-    DecisionLogError,
-    join_rewards,
-    read_decisions,
-    read_rewards,
-)
+from policy_server.decision_log import _batches, _convert, _records
+from policy_server.decision_log.reader import join_rewards, read_decisions, read_rewards
+from policy_server.decision_log.schema import DECISION_SCHEMA, REWARD_SCHEMA, SCHEMA_VERSION, DecisionBatch
+from policy_server.decision_log.writer import DecisionLog, DecisionLogError
 
 SEGMENT_NAME = re.compile(r"^part-\d{8}T\d{12}Z-\d{6}-[0-9a-f]{8}\.parquet$")
 
@@ -454,7 +447,7 @@ def test_close_is_idempotent_and_late_records_are_not_lost(tmp_path: Path, dlogs
 
 
 def test_discrete_numpy_action_is_stored_as_index(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np  # a dependency of the package itself
     dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
     dlogs.append(dlog)
     dlog.log_decision(decision(0, action=np.int64(4), observation=np.array([1.0, 2.0]).tolist()))
@@ -489,6 +482,9 @@ def test_public_surface() -> None:
         "read_rewards",
     }
     assert isinstance(DECISION_SCHEMA, pa.Schema) and isinstance(REWARD_SCHEMA, pa.Schema)
+    # The package re-exports its modules' objects, so `from policy_server import decision_log` keeps working.
+    for name in decision_log.__all__:
+        assert getattr(decision_log, name) is globals()[name], name
 
 
 def test_flush_reports_a_writer_stuck_in_a_hung_write(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
@@ -724,12 +720,12 @@ def test_a_segment_is_converted_in_chunks_and_stays_in_order(
     tmp_path: Path, dlogs: list[DecisionLog], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each conversion holds the GIL, so a segment is converted a few rows at a time (batches never cut)."""
-    monkeypatch.setattr(decision_log, "CONVERT_RECORDS", 4)
-    monkeypatch.setattr(decision_log, "CONVERT_BATCH_ROWS", 6)
+    monkeypatch.setattr(_convert, "CONVERT_RECORDS", 4)
+    monkeypatch.setattr(_convert, "CONVERT_BATCH_ROWS", 6)
     calls: list[tuple[str, int]] = []
 
-    def counting(name: str) -> Callable[..., pa.Table]:
-        convert = getattr(decision_log, name)
+    def counting(module: Any, name: str) -> Callable[..., pa.Table]:
+        convert = getattr(module, name)
 
         def wrapped(items: list[Any], schema: pa.Schema) -> pa.Table:
             table = convert(items, schema)
@@ -738,8 +734,8 @@ def test_a_segment_is_converted_in_chunks_and_stays_in_order(
 
         return wrapped
 
-    for name in ("_records_to_table", "_slices_to_table"):
-        monkeypatch.setattr(decision_log, name, counting(name))
+    for module, name in ((_records, "records_to_table"), (_batches, "slices_to_table")):
+        monkeypatch.setattr(module, name, counting(module, name))
     dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
     dlogs.append(dlog)
     expected = []
@@ -755,8 +751,8 @@ def test_a_segment_is_converted_in_chunks_and_stays_in_order(
 
     assert read_decisions(str(tmp_path)).column("request_id").to_pylist() == expected
     assert len(segments(tmp_path)) == 1 and dlog.rejected == 1
-    records = [n for name, n in calls if name == "_records_to_table"]
-    batches = [n for name, n in calls if name == "_slices_to_table"]
+    records = [n for name, n in calls if name == "records_to_table"]
+    batches = [n for name, n in calls if name == "slices_to_table"]
     assert sum(records) == 10 and max(records) <= 4 and len(records) >= 3
     assert batches == [6, 3, 8, 2]  # 3+3 fill a chunk; the 8-row batch is a chunk of its own, never cut
 

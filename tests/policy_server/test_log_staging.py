@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from policy_server.decision_log import DecisionLog, read_decisions
+from policy_server.decision_log.reader import read_decisions
+from policy_server.decision_log.writer import DecisionLog
 from policy_server.log_staging import DecisionStaging
 
 

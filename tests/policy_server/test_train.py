@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from policy_server import artifact, cli
-from policy_server.ope import cli as ope_cli
+from policy_server.ope import evaluate as ope_evaluate
+from policy_server.ope import logged as ope_logged
 from tests.support import decision_logs
 from tests.support.policy_server import cli_server
 
@@ -36,8 +37,8 @@ def _train(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[st
 
 
 def _true_value(artifact_dir: str, log: decision_logs.WrittenLog) -> float:
-    logged = ope_cli.load_logged(log.url)
-    probs, _ = ope_cli.policy_probabilities(artifact_dir, logged.observations)
+    logged = ope_logged.load_logged(log.url)
+    probs, _ = ope_evaluate.policy_probabilities(artifact_dir, logged.observations)
     return float((probs * decision_logs.expected_reward(logged.observations)).sum(axis=1).mean())
 
 

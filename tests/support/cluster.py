@@ -35,9 +35,9 @@ from rollout_operator import api, kube
 from rollout_operator.cluster.control_plane import ControlPlane
 
 from tests.support.kube import ApiCall
+from tests.support.requirements import SCHEMAS
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = REPO.parent / "shared" / "schemas"
 CRDS = (
     REPO / "crds" / "policyrollout.yaml",
     REPO / "charts" / "policy-rollouts" / "crds" / "kopf-peerings.yaml",

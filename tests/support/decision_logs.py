@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from policy_server import artifact, policy
-from policy_server.decision_log import DecisionLog
+from policy_server.decision_log.writer import DecisionLog
 from tests.support.policy_server import write_custom_artifact
 
 OBS_DIM = 4

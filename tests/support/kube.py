@@ -2,7 +2,7 @@
 
 kmock 0.8's `KubernetesEmulator` stores objects, serves discovery, list, watch, create, patch
 and delete, and runs finalizers. It is not a full API server: the subclass below fills the
-gaps that break kopf, the `kubernetes` client and kubectl (see /work/shared/NOTES.md), one
+gaps that break kopf, the `kubernetes` client and kubectl (see ../shared/NOTES.md), one
 override per gap, each with a comment. The server runs in its own thread with its own event
 loop, so sync code (the `kubernetes` client) and kopf (in another thread) can both talk to it.
 
@@ -213,6 +213,12 @@ class FidelityEmulator(kmock.KubernetesEmulator):
     calls: list[ApiCall] = attrs.field(factory=list, init=False)
     _resource_version: int = attrs.field(default=0, init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # Gap: kmock serves /version but not /version/, which the `kubernetes` client's VersionApi
+        # asks for (`policy-rollouts operator` checks the server with it before starting kopf).
+        self.fallback["get /version/"] << self._serve_server_version
 
     def next_resource_version(self) -> str:
         self._resource_version += 1

@@ -23,7 +23,7 @@ from tests.support.cluster import ClusterAPI
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, prometheus_url: str, log_path: Path, tick: float = 0.2,
                  extra_args: tuple[str, ...] = ("--metrics-port", "0")) -> None:
-        """`extra_args` go after the standard flags (default: no metrics server, so runs never fight over 8080)."""
+        """`extra_args` go after the standard flags (default: no metrics server, so runs never fight over its port)."""
         self.kubeconfig = kubeconfig
         self.extra_args = tuple(extra_args)
         self.prometheus_url = prometheus_url

@@ -316,9 +316,10 @@ class PrometheusServer:
 
 def _require_binary() -> None:
     if not Path(PROMETHEUS_BINARY).is_file():
-        pytest.skip(
+        pytest.fail(
             f"prometheus binary not found at {PROMETHEUS_BINARY}: apt-get install prometheus "
-            "(scripts/bootstrap.sh does) or set PROMETHEUS_BINARY"
+            "(scripts/bootstrap.sh does) or set PROMETHEUS_BINARY",
+            pytrace=False,
         )
 
 

@@ -30,7 +30,8 @@ _PHASE_STYLE = {
 _VERDICT_STYLE = {"Pass": "green", "Fail": "bold red", "Inconclusive": "yellow"}
 
 
-def _parse(ts: str | None) -> datetime | None:
+def parse_time(ts: str | None) -> datetime | None:
+    """A timestamp from status or an Event; None when absent or unreadable (a display never fails on one)."""
     if not ts:
         return None
     try:
@@ -42,7 +43,7 @@ def _parse(ts: str | None) -> datetime | None:
 
 def age(ts: str | None, now: datetime) -> str:
     """kubectl-style age: 45s, 3m12s, 2h5m, 4d."""
-    then = _parse(ts)
+    then = parse_time(ts)
     if then is None:
         return "-"
     seconds = max(0, int((now - then).total_seconds()))

@@ -15,6 +15,12 @@ from collections.abc import Callable, Sequence
 from rollout_operator.bench import cli as bench_cli
 from rollout_operator.cluster import cli as cluster_cli
 
+# The operator's /metrics port: not 8080, which policy servers listen on by convention
+# (api.PolicySpec.port) and which a local run of both would otherwise fight over.
+METRICS_PORT = 8383
+# How long `operator` waits for the API server's first answer before it gives up.
+API_CHECK_TIMEOUT_SECONDS = 5.0
+
 
 def _add_crds(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -56,9 +62,11 @@ def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--workers", type=_positive_int, default=8,
                         help="reconciles run at once (a bounded pool shared by every rollout; rollbacks first)")
     parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--metrics-port", type=int, default=8080,
-                        help="serve the operator's Prometheus metrics on this port at /metrics (0: off)")
-    parser.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
+    parser.add_argument("--metrics-port", type=int, default=METRICS_PORT,
+                        help=f"serve the operator's Prometheus metrics on this port at /metrics (0: off; default "
+                        f"{METRICS_PORT}, clear of the policy server's usual 8080)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address the metrics server binds (default: loopback only; the Helm chart passes 0.0.0.0)")
     parser.add_argument("--peering", default=None, metavar="NAME",
                         help="run several replicas with kopf peering (KopfPeering/ClusterKopfPeering NAME must "
                         "exist): only the highest --priority one acts; default: standalone")
@@ -78,43 +86,52 @@ def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _cmd_operator(args: argparse.Namespace) -> int:
+    """Check what can be checked at once (arguments, then the API server), then hand over to kopf.
+
+    Each failure is one line on stderr saying what is wrong and what to do: exit 2 for a bad
+    argument or a missing kubeconfig, 1 when the kubeconfig or the API server cannot be used.
+    """
     import asyncio
     import os
-    from pathlib import Path
 
-    import kopf
-
-    from rollout_operator import handlers
-
-    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
-    if kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        default = Path("~/.kube/config").expanduser()
-        kubeconfig = str(default) if default.exists() else None
-    if kubeconfig is None and not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        sys.stderr.write("error: no kubeconfig found and not in a cluster: pass --kubeconfig or set $KUBECONFIG\n")
+    kubeconfig, problem = _find_kubeconfig(args.kubeconfig)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
         return 2
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login reads it at login time
     try:
         targets = _notify_targets(args)
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    operator_metrics = None
+    if args.metrics_port:
+        from rollout_operator import metrics
+
+        operator_metrics = metrics.OperatorMetrics()
+        try:
+            metrics.serve(operator_metrics, args.metrics_port, args.metrics_host)
+        except OSError as exc:
+            sys.stderr.write(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}; "
+                             "pass another --metrics-port (0 turns metrics off)\n")
+            return 2
+    problem = _api_server_problem(kubeconfig, timeout=API_CHECK_TIMEOUT_SECONDS)
+    if problem is not None:
+        sys.stderr.write(f"error: {' '.join(problem.split())}\n")  # one line, whatever the libraries said
+        return 1
+
+    import kopf
+
+    from rollout_operator import handlers
+
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # kopf's login reads it at login time
     config = handlers.OperatorConfig(namespaces=tuple(args.namespace) if args.namespace else None,
                                      workers=args.workers, kubeconfig=kubeconfig, prometheus_url=args.prometheus_url,
                                      tick_seconds=args.tick, notify_targets=targets,
                                      notify_timeout_seconds=args.notify_timeout, notify_retries=args.notify_retries)
     memo = kopf.Memo(config=config)
-    if args.metrics_port:
-        from rollout_operator import metrics
-
-        memo["metrics"] = metrics.OperatorMetrics()
-        try:
-            metrics.serve(memo["metrics"], args.metrics_port, args.metrics_host)
-        except OSError as exc:
-            sys.stderr.write(f"error: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}; "
-                             "pass another --metrics-port (0 turns metrics off)\n")
-            return 2
+    if operator_metrics is not None:
+        memo["metrics"] = operator_metrics
     peering: dict[str, object] = {"standalone": True}
     if args.peering:
         import random
@@ -130,6 +147,60 @@ def _cmd_operator(args: argparse.Namespace) -> int:
         **peering,  # type: ignore[arg-type]
     ))
     return 0
+
+
+def _find_kubeconfig(explicit: str | None) -> tuple[str | None, str | None]:
+    """(kubeconfig, None), (None, None) in a cluster without one, or (None, what is wrong and what to do)."""
+    import os
+    from pathlib import Path
+
+    if explicit:
+        kubeconfig, source = explicit, "--kubeconfig"
+    elif os.environ.get("KUBECONFIG"):
+        kubeconfig, source = os.environ["KUBECONFIG"], "$KUBECONFIG"
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return None, None  # in a pod: its ServiceAccount
+    else:
+        default = Path("~/.kube/config").expanduser()
+        if not default.is_file():
+            return None, "no kubeconfig found and not in a cluster: pass --kubeconfig or set $KUBECONFIG"
+        return str(default), None
+    paths = [p for p in kubeconfig.split(os.pathsep) if p]
+    if not any(Path(p).is_file() for p in paths):  # a list may name missing files, as kubectl allows
+        return None, (f"kubeconfig {kubeconfig} ({source}) does not exist: pass --kubeconfig with the path of a "
+                      "kubeconfig file (e.g. the one `policy-rollouts cluster up` or `kind` wrote)")
+    return kubeconfig, None
+
+
+def _api_server_problem(kubeconfig: str | None, timeout: float) -> str | None:
+    """One line saying why the API server cannot be used, or None when it answers.
+
+    Checked once before kopf starts, so that a wrong kubeconfig or a cluster that is down ends the
+    command at once instead of in kopf's minute of retries. Once connected, kopf retries as usual.
+    """
+    from rollout_operator import kube
+
+    where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster ServiceAccount"
+    try:
+        client = kube.Client.from_config(kubeconfig)
+    except kube.KubeError as exc:
+        return str(exc)
+    try:
+        client.server_version(timeout=timeout)
+    except kube.KubeError as exc:
+        if exc.status == 401:
+            return (f"the Kubernetes API server at {client.host} refused the credentials of {where} (HTTP 401): "
+                    "renew them, or pass --kubeconfig with a current one")
+        if exc.status == 0:
+            return (f"{exc} ({where}): start the cluster, or fix the server address in the kubeconfig "
+                    "(`kubectl cluster-info` tells the same)")
+        if exc.status == 404:
+            return (f"{client.host} answers, but not as a Kubernetes API server (HTTP 404 for /version; {where}): "
+                    "fix the server address in the kubeconfig")
+        return None  # it answered: kopf reports other errors (RBAC, a 5xx) and retries as it meets them
+    finally:
+        client.close()
+    return None
 
 
 def _notify_targets(args: argparse.Namespace) -> tuple[object, ...]:

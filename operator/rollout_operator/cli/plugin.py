@@ -295,11 +295,12 @@ def _parser() -> argparse.ArgumentParser:
     p = add("list", "list PolicyRollouts with phase, step, weight and versions", _cmd_list, with_name=False)
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
     p = add("get", "one PolicyRollout as a table row, or the whole object with -o", _cmd_get)
-    p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table",
+                   help="table row (default), or the whole object as YAML or JSON")
     p = add("status", "steps, weight, guardrails, OPE verdict and recent events (-w: live)", _cmd_status)
     p.add_argument("-w", "--watch", action="store_true", help="redraw every --interval until the rollout ends")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to watch at most (exit 1 when reached)")
-    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with -w (default 1)")
     for verb, help_text in (
         ("promote", "complete the current step now (--full: skip every remaining step)"),
         ("approve", "grant the approval step the rollout is waiting at"),

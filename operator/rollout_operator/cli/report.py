@@ -15,7 +15,6 @@ import base64
 import dataclasses
 import html
 import math
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 from rollout_operator import api
 from rollout_operator.cli import live
 from rollout_operator.cli.session import event_time
+from rollout_operator.engine import conditions
 
 __all__ = ["GuardrailSeries", "Timeline", "guardrail_series", "timeline", "write"]
 
@@ -37,18 +37,6 @@ _PHASE_COLOURS = {
     "Paused": "#fdd0a2", "AwaitingApproval": "#dadaeb", "Promoted": "#74c476", "RollingBack": "#fc9272",
     "RolledBack": "#de2d26", "Aborted": "#fdae6b", "Failed": "#a50f15",
 }
-_CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
-
-
-def _time(ts: str | None) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
 
 @dataclasses.dataclass
 class GuardrailSeries:
@@ -124,12 +112,15 @@ def guardrail_series(obj: JSON, start: datetime, end: datetime, prometheus_url: 
             model_note = f"spec does not validate, series not queried: {str(e).splitlines()[0]}"
     result = []
     for rail in rails:
-        match = _CONDITION.match(rail.get("condition", ""))
+        try:
+            operator, threshold = conditions.parse_condition(rail.get("condition", ""))
+        except ValueError:
+            operator, threshold = None, None
         g = last.get(rail["name"], {})
         series = GuardrailSeries(
-            name=rail["name"], condition=rail.get("condition", ""),
-            operator=match.group(1) if match else None, threshold=float(match.group(2)) if match else None,
-            points=[], last_value=g.get("value"), last_at=_time(g.get("measuredAt")), verdict=g.get("verdict"),
+            name=rail["name"], condition=rail.get("condition", ""), operator=operator, threshold=threshold,
+            points=[], last_value=g.get("value"), last_at=live.parse_time(g.get("measuredAt")),
+            verdict=g.get("verdict"),
             note=model_note if url else "no Prometheus URL: only the last measurement is shown (--prometheus-url)",
         )
         if rollout is not None and url:
@@ -147,14 +138,14 @@ def timeline(obj: JSON, events: Sequence[JSON], now: datetime, prometheus_url: s
     status = obj.get("status") or {}
     weights = [
         (t, int(h.get("weight") or 0), str(h.get("phase", "")))
-        for h in status.get("history") or [] if (t := _time(h.get("time"))) is not None
+        for h in status.get("history") or [] if (t := live.parse_time(h.get("time"))) is not None
     ]
     marks = [
         (t, str(e.get("type") or "Normal"), str(e.get("reason") or ""), str(e.get("message") or ""))
-        for e in events if (t := _time(event_time(e))) is not None
+        for e in events if (t := live.parse_time(event_time(e))) is not None
     ]
     times = [w[0] for w in weights] + [m[0] for m in marks]
-    created = _time(obj["metadata"].get("creationTimestamp"))
+    created = live.parse_time(obj["metadata"].get("creationTimestamp"))
     start = min(times + ([created] if created else []), default=now)
     terminal = api.Phase(status.get("phase") or "Pending").terminal
     end = max(times, default=now) if terminal else now
@@ -172,9 +163,7 @@ def timeline(obj: JSON, events: Sequence[JSON], now: datetime, prometheus_url: s
 def _fails(value: float, operator: str | None, threshold: float | None) -> bool:
     if operator is None or threshold is None:
         return False
-    passes = {"<": value < threshold, "<=": value <= threshold, ">": value > threshold, ">=": value >= threshold,
-              "==": value == threshold, "!=": value != threshold}[operator]
-    return not passes
+    return not conditions.evaluate_condition(value, f"{operator} {threshold!r}")
 
 
 def _event_marks(events: Sequence[tuple[datetime, str, str, str]]) -> list[tuple[datetime, bool, str]]:

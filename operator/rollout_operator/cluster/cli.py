@@ -26,7 +26,7 @@ def add_cluster(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                     help="number of fake GPU nodes (nvidia.com/gpu allocatable, tainted; default: 1)")
     up.set_defaults(handler=_cmd_up)
     down = actions.add_parser("down", help="stop it and delete its directory")
-    down.add_argument("--dir", default=DEFAULT_DIR)
+    down.add_argument("--dir", default=DEFAULT_DIR, help="the directory `cluster up` used (default: %(default)s)")
     down.set_defaults(handler=_cmd_down)
 
 

@@ -47,7 +47,7 @@ def write_fallback(out: Path, env, samples: int = 2000, version: str = "list-pri
     import torch
 
     from policy_server import artifact
-    from policy_server.ope.cli import LoggedData
+    from policy_server.ope.logged import LoggedData
     from policy_server.sim import pricing
     from policy_server.train import trainer
 
@@ -76,10 +76,10 @@ def load_logs(url: str):  # -> tuple[LoggedData, np.ndarray]
     import pyarrow.compute as pc
 
     from policy_server import decision_log
-    from policy_server.ope import cli as ope_cli
+    from policy_server.ope import logged
     from policy_server.sim import pricing
 
-    data = ope_cli.load_logged(url)
+    data = logged.load_logged(url)
     table = decision_log.join_rewards(url, how="inner")
     served = pc.and_(pc.not_equal(table["variant"], "shadow"), pc.is_valid(table["action_index"]))
     table = table.filter(pc.fill_null(served, False))

@@ -37,6 +37,8 @@ one (`spec.policy`) does not.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from rollout_operator import api
 from rollout_operator.engine import analysis, steps, timeutil
 from rollout_operator.engine.context import Context
@@ -85,9 +87,12 @@ def reconcile_conditions(ctx: Context) -> None:
     others = [c for c in status.conditions if c.type not in CONDITION_TYPES]
     result = []
     for kind, (value, reason) in _wanted(ctx.spec, status).items():
-        text = "True" if value else "False"
+        text: Literal["True", "False"] = "True" if value else "False"
         before = previous.get(kind)
-        flipped = before is None or before.status != text
+        if before is not None and before.status == text:
+            since = before.last_transition_time  # unchanged: keep when it last flipped
+        else:
+            since = timeutil.to_iso(ctx.now)
         result.append(
             api.Condition(
                 type=kind,
@@ -95,7 +100,7 @@ def reconcile_conditions(ctx: Context) -> None:
                 reason=reason,
                 message=status.message or "",
                 observed_generation=ctx.observations.generation,
-                last_transition_time=timeutil.to_iso(ctx.now) if flipped else before.last_transition_time,
+                last_transition_time=since,
             )
         )
     status.conditions = result + others

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
+from typing import Any, Literal
 
 from rollout_operator import api
 from rollout_operator.engine import context, timeutil
@@ -21,7 +21,9 @@ from rollout_operator.engine.types import JobKind, JobObservation, JobRequest, J
 
 __all__ = ["desired_jobs", "job_id", "parse_result", "reconcile", "start", "wanted"]
 
-_VERDICT_PHASE = {"pass": "Passed", "fail": "Failed", "refuse": "Refused"}
+# How an evaluation ended (`api.OfflineEvaluationStatus.phase` less "Running").
+_Outcome = Literal["Passed", "Failed", "Refused", "Error"]
+_VERDICT_PHASE: dict[str, _Outcome] = {"pass": "Passed", "fail": "Failed", "refuse": "Refused"}
 
 
 def job_id(version: str, started_at: str | None) -> str:
@@ -107,16 +109,17 @@ def _summary(evaluation: api.OfflineEvaluationStatus) -> str:
     return f"{'; '.join(parts)}; {evaluation.baseline} baseline {baseline}, required {required}, ESS {ess}"
 
 
-def _fail(ctx: Context, phase: str, reason: str, message: str) -> None:
+def _fail(ctx: Context, phase: _Outcome, reason: str, message: str) -> None:
     evaluation = ctx.status.offline_evaluation
     assert evaluation is not None
-    evaluation.phase = phase  # type: ignore[assignment]
+    evaluation.phase = phase
     evaluation.completed_at = timeutil.to_iso(ctx.now)
     evaluation.message = message
     context.transition(ctx, api.Phase.FAILED, reason, f"{message}; the candidate got no traffic", warning=True)
 
 
-def _finish(ctx: Context, observed: JobObservation) -> None:
+def _finish(ctx: Context, observed: JobObservation) -> bool:
+    """Record the finished Job's verdict and move the phase on; True when the rollout failed."""
     evaluation = ctx.status.offline_evaluation
     assert evaluation is not None
     if observed.state is JobState.FAILED:
@@ -126,27 +129,29 @@ def _finish(ctx: Context, observed: JobObservation) -> None:
         _fail(ctx, "Error", "OfflineEvaluationJobFailed",
               f"offline evaluation Job {evaluation.job_id} failed ({detail}); check the dataset URL and the "
               "artifacts, then `retry`")
-        return
+        return True
     parsed = parse_result(observed.result) if observed.result is not None else None
     if parsed is None:
         _fail(ctx, "Error", "OfflineEvaluationNoResult",
               f"offline evaluation Job {evaluation.job_id} succeeded but reported no gate result in its termination "
               "message; run `policy-server ope --write-result /dev/termination-log` in the Job")
-        return
+        return True
     verdict, reason, fields = parsed
     for name, value in fields.items():
         setattr(evaluation, name, value)
-    evaluation.phase = _VERDICT_PHASE[verdict]  # type: ignore[assignment]
+    evaluation.phase = _VERDICT_PHASE[verdict]
     evaluation.completed_at = timeutil.to_iso(ctx.now)
     evaluation.message = reason
     summary = _summary(evaluation)
     if verdict == "pass":
         context.enter_step(ctx, 0, "OfflineEvaluationPassed", f"offline evaluation passed: {summary}")
-    elif verdict == "fail":
+        return False
+    if verdict == "fail":
         _fail(ctx, "Failed", "OfflineEvaluationFailed", f"offline evaluation failed: {reason} ({summary})")
     else:
         _fail(ctx, "Refused", "OfflineEvaluationRefused",
               f"offline evaluation refused to judge: {reason} ({summary})")
+    return True
 
 
 def reconcile(ctx: Context) -> bool:
@@ -163,5 +168,4 @@ def reconcile(ctx: Context) -> bool:
     if observed is None or observed.state is JobState.RUNNING:
         status.message = f"waiting for offline evaluation Job {evaluation.job_id} of {ctx.version}"
         return True
-    _finish(ctx, observed)
-    return status.phase is api.Phase.FAILED
+    return _finish(ctx, observed)

@@ -98,8 +98,10 @@ def _completion(ctx: Context) -> tuple[str, str] | None:
         return None
     end = steps.natural_end(step, started)
     if end is not None and ctx.now >= end:
-        what = "shadow" if kind is StepKind.SHADOW else "pause"
-        return "StepComplete", f"{what} of {step.shadow.duration if step.shadow else step.pause.duration} ended"
+        if step.shadow is not None:
+            return "StepComplete", f"shadow of {step.shadow.duration} ended"
+        assert step.pause is not None  # natural_end: only shadow steps and timed pauses end by themselves
+        return "StepComplete", f"pause of {step.pause.duration} ended"
     return None
 
 

@@ -40,7 +40,7 @@ def version_of(ident: str) -> str:
 
 def latest_slot(schedule: str, now: datetime) -> datetime:
     """The most recent slot of `schedule` strictly before `now` (UTC)."""
-    return croniter(schedule, timeutil.require_utc(now)).get_prev(datetime)  # type: ignore[no-any-return]
+    return croniter(schedule, timeutil.require_utc(now)).get_prev(datetime)
 
 
 def desired_jobs(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> tuple[JobRequest, ...]:
@@ -101,10 +101,12 @@ def _update(ctx: Context, entry: api.TrainingJobStatus, observed: JobObservation
         return
     entry.phase = "Succeeded"
     entry.artifact, entry.version = artifact, version
-    ope = result.get("ope") if isinstance(result.get("ope"), dict) else {}
+    reported = result.get("ope")
+    ope: dict[str, object] = reported if isinstance(reported, dict) else {}
+    verdict = ope.get("verdict")
     entry.estimate = _number(ope.get("estimate"))
     entry.baseline_value = _number(ope.get("baselineValue"))
-    entry.verdict = ope.get("verdict") if isinstance(ope.get("verdict"), str) else None
+    entry.verdict = verdict if isinstance(verdict, str) else None
     entry.message = f"trained {version} at {artifact}"
     if entry.estimate is not None and entry.baseline_value is not None:
         entry.message += f" (OPE estimate {entry.estimate:.4g} vs behaviour {entry.baseline_value:.4g})"

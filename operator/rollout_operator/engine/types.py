@@ -13,6 +13,21 @@ import enum
 
 from rollout_operator import api
 
+__all__ = [
+    "Decision",
+    "Event",
+    "EventType",
+    "JobKind",
+    "JobObservation",
+    "JobRequest",
+    "JobState",
+    "ManualAction",
+    "Measurement",
+    "Observations",
+    "Weights",
+    "Workloads",
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
@@ -35,6 +50,7 @@ class Weights:
 
     @property
     def stable(self) -> int:
+        """The stable variant's percent of the traffic."""
         return 100 - self.candidate
 
 
@@ -47,6 +63,8 @@ class ManualAction:
 
 
 class JobState(enum.StrEnum):
+    """Where a Job the operator created stands."""
+
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -66,6 +84,8 @@ class JobObservation:
 
 
 class JobKind(enum.StrEnum):
+    """What a Job does: evaluate the candidate offline, or train a new policy."""
+
     OFFLINE_EVALUATION = "ope"
     TRAINING = "train"
 
@@ -102,12 +122,16 @@ class Observations:
 
 
 class EventType(enum.StrEnum):
+    """The type of a Kubernetes Event."""
+
     NORMAL = "Normal"
     WARNING = "Warning"
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to record on the rollout (reason in CamelCase, message for humans)."""
+
     type: EventType
     reason: str
     message: str
@@ -123,6 +147,8 @@ class Workloads:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
+    """What `decide` wants: the status to write, what each variant runs, the split and the Jobs."""
+
     status: api.PolicyRolloutStatus
     workloads: Workloads
     weights: Weights

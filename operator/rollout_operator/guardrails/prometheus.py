@@ -115,7 +115,7 @@ def _parse(response: httpx.Response) -> types.Measurement:
         )
     data = body.get("data") or {}
     result_type = data.get("resultType")
-    result = data.get("result")
+    result: Any = data.get("result")  # JSON; a malformed one raises here and is reported by `query`
     if result_type == "scalar":
         return _number(result[1])
     if result_type != "vector":

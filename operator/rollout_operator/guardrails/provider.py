@@ -15,6 +15,17 @@ from typing import Protocol, runtime_checkable
 
 from rollout_operator.engine import types
 
+__all__ = [
+    "HTTP_ERROR",
+    "MULTIPLE_SERIES",
+    "NOT_A_NUMBER",
+    "NOT_SCALAR",
+    "NO_DATA",
+    "QUERY_FAILED",
+    "UNREACHABLE",
+    "MetricProvider",
+]
+
 # Sentinels contained in `Measurement.error` (test with `in`).
 NO_DATA = "no data"  # empty result: metric not scraped yet, wrong labels, no traffic
 MULTIPLE_SERIES = "more than one series"  # the query must aggregate to one number

@@ -12,6 +12,7 @@ __all__ = ["demo_command", "run_command"]
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from rollout_operator import checks
     from rollout_operator.demo import view
     from rollout_operator.local import loadgen, processes, run
 
@@ -21,11 +22,11 @@ def run_command(args: argparse.Namespace) -> int:
     except run.ManifestError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    for spec in (rollout.spec.policy, rollout.spec.fallback):
-        if "://" in spec.artifact and not spec.artifact.startswith("file://"):
-            sys.stderr.write(f"error: local mode serves local artifacts; {spec.artifact!r} is remote: copy it to a "
-                             "directory and name that path in the manifest\n")
-            return 2
+    # Everything that cannot work is said now, before any process starts.
+    problems = checks.spec_problems(rollout) + checks.local_artifact_problems(rollout)
+    if problems:
+        sys.stderr.write("".join(f"error: {args.filename}: {problem}\n" for problem in problems))
+        return 2
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="policy-rollouts-local-"))
     live = view.LiveView()
     local = run.LocalPlatform(workdir, seed=args.seed, on_event=live.event)

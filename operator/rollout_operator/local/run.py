@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rollout_operator import api, reconciler
+from rollout_operator import api, checks, reconciler
 from rollout_operator.engine import types
 from rollout_operator.guardrails import factory as metrics_factory
 from rollout_operator.local import jobs, processes, prometheus, store, traffic, workloads
@@ -47,10 +47,7 @@ def load_manifest(path: str | Path) -> api.PolicyRollout:
     try:
         return api.PolicyRollout.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
-        )
-        raise ManifestError(f"{path}: invalid PolicyRollout: {problems}") from None
+        raise ManifestError(f"{path}: invalid PolicyRollout: {checks.format_validation_error(exc)}") from None
 
 
 @dataclasses.dataclass(frozen=True)

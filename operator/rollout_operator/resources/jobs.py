@@ -88,13 +88,7 @@ def _job(
         "terminationMessagePath": RESULT_PATH,
         # A crash before the result is written still tells the operator why (the log's tail).
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": meta.container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     tolerations = [t.wire() for t in template.tolerations]
@@ -107,7 +101,7 @@ def _job(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the Job talks to no API: its result goes out as a file
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "fsGroup": 65532},
+        "securityContext": meta.pod_security_context(),
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }

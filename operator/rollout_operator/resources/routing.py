@@ -23,7 +23,6 @@ from rollout_operator.resources import meta
 from rollout_operator.resources.workload import (
     SERVICE_PORT,
     decision_log_args,
-    pod_security_context,
     scrape_annotations,
 )
 
@@ -209,13 +208,7 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": meta.container_security_context(),
         "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
     if rollout.spec.decision_log is not None:  # the log's storage credentials: the router runs the fallback's image
@@ -238,7 +231,7 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
                 "spec": {
                     "serviceAccountName": name,
                     "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
+                    "securityContext": meta.pod_security_context(),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [{"name": "state", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],

@@ -21,20 +21,6 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
 }
-RUN_AS_USER = 65532  # the conventional "nonroot" uid of distroless images
-
-
-def pod_security_context() -> dict[str, Any]:
-    """Non-root, fixed uid, default seccomp: every pod the operator creates runs this way."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "fsGroup": RUN_AS_USER,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def scrape_annotations(port: int) -> dict[str, str]:
     """The annotations a Prometheus pod scrape config keys on."""
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
@@ -96,13 +82,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         "resources": _resources(policy),
         "readinessProbe": _probe("/readyz", period=2, failures=3),
         "livenessProbe": _probe("/healthz", period=10, failures=3),
-        "securityContext": {
-            "runAsNonRoot": True,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": meta.container_security_context(),
         "volumeMounts": [{"name": vol, "mountPath": path} for vol, path in SCRATCH_VOLUMES.items()],
     }
     return {
@@ -128,7 +108,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
                     # The policy server never talks to the Kubernetes API.
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
+                    "securityContext": meta.pod_security_context(),
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [{"name": vol, "emptyDir": {}} for vol in SCRATCH_VOLUMES],

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
 
+__all__ = ["TrafficError", "TrafficRouter"]
+
 
 class TrafficError(Exception):
     """A provider could not read or write its routing objects (the message says why and what to do)."""

@@ -12,15 +12,21 @@ from typing import Protocol
 from rollout_operator import api
 from rollout_operator.engine import types
 
+__all__ = ["WorkloadManager", "WorkloadState"]
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkloadState:
+    """What `WorkloadManager.observe` read back: each variant's readiness and the stable version."""
+
     candidate_ready: bool
     stable_ready: bool
     stable_running_version: str | None
 
 
 class WorkloadManager(Protocol):
+    """Runs each variant's policy (Deployments and Services, or local processes) and reports readiness."""
+
     def ensure(self, rollout: api.PolicyRollout, workloads: types.Workloads) -> None:
         """Make each variant run what `workloads` says (idempotent)."""
 

@@ -8,22 +8,27 @@ back at 0% and the guardrail named in status.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from rollout_operator import api
 from rollout_operator.demo import artifacts
-from rollout_operator.local import loadgen, prometheus, run
+from rollout_operator.local import loadgen, run
 
 from policy_server import decision_log
+from tests.support import requirements
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(shutil.which("prometheus") is None, reason=prometheus.INSTALL_HINT),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prometheus_installed() -> None:
+    """Prometheus runs as a local process here: without it these tests fail, saying how to install it."""
+    requirements.prometheus()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ reads back exactly what `httproute` wrote."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -13,18 +12,15 @@ from rollout_operator import api
 from rollout_operator.engine.types import Weights
 from rollout_operator.resources import httproute
 
-from tests.support import crd_validation
+from tests.support import crd_validation, requirements
 from tests.support.kube import policy_rollout_manifest
 
-SCHEMA = Path(__file__).parents[3] / ".." / "shared" / "schemas" / "gateway-api-v1.6.1-httproutes.yaml"
 CASES = [Weights(0), Weights(30), Weights(100), Weights(0, shadow=True), Weights(30, shadow=True)]
 
 
 @pytest.fixture(scope="module")
 def crd() -> dict:
-    if not SCHEMA.exists():
-        pytest.skip(f"Gateway API schema not found at {SCHEMA.resolve()}")
-    return crd_validation.load_crd(SCHEMA)
+    return crd_validation.load_crd(requirements.schema("gateway-api-v1.6.1-httproutes.yaml"))
 
 
 @pytest.fixture()

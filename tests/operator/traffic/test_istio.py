@@ -7,7 +7,6 @@ split, finalize removes it, and missing hosts or a cluster without Istio fail cl
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -17,12 +16,11 @@ from rollout_operator.resources import virtualservice
 from rollout_operator.traffic.base import TrafficError, TrafficRouter
 from rollout_operator.traffic.istio import IstioRouter
 
-from tests.support import crd_validation
+from tests.support import crd_validation, requirements
 from tests.support.cluster import ClusterAPI as KubeAPI
 from tests.support.cluster import cluster_as_kube_api, cluster_client, without_crd  # noqa: F401 - the real control plane
 from tests.support.kube import policy_rollout_manifest
 
-SCHEMA = Path(__file__).parents[3] / ".." / "shared" / "schemas" / "istio-1.30.3-virtualservices.yaml"
 CASES = [Weights(0), Weights(30), Weights(100), Weights(0, shadow=True), Weights(30, shadow=True)]
 
 
@@ -34,9 +32,7 @@ def _manifest(name: str = "bidder", namespace: str = "ads") -> dict:
 
 @pytest.fixture(scope="module")
 def crd() -> dict:
-    if not SCHEMA.exists():
-        pytest.skip(f"Istio schema not found at {SCHEMA.resolve()}")
-    crd = crd_validation.load_crd(SCHEMA)
+    crd = crd_validation.load_crd(requirements.schema("istio-1.30.3-virtualservices.yaml"))
     # Istio's generated CRD leaves apiVersion/kind out of its root schema; the API server accepts
     # them on every object anyway (they select the schema), so declare them as it implicitly does.
     for version in crd["spec"]["versions"]:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from policy_server import decision_log
+from policy_server.decision_log import reader
 from tests.policy_server.router.conftest import HttpClient, start_router, total, url
 from tests.support.policy_server import cli_server, metric
 
@@ -242,7 +242,7 @@ def test_decision_log_records_variant_served_by_and_assignment_probability(stabl
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert router.stop() == 0  # SIGTERM flushes the log
-    rows = decision_log.read_decisions(str(logdir)).to_pylist()
+    rows = reader.read_decisions(str(logdir)).to_pylist()
     shadow = [r for r in rows if r["served_by"] == "shadow"]
     live = [r for r in rows if r["served_by"] != "shadow"]
     assert {r["request_id"] for r in live} == set(served)

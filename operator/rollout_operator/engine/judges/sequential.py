@@ -65,11 +65,17 @@ def update(
     """
     new = (state or api.JudgeStatus(kind="sequential")).model_copy()  # only last_raw is mutable inside
     new.last_raw = dict(new.last_raw)
-    missing = [k for k in SERIES_KEYS if raw.get(k) is None or not math.isfinite(raw[k])]  # type: ignore[arg-type]
+    values: dict[str, float] = {}
+    missing = []
+    for key in SERIES_KEYS:
+        value = raw.get(key)
+        if value is None or not math.isfinite(value):
+            missing.append(key)
+        else:
+            values[key] = float(value)
     if missing:
         new.consecutive_inconclusive += 1
         return new, f"no value for {', '.join(missing)}"
-    values = {k: float(raw[k]) for k in SERIES_KEYS}  # type: ignore[arg-type]
     if not new.last_raw:
         new.last_raw = values
         new.consecutive_inconclusive = 0

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from rollout_operator.engine.judges import mixture
 
+from tests.support import requirements
+
 
 def test_radius_shrinks_with_information_and_grows_with_confidence() -> None:
     radii = [mixture.radius(1.0, w, tau=0.1, alpha=0.05) for w in (10, 100, 1000, 10000)]
@@ -33,7 +35,7 @@ def test_known_variance_sequence_covers_zero_at_every_look_with_probability_1_mi
 
 @pytest.mark.parametrize("dof", [1, 2, 5, 20, 100])
 def test_chi2_quantile_matches_scipy_and_errs_low_in_the_lower_tail(dof: int) -> None:
-    stats = pytest.importorskip("scipy.stats")
+    stats = requirements.module("scipy.stats", "install the dev extra: pip install -e '.[dev]' (scipy is in server)")
     for q in (0.0125, 0.025, 0.5, 0.975):
         exact = stats.chi2.ppf(q, dof)
         assert mixture.chi2_quantile(q, dof) == pytest.approx(exact, rel=1e-9 if dof <= 2 else 0.08)
