@@ -54,14 +54,18 @@ def local(tmp_path_factory: pytest.TempPathFactory):
         platform.close()
 
 
-def _rollout(name: str, policies: dict[str, Path], guardrail: dict, **extra: object) -> api.PolicyRollout:
+STEPS = [{"shadow": {"duration": "6s"}}, {"setWeight": 50}, {"pause": {"duration": "4s"}}]
+
+
+def _rollout(name: str, policies: dict[str, Path], guardrail: dict, steps: list[dict] = STEPS,
+             **extra: object) -> api.PolicyRollout:
     return api.PolicyRollout.model_validate({
         "metadata": {"name": name, "namespace": "test", "generation": 1},
         "spec": {
             **extra,
             "policy": {"image": "local", "artifact": str(policies["candidate"]), "version": "v2"},
             "fallback": {"image": "local", "artifact": str(policies["fallback"]), "version": "list-price-v1"},
-            "steps": [{"shadow": {"duration": "6s"}}, {"setWeight": 50}, {"pause": {"duration": "4s"}}],
+            "steps": steps,
             "analysis": {"interval": "2s", "guardrails": [guardrail]},
             "progressDeadline": "2m",
         },
@@ -129,9 +133,12 @@ def test_promotes_through_shadow_and_canary(
 def test_rolls_back_on_a_breaking_guardrail(local: run.LocalPlatform, policies: dict[str, Path]) -> None:
     # the candidate explores 20% of the time over 5 prices, so it breaks the margin floor now and then:
     # a zero-tolerance guardrail on the violation rate must roll it back
+    # A long pause at 50 %: on a loaded machine the load generator may send few requests in 4 s, and a
+    # window without a violation passes; the rollback comes at the first violating window either way.
+    steps = [*STEPS[:2], {"pause": {"duration": "40s"}}]
     rollout = _rollout("rollback", policies, {"name": "margin", "template": "constraint-violation-rate",
                                               "params": {"window": "4s"}, "condition": "<= 0",
-                                              "failureLimit": 1, "inconclusiveLimit": 10})
+                                              "failureLimit": 1, "inconclusiveLimit": 10}, steps=steps)
     result, _ = _drive(local, rollout)
     status = result.rollout.status
     assert status.phase is api.Phase.ROLLED_BACK, status.message
