@@ -53,7 +53,7 @@ from rollout_operator.cluster.control_plane import ControlPlane  # noqa: E402
 from rollout_operator.resources import httproute  # noqa: E402
 
 from tests.support import helm_chart  # noqa: E402
-from tests.support.cluster import ChartRBAC, install_crds, service_account_kubeconfig  # noqa: E402
+from tests.support.cluster import ChartRBAC, audit_events, install_crds, service_account_kubeconfig  # noqa: E402
 from tests.support.kube import policy_rollout_manifest  # noqa: E402
 from tests.support.operator_process import OperatorProcess  # noqa: E402
 from tests.support.prometheus import Exporter, PrometheusServer, free_port  # noqa: E402
@@ -236,28 +236,12 @@ def chart_from(tree: Path | None) -> Iterator[None]:
 # ------------------------------------------------------------------------------------ audit log
 
 
-def _lines(path: Path, start: int, end: int) -> Iterator[bytes]:
-    """The lines of a file between two byte offsets, read as a stream (the log may be large)."""
-    with path.open("rb") as log:
-        log.seek(start)
-        position = start
-        for line in log:
-            position += len(line)
-            if position > end:
-                return
-            yield line
-
-
 def audit_calls(path: Path, start: int, end: int, user: str, finished: set[tuple[str, str]]) -> dict[str, Any]:
     """The operator's requests between two offsets of the audit log; a watch counts once, when it starts."""
     by_verb: collections.Counter[str] = collections.Counter()
     by_resource: collections.Counter[str] = collections.Counter()
     on_finished = 0
-    for line in _lines(path, start, end):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line cut by an offset
+    for event in audit_events(path, start, end):
         ref, verb, stage = event.get("objectRef"), event.get("verb"), event.get("stage")
         if not ref or event.get("user", {}).get("username") != user:
             continue

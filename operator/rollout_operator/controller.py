@@ -23,7 +23,7 @@ from typing import Any
 
 import pydantic
 
-from rollout_operator import api, checks, informers, kube, reconciler, workqueue
+from rollout_operator import api, checks, engine, informers, kube, reconciler, workqueue
 from rollout_operator import metrics as operator_metrics
 from rollout_operator.engine import types
 from rollout_operator.guardrails import factory as metrics_factory
@@ -58,22 +58,25 @@ class OperatorConfig:
 
 
 def priority_of(body: dict[str, Any]) -> Priority:
-    """How urgent a reconcile of this rollout is, from its stored object alone.
-
-    A rollback under way or an abort not yet acted on lowers traffic: first. A rollout with
-    live candidate traffic whose guardrails may breach: next. Everything else can wait.
-    """
+    """How urgent a reconcile of this rollout is, from its stored object alone (see `_priority`)."""
     status = body.get("status") or {}
-    phase = status.get("phase")
+    action = ((body.get("metadata") or {}).get("annotations") or {}).get(api.ANNOTATION_ACTION)
+    return _priority(status.get("phase"), int(status.get("canaryWeight") or 0), bool(status.get("shadow")),
+                     action, status.get("lastActionId"))
+
+
+def _priority(phase: str | None, canary_weight: int, shadow: bool, action: str | None,
+              last_action_id: str | None) -> Priority:
+    """A rollback under way or an abort not yet acted on lowers traffic: first. A rollout with
+    live candidate traffic whose guardrails may breach: next. Everything else can wait."""
     if phase in (api.Phase.PROMOTED, api.Phase.ROLLED_BACK, api.Phase.ABORTED, api.Phase.FAILED):
         return Priority.ROUTINE
     if phase == api.Phase.ROLLING_BACK:
         return Priority.ROLLBACK
-    action = ((body.get("metadata") or {}).get("annotations") or {}).get(api.ANNOTATION_ACTION) or ""
-    verb, _, ident = action.partition("/")
-    if verb.strip() == "abort" and ident.strip() != status.get("lastActionId"):
+    manual = engine.parse_action(action)
+    if manual is not None and manual.verb == "abort" and manual.id != last_action_id:
         return Priority.ROLLBACK
-    if int(status.get("canaryWeight") or 0) > 0 or status.get("shadow"):
+    if canary_weight > 0 or shadow:
         return Priority.ANALYSIS
     return Priority.ROUTINE
 
@@ -107,7 +110,7 @@ class Controller:
         self._routers: dict[api.TrafficProvider, traffic_base.TrafficRouter] = {}
         self._locks: dict[Key, threading.Lock] = {}
         self._adopted: set[Key] = set()
-        self._warned: set[tuple[str, str, int | None, str]] = set()
+        self._warned: dict[Key, tuple[int | None, str]] = {}  # the last SpecProblem said, per rollout
         self._guard = threading.Lock()
         self.platform = reconciler.Platform(
             workloads=k8s_workloads.KubernetesWorkloads(self.client),
@@ -216,7 +219,6 @@ class Controller:
 
     def _next(self, rollout: api.PolicyRollout, decision: types.Decision, elapsed: float) -> Outcome:
         status = decision.status
-        body = {"metadata": {"annotations": rollout.metadata.annotations}, "status": status.wire()}
         if decision.requeue_after is None:
             # Only the outside world can move it now, and its changes wake us; finished ones sleep for good.
             if status.phase.terminal:
@@ -224,14 +226,17 @@ class Controller:
             degraded = self.client.informers.degraded  # some kind is not watched: its changes must be polled
             return Outcome(self.config.tick_seconds if degraded else self.config.resync_seconds)
         # requeue_after counts from when the reconcile started, not from its (possibly slow) end.
-        return Outcome(max(decision.requeue_after - elapsed, 0.0), priority_of(body))
+        priority = _priority(status.phase, status.canary_weight, status.shadow,
+                             rollout.metadata.annotations.get(api.ANNOTATION_ACTION), status.last_action_id)
+        return Outcome(max(decision.requeue_after - elapsed, 0.0), priority)
 
     def _warn_once(self, rollout: api.PolicyRollout, message: str) -> None:
         """A spec edited into one that cannot work, mid-rollout: one Warning per generation, not one per reconcile."""
-        key = (rollout.metadata.namespace, rollout.metadata.name, rollout.metadata.generation, message)
-        if key in self._warned:
-            return
-        self._warned.add(key)
+        key, said = (rollout.metadata.namespace, rollout.metadata.name), (rollout.metadata.generation, message)
+        with self._guard:
+            if self._warned.get(key) == said:
+                return
+            self._warned[key] = said
         self.record_event(rollout, types.Event(types.EventType.WARNING, "SpecProblem", message))
 
     def _reject(self, body: dict[str, Any], message: str) -> None:
@@ -254,6 +259,8 @@ class Controller:
         """Remove the traffic objects of a deleted rollout; Deployments and Services go with the owner references."""
         namespace, name = _key(body)
         self.release(namespace, name)
+        with self._guard:
+            self._warned.pop((namespace, name), None)
         if self.metrics is not None:
             self.metrics.forget(namespace, name)
         try:

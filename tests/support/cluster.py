@@ -110,6 +110,22 @@ def operator_rbac(control_plane: ControlPlane, tmp_path_factory: pytest.TempPath
     return ChartRBAC(control_plane, tmp_path_factory.mktemp("operator-rbac"))
 
 
+def audit_events(path: Path, start: int = 0, end: int | None = None) -> Iterator[dict[str, Any]]:
+    """The API server's audit events between two byte offsets of its log, streamed (the log may be large).
+
+    A line cut by an offset or still being written is skipped.
+    """
+    with path.open("rb") as log:
+        log.seek(start)
+        position = start
+        for line in log:
+            position += len(line)
+            if end is not None and position > end:
+                return
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
+
+
 class ClusterAPI:
     """The real API server, with the accessors the emulator-era tests use.
 
@@ -179,22 +195,17 @@ class ClusterAPI:
         """Every resource request since this test began, from the API server's audit log."""
         if not self.plane.audit_log.exists():
             return []
-        with self.plane.audit_log.open("rb") as log:
-            log.seek(self._audit_offset)
-            lines = log.read().splitlines()
         calls = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                ref = event.get("objectRef")
-                if not ref or event.get("stage") != "ResponseComplete":
-                    continue
-                calls.append(ApiCall(event["verb"], ref.get("apiGroup", ""), ref.get("apiVersion", ""),
-                                     ref["resource"], ref.get("subresource"), ref.get("namespace"),
-                                     user_agent=event.get("userAgent", ""),
-                                     user=event.get("user", {}).get("username", ""),
-                                     status=int(event.get("responseStatus", {}).get("code", 0)),
-                                     name=ref.get("name")))
+        for event in audit_events(self.plane.audit_log, self._audit_offset):
+            ref = event.get("objectRef")
+            if not ref or event.get("stage") != "ResponseComplete":
+                continue
+            calls.append(ApiCall(event["verb"], ref.get("apiGroup", ""), ref.get("apiVersion", ""),
+                                 ref["resource"], ref.get("subresource"), ref.get("namespace"),
+                                 user_agent=event.get("userAgent", ""),
+                                 user=event.get("user", {}).get("username", ""),
+                                 status=int(event.get("responseStatus", {}).get("code", 0)),
+                                 name=ref.get("name")))
         return calls
 
     def calls_to(self, resource: str) -> list[ApiCall]:
