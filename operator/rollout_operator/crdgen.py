@@ -25,6 +25,7 @@ from pydantic import json_schema
 from pydantic_core import core_schema
 
 from rollout_operator import api
+from rollout_operator.errors import RolloutOperatorError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "policyrollout.yaml"
@@ -38,7 +39,7 @@ CATEGORIES = ["policy"]
 _DROPPED_KEYS = {"title", "$defs", "$schema"}
 
 
-class SchemaError(ValueError):
+class SchemaError(RolloutOperatorError, ValueError):
     """A model produced a schema that cannot be made structural; the message says which node."""
 
 

@@ -35,13 +35,15 @@ import urllib3
 import yaml
 from kubernetes.dynamic import exceptions as dyn_errors
 
+from rollout_operator.errors import RolloutOperatorError
+
 __all__ = ["Client", "Conflict", "Forbidden", "Invalid", "KubeError", "NotFound", "UnknownKind"]
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 
 
-class KubeError(Exception):
+class KubeError(RolloutOperatorError):
     """A Kubernetes API call failed; `status` is the HTTP status (0 if the server was not reached)."""
 
     def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:

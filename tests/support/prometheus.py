@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -49,15 +48,9 @@ from typing import Any
 import httpx
 import prometheus_client
 import pytest
+from rollout_operator.cluster.ports import free_port
 
 PROMETHEUS_BINARY = os.environ.get("PROMETHEUS_BINARY") or shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the kernel picks it; the race is tiny)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------- exporter

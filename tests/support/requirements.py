@@ -37,7 +37,7 @@ def schema(file_name: str) -> Path:
 
 def prometheus() -> str:
     """The Prometheus binary local mode runs ($PROMETHEUS_BINARY, then PATH), or fail saying how to install it."""
-    from rollout_operator.local import prometheus as local_prometheus
+    from rollout_lab.local import prometheus as local_prometheus
 
     try:
         return local_prometheus.find_binary()

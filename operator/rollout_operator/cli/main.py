@@ -3,7 +3,8 @@
 To add a subcommand, write `_add_<name>(subparsers)` that declares its arguments and sets
 `handler=` to a `_cmd_<name>(args) -> int` function, then append `_add_<name>` to `COMMANDS`.
 Handlers return the process exit status; imports of heavy modules belong inside them so that
-`policy-rollouts --help` stays fast.
+`policy-rollouts --help` stays fast. Commands of other packages (`run`, `demo`, `bench-judges` from
+`rollout_lab`) arrive through the `policy_rollouts.commands` entry point.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
-from rollout_operator.bench import cli as bench_cli
 from rollout_operator.cluster import cli as cluster_cli
 
 # The operator's /metrics port: not 8080, which policy servers listen on by convention
@@ -228,56 +229,29 @@ def _notify_targets(args: argparse.Namespace) -> tuple[object, ...]:
     return tuple(targets)
 
 
-def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run a PolicyRollout on this machine (local processes, a local Prometheus, simulated traffic)",
-        description="Execute a PolicyRollout manifest with the operator's engine, without a cluster: policy servers "
-        "and the router run as local processes, Prometheus scrapes them, and simulated customers of "
-        "policy_server.sim's pricing environment call the router. Artifacts in the manifest must be local paths.",
-    )
-    parser.add_argument("-f", "--filename", required=True, help="PolicyRollout manifest (YAML)")
-    parser.add_argument("--workdir", default=None, help="where logs, decision logs and status go (default: a temp dir)")
-    parser.add_argument("--rate", type=float, default=150.0, help="simulated requests per second (0: no traffic)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(handler=_cmd_run)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from rollout_operator.local import cli as local_cli
-
-    return local_cli.run_command(args)
-
-
-def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="the whole product on one machine: log, train, offline gate, shadow, canary, rollback and promotion",
-        description="Log traffic of the fallback pricing policy, train two candidates (an honest one and one that "
-        "games its reward by breaking the margin floor), and roll both out locally with guardrails: the reward "
-        "hacker is rolled back, the honest one promoted. Writes DIR/report.json and DIR/report.html.",
-    )
-    parser.add_argument("--fast", action="store_true", help="short steps and small data (about 2-3 minutes)")
-    parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(handler=_cmd_demo)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from rollout_operator.local import cli as local_cli
-
-    return local_cli.demo_command(args)
-
-
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_crds,
     _add_operator,
-    _add_run,
-    _add_demo,
-    bench_cli.add_bench_judges,
     cluster_cli.add_cluster,
 ]
+
+
+# Other packages add subcommands through this entry-point group (`rollout_lab` adds `run`, `demo`
+# and `bench-judges`): the dependency points from them to the operator, never back.
+COMMANDS_ENTRY_POINT_GROUP = "policy_rollouts.commands"
+
+
+def _plugin_commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
+    """The `register(subparsers)` functions of installed packages; one that cannot load is left out."""
+    found = []
+    for entry in sorted(metadata.entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ImportError as exc:
+            # An operator image lacks the local-mode dependencies: the operator still runs.
+            sys.stderr.write(f"warning: commands of {entry.value} unavailable ({exc}); "
+                             f"install policy-rollouts[server] for run and demo\n")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Progressive delivery for reinforcement-learning policies on Kubernetes.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
+    for add in [*COMMANDS, *_plugin_commands()]:
         add(subparsers)
     return parser
 

@@ -17,13 +17,14 @@ from typing import Any
 import kubernetes
 
 from rollout_operator import api, kube
+from rollout_operator.errors import RolloutOperatorError
 
 __all__ = ["PluginError", "Session", "new_id", "resolve_kubeconfig"]
 
 JSON = dict[str, Any]
 
 
-class PluginError(Exception):
+class PluginError(RolloutOperatorError):
     """A failure the user can fix; the message is the whole story (exit status 1)."""
 
 

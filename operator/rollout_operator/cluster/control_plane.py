@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from rollout_operator.cluster import pki
-from rollout_operator.local.processes import free_port
+from rollout_operator.cluster.ports import free_port
+from rollout_operator.errors import RolloutOperatorError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BINARIES_SCRIPT = REPO_ROOT / "scripts" / "kube-binaries.sh"
@@ -65,7 +66,7 @@ AUDIT_POLICY = {
 Progress = Callable[[str], None]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(RolloutOperatorError, RuntimeError):
     """The control plane could not be built, started or reached; the message says what to do."""
 
 

@@ -31,11 +31,12 @@ import re
 from collections.abc import Mapping
 
 from rollout_operator import api
+from rollout_operator.errors import RolloutOperatorError
 
 __all__ = ["TemplateError", "guardrail_variables", "promql_duration", "render"]
 
 
-class TemplateError(ValueError):
+class TemplateError(RolloutOperatorError, ValueError):
     """A guardrail query cannot be rendered safely; the message says which placeholder and why."""
 
 

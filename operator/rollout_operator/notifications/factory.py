@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rollout_operator import api
+from rollout_operator.errors import RolloutOperatorError
 from rollout_operator.notifications import base, slack, webhook
 
 FORMATTERS: dict[api.NotificationFormat, Callable[[], base.Formatter]] = {
@@ -13,7 +14,7 @@ FORMATTERS: dict[api.NotificationFormat, Callable[[], base.Formatter]] = {
 }
 
 
-class UnknownFormat(ValueError):
+class UnknownFormat(RolloutOperatorError, ValueError):
     """A notification format this operator cannot produce."""
 
 

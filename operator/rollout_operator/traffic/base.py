@@ -11,11 +11,12 @@ from typing import Protocol, runtime_checkable
 
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
+from rollout_operator.errors import RolloutOperatorError
 
 __all__ = ["TrafficError", "TrafficRouter"]
 
 
-class TrafficError(Exception):
+class TrafficError(RolloutOperatorError):
     """A provider could not read or write its routing objects (the message says why and what to do)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rollout_operator import api, kube
+from rollout_operator.errors import RolloutOperatorError
 from rollout_operator.traffic.base import TrafficRouter
 from rollout_operator.traffic.gateway_api import GatewayAPIRouter
 from rollout_operator.traffic.istio import IstioRouter
@@ -19,7 +20,7 @@ ROUTERS: dict[api.TrafficProvider, RouterFactory] = {
 }
 
 
-class UnknownProvider(ValueError):
+class UnknownProvider(RolloutOperatorError, ValueError):
     """The rollout names a traffic provider this operator cannot drive."""
 
 

@@ -18,14 +18,16 @@ from pathlib import Path
 from rollout_operator import api, checks, reconciler
 from rollout_operator.engine import types
 from rollout_operator.guardrails import factory as metrics_factory
-from rollout_operator.local import jobs, processes, prometheus, store, traffic, workloads
+
+from rollout_lab.errors import RolloutLabError
+from rollout_lab.local import jobs, processes, prometheus, store, traffic, workloads
 
 __all__ = ["LocalPlatform", "RunResult", "Sample", "load_manifest", "run_rollout"]
 
 log = logging.getLogger(__name__)
 
 
-class ManifestError(ValueError):
+class ManifestError(RolloutLabError, ValueError):
     """The manifest is not a valid PolicyRollout (the message says which field and why)."""
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from rollout_operator import api
 from rollout_operator.engine import types
-from rollout_operator.local import processes
 from rollout_operator.resources import jobs as job_resources
+
+from rollout_lab.local import processes
 
 __all__ = ["LocalJobs"]
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from datetime import datetime
 
 import numpy as np
-
 from rollout_operator import api
 from rollout_operator.engine import conditions
 from rollout_operator.engine.judges import base, threshold

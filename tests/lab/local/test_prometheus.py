@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from rollout_operator.local import prometheus
+from rollout_lab.local import prometheus
 
 
 def _groups(prom: prometheus.LocalPrometheus) -> dict[str, dict]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-from rollout_operator.local import processes
+from rollout_lab.local import processes
 
 
 def test_free_port_never_hands_out_a_port_twice() -> None:

@@ -25,6 +25,6 @@ def add_bench_judges(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _command(args: argparse.Namespace) -> int:
-    from rollout_operator.bench import judges
+    from rollout_lab.judge_bench import judges
 
     return judges.command(args)

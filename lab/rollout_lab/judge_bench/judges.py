@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from rollout_operator import api
-from rollout_operator.bench import baselines
 from rollout_operator.engine import judges
 from rollout_operator.engine.judges import base
 from rollout_operator.engine.types import Measurement
+
+from rollout_lab.judge_bench import baselines
 
 __all__ = ["Setup", "command", "run"]
 
@@ -356,7 +356,7 @@ def dumps(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rollout_operator.bench import cli
+    from rollout_lab.judge_bench import cli
 
     parser = argparse.ArgumentParser(prog="bench-judges")
     cli.add_bench_judges(parser.add_subparsers(dest="command", required=True))

@@ -15,12 +15,12 @@ import logging
 from pathlib import Path
 
 import httpx
-
 from rollout_operator import api
 from rollout_operator.engine import types
-from rollout_operator.local import processes
 from rollout_operator.resources import meta, workload
 from rollout_operator.workloads import base
+
+from rollout_lab.local import processes
 
 __all__ = ["LocalWorkloads"]
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rollout_operator.demo import pipeline
+from rollout_lab.demo import pipeline
 
 from tests.support import requirements
 
@@ -29,7 +29,7 @@ def _prometheus_installed() -> None:
     requirements.prometheus()
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

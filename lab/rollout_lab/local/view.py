@@ -13,9 +13,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
-
 from rollout_operator import api
-from rollout_operator.local import store
+
+from rollout_lab.local import store
 
 __all__ = ["LiveView"]
 

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import httpx
-
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
-from rollout_operator.local import processes
-from rollout_operator.local.workloads import LocalWorkloads
 from rollout_operator.resources import routing
 from rollout_operator.traffic.base import TrafficError
+
+from rollout_lab.local import processes
+from rollout_lab.local.workloads import LocalWorkloads
 
 __all__ = ["LocalTraffic"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rollout_lab.demo import artifacts
+from rollout_lab.local import loadgen, run
 from rollout_operator import api
-from rollout_operator.demo import artifacts
-from rollout_operator.local import loadgen, run
 
 from policy_server import decision_log
 from tests.support import requirements

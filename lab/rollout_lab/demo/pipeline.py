@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from rollout_operator import api
-from rollout_operator.demo import artifacts, report, scenario, view
-from rollout_operator.local import loadgen, processes, run
+
+from rollout_lab.demo import artifacts, report, scenario
+from rollout_lab.errors import RolloutLabError
+from rollout_lab.local import loadgen, processes, run, view
 
 __all__ = ["DemoError", "run_demo"]
 
 
-class DemoError(RuntimeError):
+class DemoError(RolloutLabError, RuntimeError):
     """The demo could not run; the message says why and what to do."""
 
 

@@ -16,7 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from rollout_operator.local import processes
+from rollout_lab.local import processes
 
 __all__ = ["INSTALL_HINT", "LocalPrometheus", "find_binary"]
 

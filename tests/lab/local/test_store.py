@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rollout_lab.local import store
 from rollout_operator import api
 from rollout_operator.engine import types
-from rollout_operator.local import store
 
 
 def _rollout(name: str = "r") -> api.PolicyRollout:

@@ -8,42 +8,24 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
+# Re-exported: every local process takes its port from the one registry of handed-out ports.
+from rollout_operator.cluster.ports import free_port
+
+from rollout_lab.errors import RolloutLabError
+
 __all__ = ["LocalProcess", "ProcessError", "free_port", "policy_server_command"]
 
 
-class ProcessError(RuntimeError):
+class ProcessError(RolloutLabError, RuntimeError):
     """A local process did not start or died; the message names its log file."""
-
-
-_handed_out: set[int] = set()
-_handed_out_lock = threading.Lock()
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the kernel picks it), never one handed out before.
-
-    Ports are picked before their servers bind, and servers share a port on purpose (`serve
-    --reuse-port`), so a port the kernel offers twice would silently split one variant's traffic
-    between two servers: each port goes to one owner for the life of this process.
-    """
-    with _handed_out_lock:
-        while True:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = int(sock.getsockname()[1])
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
 
 
 def policy_server_command(*args: str) -> list[str]:

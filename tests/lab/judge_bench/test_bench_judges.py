@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rollout_lab.judge_bench import baselines
+from rollout_lab.judge_bench import judges as bench
 from rollout_operator import api
-from rollout_operator.bench import baselines
-from rollout_operator.bench import judges as bench
 from rollout_operator.cli import main as cli
 from rollout_operator.engine.judges import base
 from rollout_operator.engine.types import Measurement

@@ -1,0 +1,153 @@
+"""The subcommands this package adds to `policy-rollouts`: `run`, `demo` and `bench-judges`.
+
+The operator's CLI finds them through the `policy_rollouts.commands` entry point (see
+`rollout_operator.cli.main`), so the operator never imports this package: an operator image
+without torch and gymnasium has no `run` or `demo`, and says so. Heavy imports stay inside the
+handlers so that registering the commands costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from rollout_lab.judge_bench import cli as bench_cli
+
+__all__ = ["demo_command", "register", "run_command"]
+
+# Measured on the 2-core reference machine; README and docs/local-mode.md give the same figure.
+FAST_DEMO_TIME = "about 100 s on 2 idle cores"
+
+
+def _needs_local_dependencies(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """One line instead of a traceback where torch, gymnasium or pyarrow are missing (an operator image)."""
+
+    @functools.wraps(command)
+    def checked(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ModuleNotFoundError as exc:
+            sys.stderr.write(f"error: policy-rollouts {args.command} needs the local-mode dependencies (module "
+                             f"{exc.name!r} is missing): pip install 'policy-rollouts[server]'\n")
+            return 2
+
+    return checked
+
+
+@_needs_local_dependencies
+def run_command(args: argparse.Namespace) -> int:
+    from rollout_operator import checks
+
+    from rollout_lab.local import loadgen, processes, run, view
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        rollout = run.load_manifest(args.filename)
+    except run.ManifestError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    # Everything that cannot work is said now, before any process starts.
+    problems = checks.spec_problems(rollout) + checks.local_artifact_problems(rollout)
+    if problems:
+        sys.stderr.write("".join(f"error: {args.filename}: {problem}\n" for problem in problems))
+        return 2
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="policy-rollouts-local-"))
+    live = view.LiveView()
+    local = run.LocalPlatform(workdir, seed=args.seed, on_event=live.event)
+    gen = None
+    try:
+        try:
+            local.start()
+        except FileNotFoundError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        from policy_server.sim import pricing
+
+        local.register(rollout)
+        env = pricing.PricingEnv()
+        env.reset(seed=args.seed)
+        gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate)
+
+        def on_tick(current, sample) -> None:  # type: ignore[no-untyped-def]
+            if args.rate > 0 and not gen.started and sample.actual_weight is not None \
+                    and local.workloads.observe(current).stable_ready:
+                gen.start()
+            live.tick(current, gen.totals() if gen.started else {})
+
+        with live:
+            live.set_stage("rollout", f"{rollout.metadata.name} (workdir {workdir})")
+            result = run.run_rollout(local, rollout, timeout=args.timeout, on_tick=on_tick)
+    except processes.ProcessError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    finally:
+        if gen is not None:
+            gen.stop()
+        local.close()
+    status = result.rollout.status
+    print(f"{rollout.metadata.name}: {status.phase.value}: {status.message or ''}")
+    print(f"status, events and process logs: {workdir}")
+    if result.timed_out:
+        return 3
+    return 0 if status.phase.value == "Promoted" else 1
+
+
+@_needs_local_dependencies
+def demo_command(args: argparse.Namespace) -> int:
+    from rollout_lab.demo import pipeline
+    from rollout_lab.local import processes
+
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    try:
+        result = pipeline.run_demo(out, fast=args.fast, seed=args.seed)
+    except (pipeline.DemoError, processes.ProcessError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    for s in result["scenarios"]:
+        extra = f" (guardrail {s['guardrail']})" if s.get("guardrail") else ""
+        print(f"{s['candidate']:>16}: {s['outcome']}{extra}")
+    print(f"report: {out / 'report.html'}  ({result['wallSeconds']} s)")
+    return 0
+
+
+def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a PolicyRollout on this machine (local processes, a local Prometheus, simulated traffic)",
+        description="Execute a PolicyRollout manifest with the operator's engine, without a cluster: policy servers "
+        "and the router run as local processes, Prometheus scrapes them, and simulated customers of "
+        "policy_server.sim's pricing environment call the router. Artifacts in the manifest must be local paths.",
+    )
+    parser.add_argument("-f", "--filename", required=True, help="PolicyRollout manifest (YAML)")
+    parser.add_argument("--workdir", default=None, help="where logs, decision logs and status go (default: a temp dir)")
+    parser.add_argument("--rate", type=float, default=150.0, help="simulated requests per second (0: no traffic)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated customers (default: 0)")
+    parser.set_defaults(handler=run_command)
+
+
+def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole product on one machine: log, train, offline gate, shadow, canary, rollback and promotion",
+        description="Log traffic of the fallback pricing policy, train two candidates (an honest one and one that "
+        "games its reward by breaking the margin floor), and roll both out locally with guardrails: the reward "
+        "hacker is rolled back, the honest one promoted. Writes DIR/report.json and DIR/report.html.",
+    )
+    parser.add_argument("--fast", action="store_true", help=f"short steps and small data ({FAST_DEMO_TIME})")
+    parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, training and traffic (default: 0)")
+    parser.set_defaults(handler=demo_command)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `run`, `demo` and `bench-judges` to the `policy-rollouts` parser (the entry point's target)."""
+    _add_run(subparsers)
+    _add_demo(subparsers)
+    bench_cli.add_bench_judges(subparsers)
