@@ -113,6 +113,9 @@ class ControlPlane:
         self.audit_log = self.log_dir / "audit.log"
         self.server = ""
         self.bin_dir: Path | None = None
+        # How each component was started and how to tell it answers: what restart() needs.
+        self._argv: dict[str, list[str]] = {}
+        self._ready: dict[str, Callable[[], bool]] = {}
 
     # ----------------------------------------------------------------------------- starting
 
@@ -167,8 +170,9 @@ class ControlPlane:
             # A throwaway cluster: durability is not worth the fsyncs on a shared 2-core machine.
             "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(4 * 1024**3),
         ])
-        self._wait(lambda: b'"health":"true"' in urllib.request.urlopen(f"{etcd_url}/health", timeout=2).read(),
-                   "etcd", "etcd")
+        self._ready["etcd"] = lambda: b'"health":"true"' in urllib.request.urlopen(f"{etcd_url}/health",
+                                                                                  timeout=2).read()
+        self._wait(self._ready["etcd"], "etcd", "etcd")
 
         progress(f"starting kube-apiserver on {self.server}")
         audit_policy = self.directory / "audit-policy.yaml"
@@ -194,8 +198,9 @@ class ControlPlane:
         ])
         context = ssl.create_default_context(cafile=str(ca.cert_path))
         context.load_cert_chain(str(clients["admin"].cert), str(clients["admin"].key))
-        self._wait(lambda: urllib.request.urlopen(f"{self.server}/readyz", context=context, timeout=5).read() == b"ok",
-                   "kube-apiserver", "kube-apiserver")
+        self._ready["kube-apiserver"] = lambda: urllib.request.urlopen(f"{self.server}/readyz", context=context,
+                                                                       timeout=5).read() == b"ok"
+        self._wait(self._ready["kube-apiserver"], "kube-apiserver", "kube-apiserver")
 
         progress("starting kube-controller-manager and kube-scheduler")
         self._spawn("kube-controller-manager", [
@@ -257,6 +262,7 @@ class ControlPlane:
         return nodes
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self._argv[name] = argv
         log = (self.log_dir / f"{name}.log").open("ab")
         try:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -287,6 +293,29 @@ class ControlPlane:
         assert self.bin_dir is not None, "start() the control plane first"
         return subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
                               input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def restart(self, name: str, *, crash: bool = True, down_seconds: float = 0.0,
+                while_down: Callable[[], None] | None = None) -> None:
+        """Stop one component (SIGKILL when `crash`, else SIGTERM), keep it down `down_seconds` (and run
+        `while_down`), start it again with the same arguments and data, and return once it answers: a
+        crash and a supervisor's restart, for the chaos tests."""
+        if name not in self._argv:
+            raise ClusterError(f"no component {name!r} was started here; components: {', '.join(self._argv)}")
+        pid = self._pids().get(name)
+        if pid is not None:
+            _signal(pid, signal.SIGKILL if crash else signal.SIGTERM)
+            deadline = time.monotonic() + 15.0
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _signal(pid, signal.SIGKILL)
+        down_until = time.monotonic() + down_seconds
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, down_until - time.monotonic()))
+        self._spawn(name, self._argv[name])
+        check = self._ready.get(name)
+        if check is not None:
+            self._wait(check, f"{name} to answer after its restart", name)
 
     # ----------------------------------------------------------------------------- stopping
 
