@@ -377,7 +377,14 @@ class AnalysisSpec(Model):
                 "!has(self.guardrails) || self.guardrails.all(g, self.guardrails.exists_one(h, h.name == g.name))",
                 "guardrail names must be unique",
                 ".guardrails",
-            )
+            ),
+            _cel(
+                "!has(self.shadowGuardrails) || self.shadowGuardrails.all(g, "
+                "self.shadowGuardrails.exists_one(h, h.name == g.name) && "
+                "(!has(self.guardrails) || !self.guardrails.exists(h, h.name == g.name)))",
+                "guardrail names must be unique across guardrails and shadowGuardrails",
+                ".shadowGuardrails",
+            ),
         )
     )
 
@@ -386,14 +393,21 @@ class AnalysisSpec(Model):
         default=None, description="Prometheus base URL; defaults to the operator's --prometheus-url."
     )
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=32)
+    shadow_guardrails: list[Guardrail] = Field(
+        default_factory=list, max_length=32,
+        description="Judged during shadow steps, on the candidate's would-be decisions (templates shadow-*), with "
+        "failureLimit and inconclusiveLimit: a breach rolls back before the candidate serves anyone, and a shadow "
+        "step ends only after they pass.",
+    )
     judge: JudgeSpec = Field(default_factory=JudgeSpec, description="How measurements are judged.")
 
     @pydantic.model_validator(mode="after")
     def _unique_names(self) -> AnalysisSpec:
-        names = [g.name for g in self.guardrails]
+        names = [g.name for g in [*self.guardrails, *self.shadow_guardrails]]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"guardrail names must be unique: {', '.join(duplicates)} repeated")
+            raise ValueError(f"guardrail names must be unique across guardrails and shadowGuardrails: "
+                             f"{', '.join(duplicates)} repeated")
         return self
 
 

@@ -37,8 +37,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def spec_problems(rollout: api.PolicyRollout) -> list[str]:
     """Every reason `rollout` cannot work as written, one sentence each; empty when it can."""
     problems: list[str] = []
-    for index, guardrail in enumerate(rollout.spec.analysis.guardrails):
-        where = f"spec.analysis.guardrails[{index}] ({guardrail.name})"
+    listed = [("guardrails", index, g) for index, g in enumerate(rollout.spec.analysis.guardrails)]
+    listed += [("shadowGuardrails", index, g) for index, g in enumerate(rollout.spec.analysis.shadow_guardrails)]
+    for field, index, guardrail in listed:
+        where = f"spec.analysis.{field}[{index}] ({guardrail.name})"
         try:
             if guardrail.template is not None:
                 if guardrail.template not in templates.TEMPLATES:

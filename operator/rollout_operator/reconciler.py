@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from rollout_operator import api, engine
-from rollout_operator.engine import judges, types
+from rollout_operator.engine import analysis, judges, types
 from rollout_operator.guardrails import provider, templates, templating
 from rollout_operator.traffic import base as traffic_base
 from rollout_operator.workloads import base as workloads_base
@@ -68,7 +68,7 @@ def measure_guardrails(rollout: api.PolicyRollout, metrics: provider.MetricProvi
     same mapping under `judges.SERIES_PREFIX` (see engine/judges/base.py).
     """
     results: dict[str, types.Measurement] = {}
-    for guardrail in rollout.spec.analysis.guardrails:
+    for guardrail in analysis.judged_guardrails(rollout.spec, rollout.status):
         try:
             if guardrail.template is not None:
                 promql = templates.render_guardrail(rollout, guardrail.template, guardrail.params)
@@ -80,7 +80,7 @@ def measure_guardrails(rollout: api.PolicyRollout, metrics: provider.MetricProvi
             results[guardrail.name] = types.Measurement(None, f"cannot render query: {exc}")
             continue
         results[guardrail.name] = _finite(metrics.query(promql))
-    for key, series in judges.judge_for(rollout.spec).series(rollout.spec).items():
+    for key, series in judges.judge_at(rollout.spec, rollout.status).series(rollout.spec).items():
         try:
             promql = templates.render_series(rollout, series.template, series.variant, series.params)
         except templating.TemplateError as exc:

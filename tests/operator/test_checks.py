@@ -44,6 +44,15 @@ def test_an_unknown_template_is_named_with_the_closest_one_and_the_library() -> 
     assert "error-rate" in problem and "docs/guardrails.md" in problem
 
 
+def test_shadow_guardrails_are_checked_like_the_live_ones() -> None:
+    manifest = _manifest()
+    manifest["spec"]["analysis"]["shadowGuardrails"] = [
+        {"name": "agree", "template": "shadow-agreemnt", "condition": ">= 0.9"}]
+    [problem] = checks.spec_problems(_rollout(manifest))
+    assert "spec.analysis.shadowGuardrails[0] (agree)" in problem
+    assert "did you mean 'shadow-agreement'?" in problem
+
+
 def test_template_parameters_are_checked() -> None:
     manifest = _manifest()
     manifest["spec"]["analysis"]["guardrails"] = [

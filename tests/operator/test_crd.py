@@ -199,7 +199,8 @@ _K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "m
 
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
-    assert len(rules) == 5  # steps, guardrails (2), judge cost, offlineEvaluation margin
+    # steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost, offline margin
+    assert len(rules) == 7
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -287,6 +288,11 @@ def _duplicate_guardrail(manifest: dict[str, Any]) -> None:
     guardrails[1]["name"] = guardrails[0]["name"]
 
 
+def _shadow_guardrail_named_like_a_live_one(manifest: dict[str, Any]) -> None:
+    analysis = manifest["spec"]["analysis"]
+    analysis["shadowGuardrails"][0]["name"] = analysis["guardrails"][0]["name"]
+
+
 def _too_many_guardrails(manifest: dict[str, Any]) -> None:
     template = manifest["spec"]["analysis"]["guardrails"][0]
     manifest["spec"]["analysis"]["guardrails"] = [{**template, "name": f"g{i}"} for i in range(33)]
@@ -303,6 +309,7 @@ INVALID = [
     ("set-weight-negative", _set("spec.steps.1.setWeight", -1), "spec.steps[1].setWeight"),
     ("set-weight-percent-string", _set("spec.steps.1.setWeight", "50%"), "spec.steps[1].setWeight"),
     ("duplicate-guardrail-names", _duplicate_guardrail, "spec.analysis"),
+    ("shadow-guardrail-named-like-a-live-one", _shadow_guardrail_named_like_a_live_one, "spec.analysis"),
     ("query-and-template", _set("spec.analysis.guardrails.0.template", "error-rate"), "spec.analysis.guardrails[0]"),
     ("neither-query-nor-template", _delete("spec.analysis.guardrails.0.query"), "spec.analysis.guardrails[0]"),
     ("judge-cost-without-name", _set("spec.analysis.judge", {"metric": "cost"}), "spec.analysis.judge"),
@@ -381,6 +388,7 @@ def test_rule_messages_reach_the_user(crd: dict[str, Any]) -> None:
     messages = {
         "two-actions-in-a-step": "each step must set exactly one of shadow, setWeight, pause, approval",
         "duplicate-guardrail-names": "guardrail names must be unique",
+        "shadow-guardrail-named-like-a-live-one": "unique across guardrails and shadowGuardrails",
         "query-and-template": "set exactly one of query or template",
     }
     for case, mutate, field in INVALID:
@@ -403,8 +411,10 @@ def test_every_rule_both_passes_and_fails(schema: dict[str, Any]) -> None:
 
 def test_unique_names_rule_holds_when_guardrails_are_absent(schema: dict[str, Any]) -> None:
     analysis = schema["properties"]["spec"]["properties"]["analysis"]
-    [entry] = analysis["x-kubernetes-validations"]
-    assert cv.evaluate_rule(entry["rule"], {"interval": "1m"}) is True
+    entries = analysis["x-kubernetes-validations"]
+    assert len(entries) == 2
+    for entry in entries:
+        assert cv.evaluate_rule(entry["rule"], {"interval": "1m"}) is True
 
 
 def test_status_written_by_the_operator_is_accepted(crd: dict[str, Any]) -> None:

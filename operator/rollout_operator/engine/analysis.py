@@ -24,6 +24,8 @@ __all__ = [
     "interval",
     "is_due",
     "is_live",
+    "is_shadowing",
+    "judged_guardrails",
     "next_analysis_at",
     "passed_since",
     "step_pass_threshold",
@@ -46,18 +48,42 @@ def is_live(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> boo
     )
 
 
+def is_shadowing(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> bool:
+    """The candidate sees mirrored traffic at a shadow step whose would-be decisions are judged (Paused
+    while a shadow guardrail is inconclusive, as a live step would be)."""
+    index = status.current_step_index
+    return (
+        status.phase in (api.Phase.SHADOW, api.Phase.PAUSED)
+        and bool(spec.analysis.shadow_guardrails)
+        and index < len(spec.steps)
+        and spec.steps[index].shadow is not None
+        and status.step_started_at is not None
+    )
+
+
+def judged_guardrails(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> list[api.Guardrail]:
+    """The guardrails an analysis measures now: the shadow ones during a judged shadow step, else the live ones."""
+    return spec.analysis.shadow_guardrails if is_shadowing(spec, status) else spec.analysis.guardrails
+
+
 def has_analysis(spec: api.PolicyRolloutSpec) -> bool:
     """Whether anything is measured: guardrails, or a judge that compares the variants by itself."""
     return bool(spec.analysis.guardrails) or spec.analysis.judge.kind is not api.JudgeKind.THRESHOLD
 
 
 def next_analysis_at(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> datetime | None:
-    """When the next analysis is due: one interval after the last one (or after going live)."""
-    if not has_analysis(spec) or not is_live(spec, status):
+    """When the next analysis is due: one interval after the last one, or after going live (or into a
+    judged shadow step), whichever is later: an analysis of the shadow never stands in for a live one."""
+    if is_shadowing(spec, status):
+        start = status.step_started_at
+    elif has_analysis(spec) and is_live(spec, status):
+        start = status.live_since
+    else:
         return None
-    base = timeutil.from_iso(status.last_analysis_at) or timeutil.from_iso(status.live_since)
-    assert base is not None  # is_live guarantees live_since
-    return base + interval(spec)
+    began = timeutil.from_iso(start)
+    assert began is not None  # is_live guarantees live_since, is_shadowing step_started_at
+    last = timeutil.from_iso(status.last_analysis_at)
+    return max(began, last) + interval(spec) if last is not None else began + interval(spec)
 
 
 def analysis_due(rollout: api.PolicyRollout, now: datetime) -> bool:
@@ -106,7 +132,7 @@ def apply_measurements(
     previous = {g.name: g for g in status.guardrails}
     result: list[api.GuardrailStatus] = []
     failed, inconclusive, breached, exhausted = [], [], [], []
-    for guardrail in spec.analysis.guardrails:
+    for guardrail in judged_guardrails(spec, status):
         verdict, value, message = _judge(guardrail, measurements.get(guardrail.name))
         before = previous.get(guardrail.name) or api.GuardrailStatus(name=guardrail.name)
         failures = before.consecutive_failures + 1 if verdict is api.Verdict.FAIL else 0
@@ -136,7 +162,7 @@ def apply_measurements(
 
 def inconclusive_guardrails(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus) -> list[str]:
     """Guardrails of the spec whose latest measurement was inconclusive."""
-    names = {g.name for g in spec.analysis.guardrails}
+    names = {g.name for g in judged_guardrails(spec, status)}
     return [g.name for g in status.guardrails if g.name in names and g.consecutive_inconclusive > 0]
 
 
@@ -146,7 +172,7 @@ def passed_since(spec: api.PolicyRolloutSpec, status: api.PolicyRolloutStatus, s
     if last is None or last < since:
         return False
     latest = {g.name: g for g in status.guardrails}
-    for guardrail in spec.analysis.guardrails:
+    for guardrail in judged_guardrails(spec, status):
         entry = latest.get(guardrail.name)
         if entry is None or entry.verdict is not api.Verdict.PASS or entry.measured_at != status.last_analysis_at:
             return False

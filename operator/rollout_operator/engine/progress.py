@@ -38,7 +38,7 @@ def reconcile_analysis(ctx: Context) -> bool:
     measurements = ctx.observations.measurements
     if not measurements or not analysis.is_due(ctx.spec, status, ctx.now):
         return False
-    judgement = judges.judge_for(ctx.spec).judge(ctx.spec, status, measurements, ctx.now)
+    judgement = judges.judge_at(ctx.spec, status).judge(ctx.spec, status, measurements, ctx.now)
     status.guardrails = judgement.guardrails
     status.judge = judgement.state
     status.last_analysis_at = timeutil.to_iso(ctx.now)
@@ -99,10 +99,21 @@ def _completion(ctx: Context) -> tuple[str, str] | None:
     end = steps.natural_end(step, started)
     if end is not None and ctx.now >= end:
         if step.shadow is not None:
-            return "StepComplete", f"shadow of {step.shadow.duration} ended"
+            return _shadow_completion(ctx, step.shadow)
         assert step.pause is not None  # natural_end: only shadow steps and timed pauses end by themselves
         return "StepComplete", f"pause of {step.pause.duration} ended"
     return None
+
+
+def _shadow_completion(ctx: Context, shadow: api.ShadowStep) -> tuple[str, str] | None:
+    """A shadow step with shadow guardrails ends only once they all passed over a full interval of shadow
+    traffic: a candidate is never trusted with customers on a shadow nobody looked at."""
+    if not analysis.is_shadowing(ctx.spec, ctx.status):
+        return "StepComplete", f"shadow of {shadow.duration} ended"
+    threshold = analysis.step_pass_threshold(ctx.spec, ctx.status)
+    if threshold is None or not analysis.passed_since(ctx.spec, ctx.status, threshold):
+        return None
+    return "ShadowPassed", f"shadow of {shadow.duration} ended and every shadow guardrail passed"
 
 
 def reconcile_step_completion(ctx: Context) -> bool:

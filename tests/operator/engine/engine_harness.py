@@ -24,6 +24,7 @@ def make_rollout(
     steps: list[dict[str, Any]],
     *,
     guardrails: list[dict[str, Any]] | None = None,
+    shadow_guardrails: list[dict[str, Any]] | None = None,
     interval: str = "1m",
     deadline: str = "30m",
     version: str = "v2",
@@ -36,7 +37,8 @@ def make_rollout(
                 "policy": {"image": "server:1", "artifact": f"s3://p/{version}", "version": version},
                 "fallback": {"image": "server:1", "artifact": "s3://p/v1", "version": "v1"},
                 "steps": steps,
-                "analysis": {"interval": interval, "guardrails": guardrails or []},
+                "analysis": {"interval": interval, "guardrails": guardrails or [],
+                             "shadowGuardrails": shadow_guardrails or []},
                 "progressDeadline": deadline,
             },
         }
@@ -48,7 +50,9 @@ def with_status(rollout: api.PolicyRollout, status: api.PolicyRolloutStatus) -> 
 
 
 def measurements(rollout: api.PolicyRollout, value: float | None) -> dict[str, Measurement]:
-    return {g.name: Measurement(value) for g in rollout.spec.analysis.guardrails}
+    """`value` for every guardrail the spec has, live and shadow (the engine reads those it judges now)."""
+    analysis = rollout.spec.analysis
+    return {g.name: Measurement(value) for g in [*analysis.guardrails, *analysis.shadow_guardrails]}
 
 
 @dataclasses.dataclass
