@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from policy_server import protocol
-from policy_server.router import assign, metrics, upstream
+from policy_server.router import assign, metrics, shadow_ope, upstream
 from policy_server.router import table as table_mod
 
 __all__ = ["Router", "RouterConfig", "RouterProtocol"]
@@ -104,7 +104,8 @@ class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
         self.connections: set[protocol.HttpProtocol] = set()
-        self.metrics = metrics.RouterMetrics()
+        self.shadow_ope = shadow_ope.ShadowEstimator()
+        self.metrics = metrics.RouterMetrics(self.shadow_ope)
         self.rng = random.Random(config.seed)
         self.table: table_mod.RoutingTable = config.table
         self.table_source = "flags"
@@ -138,6 +139,8 @@ class Router:
 
     def apply(self, new: table_mod.RoutingTable, *, source: str, persist: bool = True) -> None:
         """Switch to ``new`` at once (requests already in flight finish where they went)."""
+        if new.shadow and not (self.table.shadow and self.table.candidate == new.candidate):
+            self.shadow_ope.reset()  # a new shadow window: estimates describe this candidate's shadow only
         self._stable = self._upstream(new.stable)
         self._candidate = self._upstream(new.candidate) if new.candidate else None
         self._fallback = self._upstream(new.fallback) if new.fallback else self._stable
@@ -261,8 +264,11 @@ class Router:
     async def _reward(self, conn: protocol.HttpProtocol, seq: int, body: bytes) -> None:
         up = self._stable
         try:
-            rid = orjson.loads(body).get("request_id")
+            data = orjson.loads(body)
+            rid = data.get("request_id")
             up = self._served_by_id.get(rid, up) if isinstance(rid, str) else up
+            if self.table.shadow:
+                self.shadow_ope.rewarded(rid, data.get("reward"), data.get("costs"))
         except (orjson.JSONDecodeError, AttributeError):
             pass  # the policy server explains what is wrong with the body
         await self._forward(conn, seq, up, b"POST", b"/v1/reward", body)
@@ -395,6 +401,8 @@ class Router:
             shadow = orjson.loads(resp)
             m.shadow_outcome("ok", elapsed)
             m.shadow_compare(*compare(served.get("action"), shadow.get("action")))
+            self.shadow_ope.decided(served.get("request_id"), served.get("action"), served.get("propensity"),
+                                    shadow.get("action"))
             if self.decision_log is not None:
                 self._log(body, shadow, "candidate", "shadow", None, elapsed)
         except upstream.UpstreamTimeout:

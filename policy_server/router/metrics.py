@@ -11,8 +11,10 @@ import bisect
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from policy_server.router.shadow_ope import ShadowEstimator
 
 __all__ = ["FALLBACK_REASONS", "SERVED_BY", "RouterMetrics"]
 
@@ -72,9 +74,42 @@ class FastCounter(Collector):
         yield fam
 
 
+class ShadowEstimates(Collector):
+    """The shadow candidate's off-policy estimates, computed at scrape time (nothing on the hot path).
+
+    `policy_router_shadow_estimate{quantity, bound}`: quantity `reward` or `cost:<name>`, bound
+    `point`, `lower`, `upper`, or `baseline` (the stable's own mean on the same requests); NaN until
+    enough rewards were joined, so a guardrail on it is inconclusive, never passing.
+    """
+
+    def __init__(self, estimator: ShadowEstimator) -> None:
+        self.estimator = estimator
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        values = GaugeMetricFamily("policy_router_shadow_estimate",
+                                   "Shadow candidate's SNIPS estimate from the stable's live decisions, with bounds",
+                                   labels=["variant", "quantity", "bound"])
+        joined = GaugeMetricFamily("policy_router_shadow_rewards_joined",
+                                   "Rewards of mirrored requests joined to the candidate's would-be decision",
+                                   labels=["variant", "quantity"])
+        ess = GaugeMetricFamily("policy_router_shadow_effective_sample_size",
+                                "Kish effective sample size of the shadow estimate", labels=["variant", "quantity"])
+        for quantity, estimate in sorted(self.estimator.estimates().items()):
+            nan = float("nan")
+            for bound in ("point", "lower", "upper", "baseline"):
+                values.add_metric(["candidate", quantity, bound], getattr(estimate, bound) if estimate else nan)
+            joined.add_metric(["candidate", quantity], float(self.estimator.joined(quantity)))
+            ess.add_metric(["candidate", quantity], estimate.effective_sample_size if estimate else nan)
+        yield values
+        yield joined
+        yield ess
+
+
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, shadow_estimator: ShadowEstimator | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        if shadow_estimator is not None:
+            r.register(ShadowEstimates(shadow_estimator))
         self.requests = FastCounter(
             "policy_router_requests",
             "Decisions answered through the router, by the variant whose action was served and how",

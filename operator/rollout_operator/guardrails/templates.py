@@ -64,6 +64,11 @@ def _shares(variant: str, other: str) -> str:
     return f"({counts} / scalar({_increase('policy_decisions_total', variant)}))"
 
 
+def _estimate(quantity: str, bound: str) -> str:
+    """The router's off-policy estimate of the shadow candidate (policy_server/router/shadow_ope.py)."""
+    return _sel("policy_router_shadow_estimate", extra=f',quantity="{quantity}",bound="{bound}"')
+
+
 def _js_divergence() -> str:
     p, q = _shares("candidate", "stable"), _shares("stable", "candidate")
     m = f"(({p} + {q}) / 2)"
@@ -119,6 +124,22 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             " / ".join(_increase(f"policy_router_shadow_{m}_total") for m in ("agreements", "compared")),
             WINDOW,
             ">= 0.9",
+        ),
+        GuardrailTemplate(
+            "shadow-reward-ratio",
+            "Lower confidence bound of the shadow candidate's mean reward, estimated off-policy (SNIPS) from the "
+            "stable's live decisions and their rewards, over the stable's own mean on the same requests (router).",
+            f"max({_estimate('reward', 'lower')}) / max({_estimate('reward', 'baseline')})",
+            {},
+            ">= 0.95",
+        ),
+        GuardrailTemplate(
+            "shadow-cost",
+            "Upper confidence bound of the shadow candidate's mean cost `cost`, estimated off-policy (SNIPS) from "
+            "the stable's live decisions and the costs reported with their rewards (router).",
+            f"max({_estimate('cost:{{ params.cost }}', 'upper')})",
+            {"cost": None},
+            "< 0.05",
         ),
         GuardrailTemplate(
             "error-rate",

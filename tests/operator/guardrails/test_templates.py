@@ -270,8 +270,10 @@ def test_measure_guardrails_renders_templates_and_the_sequential_judges_series(
 
 def test_every_template_renders_and_escapes_its_parameters() -> None:
     rollout = rollout_named("r")
-    for name in templates.TEMPLATES:
-        assert 'rollout="r"' in templates.render_guardrail(rollout, name, {})
+    for name, template in templates.TEMPLATES.items():
+        required = {k: "margin" for k, default in template.params.items() if default is None}
+        assert 'rollout="r"' in templates.render_guardrail(rollout, name, required)
+    assert 'quantity="cost:a\\"b"' in templates.render_guardrail(rollout, "shadow-cost", {"cost": 'a"b'})
     with pytest.raises(templating.TemplateError, match="has no parameter"):
         templates.render_guardrail(rollout, "error-rate", {"windw": "5m"})
     with pytest.raises(templating.TemplateError, match="outside a string literal"):

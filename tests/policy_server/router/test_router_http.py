@@ -107,6 +107,42 @@ def test_sticky_context_field(stable, candidate) -> None:
         assert set(variants.values()) == {"stable", "candidate"}
 
 
+def test_shadow_rewards_give_an_off_policy_estimate_of_the_candidate(stable, candidate) -> None:
+    """Rewards posted through the router are joined to the mirrored decisions: the exported estimate is
+    SNIPS over the stable's decisions (greedy stable: propensity 1, so the agreeing requests' mean)."""
+    rng = random.Random(11)
+    observations = [_obs(rng) for _ in range(200)]
+    direct_c = candidate.client()
+    candidate_actions = [direct_c.act(o)["action"] for o in observations]
+    with start_router("--stable", url(stable), "--candidate", url(candidate), "--weight", "0", "--shadow") as router:
+        c = router.client()
+        served = [c.act(o) for o in observations]
+        deadline = time.monotonic() + 20
+        while metric(c.metrics(), "policy_router_shadow_compared_total") < len(observations):
+            assert time.monotonic() < deadline, "shadow comparisons did not complete"
+            time.sleep(0.05)
+        rewards, costs = [], []
+        for decision in served:
+            reward, cost = float(decision["action"] % 2), float(decision["action"] == 0)
+            status, body = c.request("POST", "/v1/reward",
+                                     {"request_id": decision["request_id"], "reward": reward, "costs": {"margin": cost}})
+            assert status == 202, body
+            rewards.append(reward)
+            costs.append(cost)
+        m = c.metrics()
+    agreeing = [i for i, d in enumerate(served) if d["action"] == candidate_actions[i]]
+    assert 30 <= len(agreeing) < len(served), "the example policies agree on some observations only"
+
+    def estimate(quantity: str, bound: str) -> float:
+        return metric(m, "policy_router_shadow_estimate", variant="candidate", quantity=quantity, bound=bound)
+
+    assert estimate("reward", "point") == pytest.approx(sum(rewards[i] for i in agreeing) / len(agreeing))
+    assert estimate("reward", "baseline") == pytest.approx(sum(rewards) / len(rewards))
+    assert estimate("cost:margin", "point") == pytest.approx(sum(costs[i] for i in agreeing) / len(agreeing))
+    assert estimate("reward", "lower") <= estimate("reward", "point") <= estimate("reward", "upper")
+    assert metric(m, "policy_router_shadow_rewards_joined", variant="candidate", quantity="reward") == len(served)
+
+
 def test_shadow_at_weight_0_serves_only_stable_and_exports_agreement(stable, candidate) -> None:
     rng = random.Random(4)
     observations = [_obs(rng) for _ in range(300)]
