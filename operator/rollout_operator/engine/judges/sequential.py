@@ -17,7 +17,9 @@ normal (true for a few hundred rewards per interval by the CLT). Pairing by inte
 drift that hits both variants alike (time of day, traffic mix). sigma is `rewardStdDev` when
 given (the normal mixture), else unknown: Lai's scale-invariant t-mixture integrates it out, so no
 variance estimate enters the decision (only the mixture's tuning, fixed once after the burn-in).
-Counters that go down are treated as resets (the new value is the increment).
+A variant's counters were reset (a server restart) when its count went down; then, as with
+Prometheus' `increase()`, the new values are the increments. A falling sum is no reset: sums of
+negative rewards (costs, penalties) legitimately go down.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from rollout_operator import api
 from rollout_operator.engine.judges import base, mixture, threshold
 from rollout_operator.engine.types import Measurement
 
-__all__ = ["SERIES_KEYS", "SequentialJudge", "update"]
+__all__ = ["SERIES_KEYS", "SequentialJudge", "increments", "update"]
 
 SERIES_KEYS = ("candidate_sum", "candidate_count", "stable_sum", "stable_count")
 
@@ -82,7 +84,7 @@ def update(
         new.decision = COLLECTING
         new.message = "first reading of the counters taken; the comparison starts at the next analysis"
         return new, None
-    delta = {k: (v - new.last_raw.get(k, 0.0) if v >= new.last_raw.get(k, 0.0) else v) for k, v in values.items()}
+    delta = increments(new.last_raw, values)
     new.last_raw = values
     n_c, n_s = delta["candidate_count"], delta["stable_count"]
     if n_c <= 0 or n_s <= 0:
@@ -103,6 +105,24 @@ def update(
     new.weighted_diff_sq_sum += w * d * d
     _conclude(spec, new)
     return new, None
+
+
+def increments(last: Mapping[str, float], values: Mapping[str, float]) -> dict[str, float]:
+    """Per-interval increments of each variant's (sum, count), with Prometheus' reset rule on the counts.
+
+    A variant's counters were reset (a server restart) when its *count* went down: then, as
+    Prometheus' `increase()` does, the new values are the increments of both its sum and count.
+    A falling sum alone is no reset: sums of negative rewards, costs or penalties go down.
+    """
+    out: dict[str, float] = {}
+    for variant in ("candidate", "stable"):
+        sum_key, count_key = f"{variant}_sum", f"{variant}_count"
+        if values[count_key] < last.get(count_key, 0.0):
+            out[sum_key], out[count_key] = values[sum_key], values[count_key]
+        else:
+            out[sum_key] = values[sum_key] - last.get(sum_key, 0.0)
+            out[count_key] = values[count_key] - last.get(count_key, 0.0)
+    return out
 
 
 def _conclude(spec: api.JudgeSpec, state: api.JudgeStatus) -> None:
