@@ -360,6 +360,14 @@ class JudgeSpec(Model):
     inconclusive_limit: int = Field(
         default=3, ge=1, le=100, description="Sequential: consecutive intervals without usable sums that roll back."
     )
+    batch_intervals: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Sequential: consecutive intervals averaged into one batch mean before the test, so interval "
+        "means that are autocorrelated within a variant (sticky callers) do not fake evidence; decisions come at "
+        "batch ends. Default 20 with traffic.stickyKey, else 1.",
+    )
 
     @pydantic.model_validator(mode="after")
     def _cost_named(self) -> JudgeSpec:
@@ -639,9 +647,14 @@ class JudgeStatus(Model):
     candidate_count: float = 0.0
     stable_sum: float = 0.0
     stable_count: float = 0.0
-    weight_sum: float = Field(default=0.0, description="Sum of per-interval precision weights w = 1/(1/n_c + 1/n_s).")
+    weight_sum: float = Field(default=0.0, description="Sum of weights w = 1/(1/n_c + 1/n_s), closed batches.")
     weighted_diff_sum: float = 0.0
     weighted_diff_sq_sum: float = 0.0
+    batch_intervals: int = Field(default=1, description="Intervals per batch mean, fixed at the first reading.")
+    batches: int = Field(default=0, description="Closed batches in the sums above (the test's sample size).")
+    open_intervals: int = Field(default=0, description="Intervals in the batch still open.")
+    open_weight: float = Field(default=0.0, description="Sum of w over the open batch's intervals.")
+    open_weighted_diff: float = Field(default=0.0, description="Sum of w d over the open batch's intervals.")
     mixture_scale: float | None = Field(
         default=None, description="Known sigma: tau, the normal mixture's standard deviation; fixed once chosen."
     )
