@@ -480,7 +480,11 @@ class OfflineEvaluationSpec(Model):
             _cel(
                 "!(has(self.minLowerBoundRatio) && has(self.minLowerBoundDelta))",
                 "set at most one of minLowerBoundRatio and minLowerBoundDelta",
-            )
+            ),
+            _cel(
+                "!has(self.rewardRange) || self.rewardRange[0] < self.rewardRange[1]",
+                "rewardRange must be [lo, hi] with lo < hi",
+            ),
         )
     )
 
@@ -502,15 +506,39 @@ class OfflineEvaluationSpec(Model):
         default=None, description="Required lower bound as the baseline's value plus this (may be negative)."
     )
     confidence: float = Field(default=0.95, ge=0.5, le=0.9999, description="Confidence of the lower bound.")
-    bound: Literal["student_t", "bernstein", "bootstrap"] = "student_t"
+    bound: Literal["bernstein", "student_t", "bootstrap", "bootstrap_t"] = Field(
+        default="bernstein",
+        description="Lower bound: bernstein holds for any data within the reward range (loose); student_t, bootstrap "
+        "and bootstrap_t are approximate and undercover with heavy importance weights (docs/ope.md).",
+    )
+    reward_range: list[float] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[lo, hi]: a priori range of one reward, for the Bernstein bound; default the logged min and max.",
+    )
     min_ess: float = Field(default=100.0, ge=1.0, description="Refuse below this effective sample size.")
     max_unsupported_mass: float = Field(default=0.01, ge=0.0, le=1.0)
+    support_floor: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Actions logged with probability below this x 1/K count as unsupported (0: only never-taken ones).",
+    )
+    weight_band: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.99,
+        description="Refuse when the mean importance weight is clearly outside 1 +- this (0 turns the check off).",
+    )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
     @pydantic.model_validator(mode="after")
     def _one_margin(self) -> OfflineEvaluationSpec:
         if self.min_lower_bound_ratio is not None and self.min_lower_bound_delta is not None:
             raise ValueError("set at most one of minLowerBoundRatio and minLowerBoundDelta")
+        if self.reward_range is not None and not self.reward_range[0] < self.reward_range[1]:
+            raise ValueError(f"rewardRange must be [lo, hi] with lo < hi, got {self.reward_range}")
         return self
 
 
@@ -726,6 +754,8 @@ class OfflineEvaluationStatus(Model):
     ess: float | None = None
     n: int | None = None
     unsupported_mass: float | None = None
+    mean_weight: float | None = Field(default=None, description="Mean importance weight (1 under full support).")
+    bound: str | None = Field(default=None, description="The lower bound the verdict used.")
     message: str | None = None
 
 
