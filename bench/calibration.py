@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "bench")]
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "operator")) if p not in sys.path]
+sys.path.append(str(ROOT / "bench"))  # last: bench/ holds scripts (ope.py, router.py) that must shadow nothing
 
 import calibration_judges as judges  # noqa: E402
 import calibration_ope as ope  # noqa: E402
