@@ -360,6 +360,14 @@ class JudgeSpec(Model):
     inconclusive_limit: int = Field(
         default=3, ge=1, le=100, description="Sequential: consecutive intervals without usable sums that roll back."
     )
+    batch_intervals: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Sequential: consecutive intervals averaged into one batch mean before the test, so interval "
+        "means that are autocorrelated within a variant (sticky callers) do not fake evidence; decisions come at "
+        "batch ends. Default 20 with traffic.stickyKey, else 1.",
+    )
 
     @pydantic.model_validator(mode="after")
     def _cost_named(self) -> JudgeSpec:
@@ -486,7 +494,11 @@ class OfflineEvaluationSpec(Model):
             _cel(
                 "!(has(self.minLowerBoundRatio) && has(self.minLowerBoundDelta))",
                 "set at most one of minLowerBoundRatio and minLowerBoundDelta",
-            )
+            ),
+            _cel(
+                "!has(self.rewardRange) || self.rewardRange[0] < self.rewardRange[1]",
+                "rewardRange must be [lo, hi] with lo < hi",
+            ),
         )
     )
 
@@ -508,15 +520,39 @@ class OfflineEvaluationSpec(Model):
         default=None, description="Required lower bound as the baseline's value plus this (may be negative)."
     )
     confidence: float = Field(default=0.95, ge=0.5, le=0.9999, description="Confidence of the lower bound.")
-    bound: Literal["student_t", "bernstein", "bootstrap"] = "student_t"
+    bound: Literal["bernstein", "student_t", "bootstrap", "bootstrap_t"] = Field(
+        default="bernstein",
+        description="Lower bound: bernstein holds for any data within the reward range (loose); student_t, bootstrap "
+        "and bootstrap_t are approximate and undercover with heavy importance weights (docs/ope.md).",
+    )
+    reward_range: list[float] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[lo, hi]: a priori range of one reward, for the Bernstein bound; default the logged min and max.",
+    )
     min_ess: float = Field(default=100.0, ge=1.0, description="Refuse below this effective sample size.")
     max_unsupported_mass: float = Field(default=0.01, ge=0.0, le=1.0)
+    support_floor: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Actions logged with probability below this x 1/K count as unsupported (0: only never-taken ones).",
+    )
+    weight_band: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.99,
+        description="Refuse when the mean importance weight is clearly outside 1 +- this (0 turns the check off).",
+    )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
     @pydantic.model_validator(mode="after")
     def _one_margin(self) -> OfflineEvaluationSpec:
         if self.min_lower_bound_ratio is not None and self.min_lower_bound_delta is not None:
             raise ValueError("set at most one of minLowerBoundRatio and minLowerBoundDelta")
+        if self.reward_range is not None and not self.reward_range[0] < self.reward_range[1]:
+            raise ValueError(f"rewardRange must be [lo, hi] with lo < hi, got {self.reward_range}")
         return self
 
 
@@ -653,9 +689,14 @@ class JudgeStatus(Model):
     candidate_count: float = 0.0
     stable_sum: float = 0.0
     stable_count: float = 0.0
-    weight_sum: float = Field(default=0.0, description="Sum of per-interval precision weights w = 1/(1/n_c + 1/n_s).")
+    weight_sum: float = Field(default=0.0, description="Sum of weights w = 1/(1/n_c + 1/n_s), closed batches.")
     weighted_diff_sum: float = 0.0
     weighted_diff_sq_sum: float = 0.0
+    batch_intervals: int = Field(default=1, description="Intervals per batch mean, fixed at the first reading.")
+    batches: int = Field(default=0, description="Closed batches in the sums above (the test's sample size).")
+    open_intervals: int = Field(default=0, description="Intervals in the batch still open.")
+    open_weight: float = Field(default=0.0, description="Sum of w over the open batch's intervals.")
+    open_weighted_diff: float = Field(default=0.0, description="Sum of w d over the open batch's intervals.")
     mixture_scale: float | None = Field(
         default=None, description="Known sigma: tau, the normal mixture's standard deviation; fixed once chosen."
     )
@@ -727,6 +768,8 @@ class OfflineEvaluationStatus(Model):
     ess: float | None = None
     n: int | None = None
     unsupported_mass: float | None = None
+    mean_weight: float | None = Field(default=None, description="Mean importance weight (1 under full support).")
+    bound: str | None = Field(default=None, description="The lower bound the verdict used.")
     message: str | None = None
 
 

@@ -20,6 +20,7 @@ from policy_server.ope import _checks
 from policy_server.ope import diagnostics as diag
 
 __all__ = [
+    "DEFAULT_SUPPORT_FLOOR",
     "ESTIMATORS",
     "diagnostics",
     "dm",
@@ -36,6 +37,7 @@ __all__ = [
     "sndr_rounds",
     "snips",
     "snips_rounds",
+    "support_floor",
     "switch_dr",
     "switch_dr_rounds",
 ]
@@ -196,16 +198,35 @@ def dr_os(reward: object, action: object, pscore: object, target_dist: object, q
     return float(dr_os_rounds(reward, action, pscore, target_dist, q_hat, lambda_).mean())
 
 
-def diagnostics(
-    action: object, pscore: object, target_dist: object, behavior_dist: object | None = None
-) -> diag.Diagnostics:
-    """Weight diagnostics: Kish ESS, max and mean weight, and (given behavior_dist) the unsupported mass.
+DEFAULT_SUPPORT_FLOOR = 0.01  # relative to the uniform probability 1/K: weights up to 100 K count as supported
 
-    The unsupported mass is the evaluation policy's probability on actions the behaviour policy gives probability 0,
-    averaged over rounds: rewards for those actions were never observable, so every estimator above is blind to them.
+
+def support_floor(n_actions: int, relative: float = DEFAULT_SUPPORT_FLOOR) -> float:
+    """The absolute behaviour probability below which an action counts as unsupported: relative / K."""
+    if not 0.0 <= relative <= 1.0:
+        raise _checks.OPEInputError(f"the support floor is a fraction of 1/K in [0, 1], got {relative}")
+    return relative / n_actions
+
+
+def diagnostics(
+    action: object,
+    pscore: object,
+    target_dist: object,
+    behavior_dist: object | None = None,
+    floor: float | None = None,
+) -> diag.Diagnostics:
+    """Weight diagnostics: Kish ESS, max and mean weight (with its standard error), and the unsupported mass.
+
+    The unsupported mass (given behavior_dist) is the evaluation policy's probability on actions the behaviour
+    policy gives probability below `floor`, averaged over rounds: rewards for those actions were never (or almost
+    never) observable, so every estimator above is blind to them. `floor` is absolute; None means
+    `support_floor(K)` (1 % of uniform); 0 counts only actions of probability exactly 0.
     """
     act, ps, dist, _, _ = _checks.check_bandit(action, pscore, target_dist)
     iw = _weights(act, ps, dist)
+    level = support_floor(dist.shape[1]) if floor is None else float(floor)
+    if not 0.0 <= level < 1.0:
+        raise _checks.OPEInputError(f"`floor` is a probability in [0, 1), got {floor}")
     unsupported = None
     if behavior_dist is not None:
         beh = _checks.as_float_array(behavior_dist, "behavior_dist", 2)
@@ -223,9 +244,10 @@ def diagnostics(
         total = 0.0
         for start in range(0, dist.shape[0], _CHUNK_ROWS):
             rows = slice(start, start + _CHUNK_ROWS)
-            total += float(np.where(beh[rows] == 0, dist[rows], 0.0).sum())
+            thin = (beh[rows] <= 0) | (beh[rows] < level)
+            total += float(np.where(thin, dist[rows], 0.0).sum())
         unsupported = total / dist.shape[0]
-    return diag.summarize_weights(iw, unsupported)
+    return diag.summarize_weights(iw, unsupported, level)
 
 
 # name -> (per-round function, needs q_hat, the keyword parameters it accepts): the names a PolicyRollout's

@@ -1,7 +1,7 @@
 """`policy-server ope`: judge a candidate artifact on the decision log, from the command line or a Job.
 
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--estimators snips,dr] [--json]
-                      [--write-result /dev/termination-log]
+                      [--bound bernstein --reward-range 0,1] [--write-result /dev/termination-log]
 
 This module parses the arguments and prints the result; the evaluation itself is library code:
 `ope.logged` reads the log's rewarded, served, discrete decisions and `ope.evaluate` computes the
@@ -33,9 +33,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="logged", help="baseline artifact, or 'logged' for the logged rewards")
     p.add_argument("--estimators", default="snips,dr", help=f"comma-separated, from {','.join(evaluate.ESTIMATORS)}")
     p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--bound", choices=["student_t", "bernstein", "bootstrap"], default="student_t")
+    p.add_argument("--bound", choices=["bernstein", "student_t", "bootstrap", "bootstrap_t"], default="bernstein",
+                   help="lower bound; bernstein holds on any data within the reward range, the others are "
+                        "approximate and undercover with heavy importance weights (docs/ope.md)")
+    p.add_argument("--reward-range", default=None, metavar="LO,HI",
+                   help="a priori range of one reward, for the Bernstein bound (default: the logged min and max)")
     p.add_argument("--min-ess", type=float, default=100.0)
     p.add_argument("--max-unsupported-mass", type=float, default=0.01)
+    p.add_argument("--support-floor", type=float, default=0.01,
+                   help="actions the logging policy takes with probability below this x 1/K count as unsupported")
+    p.add_argument("--weight-band", type=float, default=0.1,
+                   help="refuse when the mean importance weight is clearly outside 1 +- this (0 disables)")
     p.add_argument("--min-lower-bound-ratio", type=float, default=None)
     p.add_argument("--min-lower-bound-delta", type=float, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the models' forward passes")
@@ -46,6 +54,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--write-result", default=None, metavar="PATH",
                    help="also write the compact JSON result here (a Job's /dev/termination-log)")
     return p
+
+
+def _pair(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise OPEError(f"--reward-range must be LO,HI (two numbers, e.g. 0,1), got {text!r}") from None
+    return lo, hi
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,6 +83,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             confidence=args.confidence, bound=args.bound, min_ess=args.min_ess,
             max_unsupported_mass=args.max_unsupported_mass, min_lower_bound_ratio=args.min_lower_bound_ratio,
             min_lower_bound_delta=args.min_lower_bound_delta, n_resamples=args.resamples, seed=args.seed,
+            support_floor=args.support_floor, weight_band=args.weight_band or None,
+            rewards_range=_pair(args.reward_range),
         )
     except OPEInputError as exc:
         raise OPEError(str(exc)) from exc

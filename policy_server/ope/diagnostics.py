@@ -19,7 +19,13 @@ class Diagnostics:
     """Summary of the importance weights of one evaluation.
 
     `unsupported_mass` is None when the behaviour policy's full distribution was not given, i.e. support was not
-    checked (the gate treats that as unknown, not as fine).
+    checked (the gate treats that as unknown, not as fine). It counts the evaluation policy's mass on actions whose
+    behaviour probability is below `support_floor` (absolute; 0 counts only never-taken actions): an action logged
+    with probability 1e-10 is as good as never logged, and Kish's ESS (scale invariant) cannot tell.
+
+    `mean_weight_se` is the standard error of `mean_weight`. E[w] = 1 whenever the behaviour policy covers the
+    evaluation policy, so a mean weight clearly below 1 is the self-normalisation check's evidence that the
+    evaluation policy lives where the logs hold (almost) no decisions, or that the propensities are wrong.
     """
 
     n: int
@@ -28,6 +34,8 @@ class Diagnostics:
     max_weight: float
     mean_weight: float
     unsupported_mass: float | None = None
+    support_floor: float = 0.0
+    mean_weight_se: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self)
@@ -43,7 +51,9 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return total * total / total_sq
 
 
-def summarize_weights(weights: np.ndarray, unsupported_mass: float | None = None) -> Diagnostics:
+def summarize_weights(
+    weights: np.ndarray, unsupported_mass: float | None = None, support_floor: float = 0.0
+) -> Diagnostics:
     w = np.asarray(weights, dtype=np.float64)
     n = int(w.shape[0])
     ess = effective_sample_size(w)
@@ -54,4 +64,6 @@ def summarize_weights(weights: np.ndarray, unsupported_mass: float | None = None
         max_weight=float(w.max()) if n else 0.0,
         mean_weight=float(w.mean()) if n else 0.0,
         unsupported_mass=unsupported_mass,
+        support_floor=support_floor,
+        mean_weight_se=float(w.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
     )

@@ -112,8 +112,78 @@ def _rounds(name: str, data: LoggedData, dist: np.ndarray, q_hat: np.ndarray) ->
     raise OPEError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
 
 
+def _interval(name: str, data: LoggedData, dist: np.ndarray, rounds: np.ndarray, n_resamples: int, alpha: float,
+              seed: int) -> Any:
+    """The two-sided bootstrap interval; for SNIPS the ratio sum(w r) / sum(w) is resampled, numerator and
+    denominator together (a fixed normaliser ignores the denominator's noise and overstates the width)."""
+    from policy_server.ope import confidence as conf
+
+    if name == "snips":
+        w = bandit.importance_weights(data.actions, data.propensities, dist)
+        return conf.bootstrap_ci(w * data.rewards, n_resamples=n_resamples, alpha=alpha, rng=seed, denominator=w)
+    return conf.bootstrap_ci(rounds, n_resamples=n_resamples, alpha=alpha, rng=seed)
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def reward_range(data: LoggedData, given: tuple[float, float] | None) -> tuple[float, float]:
+    """The rewards' range for the Bernstein bound: the one given, else the logged rewards' min and max."""
+    if given is not None:
+        lo, hi = float(given[0]), float(given[1])
+        if not hi > lo:
+            raise OPEError(f"the reward range must be LO,HI with HI > LO, got {given}")
+        outside = (data.rewards < lo) | (data.rewards > hi)
+        if outside.any():
+            raise OPEError(
+                f"{int(outside.sum())} logged rewards lie outside the reward range [{lo:g}, {hi:g}] "
+                f"(observed [{data.rewards.min():g}, {data.rewards.max():g}]); widen --reward-range"
+            )
+        return lo, hi
+    lo, hi = float(data.rewards.min()), float(data.rewards.max())
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
+
+
+def _bernstein_bound(
+    name: str, data: LoggedData, dist: np.ndarray, q: np.ndarray, rewards: tuple[float, float], confidence: float
+) -> tuple[np.ndarray, tuple[float, float] | None, float | None]:
+    """(contributions, their a priori range) for the Bernstein bound, or a ready lower bound for SNIPS.
+
+    The range follows from the rewards' range [lo, hi] and the largest importance weight the two policies allow
+    on the logged contexts, w_max = max pi_e(a|x) / pi_b(a|x) over rows and actions (the logged propensity when
+    the full behaviour distribution is unknown), so it is fixed before any reward is seen. SNIPS is a ratio: its
+    bound is lo + LB(mean w (r - lo)) / UB(mean w), each side at delta/2 (a union bound).
+    """
+    from policy_server.ope import confidence as conf
+
+    lo, hi = rewards
+    span = hi - lo
+    rows = np.arange(data.actions.shape[0])
+    if data.behavior_dist is not None:
+        with np.errstate(divide="ignore"):
+            ratio = np.where(dist > 0, dist / np.maximum(data.behavior_dist, 1e-300), 0.0)
+        w_max = float(ratio.max())
+    else:
+        w_max = float((dist[rows, data.actions] / data.propensities).max())
+    w_max = max(w_max, 1.0)
+    q_c = np.clip(q, lo, hi)
+    args = (data.rewards, data.actions, data.propensities, dist)
+    if name == "ips":
+        return bandit.ips_rounds(*args), (min(0.0, w_max * lo), max(0.0, w_max * hi)), None
+    if name == "dm":
+        return bandit.dm_rounds(dist, q_c), (lo, hi), None
+    if name == "dr":
+        return bandit.dr_rounds(*args, q_c), (lo - w_max * span, hi + w_max * span), None
+    if name == "snips":
+        w = bandit.importance_weights(data.actions, data.propensities, dist)
+        delta = (1.0 - confidence) / 2.0
+        numerator = conf.bernstein_lower_bound(w * (data.rewards - lo), delta, (0.0, w_max * span))
+        denominator = -conf.bernstein_lower_bound(-w, delta, (-w_max, 0.0))
+        lower = lo + max(numerator, 0.0) / denominator if denominator > 0 else -math.inf
+        return bandit.snips_rounds(*args), None, lower
+    raise OPEError(f"the Bernstein bound has no a priori range for {name!r}; use ips, snips, dm or dr with it, "
+                   "or another --bound")
 
 
 def evaluate(
@@ -123,20 +193,24 @@ def evaluate(
     baseline: np.ndarray | None,
     estimators: Sequence[str] = ("snips", "dr"),
     confidence: float = 0.95,
-    bound: str = "student_t",
+    bound: str = "bernstein",
     min_ess: float = 100.0,
     max_unsupported_mass: float = 0.01,
     min_lower_bound_ratio: float | None = None,
     min_lower_bound_delta: float | None = None,
     n_resamples: int = 500,
     seed: int = 0,
+    support_floor: float = bandit.DEFAULT_SUPPORT_FLOOR,
+    weight_band: float | None = 0.1,
+    rewards_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Estimates, intervals, diagnostics and the verdict of `candidate` (n, K) probabilities.
 
     `baseline` (n, K) are the baseline policy's probabilities, or None to compare with the logged rewards.
+    `support_floor` is relative to 1/K (see `bandit.support_floor`); `rewards_range` (lo, hi) feeds the Bernstein
+    bound (default: the logged rewards' min and max).
     """
     # here, not at the top: gate and confidence import scipy, which `policy-server serve` and `route` never need
-    from policy_server.ope import confidence as conf
     from policy_server.ope import gate
 
     rank = {gate.Verdict.PASS: 0, gate.Verdict.FAIL: 1, gate.Verdict.REFUSE: 2}
@@ -148,8 +222,10 @@ def evaluate(
             raise OPEError(f"the {name} policy has {dist.shape[1]} actions, the log has {data.n_actions}")
     q_hat = fit_reward_model(data, seed=seed) if any(e in ("dm", "dr", "sndr") for e in estimators) else None
     q = q_hat if q_hat is not None else np.zeros_like(candidate)
-    diagnostics = bandit.diagnostics(data.actions, data.propensities, candidate, data.behavior_dist)
+    floor = bandit.support_floor(data.n_actions, support_floor)
+    diagnostics = bandit.diagnostics(data.actions, data.propensities, candidate, data.behavior_dist, floor)
     alpha = 1.0 - confidence
+    rewards = reward_range(data, rewards_range) if bound == "bernstein" else None
     logged_value = float(data.rewards.mean())
     entries = []
     worst: gate.Verdict = gate.Verdict.PASS
@@ -157,11 +233,15 @@ def evaluate(
     for name in estimators:
         rounds = _rounds(name, data, candidate, q)
         base_value = logged_value if baseline is None else float(_rounds(name, data, baseline, q).mean())
-        ci = conf.bootstrap_ci(rounds, n_resamples=n_resamples, alpha=alpha, rng=seed)
+        ci = _interval(name, data, candidate, rounds, n_resamples, alpha, seed)
+        value_range, ready = None, None
+        if rewards is not None:
+            rounds, value_range, ready = _bernstein_bound(name, data, candidate, q, rewards, confidence)
         judged = gate.gate(
             rounds, base_value, diagnostics=diagnostics, min_lower_bound_ratio=min_lower_bound_ratio,
             delta=min_lower_bound_delta, confidence=confidence, bound=bound,  # type: ignore[arg-type]
-            min_ess=min_ess, max_unsupported_mass=max_unsupported_mass, rng=seed,
+            min_ess=min_ess, max_unsupported_mass=max_unsupported_mass, weight_band=weight_band,
+            value_range=value_range, precomputed_lower_bound=ready, rng=seed,
         )
         first = first or judged
         if rank[judged.verdict] > rank[worst]:
@@ -189,6 +269,8 @@ def evaluate(
         "essRatio": _finite(diagnostics.ess_ratio),
         "maxWeight": _finite(diagnostics.max_weight),
         "unsupportedMass": _finite(diagnostics.unsupported_mass) if diagnostics.unsupported_mass is not None else None,
+        "supportFloor": _finite(diagnostics.support_floor),
+        "meanWeight": _finite(diagnostics.mean_weight),
         "estimates": entries,
     }
 

@@ -41,6 +41,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.1)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--min-ess", type=float, default=100.0, help="of the OPE report's gate")
+    p.add_argument("--bound", choices=["bernstein", "student_t", "bootstrap", "bootstrap_t"], default="bernstein",
+                   help="lower bound of the OPE report's gate (as `policy-server ope --bound`)")
     p.add_argument("--write-result", default=None, metavar="PATH",
                    help="also write the compact JSON result here (a Job's /dev/termination-log)")
     return p
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainer.export_artifact(model, data, local, version=args.version, name=args.name, exploration=exploration)
         candidate, _ = evaluate.policy_probabilities(str(local), data.observations, device=args.device)
         report = evaluate.evaluate(data, candidate, baseline=None, estimators=["snips", "dr"], min_ess=args.min_ess,
-                                   seed=args.seed)
+                                   bound=args.bound, seed=args.seed)
         report["candidate"] = args.version
         (local / "ope.json").write_text(json.dumps(report, indent=2) + "\n")
         if remote:

@@ -199,8 +199,9 @@ _K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "m
 
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
-    # steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost, offline margin
-    assert len(rules) == 7
+    # steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
+    # offlineEvaluation margin and reward range
+    assert len(rules) == 8
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -321,6 +322,8 @@ INVALID = [
                                                             "minLowerBoundDelta": 0.1}), "spec.offlineEvaluation"),
     ("ope-confidence-one", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "confidence": 1}),
      "spec.offlineEvaluation.confidence"),
+    ("ope-reward-range-reversed", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "rewardRange": [1, 0]}),
+     "spec.offlineEvaluation"),
     ("training-bad-cron", _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "schedule": "daily"}),
      "spec.training.schedule"),
     ("training-negative-gpus", _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "gpus": -1}),

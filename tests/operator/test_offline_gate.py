@@ -53,7 +53,10 @@ def _manifest(name: str, data: dict[str, Any], candidate: str, log: str = "log",
     manifest = policy_rollout_manifest(
         name=name,
         steps=[{"setWeight": 50}, {"setWeight": 100}],
-        offlineEvaluation={"dataset": data[log].url, "estimators": ["snips", "dr"], "minEss": 50, **ope},
+        # bootstrap_t: the default Bernstein bound holds on any data but is too loose to pass anything on 3,000
+        # decisions; these tests are about the operator's flow, not about the bound
+        offlineEvaluation={"dataset": data[log].url, "estimators": ["snips", "dr"], "minEss": 50,
+                           "bound": "bootstrap_t", **ope},
     )
     manifest["spec"]["policy"]["artifact"] = str(data[candidate])
     manifest["spec"]["fallback"]["artifact"] = str(data["behaviour"])
@@ -141,10 +144,43 @@ def test_evaluation_job_runs_ope_on_the_spec() -> None:
     assert args[args.index("--baseline") + 1] == "s3://policies/v1.pt2"
     assert args[args.index("--estimators") + 1] == "snips,dr"
     assert args[args.index("--min-lower-bound-ratio") + 1] == "0.98"
+    assert args[args.index("--bound") + 1] == "bernstein"  # the default: the bound that holds on heavy weights
+    assert args[args.index("--support-floor") + 1] == "0.01" and args[args.index("--weight-band") + 1] == "0.1"
+    assert not any(a.startswith("--reward-range") for a in args)
     assert c["terminationMessagePath"] == "/dev/termination-log" == args[args.index("--write-result") + 1]
     assert c["resources"]["requests"] == {"cpu": "2"} and job["spec"]["activeDeadlineSeconds"] == 600
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_gate_settings_of_issue_20_reach_the_job_and_a_negative_reward_range_stays_one_argument() -> None:
+    manifest = policy_rollout_manifest("pricing", steps=[{"setWeight": 50}], offlineEvaluation={
+        "dataset": "s3://logs/pricing", "bound": "bootstrap_t", "rewardRange": [-5, 1], "supportFloor": 0.05,
+        "weightBand": 0})
+    job = job_resources.build(_rollout(manifest), types.JobRequest(types.JobKind.OFFLINE_EVALUATION, "abc123"))
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert args[args.index("--bound") + 1] == "bootstrap_t" and "--reward-range=-5.0,1.0" in args
+    assert args[args.index("--support-floor") + 1] == "0.05" and args[args.index("--weight-band") + 1] == "0.0"
+    with pytest.raises(ValueError, match="rewardRange must be"):
+        api.OfflineEvaluationSpec.model_validate({"dataset": "s3://logs", "rewardRange": [1, 0]})
+
+
+def test_a_refusal_puts_the_numbers_in_status_and_the_event() -> None:
+    manifest = policy_rollout_manifest("r", steps=[{"setWeight": 50}], offlineEvaluation={"dataset": "s3://logs"})
+    waiting = _decide(_rollout(manifest), candidate_ready=True)
+    job = waiting.status.offline_evaluation.job_id  # type: ignore[union-attr]
+    reason = ("dr: self-normalisation check failed: mean importance weight 0.06 (95% interval [0.058, 0.062]) lies "
+              "outside 1 +- 0.1, which full support guarantees in expectation")
+    result = {"verdict": "refuse", "reason": reason, "bound": "bernstein", "meanWeight": 0.06, "ess": 4352.3,
+              "unsupportedMass": 0.0, "estimates": [{"estimator": "dr", "value": 0.87, "verdict": "refuse"}]}
+    observed = types.JobObservation(types.JobState.SUCCEEDED, result)
+    done = _decide(_rollout(manifest, waiting.status), candidate_ready=True, jobs={job: observed})
+    evaluation = done.status.offline_evaluation
+    assert evaluation is not None and evaluation.phase == "Refused"
+    assert evaluation.mean_weight == 0.06 and evaluation.bound == "bernstein" and evaluation.ess == 4352.3
+    [event] = [e for e in done.events if e.reason == "OfflineEvaluationRefused"]
+    assert "mean importance weight 0.06" in event.message and "mean weight 0.06, bernstein bound" in event.message
 
 
 # --------------------------------------------------------------------------- end to end

@@ -51,7 +51,7 @@ def test_better_candidate_passes_with_estimates_intervals_and_diagnostics(
     result_file = tmp_path / "termination-log"
     code, result, _ = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]),
                            "--baseline", str(data["behaviour"]), "--estimators", "snips,dr,dm,ips",
-                           "--write-result", str(result_file))
+                           "--bound", "student_t", "--write-result", str(result_file))
     assert code == 0 and result is not None
     assert result["verdict"] == "pass" and result["candidate"] == "v2" and result["baselineVersion"] == "v1"
     assert result["n"] == data["log"].n and 50 < result["ess"] <= result["n"]
@@ -71,6 +71,24 @@ def test_better_candidate_passes_with_estimates_intervals_and_diagnostics(
     written = result_file.read_text()
     assert len(written.encode()) <= 4096 and "\n" not in written
     assert json.loads(written) == result
+
+
+def test_the_default_bernstein_bound_runs_from_the_cli_and_is_named_in_the_reason(
+    data: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--bound bernstein` exited 2 for every input: the CLI never passed the range the bound needs."""
+    code, result, err = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]),
+                             "--baseline", "logged", "--estimators", "snips,dr,ips", "--bound", "bernstein")
+    assert code == 0 and result is not None, err
+    assert result["bound"] == "bernstein" and "empirical Bernstein" in result["reason"]
+    for e in result["estimates"]:  # valid, hence below the approximate Student-t bound on the same data
+        assert e["lowerBound"] is not None and e["lowerBound"] < e["value"]
+    code, narrow, _ = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]), "--baseline", "logged",
+                           "--estimators", "ips", "--reward-range=-100,100")
+    assert code == 0 and narrow is not None and narrow["bound"] == "bernstein"
+    assert narrow["estimates"][0]["lowerBound"] < result["estimates"][2]["lowerBound"]  # a wider range, a lower bound
+    code, _, err = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]), "--reward-range", "0,0.1")
+    assert code == 2 and "outside the reward range" in err
 
 
 def test_worse_candidate_fails(data: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ def test_trained_artifact_is_served_and_beats_the_behaviour_policy(
     out = tmp_path / "models" / "train-abc"
     result_file = tmp_path / "termination-log"
     code, result, err = _train(capsys, "--logs", log.url, "--out", str(out), "--version", "train-abc",
-                               "--steps", "600", "--write-result", str(result_file))
+                               "--steps", "600", "--bound", "bootstrap_t", "--write-result", str(result_file))
     assert code == 0, err
     assert result is not None and result["version"] == "train-abc" and result["artifact"] == str(out)
     assert json.loads(result_file.read_text()) == result

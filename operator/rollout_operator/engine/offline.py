@@ -93,6 +93,8 @@ def parse_result(result: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | No
         "ess": _number(result.get("ess")),
         "n": n if isinstance(n, int) and not isinstance(n, bool) else None,
         "unsupported_mass": _number(result.get("unsupportedMass")),
+        "mean_weight": _number(result.get("meanWeight")),
+        "bound": result.get("bound") if isinstance(result.get("bound"), str) else None,
     }
     return str(verdict), str(result.get("reason") or verdict), fields
 
@@ -106,7 +108,11 @@ def _summary(evaluation: api.OfflineEvaluationStatus) -> str:
     baseline = "n/a" if evaluation.baseline_value is None else f"{evaluation.baseline_value:.4g}"
     required = "n/a" if evaluation.required is None else f"{evaluation.required:.4g}"
     ess = "n/a" if evaluation.ess is None else f"{evaluation.ess:.0f}"
-    return f"{'; '.join(parts)}; {evaluation.baseline} baseline {baseline}, required {required}, ESS {ess}"
+    weight = "" if evaluation.mean_weight is None else f", mean weight {evaluation.mean_weight:.3g}"
+    bound = "" if evaluation.bound is None else f", {evaluation.bound} bound"
+    return (
+        f"{'; '.join(parts)}; {evaluation.baseline} baseline {baseline}, required {required}, ESS {ess}{weight}{bound}"
+    )
 
 
 def _fail(ctx: Context, phase: _Outcome, reason: str, message: str) -> None:

@@ -137,8 +137,11 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         "ope", "--logs", spec.dataset, "--policy", policy.artifact, "--baseline", baseline,
         "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
         "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--support-floor", repr(spec.support_floor), "--weight-band", repr(spec.weight_band),
         "--write-result", RESULT_PATH, "--json",
     ]
+    if spec.reward_range is not None:  # one argument: a negative lower end would read as an option
+        args.append(f"--reward-range={spec.reward_range[0]!r},{spec.reward_range[1]!r}")
     if spec.min_lower_bound_ratio is not None:
         args += ["--min-lower-bound-ratio", repr(spec.min_lower_bound_ratio)]
     if spec.min_lower_bound_delta is not None:

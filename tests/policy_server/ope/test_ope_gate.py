@@ -87,7 +87,7 @@ def test_heavy_tailed_weights_with_tiny_ess_are_refused():
     log = ope_data.log_bandit(expected, behavior, rng)
     target = np.tile([0.9, 0.025, 0.025, 0.025, 0.025], (n, 1))
     rounds = bandit.ips_rounds(log.reward, log.action, log.pscore, target)
-    diag = bandit.diagnostics(log.action, log.pscore, target, behavior_dist=behavior)
+    diag = bandit.diagnostics(log.action, log.pscore, target, behavior_dist=behavior, floor=0.0)  # ESS alone
     assert diag.unsupported_mass == 0.0
     assert diag.ess < 100
     result = ope_gate.gate(rounds, baseline_value=0.0, diagnostics=diag, min_ess=100)

@@ -124,8 +124,8 @@ def test_shadow_rewards_give_an_off_policy_estimate_of_the_candidate(stable, can
         rewards, costs = [], []
         for decision in served:
             reward, cost = float(decision["action"] % 2), float(decision["action"] == 0)
-            status, body = c.request("POST", "/v1/reward",
-                                     {"request_id": decision["request_id"], "reward": reward, "costs": {"margin": cost}})
+            posted = {"request_id": decision["request_id"], "reward": reward, "costs": {"margin": cost}}
+            status, body = c.request("POST", "/v1/reward", posted)
             assert status == 202, body
             rewards.append(reward)
             costs.append(cost)

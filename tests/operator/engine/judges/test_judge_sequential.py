@@ -44,14 +44,16 @@ class Counters:
         return {judges.SERIES_PREFIX + k: Measurement(v) for k, v in self.values.items()}
 
 
-def run(s: api.PolicyRolloutSpec, gap: float, intervals: int, seed: int = 0) -> list[judges.Judgement]:
+def run(
+    s: api.PolicyRolloutSpec, gap: float, intervals: int, seed: int = 0, mean: float = 1.0
+) -> list[judges.Judgement]:
     counters, status, out = Counters(seed), api.PolicyRolloutStatus(stable_version="v1"), []
     judge = judges.judge_for(s)
     for _ in range(intervals):
         judgement = judge.judge(s, status, counters.measurements(), T0)
         out.append(judgement)
         status = status.model_copy(update={"judge": judgement.state, "guardrails": judgement.guardrails})
-        counters.interval(gap)
+        counters.interval(gap, mean=mean)
     return out
 
 
@@ -118,6 +120,62 @@ def test_counter_reset_counts_the_new_value_as_the_increment() -> None:
     assert why is None
     assert (state.candidate_sum, state.candidate_count, state.stable_sum, state.stable_count) == (5, 10, 100, 100)
     assert state.estimate == pytest.approx(0.5 - 1.0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "mean"),
+    [
+        ((-50.0, 100.0), (-100.0, 200.0), -0.5),  # negative rewards: the sum falls every interval
+        ((30.0, 100.0), (10.0, 200.0), -0.2),  # mixed signs: this interval's rewards were mostly negative
+        ((0.0, 100.0), (0.0, 200.0), 0.0),  # zero mean
+    ],
+)
+def test_a_falling_sum_with_a_rising_count_is_an_increment_not_a_reset(
+    before: tuple[float, float], after: tuple[float, float], mean: float
+) -> None:
+    s = spec()
+    stable = {"stable_sum": 0.0, "stable_count": 1000.0}
+    state, _ = sequential.update(
+        s.analysis.judge, None, {"candidate_sum": before[0], "candidate_count": before[1], **stable}
+    )
+    state, why = sequential.update(
+        s.analysis.judge,
+        state,
+        {"candidate_sum": after[0], "candidate_count": after[1], "stable_sum": 0.0, "stable_count": 1100.0},
+    )
+    assert why is None
+    assert state.candidate_count == after[1] - before[1]
+    assert state.candidate_sum / state.candidate_count == pytest.approx(mean)
+
+
+def test_a_server_restart_mid_stream_restarts_the_counts_and_keeps_the_statistic_right() -> None:
+    """Negative rewards, then the candidate's counters restart from 0: the reset comes from the count."""
+    judge = spec().analysis.judge
+    readings = [(-40, 100, -500, 1000), (-80, 200, -1000, 2000), (-20, 50, -1500, 3000)]  # restarted: 50 new, sum -20
+    state, why = None, None
+    for c_sum, c_count, s_sum, s_count in readings:
+        raw = {"candidate_sum": c_sum, "candidate_count": c_count, "stable_sum": s_sum, "stable_count": s_count}
+        state, why = sequential.update(judge, state, raw)
+    assert state is not None
+    assert why is None
+    assert (state.candidate_sum, state.candidate_count) == (-60, 150)
+    assert (state.stable_sum, state.stable_count) == (-1000, 2000)
+    assert state.estimate == pytest.approx(0.1)  # -0.4 - (-0.5) in both intervals
+
+
+@pytest.mark.parametrize("mean", [-0.5, 0.0])
+def test_false_rollbacks_stay_under_alpha_on_a_a_runs_with_negative_or_zero_mean_rewards(mean: float) -> None:
+    """A/A with mean reward -0.5 rolled back 65 % of rollouts when a falling sum counted as a reset."""
+    s = spec(alpha=0.05, minDetectableEffect=0.05)
+    rolled_back = sum(any(j.rollback for j in run(s, 0.0, 30, seed=seed, mean=mean)) for seed in range(100))
+    assert rolled_back / 100 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 100)
+
+
+def test_negative_costs_are_judged_like_any_cost() -> None:
+    """A cost that can be negative (a rebate) falls too; a candidate with a higher cost still rolls back."""
+    s = spec(metric="cost", cost="net-cost")
+    judgements = run(s, gap=0.3, intervals=30, mean=-0.5)
+    assert any(j.rollback is not None and j.rollback.reason == "SequentialHarm" for j in judgements)
 
 
 def test_replaying_an_analysis_from_status_gives_the_same_state() -> None:
