@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from rollout_operator.cluster.control_plane import ControlPlane
 
+from tests.support.kube import wait_for
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
 
@@ -27,9 +28,11 @@ def test_an_unknown_template_fails_the_rollout_at_once_and_creates_nothing(
         assert time.monotonic() - created < 15, "at once, not after retries"
         assert "unknown template 'reward-ratoi' (did you mean 'reward-ratio'?)" in status["message"]
         assert "kubectl policyrollout retry" in status["message"]
-        events = [e for e in run.kube_api.objects("events", "default")
-                  if e["involvedObject"]["name"] == "misspelt" and e["reason"] == "InvalidSpec"]
-        assert events and events[0]["type"] == "Warning"
+        # The Event is written just after the status: wait for it rather than race it.
+        events = wait_for(lambda: [e for e in run.kube_api.objects("events", "default")
+                                   if e["involvedObject"]["name"] == "misspelt" and e["reason"] == "InvalidSpec"],
+                          timeout=10, what="the InvalidSpec event")
+        assert events[0]["type"] == "Warning"
         time.sleep(2)
         owned = [o["metadata"]["name"] for kind in ("deployments", "services", "httproutes")
                  for o in run.kube_api.objects(kind, "default") if o["metadata"]["name"].startswith("misspelt")]
