@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from policy_server.ope import evaluate, logged
+from policy_server.ope import constraints, evaluate, logged
 from policy_server.ope._checks import OPEError, OPEInputError
 
 __all__ = ["add_parser", "main", "run"]
@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="actions the logging policy takes with probability below this x 1/K count as unsupported")
     p.add_argument("--weight-band", type=float, default=0.1,
                    help="refuse when the mean importance weight is clearly outside 1 +- this (0 disables)")
+    p.add_argument("--constraint", action="append", default=[], metavar="cost=NAME,max=B",
+                   help="a budget on a cost posted with the rewards (repeatable): cost=NAME and max=B (absolute) or "
+                        "maxIncrease=B (over the baseline); optional estimators=snips+dr, confidence=0.9")
     p.add_argument("--min-lower-bound-ratio", type=float, default=None)
     p.add_argument("--min-lower-bound-delta", type=float, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the models' forward passes")
@@ -69,6 +72,7 @@ def _pair(text: str | None) -> tuple[float, float] | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.min_lower_bound_ratio is not None and args.min_lower_bound_delta is not None:
         raise OPEError("give at most one of --min-lower-bound-ratio and --min-lower-bound-delta")
+    budgets = [constraints.parse_constraint(text) for text in args.constraint]
     data = logged.load_logged(args.logs)
     candidate, version = evaluate.policy_probabilities(args.policy, data.observations, device=args.device,
                                                        batch_size=args.batch_size)
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             max_unsupported_mass=args.max_unsupported_mass, min_lower_bound_ratio=args.min_lower_bound_ratio,
             min_lower_bound_delta=args.min_lower_bound_delta, n_resamples=args.resamples, seed=args.seed,
             support_floor=args.support_floor, weight_band=args.weight_band or None,
-            rewards_range=_pair(args.reward_range),
+            rewards_range=_pair(args.reward_range), constraints=budgets,
         )
     except OPEInputError as exc:
         raise OPEError(str(exc)) from exc
@@ -100,6 +104,12 @@ def _print_human(result: dict[str, Any]) -> None:
     for e in result["estimates"]:
         print(f"  {e['estimator']:>5}: {e['value']:.5g}  CI [{e['ciLow']:.5g}, {e['ciHigh']:.5g}]  "
               f"lower bound {e['lowerBound']}  baseline {e['baselineValue']:.5g}  -> {e['verdict']}")
+    for c in result.get("constraints", []):
+        if c["estimator"] is None:
+            print(f"  {c['criterion']}: -> {c['verdict']} ({c['reason']})")
+            continue
+        print(f"  {c['criterion']} {c['estimator']:>5}: {c['value']}  upper bound {c['upperBound']}  "
+              f"budget {c['budget']}  baseline {c['baselineValue']}  -> {c['verdict']}")
 
 
 def main(args: argparse.Namespace) -> int:

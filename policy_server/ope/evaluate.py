@@ -19,6 +19,7 @@ because the operator reads it back from a Job's termination message. scipy (thro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from policy_server.ope import bandit
+from policy_server.ope import constraints as constraints_mod
 from policy_server.ope._checks import OPEError
 from policy_server.ope.logged import LoggedData
 
@@ -186,6 +188,87 @@ def _bernstein_bound(
                    "or another --bound")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """How every criterion is judged (the gate's knobs, shared by the reward and the cost constraints)."""
+
+    baseline: np.ndarray | None
+    confidence: float
+    bound: str
+    min_ess: float
+    max_unsupported_mass: float
+    weight_band: float | None
+    n_resamples: int
+    seed: int
+
+
+def _judge(name: str, data: LoggedData, candidate: np.ndarray, q: np.ndarray, diagnostics: Any, how: _Settings,
+           rewards: tuple[float, float] | None, *, ratio: float | None, delta: float | None,
+           required_level: float | None = None) -> tuple[Any, np.ndarray, float, Any]:
+    """One estimator on one criterion: (gate result, contributions, baseline value, bootstrap interval).
+
+    `required_level` replaces the baseline as the level to clear (an absolute budget)."""
+    from policy_server.ope import gate
+
+    rounds = _rounds(name, data, candidate, q)
+    base_value = float(data.rewards.mean()) if how.baseline is None else float(
+        _rounds(name, data, how.baseline, q).mean())
+    ci = _interval(name, data, candidate, rounds, how.n_resamples, 1.0 - how.confidence, how.seed)
+    value_range, ready = None, None
+    if rewards is not None:
+        rounds, value_range, ready = _bernstein_bound(name, data, candidate, q, rewards, how.confidence)
+    judged = gate.gate(
+        rounds, base_value if required_level is None else required_level, diagnostics=diagnostics,
+        min_lower_bound_ratio=ratio, delta=delta, confidence=how.confidence, bound=how.bound,  # type: ignore[arg-type]
+        min_ess=how.min_ess, max_unsupported_mass=how.max_unsupported_mass, weight_band=how.weight_band,
+        value_range=value_range, precomputed_lower_bound=ready, rng=how.seed,
+    )
+    return judged, rounds, base_value, ci
+
+
+def _constraint_entries(
+    data: LoggedData, candidate: np.ndarray, diagnostics: Any, how: _Settings,
+    constraint: constraints_mod.Constraint, default_estimators: Sequence[str],
+) -> list[dict[str, Any]]:
+    """Each estimator's verdict on one cost budget: the upper bound of the cost against the budget."""
+    label = constraint.label
+    missing = constraints_mod.missing_cost_reason(data, constraint.cost)
+    if missing is not None:
+        return [{"criterion": label, "estimator": None, "verdict": "refuse", "reason": missing,
+                 "budget": constraint.max}]
+    cost_data = constraints_mod.as_cost_data(data, constraint.cost)
+    settings = dataclasses.replace(how, confidence=constraint.confidence or how.confidence)
+    names = constraints_mod.estimators_of(constraint, default_estimators)
+    q_cost = fit_reward_model(cost_data, seed=how.seed) if any(e in ("dm", "dr", "sndr") for e in names) else None
+    q = q_cost if q_cost is not None else np.zeros_like(candidate)
+    ranges = reward_range(cost_data, None) if how.bound == "bernstein" else None
+    entries = []
+    for name in names:
+        # On -cost, "lower bound >= -budget" is "upper bound <= budget".
+        if constraint.max is not None:
+            judged, rounds, base, _ = _judge(name, cost_data, candidate, q, diagnostics, settings, ranges,
+                                             ratio=None, delta=None, required_level=-constraint.max)
+            base = -float(cost_data.rewards.mean()) if how.baseline is None else -float(
+                _rounds(name, cost_data, how.baseline, q).mean())
+        else:
+            judged, rounds, negated_base, _ = _judge(name, cost_data, candidate, q, diagnostics, settings, ranges,
+                                                     ratio=None, delta=-constraint.max_increase)
+            base = -negated_base
+        upper = None if judged.lower_bound is None else -judged.lower_bound
+        budget, estimate = -judged.required, -float(rounds.mean())
+        reason = judged.reason
+        if str(judged.verdict) in ("pass", "fail"):
+            within = "within" if str(judged.verdict) == "pass" else "above"
+            reason = (f"{settings.confidence:.0%} upper bound {upper:.6g} of cost {constraint.cost!r} is {within} "
+                      f"its budget {budget:.6g} (estimate {estimate:.6g}, baseline {base:.6g}, {settings.bound} bound)")
+        entries.append({
+            "criterion": label, "estimator": name, "value": _finite(estimate), "upperBound": _finite(upper),
+            "budget": _finite(budget), "baselineValue": _finite(base), "verdict": str(judged.verdict),
+            "reason": reason,
+        })
+    return entries
+
+
 def evaluate(
     data: LoggedData,
     candidate: np.ndarray,
@@ -203,18 +286,21 @@ def evaluate(
     support_floor: float = bandit.DEFAULT_SUPPORT_FLOOR,
     weight_band: float | None = 0.1,
     rewards_range: tuple[float, float] | None = None,
+    constraints: Sequence[constraints_mod.Constraint] = (),
 ) -> dict[str, Any]:
     """Estimates, intervals, diagnostics and the verdict of `candidate` (n, K) probabilities.
 
     `baseline` (n, K) are the baseline policy's probabilities, or None to compare with the logged rewards.
     `support_floor` is relative to 1/K (see `bandit.support_floor`); `rewards_range` (lo, hi) feeds the Bernstein
-    bound (default: the logged rewards' min and max).
+    bound (default: the logged rewards' min and max). `constraints` are cost budgets (`ope.constraints`): each
+    is a criterion of its own, and the verdict is the worst over the reward and every constraint.
     """
     # here, not at the top: gate and confidence import scipy, which `policy-server serve` and `route` never need
     from policy_server.ope import gate
 
     rank = {gate.Verdict.PASS: 0, gate.Verdict.FAIL: 1, gate.Verdict.REFUSE: 2}
     unknown = [e for e in estimators if e not in ESTIMATORS]
+    unknown += [e for c in constraints for e in (c.estimators or ()) if e not in ESTIMATORS]
     if unknown or not estimators:
         raise OPEError(f"unknown estimator(s) {unknown}; choose from {', '.join(ESTIMATORS)}")
     for name, dist in (("candidate", candidate), ("baseline", baseline)):
@@ -224,44 +310,34 @@ def evaluate(
     q = q_hat if q_hat is not None else np.zeros_like(candidate)
     floor = bandit.support_floor(data.n_actions, support_floor)
     diagnostics = bandit.diagnostics(data.actions, data.propensities, candidate, data.behavior_dist, floor)
-    alpha = 1.0 - confidence
+    how = _Settings(baseline, confidence, bound, min_ess, max_unsupported_mass, weight_band, n_resamples, seed)
     rewards = reward_range(data, rewards_range) if bound == "bernstein" else None
     logged_value = float(data.rewards.mean())
     entries = []
-    worst: gate.Verdict = gate.Verdict.PASS
-    first: gate.GateResult | None = None
     for name in estimators:
-        rounds = _rounds(name, data, candidate, q)
-        base_value = logged_value if baseline is None else float(_rounds(name, data, baseline, q).mean())
-        ci = _interval(name, data, candidate, rounds, n_resamples, alpha, seed)
-        value_range, ready = None, None
-        if rewards is not None:
-            rounds, value_range, ready = _bernstein_bound(name, data, candidate, q, rewards, confidence)
-        judged = gate.gate(
-            rounds, base_value, diagnostics=diagnostics, min_lower_bound_ratio=min_lower_bound_ratio,
-            delta=min_lower_bound_delta, confidence=confidence, bound=bound,  # type: ignore[arg-type]
-            min_ess=min_ess, max_unsupported_mass=max_unsupported_mass, weight_band=weight_band,
-            value_range=value_range, precomputed_lower_bound=ready, rng=seed,
-        )
-        first = first or judged
-        if rank[judged.verdict] > rank[worst]:
-            worst = judged.verdict
+        judged, rounds, base_value, ci = _judge(name, data, candidate, q, diagnostics, how, rewards,
+                                                ratio=min_lower_bound_ratio, delta=min_lower_bound_delta)
         entries.append({
             "estimator": name, "value": _finite(float(rounds.mean())), "lowerBound": _finite(judged.lower_bound),
             "ciLow": _finite(ci.lower), "ciHigh": _finite(ci.upper), "baselineValue": _finite(base_value),
             "required": _finite(judged.required), "verdict": str(judged.verdict), "reason": judged.reason,
         })
-    assert first is not None
-    deciding = next(e for e in entries if e["verdict"] == str(worst))
+    costs = [e for c in constraints for e in _constraint_entries(data, candidate, diagnostics, how, c, estimators)]
+    worst = max((gate.Verdict(e["verdict"]) for e in entries + costs), key=rank.__getitem__)
+    deciding_reward = next((e for e in entries if e["verdict"] == str(worst)), entries[0])
+    deciding = next(e for e in entries + costs if e["verdict"] == str(worst))
+    prefix = deciding["criterion"] if "criterion" in deciding else deciding["estimator"]
+    if "criterion" in deciding and deciding["estimator"]:
+        prefix = f"{deciding['criterion']} ({deciding['estimator']})"
     return {
         "v": RESULT_VERSION,
         "kind": "ope",
         "verdict": str(worst),
-        "reason": f"{deciding['estimator']}: {deciding['reason']}",
+        "reason": f"{prefix}: {deciding['reason']}",
         "baseline": "logged" if baseline is None else "policy",
-        "baselineValue": deciding["baselineValue"],
+        "baselineValue": deciding_reward["baselineValue"],
         "loggedValue": _finite(logged_value),
-        "required": deciding["required"],
+        "required": deciding_reward["required"],
         "confidence": confidence,
         "bound": bound,
         "n": int(data.actions.shape[0]),
@@ -272,6 +348,7 @@ def evaluate(
         "supportFloor": _finite(diagnostics.support_floor),
         "meanWeight": _finite(diagnostics.mean_weight),
         "estimates": entries,
+        "constraints": costs,
     }
 
 
@@ -281,7 +358,8 @@ def compact(result: dict[str, Any], limit: int = RESULT_LIMIT) -> str:
     if len(text.encode()) <= limit:
         return text
     slim = dict(result)
-    slim["estimates"] = [{k: v for k, v in e.items() if k != "reason"} for e in result.get("estimates", [])]
+    for key in ("estimates", "constraints"):
+        slim[key] = [{k: v for k, v in e.items() if k != "reason"} for e in result.get(key, [])]
     for size in (400, 120):
         slim["reason"] = str(result.get("reason", ""))[:size]
         text = json.dumps(slim, separators=(",", ":"), allow_nan=False)

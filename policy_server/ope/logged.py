@@ -8,6 +8,7 @@ is read: `policy_server.cli` builds every command's parser in pods that never re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class LoggedData:
     rewards: np.ndarray  # float64 (n,)
     behavior_dist: np.ndarray | None  # float64 (n, K) when every row logged its probabilities
     n_actions: int
+    costs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> float64 (n,), NaN: not reported
 
 
 def load_logged(url: str, obs_shape: Sequence[int] | None = None) -> LoggedData:
@@ -75,5 +77,17 @@ def load_logged(url: str, obs_shape: Sequence[int] | None = None) -> LoggedData:
             behavior = probs.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
             behavior = behavior.reshape(n, k)
             n_actions = max(n_actions, k)
-    return LoggedData(observations, actions, propensities, rewards, behavior, n_actions)
+    return LoggedData(observations, actions, propensities, rewards, behavior, n_actions, _costs(table["costs"]))
+
+
+def _costs(column: object) -> dict[str, np.ndarray]:
+    """The costs reported with each decision's reward, by name (NaN where one was not reported)."""
+    rows = column.to_pylist()  # type: ignore[attr-defined]
+    names = sorted({name for row in rows if row for name, _ in row})
+    costs = {name: np.full(len(rows), np.nan) for name in names}
+    for i, row in enumerate(rows):
+        for name, value in row or ():
+            if value is not None:
+                costs[name][i] = float(value)
+    return costs
 

@@ -29,6 +29,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "behaviour": behaviour,
         "log": decision_logs.write_log(root / "log", behaviour, n=3000),
         "masked_log": decision_logs.write_log(root / "masked", behaviour, n=1500, seed=1, mask_last_action=True),
+        "costed_log": decision_logs.write_log(root / "costed", behaviour, n=2000, seed=2,
+                                              cost_per_action=(0.0, 0.02, 0.6)),
         **{kind: decision_logs.candidate(root / kind, kind) for kind in ("good", "bad", "unsupported")},
     }
 
@@ -89,6 +91,27 @@ def test_the_default_bernstein_bound_runs_from_the_cli_and_is_named_in_the_reaso
     assert narrow["estimates"][0]["lowerBound"] < result["estimates"][2]["lowerBound"]  # a wider range, a lower bound
     code, _, err = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]), "--reward-range", "0,0.1")
     assert code == 2 and "outside the reward range" in err
+
+
+def test_a_cost_over_budget_fails_the_gate_from_the_cli(
+    data: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `unsupported` always picks the last action, the one that violates the margin 60 % of the time.
+    code, result, _ = _ope(capsys, "--logs", data["costed_log"].url, "--policy", str(data["unsupported"]),
+                           "--baseline", str(data["behaviour"]), "--bound", "student_t",
+                           "--constraint", "cost=margin_violation,max=0.1")
+    assert code == 0 and result is not None and result["verdict"] == "fail"
+    assert {c["criterion"] for c in result["constraints"]} == {"cost:margin_violation"}
+    assert all(c["verdict"] == "fail" and c["upperBound"] > 0.1 for c in result["constraints"])
+    assert all(abs(c["value"] - 0.6 * (0.9 + 0.1 / 3)) < 0.1 for c in result["constraints"])
+
+
+def test_a_constraint_on_a_cost_the_log_lacks_refuses(data: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    code, result, _ = _ope(capsys, "--logs", data["log"].url, "--policy", str(data["good"]),
+                           "--baseline", str(data["behaviour"]), "--bound", "student_t",
+                           "--constraint", "cost=margin_violation,max=0.1")
+    assert code == 0 and result is not None and result["verdict"] == "refuse"
+    assert "cost:margin_violation" in result["reason"] and "never reported" in result["reason"]
 
 
 def test_worse_candidate_fails(data: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

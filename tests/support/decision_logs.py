@@ -76,11 +76,12 @@ class WrittenLog:
 
 
 def write_log(directory: Path, behaviour_artifact: Path, n: int = 4000, seed: int = 0,
-              mask_last_action: bool = False) -> WrittenLog:
+              mask_last_action: bool = False, cost_per_action: tuple[float, ...] | None = None) -> WrittenLog:
     """Decisions of `behaviour_artifact` on standard-normal observations, rewards from the known function.
 
     `mask_last_action`: the behaviour never takes the last action (a shield mask), so a candidate
-    that does is unsupported by the log.
+    that does is unsupported by the log. `cost_per_action`: each reward also reports the cost
+    `margin_violation`, 1 with that action's probability, else 0.
     """
     rng = np.random.default_rng(seed)
     loaded = artifact.load_artifact(str(behaviour_artifact))
@@ -109,6 +110,10 @@ def write_log(directory: Path, behaviour_artifact: Path, n: int = 4000, seed: in
                 "latency_ms": 0.5,
             }
             dlog.log_decision(record)
-            dlog.log_reward({"request_id": record["request_id"], "time": record["time"] + 1.0,
-                             "reward": float(rewards[i])})
+            reward: dict[str, Any] = {"request_id": record["request_id"], "time": record["time"] + 1.0,
+                                      "reward": float(rewards[i])}
+            if cost_per_action is not None:
+                violated = rng.random() < cost_per_action[int(decided.actions[i])]
+                reward["costs"] = {"margin_violation": float(violated)}
+            dlog.log_reward(reward)
     return WrittenLog(url=url, n=n, mean_reward=float(rewards.mean()), behaviour=behaviour_artifact)
