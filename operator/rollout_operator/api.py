@@ -482,6 +482,49 @@ class OPEEstimator(enum.StrEnum):
     SNDR = "sndr"
 
 
+class CostConstraint(Model):
+    """A budget on one cost posted with the rewards (`costs: {name: value}` on /v1/reward).
+
+    The gate estimates the candidate's expected cost with its estimators and fails it when the cost's upper
+    confidence bound exceeds the budget: absolute (`max`) or over the baseline on the same logs (`maxIncrease`).
+    A cost missing from the logged rewards cannot be estimated: the gate refuses.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("has(self.max) != has(self.maxIncrease)", "set exactly one of max and maxIncrease"),
+        )
+    )
+
+    cost: str = Field(min_length=1, max_length=63, description="The cost's name, as posted with the rewards.")
+    max: float | None = Field(default=None, description="Budget: the most the candidate's mean cost may be.")
+    max_increase: float | None = Field(
+        default=None, description="Budget relative to the baseline: the most the mean cost may exceed its value by."
+    )
+    estimators: list[OPEEstimator] | None = Field(
+        default=None, min_length=1, max_length=5, description="Estimators for this cost; default the gate's."
+    )
+    confidence: float | None = Field(
+        default=None, ge=0.5, le=0.9999, description="Confidence of the upper bound; default the gate's."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_budget(self) -> CostConstraint:
+        if (self.max is None) == (self.max_increase is None):
+            raise ValueError(f"constraint on cost {self.cost!r}: set exactly one of max and maxIncrease")
+        return self
+
+    def as_argument(self) -> str:
+        """The `policy-server ope --constraint` value."""
+        parts = [f"cost={self.cost}"]
+        parts.append(f"max={self.max!r}" if self.max is not None else f"maxIncrease={self.max_increase!r}")
+        if self.estimators:
+            parts.append("estimators=" + "+".join(self.estimators))
+        if self.confidence is not None:
+            parts.append(f"confidence={self.confidence!r}")
+        return ",".join(parts)
+
+
 class OfflineEvaluationSpec(Model):
     """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.
 
@@ -544,6 +587,10 @@ class OfflineEvaluationSpec(Model):
         ge=0.0,
         le=0.99,
         description="Refuse when the mean importance weight is clearly outside 1 +- this (0 turns the check off).",
+    )
+    constraints: list[CostConstraint] = Field(
+        default_factory=list, max_length=8,
+        description="Budgets on logged costs: each is a criterion of the gate beside the reward (docs/ope.md).",
     )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
@@ -753,6 +800,18 @@ class EstimateStatus(Model):
     verdict: str | None = None
 
 
+class ConstraintStatus(Model):
+    """One estimator's verdict on one cost budget of the offline gate."""
+
+    cost: str
+    estimator: str | None = None
+    value: float | None = None
+    upper_bound: float | None = None
+    budget: float | None = None
+    baseline_value: float | None = None
+    verdict: str | None = None
+
+
 class OfflineEvaluationStatus(Model):
     """The offline gate of the current candidate: its Job and, once done, what it found."""
 
@@ -765,6 +824,7 @@ class OfflineEvaluationStatus(Model):
     baseline_value: float | None = None
     required: float | None = None
     estimates: list[EstimateStatus] = Field(default_factory=list)
+    constraints: list[ConstraintStatus] = Field(default_factory=list, description="Cost budgets, as judged.")
     ess: float | None = None
     n: int | None = None
     unsupported_mass: float | None = None

@@ -200,8 +200,8 @@ _K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "m
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
     # steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
-    # offlineEvaluation margin and reward range
-    assert len(rules) == 8
+    # offlineEvaluation margin and reward range, a cost constraint's budget
+    assert len(rules) == 9
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -311,6 +311,9 @@ INVALID = [
     ("set-weight-percent-string", _set("spec.steps.1.setWeight", "50%"), "spec.steps[1].setWeight"),
     ("duplicate-guardrail-names", _duplicate_guardrail, "spec.analysis"),
     ("shadow-guardrail-named-like-a-live-one", _shadow_guardrail_named_like_a_live_one, "spec.analysis"),
+    ("cost-constraint-with-two-budgets", _set("spec.offlineEvaluation", {
+        "dataset": "s3://logs", "constraints": [{"cost": "margin", "max": 0.1, "maxIncrease": 0.0}]}),
+     "spec.offlineEvaluation.constraints[0]"),
     ("query-and-template", _set("spec.analysis.guardrails.0.template", "error-rate"), "spec.analysis.guardrails[0]"),
     ("neither-query-nor-template", _delete("spec.analysis.guardrails.0.query"), "spec.analysis.guardrails[0]"),
     ("judge-cost-without-name", _set("spec.analysis.judge", {"metric": "cost"}), "spec.analysis.judge"),

@@ -183,6 +183,43 @@ def test_a_refusal_puts_the_numbers_in_status_and_the_event() -> None:
     assert "mean importance weight 0.06" in event.message and "mean weight 0.06, bernstein bound" in event.message
 
 
+def test_cost_constraints_reach_the_job_one_argument_each() -> None:
+    manifest = policy_rollout_manifest("pricing", steps=[{"setWeight": 50}], offlineEvaluation={
+        "dataset": "s3://logs/pricing", "constraints": [
+            {"cost": "margin_violation", "max": 0.05},
+            {"cost": "refunds", "maxIncrease": -0.01, "estimators": ["dr"], "confidence": 0.9}]})
+    job = job_resources.build(_rollout(manifest), types.JobRequest(types.JobKind.OFFLINE_EVALUATION, "abc123"))
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    assert [a for a in c["args"] if a.startswith("--constraint")] == [
+        "--constraint=cost=margin_violation,max=0.05",
+        "--constraint=cost=refunds,maxIncrease=-0.01,estimators=dr,confidence=0.9",
+    ]
+    with pytest.raises(ValueError, match="exactly one of max and maxIncrease"):
+        api.CostConstraint.model_validate({"cost": "x", "max": 1, "maxIncrease": 1})
+
+
+def test_a_breached_cost_budget_fails_the_rollout_naming_the_cost_with_its_numbers() -> None:
+    manifest = policy_rollout_manifest("r", steps=[{"setWeight": 50}], offlineEvaluation={
+        "dataset": "s3://logs", "constraints": [{"cost": "margin_violation", "max": 0.05}]})
+    waiting = _decide(_rollout(manifest), candidate_ready=True)
+    job = waiting.status.offline_evaluation.job_id  # type: ignore[union-attr]
+    reason = ("cost:margin_violation (snips): 95% upper bound 0.31 of cost 'margin_violation' is above its budget "
+              "0.05 (estimate 0.27, baseline 0.02, bernstein bound)")
+    result = {"verdict": "fail", "reason": reason, "bound": "bernstein", "ess": 900.0,
+              "estimates": [{"estimator": "snips", "value": 0.74, "lowerBound": 0.7, "verdict": "pass"}],
+              "constraints": [{"criterion": "cost:margin_violation", "estimator": "snips", "value": 0.27,
+                               "upperBound": 0.31, "budget": 0.05, "baselineValue": 0.02, "verdict": "fail"}]}
+    done = _decide(_rollout(manifest, waiting.status), candidate_ready=True,
+                   jobs={job: types.JobObservation(types.JobState.SUCCEEDED, result)})
+    assert done.status.phase is api.Phase.FAILED and done.weights.candidate == 0
+    evaluation = done.status.offline_evaluation
+    assert evaluation is not None and evaluation.phase == "Failed"
+    [cost] = evaluation.constraints
+    assert (cost.cost, cost.upper_bound, cost.budget, cost.verdict) == ("margin_violation", 0.31, 0.05, "fail")
+    [event] = [e for e in done.events if e.reason == "OfflineEvaluationFailed"]
+    assert "margin_violation" in event.message and "upper bound 0.31, budget 0.05" in event.message
+
+
 # --------------------------------------------------------------------------- end to end
 
 

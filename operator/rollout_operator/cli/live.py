@@ -177,6 +177,12 @@ def offline_summary(status: JSON) -> str | None:
         parts.append(text)
     if evaluation.get("required") is not None:
         parts.append(f"required {_num(evaluation['required'])}")
+    for cost in evaluation.get("constraints") or []:
+        text = f"cost {cost.get('cost', '?')}"
+        if cost.get("estimator"):
+            text += (f" {cost['estimator']}={_num(cost.get('value'))} (upper bound {_num(cost.get('upperBound'))},"
+                     f" budget {_num(cost.get('budget'))})")
+        parts.append(f"{text} {cost.get('verdict') or ''}".rstrip())
     if evaluation.get("message"):
         parts.append(str(evaluation["message"]))
     return "; ".join(parts)

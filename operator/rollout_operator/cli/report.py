@@ -318,6 +318,12 @@ def render_html(obj: JSON, data: Timeline, png: bytes, now: datetime) -> str:
             [(e.get("estimator"), e.get("value"), e.get("lowerBound"), e.get("ciLow"), e.get("ciHigh"),
               e.get("verdict")) for e in evaluation.get("estimates") or []],
         )
+        if evaluation.get("constraints"):
+            offline += "<p><b>Cost budgets</b></p>" + _table(
+                ("COST", "ESTIMATOR", "VALUE", "UPPER BOUND", "BUDGET", "BASELINE", "VERDICT"),
+                [(c.get("cost"), c.get("estimator"), c.get("value"), c.get("upperBound"), c.get("budget"),
+                  c.get("baselineValue"), c.get("verdict")) for c in evaluation["constraints"]],
+            )
     else:
         offline = "<p>No offline evaluation in this rollout's status (spec.offlineEvaluation not set).</p>"
     revisions = _table(("VERSION", "ARTIFACT", "PROMOTED AT"), [

@@ -85,8 +85,22 @@ def parse_result(result: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | No
             ci_high=_number(entry.get("ciHigh")),
             verdict=entry.get("verdict") if isinstance(entry.get("verdict"), str) else None,
         ))
+    constraints = []
+    for entry in result.get("constraints") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("criterion"), str):
+            return None
+        constraints.append(api.ConstraintStatus(
+            cost=entry["criterion"].removeprefix("cost:"),
+            estimator=entry.get("estimator") if isinstance(entry.get("estimator"), str) else None,
+            value=_number(entry.get("value")),
+            upper_bound=_number(entry.get("upperBound")),
+            budget=_number(entry.get("budget")),
+            baseline_value=_number(entry.get("baselineValue")),
+            verdict=entry.get("verdict") if isinstance(entry.get("verdict"), str) else None,
+        ))
     n = result.get("n")
     fields = {
+        "constraints": constraints,
         "baseline_value": _number(result.get("baselineValue")),
         "required": _number(result.get("required")),
         "estimates": estimates,
@@ -105,6 +119,14 @@ def _summary(evaluation: api.OfflineEvaluationStatus) -> str:
         value = "n/a" if e.value is None else f"{e.value:.4g}"
         bound = "" if e.lower_bound is None else f" (lower bound {e.lower_bound:.4g})"
         parts.append(f"{e.estimator} {value}{bound}")
+    for c in evaluation.constraints:
+        if c.estimator is None:
+            parts.append(f"cost {c.cost}: {c.verdict}")
+            continue
+        value = "n/a" if c.value is None else f"{c.value:.4g}"
+        upper = "n/a" if c.upper_bound is None else f"{c.upper_bound:.4g}"
+        budget = "n/a" if c.budget is None else f"{c.budget:.4g}"
+        parts.append(f"cost {c.cost} {c.estimator} {value} (upper bound {upper}, budget {budget})")
     baseline = "n/a" if evaluation.baseline_value is None else f"{evaluation.baseline_value:.4g}"
     required = "n/a" if evaluation.required is None else f"{evaluation.required:.4g}"
     ess = "n/a" if evaluation.ess is None else f"{evaluation.ess:.0f}"

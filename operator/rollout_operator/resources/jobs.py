@@ -146,6 +146,8 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         args += ["--min-lower-bound-ratio", repr(spec.min_lower_bound_ratio)]
     if spec.min_lower_bound_delta is not None:
         args += ["--min-lower-bound-delta", repr(spec.min_lower_bound_delta)]
+    for constraint in spec.constraints:  # one argument each: a negative budget would read as an option
+        args.append(f"--constraint={constraint.as_argument()}")
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
 

@@ -179,6 +179,18 @@ def test_status_shows_the_offline_evaluation_verdict(kube_api: KubeAPI, rollout:
     assert "Offline evaluation: Passed; snips=0.61 (lower bound 0.55) pass; required 0.5" in out
 
 
+def test_status_shows_a_breached_cost_budget(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
+    kube_api.set_status("PolicyRollout", "default", "pricing", {"offlineEvaluation": {
+        "jobId": "abc", "candidateVersion": "v2", "phase": "Failed", "required": 0.5,
+        "estimates": [{"estimator": "snips", "value": 0.74, "lowerBound": 0.7, "verdict": "pass"}],
+        "constraints": [{"cost": "margin_violation", "estimator": "snips", "value": 0.27, "upperBound": 0.31,
+                         "budget": 0.05, "verdict": "fail"}],
+    }})
+    code, out, _ = run(kube_api, capsys, "status", "pricing")
+    assert code == 0
+    assert "cost margin_violation snips=0.27 (upper bound 0.31, budget 0.05) fail" in " ".join(out.split())
+
+
 def test_status_watch_follows_the_rollout_until_it_ends(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
     def finish() -> None:
         time.sleep(1.5)
