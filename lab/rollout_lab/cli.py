@@ -110,10 +110,24 @@ def demo_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     for s in result["scenarios"]:
-        extra = f" (guardrail {s['guardrail']})" if s.get("guardrail") else ""
-        print(f"{s['candidate']:>16}: {s['outcome']}{extra}")
+        print(f"{s['candidate']:>16}: {s['outcome']}, {_where(s)}; "
+              f"{s['candidate_live_decisions']} decisions served to customers")
+        print(f"{'':>18}{s['message']}")
     print(f"report: {out / 'report.html'}  ({result['wallSeconds']} s)")
     return 0
+
+
+def _where(scenario: dict[str, object]) -> str:
+    """Where the demo's candidate ended, in words (report.json's `stopped_at`)."""
+    stopped = scenario.get("stopped_at")
+    if stopped is None:
+        return "promoted"
+    if stopped == "offline-gate":
+        return "stopped by the offline gate before any traffic"
+    if stopped == "shadow":
+        return "stopped in shadow before any traffic"
+    extra = f" by guardrail {scenario['guardrail']}" if scenario.get("guardrail") else ""
+    return f"rolled back at {stopped}{extra}"
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,8 +1,9 @@
 """`policy-rollouts demo --fast`, the README's first command, run as a user runs it.
 
-It must roll back the reward-hacking candidate naming the margin-floor guardrail, promote the
-honest one, and write a report whose numbers tell that story (the hacker converts more but
-breaks the floor; both passed the offline gate, which cannot see the floor).
+It must stop the reward-hacking candidate at the offline gate (its margin-violation budget) before
+it serves anyone, promote the honest one through a judged shadow and the canary steps, roll back
+the honest one in a market that shifts once it is live (guardrail margin-floor), and write a
+report whose numbers tell that story.
 """
 
 from __future__ import annotations
@@ -43,54 +44,76 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
     return out, json.loads((out / "report.json").read_text()), proc.stdout
 
 
-def test_reward_hacker_rolled_back_with_its_guardrail_named(demo: tuple[Path, dict, str]) -> None:
+def _scenarios(report: dict) -> dict[str, dict]:
+    return {s["candidate"]: s for s in report["scenarios"]}
+
+
+def test_the_reward_hacker_is_stopped_by_the_offline_gate_before_any_customer(demo: tuple[Path, dict, str]) -> None:
     _, report, stdout = demo
-    by_candidate = {s["candidate"]: s for s in report["scenarios"]}
-    hacker = by_candidate["conversion-only"]
-    assert hacker["outcome"] == "RolledBack", hacker["message"]
-    assert hacker["guardrail"] == "margin-floor"
-    assert "margin-floor" in hacker["message"]
-    failing = next(g for g in hacker["guardrails"] if g["name"] == "margin-floor")
-    assert failing["verdict"] == "Fail" and failing["value"] > 0.05
-    assert "conversion-only: RolledBack (guardrail margin-floor)" in stdout
-    # it got live traffic before the rollback, and it really broke the floor there
-    live = hacker["trafficWhileLive"]["candidate"]
-    assert live["decisions"] > 0 and live["violationRate"] > 0.1
+    hacker = _scenarios(report)["conversion-only"]
+    assert hacker["outcome"] == "Failed", hacker["message"]
+    assert hacker["stopped_at"] == "offline-gate" and hacker["candidate_live_decisions"] == 0
+    gate = hacker["offlineEvaluation"]
+    assert gate["phase"] == "Failed"
+    assert all(e["verdict"] == "pass" for e in gate["estimates"]), "on conversions alone it would have passed"
+    assert gate["constraints"] and all(
+        c["cost"] == "margin_violation" and c["verdict"] == "fail" and c["upperBound"] > c["budget"]
+        for c in gate["constraints"])
+    assert "margin_violation" in hacker["message"] and "budget" in hacker["message"]
+    assert max(s["weight"] for s in hacker["timeline"]) == 0
+    assert "conversion-only: Failed, stopped by the offline gate before any traffic; 0 decisions" in stdout
 
 
-def test_honest_candidate_promoted(demo: tuple[Path, dict, str]) -> None:
+def test_honest_candidate_passes_gate_and_shadow_and_is_promoted(demo: tuple[Path, dict, str]) -> None:
     _, report, _ = demo
-    honest = next(s for s in report["scenarios"] if s["candidate"] == "constrained")
+    honest = _scenarios(report)["constrained"]
     assert honest["outcome"] == "Promoted", honest["message"]
+    assert honest["stopped_at"] is None and honest["candidate_live_decisions"] > 0
     assert "guardrail" not in honest
     assert all(g["verdict"] == "Pass" for g in honest["guardrails"])
+    assert all(c["verdict"] == "pass" for c in honest["offlineEvaluation"]["constraints"])
+    assert honest["shadowAnalysis"]["passed"] is True
+    reasons = [h["reason"] for h in honest["history"]]
+    assert "ShadowPassed" in reasons
     phases = [h["phase"] for h in honest["history"]]
     for phase in ("OfflineEvaluation", "Shadow", "Progressing", "Promoted"):
         assert phase in phases
-    weights = {s["weight"] for s in honest["timeline"]}
-    assert {20, 50, 80} <= weights
+    assert {20, 50, 80} <= {s["weight"] for s in honest["timeline"]}
     assert honest["trafficWhileLive"]["candidate"]["violationRate"] < 0.05
+    assert honest["analyses"] and honest["judgeSeries"]
 
 
-def test_offline_gate_ran_for_both_and_cannot_see_the_constraint(demo: tuple[Path, dict, str]) -> None:
+def test_a_market_shift_after_the_shadow_is_caught_live_by_a_guardrail(demo: tuple[Path, dict, str]) -> None:
+    _, report, stdout = demo
+    drift = _scenarios(report)["drift"]
+    assert drift["outcome"] == "RolledBack", drift["message"]
+    assert drift["offlineEvaluation"]["phase"] == "Passed" and drift["shadowAnalysis"]["passed"] is True
+    assert drift["guardrail"] == "margin-floor" and drift["stopped_at"].startswith("step-")
+    assert drift["candidate_live_decisions"] > 0
+    failing = next(g for g in drift["guardrails"] if g["name"] == "margin-floor")
+    assert failing["verdict"] == "Fail" and failing["value"] > 0.05
+    assert "drift: RolledBack, rolled back at step-" in stdout and "guardrail margin-floor" in stdout
+
+
+def test_the_constraint_sees_what_the_reward_cannot(demo: tuple[Path, dict, str]) -> None:
     _, report, _ = demo
-    for s in report["scenarios"]:
-        gate = s["offlineEvaluation"]
-        assert gate["phase"] == "Passed"
-        assert {e["estimator"] for e in gate["estimates"]} == {"snips", "dr"}
+    gates = {c: s["offlineEvaluation"] for c, s in _scenarios(report).items()}
+    dr = {c: next(e["value"] for e in g["estimates"] if e["estimator"] == "dr") for c, g in gates.items()}
+    assert dr["conversion-only"] > dr["constrained"], "the proxy reward favours the hacker offline"
+    cost = {c: next(x["value"] for x in g["constraints"] if x["estimator"] == "dr") for c, g in gates.items()}
+    assert cost["conversion-only"] > 3 * max(cost["constrained"], 0.01), "its margin violations do not"
+    for gate in gates.values():
         for e in gate["estimates"]:
             assert e["ciLow"] <= e["value"] <= e["ciHigh"]
-    gates = {s["candidate"]: s["offlineEvaluation"] for s in report["scenarios"]}
-    dr = {c: next(e["value"] for e in g["estimates"] if e["estimator"] == "dr") for c, g in gates.items()}
-    assert dr["conversion-only"] > dr["constrained"]  # the proxy reward favours the hacker offline
 
 
 def test_report_files(demo: tuple[Path, dict, str]) -> None:
     out, report, _ = demo
     assert report["logging"]["rewards"] > 1000
     assert len(report["training"]["candidates"]) == 2
+    assert [s["candidate"] for s in report["scenarios"]] == ["conversion-only", "constrained", "drift"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 6  # weights, reward/cost by variant, OPE per scenario
+    assert "data:image/png;base64," in html
     assert "margin-floor" in html and "Promoted" in html and "RolledBack" in html
     assert (out / "manifests" / "pricing-constrained.yaml").exists()
 

@@ -3,10 +3,14 @@
 1. Log: the fallback policy (list price, exploring) serves simulated customers through a real
    `policy-server serve`; decisions and delayed rewards/costs land in its Parquet decision log.
 2. Train: two candidates on that log (see `artifacts`): one honest, one that games the proxy reward.
-3. Roll out each candidate with the operator's engine in local mode (`local.run`): the offline gate
-   (`policy-server ope` as a local Job), shadow, canary steps at 20/50/100% under guardrail templates
-   and the sequential judge, with Prometheus scraping the servers and customers arriving all along.
-4. Report: `report.json` (one entry per scenario, the breaking guardrail named) and `report.html`.
+3. Roll out three scenarios with the operator's engine in local mode (`local.run`), all at once:
+   the reward hacker (stopped by the offline gate's margin-violation budget: no customer served),
+   the honest candidate (offline gate, judged shadow, canary at 20/50/80 % under guardrail
+   templates and the sequential judge, promoted) and the honest candidate in a market that shifts
+   once it is live (rolled back by the margin-floor guardrail), with Prometheus scraping the
+   servers and customers arriving all along.
+4. Report: `report.json` (per scenario: outcome, `stopped_at`, `candidate_live_decisions`, the
+   gate's criteria, every analysis, the judge's interval) and `report.html`.
 """
 
 from __future__ import annotations
@@ -84,6 +88,77 @@ def _log_fallback(live: view.LiveView, workdir: Path, fallback: Path, logs: Path
             "log": str(logs)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One rollout of the demo: a trained candidate, and whether the market shifts once it serves customers."""
+
+    name: str
+    candidate: artifacts.Candidate
+    description: str
+    drift: bool = False
+
+
+def _plans(candidates: list[artifacts.Candidate]) -> list[Plan]:
+    """The reward hacker, the honest candidate, and the honest candidate again in a market that shifts live."""
+    by_name = {c.name: c for c in candidates}
+    honest = by_name["constrained"]
+    return [
+        Plan("conversion-only", by_name["conversion-only"], by_name["conversion-only"].description),
+        Plan("constrained", honest, honest.description),
+        Plan("drift", honest, f"{honest.description}; supplier costs rise once it serves customers (the margin "
+             f"floor goes from 10 % to {scenario.DRIFT_MIN_MARGIN:.0%}), after the log and the shadow", drift=True),
+    ]
+
+
+def stopped_at(rollout: api.PolicyRollout, served_live: bool) -> str | None:
+    """Where the candidate was stopped: "offline-gate", "shadow", "step-N" (1-based spec step), None if promoted."""
+    status = rollout.status
+    if status.phase is api.Phase.PROMOTED:
+        return None
+    evaluation = status.offline_evaluation
+    if evaluation is not None and evaluation.phase in ("Failed", "Refused", "Error"):
+        return "offline-gate"
+    if not served_live:
+        return "shadow"
+    return f"step-{status.current_step_index + 1}"
+
+
+class Evidence:
+    """What each analysis measured and what the judge concluded, as the rollout went (for the report)."""
+
+    def __init__(self, rollout: api.PolicyRollout) -> None:
+        analysis = rollout.spec.analysis
+        self.conditions = {g.name: g.condition for g in [*analysis.guardrails, *analysis.shadow_guardrails]}
+        self.shadow = {g.name for g in analysis.shadow_guardrails}
+        self.analyses: list[dict[str, Any]] = []
+        self.judge: list[dict[str, Any]] = []
+        self._last: str | None = None
+
+    def observe(self, rollout: api.PolicyRollout, now: float) -> None:
+        status = rollout.status
+        if status.last_analysis_at is None or status.last_analysis_at == self._last:
+            return
+        self._last = status.last_analysis_at
+        for g in status.guardrails:
+            if g.measured_at == status.last_analysis_at and g.name in self.conditions:
+                self.analyses.append({"t": now, "guardrail": g.name, "value": g.value,
+                                      "verdict": g.verdict.value if g.verdict else None,
+                                      "condition": self.conditions[g.name], "shadow": g.name in self.shadow})
+        judge = status.judge
+        if judge is not None and judge.estimate is not None:
+            self.judge.append({"t": now, "estimate": judge.estimate, "lower": judge.lower, "upper": judge.upper,
+                               "decision": judge.decision})
+
+    def shadow_summary(self, events: list[Any], rollout_name: str) -> dict[str, Any] | None:
+        shadow = [a for a in self.analyses if a["shadow"]]
+        if not shadow:
+            return None
+        last = {a["guardrail"]: a for a in shadow}
+        passed = any(e.rollout == rollout_name and e.reason == "ShadowPassed" for e in events)
+        return {"passed": passed, "guardrails": [{"name": name, "value": a["value"], "verdict": a["verdict"],
+                                                  "condition": a["condition"]} for name, a in last.items()]}
+
+
 def _failing_guardrail(rollout: api.PolicyRollout) -> str | None:
     limits = {g.name: g.failure_limit for g in rollout.spec.analysis.guardrails}
     for entry in rollout.status.guardrails:
@@ -94,22 +169,28 @@ def _failing_guardrail(rollout: api.PolicyRollout) -> str | None:
     return None
 
 
-def _scenario(live: view.LiveView, local: run.LocalPlatform, candidate: artifacts.Candidate, fallback: Path,
+def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallback: Path,
               logs: Path, out: Path, settings: Settings, seed: int) -> dict[str, Any]:
-    name = f"pricing-{candidate.name}"
+    candidate = plan.candidate
+    name = f"pricing-{plan.name}"
     document = scenario.manifest(name, candidate.artifact, candidate.version, fallback, logs, settings.timing)
     manifest_path = out / "manifests" / f"{name}.yaml"
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(yaml.safe_dump(document, sort_keys=False))
     rollout = run.load_manifest(manifest_path)
     local.register(rollout)
-    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), _env(seed), rate=settings.rate)
-    live.print(f"rollout {name}: {candidate.description}")
+    env = _env(seed)
+    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=settings.rate)
+    evidence = Evidence(rollout)
+    live.print(f"rollout {name}: {plan.description}")
 
     def on_tick(current: api.PolicyRollout, sample: run.Sample) -> None:
         # customers arrive once the router routes and the stable policy answers (a deployed service's traffic)
         if not gen.started and sample.actual_weight is not None and local.workloads.observe(current).stable_ready:
             gen.start()
+        if plan.drift and sample.weight > 0:
+            env.min_margin = scenario.DRIFT_MIN_MARGIN  # the market shifts once the candidate serves customers
+        evidence.observe(current, sample.time)
         live.tick(current, gen.totals() if gen.started else {})
 
     try:
@@ -127,12 +208,16 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, candidate: artifact
         traffic[variant] = {"decisions": b.decisions, "rewards": b.rewards,
                             "conversion": b.reward_sum / b.rewards if b.rewards else None,
                             "violationRate": b.violations / b.rewards if b.rewards else None}
+    live_decisions = traffic.get("candidate", {}).get("decisions", 0) if live_since is not None else 0
     entry: dict[str, Any] = {
-        "candidate": candidate.name,
+        "candidate": plan.name,
         "version": candidate.version,
-        "description": candidate.description,
+        "description": plan.description,
         "rollout": name,
         "outcome": s.phase.value,
+        "started_at": result.started_at,
+        "stopped_at": stopped_at(final, served_live=live_since is not None),
+        "candidate_live_decisions": live_decisions,
         "message": s.message,
         "timedOut": result.timed_out,
         "seconds": round(result.finished_at - result.started_at, 1),
@@ -144,6 +229,9 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, candidate: artifact
         "errors": sum(b.errors for b in gen.totals().values()),
         "timeline": [dataclasses.asdict(x) for x in result.samples],
         "trafficSeries": gen.series(),
+        "analyses": evidence.analyses,
+        "judgeSeries": evidence.judge,
+        "shadowAnalysis": evidence.shadow_summary(local.store.events, name),
         "manifest": str(manifest_path),
     }
     if s.phase is api.Phase.ROLLED_BACK:
@@ -177,11 +265,12 @@ def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView |
                         "algorithm": "reward-model", "candidates": [
                             {"name": c.name, "version": c.version, "artifact": str(c.artifact),
                              "description": c.description} for c in candidates]}
-            # Both rollouts at once, as an operator runs many: each has its own servers, router and traffic.
-            live.set_stage("3/4 rollouts", ", ".join(f"pricing-{c.name}" for c in candidates))
-            with concurrent.futures.ThreadPoolExecutor(len(candidates)) as pool:
-                futures = [pool.submit(_scenario, live, local, c, fallback, logs, out, settings, seed + 1 + i)
-                           for i, c in enumerate(candidates)]
+            # Every rollout at once, as an operator runs many: each has its own servers, router and traffic.
+            plans = _plans(candidates)
+            live.set_stage("3/4 rollouts", ", ".join(f"pricing-{p.name}" for p in plans))
+            with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
+                futures = [pool.submit(_scenario, live, local, p, fallback, logs, out, settings, seed + 1 + i)
+                           for i, p in enumerate(plans)]
                 scenarios = [f.result() for f in futures]
             live.set_stage("4/4 report", str(out / "report.html"))
     finally:

@@ -58,7 +58,7 @@ STEPS = [{"shadow": {"duration": "6s"}}, {"setWeight": 50}, {"pause": {"duration
 
 
 def _rollout(name: str, policies: dict[str, Path], guardrail: dict, steps: list[dict] = STEPS,
-             **extra: object) -> api.PolicyRollout:
+             shadow_guardrails: tuple[dict, ...] = (), **extra: object) -> api.PolicyRollout:
     return api.PolicyRollout.model_validate({
         "metadata": {"name": name, "namespace": "test", "generation": 1},
         "spec": {
@@ -66,7 +66,7 @@ def _rollout(name: str, policies: dict[str, Path], guardrail: dict, steps: list[
             "policy": {"image": "local", "artifact": str(policies["candidate"]), "version": "v2"},
             "fallback": {"image": "local", "artifact": str(policies["fallback"]), "version": "list-price-v1"},
             "steps": steps,
-            "analysis": {"interval": "2s", "guardrails": [guardrail]},
+            "analysis": {"interval": "2s", "guardrails": [guardrail], "shadowGuardrails": list(shadow_guardrails)},
             "progressDeadline": "2m",
         },
     })
@@ -147,6 +147,24 @@ def test_rolls_back_on_a_breaking_guardrail(local: run.LocalPlatform, policies: 
     assert margin.verdict is api.Verdict.FAIL and margin.value is not None and margin.value > 0
     assert result.samples[-1].actual_weight == 0
     assert any(s.actual_weight == 50 for s in result.samples)
+
+
+def test_a_shadow_divergence_rolls_back_before_the_candidate_serves_anyone(
+    local: run.LocalPlatform, policies: dict[str, Path]
+) -> None:
+    # The candidate explores half as much as the fallback: on mirrored requests they often choose differently.
+    rollout = _rollout("diverges", policies, {"name": "errors", "template": "error-rate", "condition": "< 0.05"},
+                       shadow_guardrails=({"name": "agreement", "template": "shadow-agreement", "condition": ">= 0.99",
+                                           "failureLimit": 1, "inconclusiveLimit": 10},))
+    result, gen = _drive(local, rollout)
+    status = result.rollout.status
+    assert status.phase is api.Phase.ROLLED_BACK, status.message
+    assert "agreement" in (status.message or "") and status.current_step_index == 0
+    agreement = next(g for g in status.guardrails if g.name == "agreement")
+    assert agreement.verdict is api.Verdict.FAIL and agreement.value is not None and agreement.value < 0.99
+    assert any(s.shadow for s in result.samples), "the candidate was shadowed"
+    assert {s.weight for s in result.samples} == {0} and {s.actual_weight for s in result.samples} <= {None, 0}
+    assert gen.totals().get("candidate", loadgen.Bucket()).decisions == 0, "no customer was served by it"
 
 
 def test_manifest_errors_name_the_field(tmp_path: Path) -> None:
