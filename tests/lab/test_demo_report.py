@@ -412,3 +412,37 @@ def test_old_report_without_the_new_fields_still_renders(tmp_path: Path) -> None
     assert "No shadow analysis recorded." in text
     assert ["margin-floor", "0.29", "Fail", "2"] in page.tables[1]
     assert all(width > 0 for _, width, _ in json.loads(page.body["data-images"] or "[]"))
+
+
+def _shadow_stopped(summary: bool) -> dict[str, Any]:
+    s = _drift(T0) | {"stopped_at": "shadow", "candidate_live_decisions": 0, "guardrail": None,
+                      "history": [{"time": _iso(T0 + 9), "phase": "RolledBack", "reason": "ShadowFailed"}]}
+    s["analyses"] = _analyses(T0, [3, 6], [], {3: 0.2, 6: 0.3})
+    s["shadowAnalysis"] = {"passed": False, "guardrails": [
+        {"name": "margin-floor", "value": 0.3, "verdict": "Fail", "condition": "< 0.05"},
+        {"name": "conversion", "value": 1.01, "verdict": "Pass", "condition": "> 0.9"}]} if summary else None
+    return s
+
+
+@pytest.mark.parametrize("summary", [True, False], ids=["shadow-analysis", "judged-series-only"])
+def test_shadow_stop_explained_by_the_failing_shadow_guardrail(summary: bool) -> None:
+    assert report.explain(_shadow_stopped(summary), [], T0) == (
+        "drift was stopped in shadow at t = 9 s before serving any customer: shadow guardrail margin-floor measured "
+        "0.3 against '< 0.05'.")
+
+
+def test_rollback_by_the_judge_explained_with_its_interval() -> None:
+    s = _drift(T0) | {"guardrail": "judge", "analyses": [], "judge": {
+        "kind": "sequential", "estimate": -0.04, "lower": -0.07, "upper": -0.01, "decision": "Harm"}}
+    assert report.explain(s, _events("pricing-drift", T0, [(19, "RolledBack", "rolled back")]), T0) == (
+        "drift was rolled back at step 3 (20 %) at t = 19 s after the judge decided Harm (estimate -0.04, interval "
+        "[-0.07, -0.01]); it had served 412 customers.")
+
+
+def test_gate_failed_on_the_reward_explained_with_the_lower_bound() -> None:
+    s = _hacker(T0)
+    s["offlineEvaluation"]["constraints"] = []
+    s["offlineEvaluation"]["estimates"][0] |= {"value": 0.2, "lowerBound": 0.17, "verdict": "fail"}
+    assert report.explain(s, [], T0) == (
+        "conversion-only was stopped by the offline gate before serving any customer: its lower bound of the reward "
+        "by snips, 0.17, is below the required 0.189 (estimate 0.2; fallback 0.21).")

@@ -131,9 +131,13 @@ def explain(s: dict[str, Any], events: list[dict[str, Any]], t0: float) -> str:
         return f"{who} was stopped by the offline gate before serving any customer: {_gate_reason(s)}."
     if stop == "shadow":
         failed = [g for g in (s.get("shadowAnalysis") or {}).get("guardrails") or [] if g.get("verdict") == "Fail"]
+        if not failed:  # no summary: the last failing measurement of each shadow guardrail
+            judged = [a for a in s.get("analyses") or [] if a.get("shadow") and a.get("verdict") == "Fail"]
+            failed = list({a["guardrail"]: {**a, "name": a["guardrail"]} for a in judged}.values())
         why = "; ".join(f"shadow guardrail {g['name']} measured {_num(g.get('value'))} against "
                         f"'{g.get('condition')}'" for g in failed) or (s.get("message") or "no reason recorded")
-        return f"{who} was stopped in shadow before serving any customer: {why}."
+        return (f"{who} was stopped in shadow{f' at {ended}' if ended else ''} before serving any customer: "
+                f"{why}.")
     if outcome == "RolledBack":
         step = (stop or "").removeprefix("step-")
         weights = _live_weights(s)
