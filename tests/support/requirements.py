@@ -8,6 +8,7 @@ runs it) installs every tool named here; the schemas are in `../shared/schemas`.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -51,3 +52,20 @@ def module(name: str, hint: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         pytest.fail(f"{name} cannot be imported ({exc}): {hint}", pytrace=False)
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium() -> str:
+    """A headless-capable Chromium ($CHROMIUM_BINARY, then PATH), or fail saying how to install it."""
+    explicit = os.environ.get("CHROMIUM_BINARY")
+    if explicit:
+        return binary(explicit, "CHROMIUM_BINARY names no executable; unset it or point it at Chromium")
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    pytest.fail(f"Chromium is not installed (looked for {', '.join(CHROMIUM_NAMES)} on PATH): the report tests "
+                "render the demo's report as a user sees it; run scripts/bootstrap.sh as root, or "
+                "apt-get install chromium (Debian), or set CHROMIUM_BINARY", pytrace=False)
