@@ -126,6 +126,14 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             ">= 0.9",
         ),
         GuardrailTemplate(
+            "shadow-mean-abs-diff",
+            "Continuous actions: mean absolute difference between the candidate's mirrored (shadow) actions and the "
+            "served ones over the window (router metrics).",
+            " / ".join(_increase(f"policy_router_shadow_{m}_total") for m in ("abs_diff", "compared")),
+            WINDOW,
+            "< 0.1",
+        ),
+        GuardrailTemplate(
             "shadow-reward-ratio",
             "Lower confidence bound of the shadow candidate's mean reward, estimated off-policy (SNIPS) from the "
             "stable's live decisions and their rewards, over the stable's own mean on the same requests (router).",
