@@ -33,6 +33,8 @@ import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policy_server.errors import PolicyServerError
+
 __all__ = [
     "SCHEMA_VERSION",
     "ActionSpec",
@@ -53,7 +55,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 
-class ArtifactError(Exception):
+class ArtifactError(PolicyServerError):
     """The artifact cannot be served; the message says what is wrong and how to fix it."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["ActRequest", "BadRequest", "RewardRequest", "parse_act", "parse_json", "parse_reward"]
 
 ACT_FIELDS = ("observation", "request_id", "context")
@@ -25,7 +27,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _COST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
-class BadRequest(Exception):
+class BadRequest(PolicyServerError):
     """A client error: ``status`` and a message naming what to fix."""
 
     def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:

@@ -42,13 +42,14 @@ from policy_server.decision_log.schema import (
     REWARDS_DIR,
     DecisionBatch,
 )
+from policy_server.errors import PolicyServerError
 
 __all__ = ["DecisionLog", "DecisionLogError"]
 
 log = logging.getLogger(__package__)  # the package's logger, as before it was split into modules
 
 
-class DecisionLogError(RuntimeError):
+class DecisionLogError(PolicyServerError, RuntimeError):
     """flush()/close() could not write every buffered record before their deadline."""
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from policy_server.errors import PolicyServerError
+
 __all__ = [
     "OPEError",
     "OPEInputError",
@@ -19,7 +21,7 @@ __all__ = [
 ]
 
 
-class OPEError(Exception):
+class OPEError(PolicyServerError):
     """The evaluation cannot run; the message says what is wrong and how to fix it.
 
     Raised for a whole evaluation (an unreadable log, an artifact that cannot be evaluated, an
@@ -27,7 +29,7 @@ class OPEError(Exception):
     """
 
 
-class OPEInputError(ValueError):
+class OPEInputError(PolicyServerError, ValueError):
     """The arrays handed to an estimator cannot describe logged decisions (wrong shape, range or type)."""
 
 

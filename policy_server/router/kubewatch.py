@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import orjson
 
+from policy_server.errors import PolicyServerError
 from policy_server.router import table as table_mod
 
 __all__ = ["ApiConfig", "ConfigMapWatcher", "KubeConfigError"]
@@ -38,7 +39,7 @@ log = logging.getLogger("policy_server.router.kubewatch")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-class KubeConfigError(ValueError):
+class KubeConfigError(PolicyServerError, ValueError):
     """No usable Kubernetes credentials (the message says where we looked)."""
 
 

@@ -18,13 +18,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["CONFIGMAP_KEY", "TABLE_VERSION", "RoutingTable", "TableError", "load", "save"]
 
 TABLE_VERSION = 1
 CONFIGMAP_KEY = "routing.json"
 
 
-class TableError(ValueError):
+class TableError(PolicyServerError, ValueError):
     """A routing table that cannot be applied (the message names the field and the fix)."""
 
 

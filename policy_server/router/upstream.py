@@ -23,12 +23,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["Callback", "Upstream", "UpstreamError", "UpstreamTimeout"]
 
 Callback = Callable[[int, bytes, "Exception | None"], None]
 
 
-class UpstreamError(Exception):
+class UpstreamError(PolicyServerError):
     """The upstream could not be reached or answered garbage."""
 
 

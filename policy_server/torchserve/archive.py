@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["ARTIFACT_FOLDER", "HANDLER_FILE", "build_mar", "main"]
 
 # Folder inside the extracted archive (TorchServe's model_dir) that holds the artifact.
@@ -27,7 +29,7 @@ ARTIFACT_FOLDER = "policy_artifact"
 HANDLER_FILE = Path(__file__).with_name("handler.py")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(PolicyServerError, ValueError):
     """The artifact cannot be packed; the message says what to fix."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["TorchServe", "TorchServeError", "free_port", "process_tree_rss_bytes"]
 
 # Warnings only: the default log4j2 configuration writes a DEBUG log and one access-log line per request.
@@ -48,7 +50,7 @@ _QUIET_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-class TorchServeError(RuntimeError):
+class TorchServeError(PolicyServerError, RuntimeError):
     """TorchServe did not start, did not register a model, or answered with an error."""
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from policy_server import artifact
+from policy_server.errors import PolicyServerError
 from policy_server.ope.logged import LoggedData
 
 __all__ = ["ALGORITHMS", "TrainError", "TrainedModel", "export_artifact", "train"]
@@ -42,7 +43,7 @@ ALGORITHMS = ("reward-model", "discrete-cql", "discrete-bc")
 log = logging.getLogger(__name__)
 
 
-class TrainError(Exception):
+class TrainError(PolicyServerError):
     """Training cannot run; the message says what is wrong and how to fix it."""
 
 

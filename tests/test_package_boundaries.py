@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "gymnasium")
 
 # Runs in a fresh interpreter: any attempt to import a heavy module fails and is recorded, the

@@ -15,6 +15,7 @@ import pytest
 ROOTS = {
     "rollout_operator": "rollout_operator.errors.RolloutOperatorError",
     "rollout_lab": "rollout_lab.errors.RolloutLabError",
+    "policy_server": "policy_server.errors.PolicyServerError",
 }
 # Internal control flow, never seen outside its module.
 PRIVATE_SIGNALS = {"rollout_operator.informers._Expired"}
