@@ -28,7 +28,9 @@ def make_rollout(
     deadline: str = "30m",
     version: str = "v2",
     generation: int = 1,
+    **spec: Any,
 ) -> api.PolicyRollout:
+    """A rollout of `steps`; one without guardrails says so explicitly, as the API requires."""
     return api.PolicyRollout.model_validate(
         {
             "metadata": {"name": "pricing", "generation": generation},
@@ -38,6 +40,8 @@ def make_rollout(
                 "steps": steps,
                 "analysis": {"interval": interval, "guardrails": guardrails or []},
                 "progressDeadline": deadline,
+                "allowPromotionWithoutAnalysis": not guardrails,
+                **spec,
             },
         }
     )
