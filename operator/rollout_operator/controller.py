@@ -26,8 +26,8 @@ import pydantic
 from rollout_operator import api, checks, engine, informers, kube, reconciler, workqueue
 from rollout_operator import metrics as operator_metrics
 from rollout_operator.engine import types
+from rollout_operator.guardrails import allowlist, provider
 from rollout_operator.guardrails import factory as metrics_factory
-from rollout_operator.guardrails import provider
 from rollout_operator.notifications import base as notify_base
 from rollout_operator.notifications import dispatcher as notify_dispatcher
 from rollout_operator.notifications import observer as notify_observer
@@ -55,6 +55,9 @@ class OperatorConfig:
     workers: int = 8
     # A rollout waiting only on the outside world is woken by the change; this is the safety net.
     resync_seconds: float = 300.0
+    # What rollouts may make the operator do (docs/security.md); None: from the environment
+    # (checks.TrustPolicy.from_env: the operator's own Prometheus, Job images/accounts as listed).
+    trust: checks.TrustPolicy | None = None
 
 
 def priority_of(body: dict[str, Any]) -> Priority:
@@ -91,6 +94,7 @@ class Controller:
     def __init__(self, config: OperatorConfig, metrics: operator_metrics.OperatorMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.trust = config.trust or checks.TrustPolicy.from_env(config.prometheus_url)
         on_request = metrics.api_request if metrics is not None else None
         self.client = informers.CachedClient(kube.Client.from_config(config.kubeconfig), config.namespaces,
                                              on_request=on_request)
@@ -119,7 +123,7 @@ class Controller:
             write_status=self.write_status,
             record_event=self.record_event,
             observers=observers,
-            jobs=k8s_jobs.KubernetesJobs(self.client),
+            jobs=k8s_jobs.KubernetesJobs(self.client, self.trust.jobs),
             write_policy=self.write_policy,
         )
         self.queue = workqueue.WorkQueue(self.process, workers=config.workers, observer=queue_observer,
@@ -201,7 +205,7 @@ class Controller:
             except pydantic.ValidationError as error:
                 self._reject(body, f"invalid spec: {checks.format_validation_error(error)}")
                 return Outcome(None, result="invalid")
-            problems = checks.spec_problems(rollout)
+            problems = checks.spec_problems(rollout, self.trust)
             if problems and not _has_started(rollout):
                 self._reject(body, f"the spec cannot work: {'; '.join(problems)} (fix the spec; then "
                              "`kubectl policyrollout retry` starts the rollout over)")
@@ -283,6 +287,9 @@ class Controller:
 
     def metrics_for(self, rollout: api.PolicyRollout) -> provider.MetricProvider:
         url = rollout.spec.analysis.prometheus_url or self.config.prometheus_url
+        refused = self.trust.prometheus.problem(url)
+        if refused is not None:  # edited in mid-rollout (a new one fails before it starts): never contacted
+            return allowlist.RefusedProvider(refused)
         with self._guard:
             if url not in self._metrics:
                 self._metrics[url] = metrics_factory.make_metric_provider(
