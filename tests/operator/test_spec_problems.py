@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from pathlib import Path
 
@@ -34,3 +36,51 @@ def test_an_unknown_template_fails_the_rollout_at_once_and_creates_nothing(
         owned = [o["metadata"]["name"] for kind in ("deployments", "services", "httproutes")
                  for o in run.kube_api.objects(kind, "default") if o["metadata"]["name"].startswith("misspelt")]
         assert owned == [], "nothing was created for a rollout that cannot work"
+
+
+class _Listener(http.server.BaseHTTPRequestHandler):
+    """A loopback listener a rollout author would like the operator to query (the SSRF of issue 17)."""
+
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        _Listener.requests.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_what_the_operators_policy_refuses_fails_at_once_and_nothing_is_contacted_or_run(
+    control_plane: ControlPlane, prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    elsewhere = f"http://127.0.0.1:{listener.server_address[1]}"
+    try:
+        with OperatorRun(control_plane, tmp_path, prometheus.url) as run:
+            ssrf = rollout_manifest("ssrf", "vector(0)", [{"setWeight": 20}, {"setWeight": 100}], elsewhere)
+            training = {"dataset": "s3://logs", "output": "s3://models", "schedule": "* * * * *",
+                        "image": "evil/miner:latest", "serviceAccountName": "deployer"}
+            deputy = rollout_manifest("deputy", "vector(0)", [{"setWeight": 20}, {"setWeight": 100}], prometheus.url,
+                                      training=training)
+            run.client.create(ssrf)
+            run.client.create(deputy)
+            ssrf_status = run.wait_phase("ssrf", "Failed", timeout=30)
+            deputy_status = run.wait_phase("deputy", "Failed", timeout=30)
+            assert f"spec.analysis.prometheusUrl '{elsewhere}' is not allowed by the operator's policy" in \
+                ssrf_status["message"]
+            assert "spec.training.image 'evil/miner:latest' is not an image" in deputy_status["message"]
+            assert "spec.training.serviceAccountName 'deployer' is not a ServiceAccount" in deputy_status["message"]
+            reasons = {(e["involvedObject"]["name"], e["reason"], e["type"])
+                       for e in run.kube_api.objects("events", "default")}
+            assert {("ssrf", "InvalidSpec", "Warning"), ("deputy", "InvalidSpec", "Warning")} <= reasons
+            time.sleep(2)
+            owned = [o["metadata"]["name"] for kind in ("deployments", "services", "httproutes", "jobs")
+                     for o in run.kube_api.objects(kind, "default")
+                     if o["metadata"]["name"].startswith(("ssrf", "deputy"))]
+            assert owned == [], "nothing was created"
+    finally:
+        listener.shutdown()
+    assert _Listener.requests == [], "the operator never contacted a URL its policy refuses"
