@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rollout_operator.cluster.control_plane import ControlPlane
 
+from tests.support.kube import wait_for
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
 
@@ -29,9 +30,10 @@ def test_an_unknown_template_fails_the_rollout_at_once_and_creates_nothing(
         assert time.monotonic() - created < 15, "at once, not after retries"
         assert "unknown template 'reward-ratoi' (did you mean 'reward-ratio'?)" in status["message"]
         assert "kubectl policyrollout retry" in status["message"]
-        events = [e for e in run.kube_api.objects("events", "default")
-                  if e["involvedObject"]["name"] == "misspelt" and e["reason"] == "InvalidSpec"]
-        assert events and events[0]["type"] == "Warning"
+        events = wait_for(lambda: [e for e in run.kube_api.objects("events", "default")
+                                   if e["involvedObject"]["name"] == "misspelt" and e["reason"] == "InvalidSpec"],
+                          10, what="the InvalidSpec Event (written right after the status)")
+        assert events[0]["type"] == "Warning"
         time.sleep(2)
         owned = [o["metadata"]["name"] for kind in ("deployments", "services", "httproutes")
                  for o in run.kube_api.objects(kind, "default") if o["metadata"]["name"].startswith("misspelt")]
@@ -73,9 +75,10 @@ def test_what_the_operators_policy_refuses_fails_at_once_and_nothing_is_contacte
                 ssrf_status["message"]
             assert "spec.training.image 'evil/miner:latest' is not an image" in deputy_status["message"]
             assert "spec.training.serviceAccountName 'deployer' is not a ServiceAccount" in deputy_status["message"]
-            reasons = {(e["involvedObject"]["name"], e["reason"], e["type"])
-                       for e in run.kube_api.objects("events", "default")}
-            assert {("ssrf", "InvalidSpec", "Warning"), ("deputy", "InvalidSpec", "Warning")} <= reasons
+            expected = {("ssrf", "InvalidSpec", "Warning"), ("deputy", "InvalidSpec", "Warning")}
+            wait_for(lambda: expected <= {(e["involvedObject"]["name"], e["reason"], e["type"])
+                                          for e in run.kube_api.objects("events", "default")},
+                     10, what="both InvalidSpec Events")
             time.sleep(2)
             owned = [o["metadata"]["name"] for kind in ("deployments", "services", "httproutes", "jobs")
                      for o in run.kube_api.objects(kind, "default")
