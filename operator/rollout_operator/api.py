@@ -75,6 +75,7 @@ __all__ = [
     "PolicySpec",
     "Revision",
     "ShadowStep",
+    "StatusModel",
     "Step",
     "Toleration",
     "TrafficProvider",
@@ -705,6 +706,13 @@ class PolicyRolloutSpec(Model):
 # ------------------------------------------------------------------------- status
 
 
+class StatusModel(Model):
+    """Base of what the operator writes: read back as written, lax, so a value the engine computed
+    (an unbounded confidence bound) never makes its own status unreadable. Manifests stay strict."""
+
+    model_config = ConfigDict(strict=False, allow_inf_nan=True)
+
+
 class Phase(enum.StrEnum):
     """Where a rollout is; Promoted, RolledBack, Aborted and Failed are terminal."""
 
@@ -736,7 +744,7 @@ class Verdict(enum.StrEnum):
     INCONCLUSIVE = "Inconclusive"
 
 
-class GuardrailStatus(Model):
+class GuardrailStatus(StatusModel):
     """A guardrail's latest measurement and verdict, and its runs of consecutive failures and inconclusives."""
 
     name: str
@@ -748,7 +756,7 @@ class GuardrailStatus(Model):
     measured_at: str | None = None
 
 
-class JudgeStatus(Model):
+class JudgeStatus(StatusModel):
     """A judge's running state, persisted so an operator restart replays the same decision.
 
     Sums are over the intervals analysed so far (deltas of the Prometheus counters), so the
@@ -782,7 +790,7 @@ class JudgeStatus(Model):
     message: str | None = None
 
 
-class Condition(Model):
+class Condition(StatusModel):
     """A kstatus-compatible condition (Ready / Progressing / Degraded)."""
 
     type: str
@@ -793,7 +801,7 @@ class Condition(Model):
     last_transition_time: str | None = None
 
 
-class HistoryEntry(Model):
+class HistoryEntry(StatusModel):
     """A phase transition: when, into which phase, at which step and weight, and why."""
 
     time: str
@@ -804,7 +812,7 @@ class HistoryEntry(Model):
     message: str = ""
 
 
-class Revision(Model):
+class Revision(StatusModel):
     """A policy that was promoted: what `undo` can roll out again."""
 
     version: str
@@ -812,7 +820,7 @@ class Revision(Model):
     promoted_at: str
 
 
-class EstimateStatus(Model):
+class EstimateStatus(StatusModel):
     """One estimator's result in the offline evaluation."""
 
     estimator: str
@@ -823,7 +831,7 @@ class EstimateStatus(Model):
     verdict: str | None = None
 
 
-class OfflineEvaluationStatus(Model):
+class OfflineEvaluationStatus(StatusModel):
     """The offline gate of the current candidate: its Job and, once done, what it found."""
 
     job_id: str
@@ -841,7 +849,7 @@ class OfflineEvaluationStatus(Model):
     message: str | None = None
 
 
-class TrainingJobStatus(Model):
+class TrainingJobStatus(StatusModel):
     """A training Job: what triggered it, its phase and, once it succeeded, the version it produced."""
 
     job_id: str
@@ -857,7 +865,7 @@ class TrainingJobStatus(Model):
     message: str | None = None
 
 
-class PolicyRolloutStatus(Model):
+class PolicyRolloutStatus(StatusModel):
     """What the operator observed and decided: all it needs to resume where it was after a restart."""
 
     model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote

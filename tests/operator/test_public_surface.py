@@ -72,6 +72,7 @@ EXPECTED: dict[str, set[str]] = {
         "PolicySpec",
         "Revision",
         "ShadowStep",
+        "StatusModel",
         "Step",
         "Toleration",
         "TrafficProvider",

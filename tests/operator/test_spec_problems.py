@@ -46,9 +46,11 @@ class _Listener(http.server.BaseHTTPRequestHandler):
     requests: list[str] = []
 
     def do_GET(self) -> None:
-        _Listener.requests.append(self.path)
+        _Listener.requests.append(f"{self.command} {self.path}")
         self.send_response(200)
         self.end_headers()
+
+    do_POST = do_GET  # Prometheus queries are POSTs
 
     def log_message(self, *args: object) -> None:
         pass
