@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rollout_operator import api
 from rollout_operator.cluster.control_plane import ControlPlane
 
 from tests.support.kube import wait_for
@@ -86,6 +87,36 @@ def test_what_the_operators_policy_refuses_fails_at_once_and_nothing_is_contacte
                      for o in run.kube_api.objects(kind, "default")
                      if o["metadata"]["name"].startswith(("ssrf", "deputy"))]
             assert owned == [], "nothing was created"
+    finally:
+        listener.shutdown()
+    assert _Listener.requests == [], "the operator never contacted a URL its policy refuses"
+
+
+def test_a_url_edited_in_mid_rollout_is_never_queried_and_the_rollout_rolls_back(
+    control_plane: ControlPlane, prometheus: PrometheusServer, tmp_path: Path
+) -> None:
+    """Traffic is moving, so the rollout is not failed in place: it measures nothing, which rolls it back."""
+    listener = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Listener)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    elsewhere = f"http://127.0.0.1:{listener.server_address[1]}"
+    _Listener.requests.clear()
+    try:
+        with OperatorRun(control_plane, tmp_path, prometheus.url) as run:
+            run.client.create(rollout_manifest("edited", "vector(0)", [{"setWeight": 20}, {"pause": {}}],
+                                               prometheus.url))
+            run.wait_phase("edited", "Paused", timeout=60)
+            run.kube_api.client.patch(api.API_VERSION, api.KIND, "edited", "default",
+                                      {"spec": {"analysis": {"prometheusUrl": elsewhere}}})
+            status = wait_for(lambda: (s := run.status("edited")) and any(
+                h["phase"] == "RolledBack" for h in s.get("history", [])) and s, 60, what="the rollback")
+            assert status["canaryWeight"] == 0
+            [rollback] = [h for h in status["history"] if h["phase"] == "RollingBack"]
+            assert rollback["reason"] == "InconclusiveLimitExceeded"
+            assert "is not allowed by the operator's policy" in rollback["message"]
+            # Ended, it is then failed as it stands (the spec must change before a retry).
+            assert run.wait_phase("edited", "Failed", timeout=30)["canaryWeight"] == 0
+            wait_for(lambda: any(e["involvedObject"]["name"] == "edited" and e["reason"] == "SpecProblem"
+                                 for e in run.kube_api.objects("events", "default")), 10, what="a SpecProblem Event")
     finally:
         listener.shutdown()
     assert _Listener.requests == [], "the operator never contacted a URL its policy refuses"
