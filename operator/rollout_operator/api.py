@@ -39,6 +39,7 @@ __all__ = [
     "SINGULAR",
     "STEPS_GO_DOWN",
     "VERSION",
+    "WITHOUT_PROMOTION_RULES",
     "AnalysisSpec",
     "ApprovalStep",
     "Condition",
@@ -618,6 +619,12 @@ NO_ANALYSED_LIVE_STEP = (
 )
 
 
+# Validation context for a rollout stored before the promotion rules (STEPS_GO_DOWN,
+# NO_ANALYSED_LIVE_STEP) existed and already moving traffic: read it without them, so the operator
+# can finish or roll it back instead of stranding its traffic (controller.Controller.process).
+WITHOUT_PROMOTION_RULES: Final = {"promotion_rules": False}
+
+
 def weights_go_down(steps: list[Step]) -> bool:
     """Whether a later setWeight is lower than an earlier one."""
     weights = [s.set_weight for s in steps if s.set_weight is not None]
@@ -694,6 +701,8 @@ class PolicyRolloutSpec(Model):
     @pydantic.field_validator("steps")
     @classmethod
     def _steps_promote_on_evidence(cls, steps: list[Step], info: pydantic.ValidationInfo) -> list[Step]:
+        if (info.context or {}).get("promotion_rules", True) is False:
+            return steps
         if not info.data.get("allow_weight_decrease", True) and weights_go_down(steps):
             raise ValueError(STEPS_GO_DOWN)
         analysis = info.data.get("analysis")  # absent when it failed validation itself: that error is reported

@@ -200,18 +200,24 @@ class Controller:
             deleting = body is not None and (body.get("metadata") or {}).get("deletionTimestamp")
             if not self._is_adopted((namespace, name)) or body is None or deleting:
                 return Outcome(None, result="skipped")
+            stale: list[str] = []  # why a rollout stored before today's rules is read without them
             try:
                 rollout = api.PolicyRollout.model_validate(body)
             except pydantic.ValidationError as error:
-                self._reject(body, f"invalid spec: {checks.format_validation_error(error)}")
-                return Outcome(None, result="invalid")
+                invalid = f"invalid spec: {checks.format_validation_error(error)}"
+                older = _read_without_promotion_rules(body)
+                if older is None or not _has_started(older):
+                    self._reject(body, invalid)
+                    return Outcome(None, result="invalid")
+                # Stored before the promotion rules and moving traffic: finish it (or roll it back), say why.
+                rollout, stale = older, [invalid]
             problems = checks.spec_problems(rollout, self.trust)
             if problems and not _has_started(rollout):
                 self._reject(body, f"the spec cannot work: {'; '.join(problems)} (fix the spec; then "
                              "`kubectl policyrollout retry` starts the rollout over)")
                 return Outcome(None, result="invalid")
-            if problems:  # traffic is already moving: the engine's own safety (inconclusive -> rollback) governs
-                self._warn_once(rollout, "; ".join(problems))
+            if problems or stale:  # traffic is moving: the engine's own safety (inconclusive -> rollback) governs
+                self._warn_once(rollout, "; ".join(stale + problems))
             started = time.monotonic()
             try:
                 decision = reconciler.reconcile(self.platform, rollout, _now())
@@ -267,9 +273,8 @@ class Controller:
             self._warned.pop((namespace, name), None)
         if self.metrics is not None:
             self.metrics.forget(namespace, name)
-        try:
-            rollout = api.PolicyRollout.model_validate(body)
-        except pydantic.ValidationError:
+        rollout = _read_without_promotion_rules(body)  # one stored before them may have traffic objects
+        if rollout is None:
             return  # never got as far as creating traffic objects
         # Waits for a reconcile in flight; any later one finds the rollout released and writes nothing.
         with self.lock_for(namespace, name):
@@ -325,6 +330,13 @@ def _has_started(rollout: api.PolicyRollout) -> bool:
     """
     status = rollout.status
     return status.canary_weight > 0 or status.shadow or status.phase in _LIVE
+
+
+def _read_without_promotion_rules(body: dict[str, Any]) -> api.PolicyRollout | None:
+    try:
+        return api.PolicyRollout.model_validate(body, context=api.WITHOUT_PROMOTION_RULES)
+    except pydantic.ValidationError:
+        return None
 
 
 def _key(body: dict[str, Any]) -> Key:

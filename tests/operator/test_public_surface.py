@@ -36,6 +36,7 @@ EXPECTED: dict[str, set[str]] = {
         "SINGULAR",
         "STEPS_GO_DOWN",
         "VERSION",
+        "WITHOUT_PROMOTION_RULES",
         "AnalysisSpec",
         "ApprovalStep",
         "Condition",

@@ -6,12 +6,14 @@ import http.server
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from rollout_operator import api
+from rollout_operator import api, kube
 from rollout_operator.cluster.control_plane import ControlPlane
 
-from tests.support.kube import wait_for
+from tests.support.kube import KubeAPI, policy_rollout_manifest, wait_for
+from tests.support.operator_process import OperatorProcess, poll
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
 
@@ -120,3 +122,37 @@ def test_a_url_edited_in_mid_rollout_is_never_queried_and_the_rollout_rolls_back
     finally:
         listener.shutdown()
     assert _Listener.requests == [], "the operator never contacted a URL its policy refuses"
+
+
+def test_a_rollout_stored_before_the_promotion_rules_and_moving_traffic_is_finished_not_stranded(
+    kube_api: KubeAPI, client: kube.Client, fake_deployment_controller: Any, tmp_path: Path
+) -> None:
+    """Emulator on purpose: the real server keeps such objects (stored under an older CRD) but cannot be made
+    to store one now. Failing it in place would leave 30 % of traffic on the candidate."""
+    older = policy_rollout_manifest(name="older", steps=[{"setWeight": 30}, {"pause": {}}])
+    del older["spec"]["allowPromotionWithoutAnalysis"]  # no guardrails, written before the rule existed
+    waiting = policy_rollout_manifest(name="waiting", steps=[{"setWeight": 30}, {"pause": {}}])
+    del waiting["spec"]["allowPromotionWithoutAnalysis"]
+    client.create(older)
+    client.create(waiting)
+    kube_api.set_status("policyrollouts", "default", "older",
+                        {"phase": "Paused", "currentStepIndex": 1, "canaryWeight": 30, "stableVersion": "v1",
+                         "candidateVersion": "v2", "startedAt": "2026-12-06T00:00:00Z",
+                         "stepStartedAt": "2026-12-06T00:00:00Z", "liveSince": "2026-12-06T00:00:00Z"})
+    process = OperatorProcess(kube_api.kubeconfig_path, "http://127.0.0.1:9", tmp_path / "operator.log").start()
+    try:
+        warned = poll(lambda: [e for e in kube_api.objects("events", "default")
+                               if e["involvedObject"]["name"] == "older" and e["reason"] == "SpecProblem"],
+                      30, what="a SpecProblem Event", on_timeout=process.log_tail)
+        assert api.NO_ANALYSED_LIVE_STEP in warned[0]["message"]
+        not_started = poll(lambda: (kube_api.get("policyrollouts", "default", "waiting") or {}).get("status"), 30,
+                           what="the not-started rollout's status", on_timeout=process.log_tail)
+        assert not_started["phase"] == "Failed" and api.NO_ANALYSED_LIVE_STEP in not_started["message"]
+        client.patch(api.API_VERSION, api.KIND, "older", "default",
+                     {"metadata": {"annotations": {api.ANNOTATION_ACTION: "abort/stop"}}})
+        aborted = poll(lambda: (s := (kube_api.get("policyrollouts", "default", "older") or {}).get("status") or {})
+                       and any(h["phase"] == "Aborted" for h in s.get("history", [])) and s, 30, what="the abort",
+                       on_timeout=process.log_tail)
+    finally:
+        process.stop()
+    assert aborted["canaryWeight"] == 0, "its traffic went back to stable"
