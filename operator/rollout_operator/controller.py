@@ -95,6 +95,9 @@ class Controller:
         self.config = config
         self.metrics = metrics
         self.trust = config.trust or checks.TrustPolicy.from_env(config.prometheus_url)
+        log.info("policy (docs/security.md): Prometheus %s; Job images %s; Job ServiceAccounts %s",
+                 ", ".join(self.trust.prometheus.urls), ", ".join(self.trust.jobs.images) or "none",
+                 ", ".join(self.trust.jobs.service_accounts) or "none besides the namespace default")
         on_request = metrics.api_request if metrics is not None else None
         self.client = informers.CachedClient(kube.Client.from_config(config.kubeconfig), config.namespaces,
                                              on_request=on_request)
