@@ -11,6 +11,7 @@ and the tests reject the same manifests the API server does.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Final, Literal
@@ -26,14 +27,19 @@ __all__ = [
     "CONDITION_PATTERN",
     "DURATION_PATTERN",
     "GROUP",
+    "HTTP_URL_PATTERN",
     "KIND",
     "LABEL_ROLLOUT",
     "LABEL_VARIANT",
+    "NO_ANALYSED_LIVE_STEP",
+    "OBJECT_NAME_PATTERN",
     "PLURAL",
     "REVISION_LIMIT",
     "SHORT_NAMES",
     "SINGULAR",
+    "STEPS_GO_DOWN",
     "VERSION",
+    "WITHOUT_PROMOTION_RULES",
     "AnalysisSpec",
     "ApprovalStep",
     "Condition",
@@ -44,8 +50,10 @@ __all__ = [
     "FallbackSpec",
     "GatewayAPISpec",
     "Guardrail",
+    "GuardrailCondition",
     "GuardrailStatus",
     "HistoryEntry",
+    "HttpUrl",
     "JobTemplate",
     "JudgeKind",
     "JudgeMetric",
@@ -68,6 +76,7 @@ __all__ = [
     "PolicySpec",
     "Revision",
     "ShadowStep",
+    "StatusModel",
     "Step",
     "Toleration",
     "TrafficProvider",
@@ -75,7 +84,9 @@ __all__ = [
     "TrainingJobStatus",
     "TrainingSpec",
     "Verdict",
+    "has_analysed_live_step",
     "parse_duration",
+    "weights_go_down",
 ]
 
 GROUP: Final = "policy.rollouts.io"
@@ -100,8 +111,16 @@ ANNOTATION_TRAIN = f"{GROUP}/train"
 REVISION_LIMIT = 10
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-CONDITION_PATTERN = r"^\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+# A comparison with a literal whose digits and exponent are bounded, so that the threshold is always a
+# finite number (`< 1e999` would be +Inf, a guardrail that can never fail).
+CONDITION_PATTERN = (
+    r"^\s*(<=|>=|==|!=|<|>)\s*[-+]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][-+]?[0-9]{1,2})?\s*$"
+)
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A Kubernetes object name (RFC 1123 subdomain), as the API server checks metadata.name.
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Where the operator sends HTTP requests: http or https, a host, nothing else (no file://, no gopher://).
+HTTP_URL_PATTERN = r"^https?://[^\s/?#@]+(/\S*)?$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -119,6 +138,22 @@ def _check_duration(text: str) -> str:
     return text
 
 
+def _check_condition(text: str) -> str:
+    if not re.fullmatch(CONDITION_PATTERN, text):
+        raise ValueError(
+            f"invalid guardrail condition {text!r}: write an operator (<, <=, >, >=, ==, !=) and a finite number "
+            "of at most 20 digits before and after the point and a 2-digit exponent, e.g. '< 0.01' or '>= 1.5e-3'"
+        )
+    return text
+
+
+def _check_http_url(text: str) -> str:
+    if not re.fullmatch(HTTP_URL_PATTERN, text):
+        raise ValueError(f"invalid URL {text!r}: write an http:// or https:// URL with a host, "
+                         "e.g. 'http://prometheus-operated.monitoring:9090'")
+    return text
+
+
 Duration = Annotated[
     str,
     pydantic.AfterValidator(_check_duration),
@@ -126,6 +161,17 @@ Duration = Annotated[
     # enforced but left out of the JSON schema (and so the CRD); parse_duration checks it here.
     Field(json_schema_extra={"pattern": DURATION_PATTERN, "example": "5m"}),
 ]
+GuardrailCondition = Annotated[
+    str, pydantic.AfterValidator(_check_condition), Field(json_schema_extra={"pattern": CONDITION_PATTERN})
+]
+HttpUrl = Annotated[
+    str,
+    pydantic.AfterValidator(_check_http_url),
+    Field(max_length=2048, json_schema_extra={"pattern": HTTP_URL_PATTERN}),
+]
+# Enum fields take their string values: the models are otherwise strict (below), and a strict enum
+# field would accept only Python enum members, never the strings a manifest holds.
+_LAX = pydantic.Strict(False)
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
@@ -140,12 +186,19 @@ def _validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 class Model(BaseModel):
-    """Base: camelCase on the wire, snake_case in Python, unknown fields refused."""
+    """Base: camelCase on the wire, snake_case in Python, unknown fields refused.
+
+    Strict types and finite numbers, as the API server checks the CRD's schema: `setWeight: "50"`,
+    `autoRollout: "yes"` or an infinite bound is refused here too, not converted, so local mode
+    and the operator accept exactly what `kubectl apply` does.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
     )
 
     def wire(self) -> dict[str, Any]:
@@ -169,7 +222,9 @@ class PolicySpec(Model):
     image: str = Field(min_length=1, description="Container image running `policy-server serve`.")
     artifact: str = Field(min_length=1, description="Path or fsspec URL of the policy artifact.")
     version: str = Field(min_length=1, max_length=63, description="Version label of this policy.")
-    replicas: int = Field(default=1, ge=0, le=1000)
+    replicas: int = Field(
+        default=1, ge=1, le=1000, description="Pods of this policy; at least 1 (a policy with no pods serves nothing)."
+    )
     port: int = Field(default=8080, ge=1, le=65535)
     resources: dict[str, dict[str, str]] | None = Field(
         default=None, description="Container resources (requests/limits), as in a Pod spec."
@@ -207,7 +262,7 @@ class GatewayAPISpec(Model):
 class TrafficSpec(Model):
     """How requests reach the variants: the traffic provider and its settings."""
 
-    provider: TrafficProvider = TrafficProvider.ROUTER
+    provider: Annotated[TrafficProvider, _LAX] = TrafficProvider.ROUTER
     sticky_key: str | None = Field(default=None, description="Header whose value keeps a caller on one variant.")
     gateway_api: GatewayAPISpec = Field(default_factory=GatewayAPISpec, alias="gatewayAPI")
     hosts: list[str] = Field(default_factory=list, description="Istio VirtualService hosts.")
@@ -282,9 +337,8 @@ class Guardrail(Model):
     query: str | None = Field(default=None, min_length=1, description="PromQL returning one number.")
     template: str | None = Field(default=None, min_length=1, description="Name of a built-in guardrail template.")
     params: dict[str, str] = Field(default_factory=dict, description="Parameters of the template.")
-    condition: str = Field(
-        pattern=CONDITION_PATTERN,
-        description="Pass condition on the value, e.g. '< 0.01' or '>= 0.95'.",
+    condition: GuardrailCondition = Field(
+        description="Pass condition on the value, e.g. '< 0.01' or '>= 0.95' (a finite number).",
     )
     failure_limit: int = Field(default=1, ge=1, le=100, description="Consecutive failures that roll back.")
     inconclusive_limit: int = Field(
@@ -329,7 +383,7 @@ class JudgeSpec(Model):
         )
     )
 
-    kind: JudgeKind = JudgeKind.THRESHOLD
+    kind: Annotated[JudgeKind, _LAX] = JudgeKind.THRESHOLD
     alpha: float = Field(
         default=0.05,
         ge=0.0001,
@@ -343,7 +397,9 @@ class JudgeSpec(Model):
         description="Sequential: relative regression (0.05 = 5% of the stable mean) the test is tuned to detect; "
         "also the non-inferiority margin for advancing early.",
     )
-    metric: JudgeMetric = Field(default=JudgeMetric.REWARD, description="Sequential: compare reward or a cost.")
+    metric: Annotated[JudgeMetric, _LAX] = Field(
+        default=JudgeMetric.REWARD, description="Sequential: compare reward or a cost."
+    )
     cost: str | None = Field(default=None, min_length=1, description="Sequential, metric cost: the cost's name.")
     reward_std_dev: float | None = Field(
         default=None,
@@ -397,8 +453,10 @@ class AnalysisSpec(Model):
     )
 
     interval: Duration = "1m"
-    prometheus_url: str | None = Field(
-        default=None, description="Prometheus base URL; defaults to the operator's --prometheus-url."
+    prometheus_url: HttpUrl | None = Field(
+        default=None,
+        description="Prometheus base URL (http or https); defaults to the operator's --prometheus-url. The "
+        "operator's policy limits which URLs a rollout may name (docs/security.md).",
     )
     guardrails: list[Guardrail] = Field(default_factory=list, max_length=32)
     shadow_guardrails: list[Guardrail] = Field(
@@ -438,8 +496,8 @@ class NotificationSpec(Model):
     """A webhook told about this rollout, besides the operator's global ones (--notify-url)."""
 
     url: str = Field(pattern=r"^https?://", max_length=2048, description="Webhook URL (http or https).")
-    format: NotificationFormat = Field(default=NotificationFormat.JSON, description="json or slack.")
-    events: list[NotificationEvent] = Field(
+    format: Annotated[NotificationFormat, _LAX] = Field(default=NotificationFormat.JSON, description="json or slack.")
+    events: list[Annotated[NotificationEvent, _LAX]] = Field(
         default_factory=lambda: list(NotificationEvent), min_length=1, description="Events to send."
     )
 
@@ -501,7 +559,7 @@ class CostConstraint(Model):
     max_increase: float | None = Field(
         default=None, description="Budget relative to the baseline: the most the mean cost may exceed its value by."
     )
-    estimators: list[OPEEstimator] | None = Field(
+    estimators: list[Annotated[OPEEstimator, _LAX]] | None = Field(
         default=None, min_length=1, max_length=5, description="Estimators for this cost; default the gate's."
     )
     confidence: float | None = Field(
@@ -546,7 +604,7 @@ class OfflineEvaluationSpec(Model):
     )
 
     dataset: str = Field(min_length=1, description="Decision log URL (the policy server's Parquet log).")
-    estimators: list[OPEEstimator] = Field(
+    estimators: list[Annotated[OPEEstimator, _LAX]] = Field(
         default_factory=lambda: [OPEEstimator.SNIPS, OPEEstimator.DR], min_length=1, max_length=5
     )
     baseline: Literal["fallback", "logged"] = Field(
@@ -647,14 +705,78 @@ class DecisionLogSpec(Model):
     )
 
 
+STEPS_GO_DOWN = (
+    "setWeight goes down from one step to a later one: order the steps by weight (a rollback is the operator's "
+    "job, not a step), or set spec.allowWeightDecrease: true to step down on purpose"
+)
+NO_ANALYSED_LIVE_STEP = (
+    "no step gives the candidate live traffic under analysis, so it would be promoted without one measurement: "
+    "add a setWeight step above 0 and a guardrail (spec.analysis.guardrails) or the sequential judge, or set "
+    "spec.allowPromotionWithoutAnalysis: true"
+)
+
+
+# Validation context for a rollout stored before the promotion rules (STEPS_GO_DOWN,
+# NO_ANALYSED_LIVE_STEP) existed and already moving traffic: read it without them, so the operator
+# can finish or roll it back instead of stranding its traffic (controller.Controller.process).
+WITHOUT_PROMOTION_RULES: Final = {"promotion_rules": False}
+
+
+def weights_go_down(steps: list[Step]) -> bool:
+    """Whether a later setWeight is lower than an earlier one."""
+    weights = [s.set_weight for s in steps if s.set_weight is not None]
+    return any(later < earlier for earlier, later in itertools.pairwise(weights))
+
+
+def has_analysed_live_step(steps: list[Step], analysis: AnalysisSpec) -> bool:
+    """Whether promotion needs at least one passing analysis at a weight above 0.
+
+    A setWeight step above 0 ends only once the analysis passed there (engine.progress); shadow,
+    pauses and approvals measure nothing that gates promotion, and with no guardrails and the
+    threshold judge there is nothing to measure.
+    """
+    live = any(s.set_weight is not None and s.set_weight > 0 for s in steps)
+    measured = bool(analysis.guardrails) or analysis.judge.kind is not JudgeKind.THRESHOLD
+    return live and measured
+
+
 class PolicyRolloutSpec(Model):
     """What to roll out, what to fall back to, and how: traffic, steps, guardrails, gates, training."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "(has(self.allowWeightDecrease) && self.allowWeightDecrease) || "
+                "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                STEPS_GO_DOWN,
+                ".steps",
+            ),
+            _cel(
+                "(has(self.allowPromotionWithoutAnalysis) && self.allowPromotionWithoutAnalysis) || "
+                "(self.steps.exists(s, has(s.setWeight) && s.setWeight > 0) && has(self.analysis) && "
+                "((has(self.analysis.guardrails) && size(self.analysis.guardrails) > 0) || "
+                "(has(self.analysis.judge) && has(self.analysis.judge.kind) && "
+                "self.analysis.judge.kind != 'threshold')))",
+                NO_ANALYSED_LIVE_STEP,
+                ".steps",
+            ),
+        )
+    )
 
     policy: PolicySpec = Field(description="The candidate policy.")
     fallback: FallbackSpec = Field(description="The trusted policy that serves when the candidate does not.")
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
-    steps: list[Step] = Field(min_length=1, max_length=64)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    allow_weight_decrease: bool = Field(
+        default=False, description="Allow a setWeight lower than an earlier one (a planned step down)."
+    )
+    allow_promotion_without_analysis: bool = Field(
+        default=False,
+        description="Allow promotion although no setWeight step above 0 is analysed (no guardrails, or no live "
+        "step): for a trusted re-deploy only.",
+    )
+    # After analysis and the allow* fields: the steps' validator reads them.
+    steps: list[Step] = Field(min_length=1, max_length=64)
     progress_deadline: Duration = Field(
         default="30m", description="Longest a step may run without passing before the rollout rolls back."
     )
@@ -673,8 +795,28 @@ class PolicyRolloutSpec(Model):
         ),
     )
 
+    @pydantic.field_validator("steps")
+    @classmethod
+    def _steps_promote_on_evidence(cls, steps: list[Step], info: pydantic.ValidationInfo) -> list[Step]:
+        if (info.context or {}).get("promotion_rules", True) is False:
+            return steps
+        if not info.data.get("allow_weight_decrease", True) and weights_go_down(steps):
+            raise ValueError(STEPS_GO_DOWN)
+        analysis = info.data.get("analysis")  # absent when it failed validation itself: that error is reported
+        if (not info.data.get("allow_promotion_without_analysis", True) and analysis is not None
+                and not has_analysed_live_step(steps, analysis)):
+            raise ValueError(NO_ANALYSED_LIVE_STEP)
+        return steps
+
 
 # ------------------------------------------------------------------------- status
+
+
+class StatusModel(Model):
+    """Base of what the operator writes: read back as written, lax, so a value the engine computed
+    (an unbounded confidence bound) never makes its own status unreadable. Manifests stay strict."""
+
+    model_config = ConfigDict(strict=False, allow_inf_nan=True)
 
 
 class Phase(enum.StrEnum):
@@ -708,19 +850,19 @@ class Verdict(enum.StrEnum):
     INCONCLUSIVE = "Inconclusive"
 
 
-class GuardrailStatus(Model):
+class GuardrailStatus(StatusModel):
     """A guardrail's latest measurement and verdict, and its runs of consecutive failures and inconclusives."""
 
     name: str
     value: float | None = None
-    verdict: Verdict | None = None
+    verdict: Annotated[Verdict, _LAX] | None = None
     message: str | None = None
     consecutive_failures: int = 0
     consecutive_inconclusive: int = 0
     measured_at: str | None = None
 
 
-class JudgeStatus(Model):
+class JudgeStatus(StatusModel):
     """A judge's running state, persisted so an operator restart replays the same decision.
 
     Sums are over the intervals analysed so far (deltas of the Prometheus counters), so the
@@ -759,7 +901,7 @@ class JudgeStatus(Model):
     message: str | None = None
 
 
-class Condition(Model):
+class Condition(StatusModel):
     """A kstatus-compatible condition (Ready / Progressing / Degraded)."""
 
     type: str
@@ -770,18 +912,18 @@ class Condition(Model):
     last_transition_time: str | None = None
 
 
-class HistoryEntry(Model):
+class HistoryEntry(StatusModel):
     """A phase transition: when, into which phase, at which step and weight, and why."""
 
     time: str
-    phase: Phase
+    phase: Annotated[Phase, _LAX]
     step: int | None = None
     weight: int | None = None
     reason: str
     message: str = ""
 
 
-class Revision(Model):
+class Revision(StatusModel):
     """A policy that was promoted: what `undo` can roll out again."""
 
     version: str
@@ -789,7 +931,7 @@ class Revision(Model):
     promoted_at: str
 
 
-class EstimateStatus(Model):
+class EstimateStatus(StatusModel):
     """One estimator's result in the offline evaluation."""
 
     estimator: str
@@ -800,7 +942,7 @@ class EstimateStatus(Model):
     verdict: str | None = None
 
 
-class ConstraintStatus(Model):
+class ConstraintStatus(StatusModel):
     """One estimator's verdict on one cost budget of the offline gate."""
 
     cost: str
@@ -812,7 +954,7 @@ class ConstraintStatus(Model):
     verdict: str | None = None
 
 
-class OfflineEvaluationStatus(Model):
+class OfflineEvaluationStatus(StatusModel):
     """The offline gate of the current candidate: its Job and, once done, what it found."""
 
     job_id: str
@@ -833,7 +975,7 @@ class OfflineEvaluationStatus(Model):
     message: str | None = None
 
 
-class TrainingJobStatus(Model):
+class TrainingJobStatus(StatusModel):
     """A training Job: what triggered it, its phase and, once it succeeded, the version it produced."""
 
     job_id: str
@@ -849,12 +991,12 @@ class TrainingJobStatus(Model):
     message: str | None = None
 
 
-class PolicyRolloutStatus(Model):
+class PolicyRolloutStatus(StatusModel):
     """What the operator observed and decided: all it needs to resume where it was after a restart."""
 
     model_config = ConfigDict(extra="ignore")  # tolerate fields kopf or older versions wrote
 
-    phase: Phase = Phase.PENDING
+    phase: Annotated[Phase, _LAX] = Phase.PENDING
     current_step_index: int = 0
     canary_weight: int = 0
     shadow: bool = False
@@ -888,7 +1030,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str
+    name: str = Field(max_length=253, pattern=OBJECT_NAME_PATTERN)
     namespace: str = "default"
     generation: int | None = None
     uid: str | None = None

@@ -6,16 +6,23 @@ permanent error: retrying it in the logs helps nobody. `policy-rollouts run` ref
 manifest before starting anything, and the operator fails such a rollout at once, in status
 and an Event, before it creates anything (`controller.Controller.process`).
 
+The operator also holds a rollout to its `TrustPolicy` here: the Prometheus URLs, Job images
+and Job ServiceAccounts its admin allows (docs/security.md). Local mode runs on the user's own
+machine with the user's own rights, so it passes none.
+
 Also here: pydantic's validation errors turned into one line per problem, with a "did you
 mean" for misspelt field names (shared by local mode, the operator and the CLI).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import os
+import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +30,57 @@ import pydantic
 
 from rollout_operator import api
 from rollout_operator.engine import conditions, judges
-from rollout_operator.guardrails import templates, templating
+from rollout_operator.guardrails import allowlist, templates, templating
+from rollout_operator.resources import job_policy
 
-__all__ = ["did_you_mean", "format_validation_error", "local_artifact_problems", "spec_problems"]
+__all__ = [
+    "ENV_JOB_IMAGES",
+    "ENV_JOB_SERVICE_ACCOUNTS",
+    "ENV_PROMETHEUS_URLS",
+    "TrustPolicy",
+    "did_you_mean",
+    "format_validation_error",
+    "local_artifact_problems",
+    "spec_problems",
+]
+
+# The operator's policy comes from its environment (the chart sets these from its values).
+ENV_PROMETHEUS_URLS = "POLICY_ROLLOUTS_ALLOWED_PROMETHEUS_URLS"
+ENV_JOB_IMAGES = "POLICY_ROLLOUTS_ALLOWED_JOB_IMAGES"
+ENV_JOB_SERVICE_ACCOUNTS = "POLICY_ROLLOUTS_ALLOWED_JOB_SERVICE_ACCOUNTS"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustPolicy:
+    """What a rollout's author may make the operator do, beyond what they could do themselves: nothing.
+
+    Set by the operator's admin, never by a rollout: the Prometheus URLs guardrails may query
+    (the operator's own `--prometheus-url` and any listed), and the images and ServiceAccounts
+    of its Jobs (none unless listed).
+    """
+
+    prometheus: allowlist.UrlAllowList
+    jobs: job_policy.JobAllowList
+
+    @classmethod
+    def from_env(cls, prometheus_url: str, environ: Mapping[str, str] = os.environ) -> TrustPolicy:
+        """The operator's own Prometheus plus $POLICY_ROLLOUTS_ALLOWED_* (comma- or newline-separated)."""
+
+        def listed(name: str) -> list[str]:
+            return [item for item in re.split(r"[,\s]+", environ.get(name, "")) if item]
+
+        return cls(
+            prometheus=allowlist.UrlAllowList.of([prometheus_url, *listed(ENV_PROMETHEUS_URLS)]),
+            jobs=job_policy.JobAllowList.of(listed(ENV_JOB_IMAGES), listed(ENV_JOB_SERVICE_ACCOUNTS)),
+        )
+
+    def problems(self, rollout: api.PolicyRollout) -> list[str]:
+        """Every setting of `rollout` the policy refuses, one sentence each with how to fix it."""
+        found = []
+        url = rollout.spec.analysis.prometheus_url
+        if url is not None and (problem := self.prometheus.problem(url)) is not None:
+            found.append(problem)
+        return found + self.jobs.problems(rollout)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -34,9 +89,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def spec_problems(rollout: api.PolicyRollout) -> list[str]:
-    """Every reason `rollout` cannot work as written, one sentence each; empty when it can."""
-    problems: list[str] = []
+def spec_problems(rollout: api.PolicyRollout, trust: TrustPolicy | None = None) -> list[str]:
+    """Every reason `rollout` cannot work as written (or may not, under `trust`), one sentence each."""
+    problems: list[str] = trust.problems(rollout) if trust is not None else []
     listed = [("guardrails", index, g) for index, g in enumerate(rollout.spec.analysis.guardrails)]
     listed += [("shadowGuardrails", index, g) for index, g in enumerate(rollout.spec.analysis.shadow_guardrails)]
     for field, index, guardrail in listed:

@@ -26,8 +26,8 @@ import pydantic
 from rollout_operator import api, checks, engine, informers, kube, reconciler, workqueue
 from rollout_operator import metrics as operator_metrics
 from rollout_operator.engine import types
+from rollout_operator.guardrails import allowlist, provider
 from rollout_operator.guardrails import factory as metrics_factory
-from rollout_operator.guardrails import provider
 from rollout_operator.notifications import base as notify_base
 from rollout_operator.notifications import dispatcher as notify_dispatcher
 from rollout_operator.notifications import observer as notify_observer
@@ -55,6 +55,9 @@ class OperatorConfig:
     workers: int = 8
     # A rollout waiting only on the outside world is woken by the change; this is the safety net.
     resync_seconds: float = 300.0
+    # What rollouts may make the operator do (docs/security.md); None: from the environment
+    # (checks.TrustPolicy.from_env: the operator's own Prometheus, Job images/accounts as listed).
+    trust: checks.TrustPolicy | None = None
 
 
 def priority_of(body: dict[str, Any]) -> Priority:
@@ -91,6 +94,10 @@ class Controller:
     def __init__(self, config: OperatorConfig, metrics: operator_metrics.OperatorMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.trust = config.trust or checks.TrustPolicy.from_env(config.prometheus_url)
+        log.info("policy (docs/security.md): Prometheus %s; Job images %s; Job ServiceAccounts %s",
+                 ", ".join(self.trust.prometheus.urls), ", ".join(self.trust.jobs.images) or "none",
+                 ", ".join(self.trust.jobs.service_accounts) or "none besides the namespace default")
         on_request = metrics.api_request if metrics is not None else None
         self.client = informers.CachedClient(kube.Client.from_config(config.kubeconfig), config.namespaces,
                                              on_request=on_request)
@@ -119,7 +126,7 @@ class Controller:
             write_status=self.write_status,
             record_event=self.record_event,
             observers=observers,
-            jobs=k8s_jobs.KubernetesJobs(self.client),
+            jobs=k8s_jobs.KubernetesJobs(self.client, self.trust.jobs),
             write_policy=self.write_policy,
         )
         self.queue = workqueue.WorkQueue(self.process, workers=config.workers, observer=queue_observer,
@@ -196,18 +203,24 @@ class Controller:
             deleting = body is not None and (body.get("metadata") or {}).get("deletionTimestamp")
             if not self._is_adopted((namespace, name)) or body is None or deleting:
                 return Outcome(None, result="skipped")
+            stale: list[str] = []  # why a rollout stored before today's rules is read without them
             try:
                 rollout = api.PolicyRollout.model_validate(body)
             except pydantic.ValidationError as error:
-                self._reject(body, f"invalid spec: {checks.format_validation_error(error)}")
-                return Outcome(None, result="invalid")
-            problems = checks.spec_problems(rollout)
+                invalid = f"invalid spec: {checks.format_validation_error(error)}"
+                older = _read_without_promotion_rules(body)
+                if older is None or not _has_started(older):
+                    self._reject(body, invalid)
+                    return Outcome(None, result="invalid")
+                # Stored before the promotion rules and moving traffic: finish it (or roll it back), say why.
+                rollout, stale = older, [invalid]
+            problems = checks.spec_problems(rollout, self.trust)
             if problems and not _has_started(rollout):
                 self._reject(body, f"the spec cannot work: {'; '.join(problems)} (fix the spec; then "
                              "`kubectl policyrollout retry` starts the rollout over)")
                 return Outcome(None, result="invalid")
-            if problems:  # traffic is already moving: the engine's own safety (inconclusive -> rollback) governs
-                self._warn_once(rollout, "; ".join(problems))
+            if problems or stale:  # traffic is moving: the engine's own safety (inconclusive -> rollback) governs
+                self._warn_once(rollout, "; ".join(stale + problems))
             started = time.monotonic()
             try:
                 decision = reconciler.reconcile(self.platform, rollout, _now())
@@ -263,9 +276,8 @@ class Controller:
             self._warned.pop((namespace, name), None)
         if self.metrics is not None:
             self.metrics.forget(namespace, name)
-        try:
-            rollout = api.PolicyRollout.model_validate(body)
-        except pydantic.ValidationError:
+        rollout = _read_without_promotion_rules(body)  # one stored before them may have traffic objects
+        if rollout is None:
             return  # never got as far as creating traffic objects
         # Waits for a reconcile in flight; any later one finds the rollout released and writes nothing.
         with self.lock_for(namespace, name):
@@ -283,6 +295,9 @@ class Controller:
 
     def metrics_for(self, rollout: api.PolicyRollout) -> provider.MetricProvider:
         url = rollout.spec.analysis.prometheus_url or self.config.prometheus_url
+        refused = self.trust.prometheus.problem(url)
+        if refused is not None:  # edited in mid-rollout (a new one fails before it starts): never contacted
+            return allowlist.RefusedProvider(refused)
         with self._guard:
             if url not in self._metrics:
                 self._metrics[url] = metrics_factory.make_metric_provider(
@@ -318,6 +333,13 @@ def _has_started(rollout: api.PolicyRollout) -> bool:
     """
     status = rollout.status
     return status.canary_weight > 0 or status.shadow or status.phase in _LIVE
+
+
+def _read_without_promotion_rules(body: dict[str, Any]) -> api.PolicyRollout | None:
+    try:
+        return api.PolicyRollout.model_validate(body, context=api.WITHOUT_PROMOTION_RULES)
+    except pydantic.ValidationError:
+        return None
 
 
 def _key(body: dict[str, Any]) -> Key:

@@ -124,7 +124,8 @@ def _rendered_rbac(scope: str) -> list[tuple[dict[str, Any], str | None]]:
     if scope == "namespace":
         values["rbac"]["namespaces"] = [WATCHED]
     objects = hc.render(values)
-    (sa,) = hc.of_kind(objects, "ServiceAccount")
+    (sa,) = [o for o in hc.of_kind(objects, "ServiceAccount")
+             if o["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     return hc.bound_roles(objects, sa["metadata"]["name"], sa["metadata"]["namespace"])
 
 

@@ -192,6 +192,9 @@ def test_bad_values_are_refused_with_the_field_named() -> None:
         "/securityContext/readOnlyRootFilesystem": {"securityContext": {"readOnlyRootFilesystem": False}},
         "/notifications/format": {"notifications": {"format": "teams"}},
         "/operator/prometheusUrl": {"operator": {"prometheusUrl": "prometheus:9090"}},
+        "/operator/allowedPrometheusUrls/0": {"operator": {"allowedPrometheusUrls": ["file:///etc/passwd"]}},
+        "/jobs/allowedImages/0": {"jobs": {"allowedImages": [""]}},
+        "/jobs/serviceAccount/name": {"jobs": {"serviceAccount": {"name": "Not An Account"}}},
     }
     for field, values in cases.items():
         with pytest.raises(helm_python.HelmValuesError, match=re.escape(field)):

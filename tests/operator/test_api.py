@@ -115,3 +115,11 @@ def test_unknown_spec_field_is_refused_with_its_name() -> None:
 )
 def test_terminal_phases(phase: api.Phase, terminal: bool) -> None:
     assert phase.terminal is terminal
+
+
+def test_manifests_are_strict_but_the_operators_own_status_reads_back_as_written() -> None:
+    """A value the engine computed (an unbounded interval) never makes the status unreadable."""
+    judge = api.JudgeStatus(kind="sequential", lower=float("-inf"), upper=float("inf"), intervals="3")
+    assert judge.upper == float("inf") and judge.intervals == 3
+    with pytest.raises(pydantic.ValidationError):
+        api.Step.model_validate({"setWeight": "3"})

@@ -117,3 +117,40 @@ def test_policy_rollouts_run_refuses_before_starting_anything(tmp_path: Path,
     assert "Traceback" not in err
     assert all(line.startswith("error: ") for line in err.splitlines())
     assert not workdir.exists(), "nothing was started"
+
+
+# ----------------------------------------------------------------------------- the operator's policy
+
+
+def _trust(**environ: str) -> checks.TrustPolicy:
+    return checks.TrustPolicy.from_env("http://prometheus.monitoring:9090", environ)
+
+
+def test_by_default_the_operator_queries_only_its_own_prometheus_and_runs_no_job() -> None:
+    trust = _trust()
+    assert trust.prometheus.urls == ("http://prometheus.monitoring:9090",)
+    assert trust.jobs.images == () and trust.jobs.service_accounts == ()
+
+
+def test_the_admin_lists_more_in_the_environment() -> None:
+    trust = _trust(**{checks.ENV_PROMETHEUS_URLS: "http://thanos:9090, http://prom-b:9090\n",
+                      checks.ENV_JOB_IMAGES: "ghcr.io/acme/policy-server:*",
+                      checks.ENV_JOB_SERVICE_ACCOUNTS: "policy-training"})
+    assert trust.prometheus.urls == ("http://prometheus.monitoring:9090", "http://thanos:9090", "http://prom-b:9090")
+    assert trust.jobs.images == ("ghcr.io/acme/policy-server:*",)
+    assert trust.jobs.service_accounts == ("policy-training",)
+
+
+def test_a_rollout_past_the_policy_has_problems_only_where_the_operator_enforces_it() -> None:
+    manifest = _manifest("pricing-retrained.yaml")
+    manifest["spec"]["analysis"]["prometheusUrl"] = "http://127.0.0.1:9090"
+    manifest["spec"]["training"]["serviceAccountName"] = "deployer"
+    rollout = _rollout(manifest)
+    problems = checks.spec_problems(rollout, _trust())
+    assert [p.split(" ", 1)[0] for p in problems] == [
+        "spec.analysis.prometheusUrl", "spec.offlineEvaluation.job.image", "spec.training.image",
+        "spec.training.serviceAccountName"]
+    assert checks.spec_problems(rollout) == [], "local mode runs as its user: no policy applies"
+    allowed = _trust(**{checks.ENV_PROMETHEUS_URLS: "http://127.0.0.1:9090",
+                        checks.ENV_JOB_IMAGES: "ghcr.io/acme/*", checks.ENV_JOB_SERVICE_ACCOUNTS: "deployer"})
+    assert checks.spec_problems(rollout, allowed) == []

@@ -42,6 +42,7 @@ def test_settled_rollouts_cost_no_api_calls_and_changes_are_acted_on_at_once(
         waiting = rollout_manifest("waiting", "vector(0)", [{"setWeight": 20}, {"approval": {}}, {"setWeight": 100}],
                                    prometheus.url)
         del waiting["spec"]["analysis"]  # no guardrails: nothing is due until a human acts
+        waiting["spec"]["allowPromotionWithoutAnalysis"] = True  # which the API wants said explicitly
         run.client.create(finished)
         run.client.create(waiting)
         run.wait_phase("finished", "Promoted")

@@ -194,14 +194,15 @@ def test_rules_come_from_the_models(schema: dict[str, Any]) -> None:
 
 
 # Functions and macros of the Kubernetes CEL environment that our rules may use.
-_K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "map", "matches", "startsWith"}
+_K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "map", "matches", "startsWith",
+                      *cv.KUBERNETES_FUNCTIONS}
 
 
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
-    # steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
+    # spec (2), steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
     # offlineEvaluation margin and reward range, a cost constraint's budget
-    assert len(rules) == 9
+    assert len(rules) == 11
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -359,6 +360,34 @@ INVALID = [
     ("too-many-guardrails", _too_many_guardrails, "spec.analysis.guardrails"),
     ("env-without-name", _set("spec.policy.env", [{"value": "1"}]), "spec.policy.env[0].name"),
     ("version-too-long", _set("spec.policy.version", "v" * 64), "spec.policy.version"),
+    # Types are strict in the model too: nothing a manifest holds is converted (issue 17).
+    ("set-weight-number-string", _set("spec.steps.1.setWeight", "50"), "spec.steps[1].setWeight"),
+    ("set-weight-boolean", _set("spec.steps.1.setWeight", True), "spec.steps[1].setWeight"),
+    ("set-weight-fraction", _set("spec.steps.1.setWeight", 5.5), "spec.steps[1].setWeight"),
+    ("replicas-number-string", _set("spec.policy.replicas", "3"), "spec.policy.replicas"),
+    ("version-a-number", _set("spec.policy.version", 2), "spec.policy.version"),
+    ("failure-limit-boolean", _set("spec.analysis.guardrails.0.failureLimit", True),
+     "spec.analysis.guardrails[0].failureLimit"),
+    ("judge-alpha-string", _set("spec.analysis.judge", {"alpha": "0.05"}), "spec.analysis.judge.alpha"),
+    ("early-advance-yes", _set("spec.analysis.judge", {"allowEarlyAdvance": "yes"}),
+     "spec.analysis.judge.allowEarlyAdvance"),
+    ("allow-decrease-string", _set("spec.allowWeightDecrease", "true"), "spec.allowWeightDecrease"),
+    # Semantics: what would run but must not (issue 17).
+    ("threshold-infinite", _set("spec.analysis.guardrails.0.condition", "< 1e999"),
+     "spec.analysis.guardrails[0].condition"),
+    ("threshold-too-many-digits", _set("spec.analysis.guardrails.0.condition", "< " + "9" * 400),
+     "spec.analysis.guardrails[0].condition"),
+    ("candidate-zero-replicas", _set("spec.policy.replicas", 0), "spec.policy.replicas"),
+    ("fallback-zero-replicas", _set("spec.fallback.replicas", 0), "spec.fallback.replicas"),
+    ("weights-go-down", _set("spec.steps.3.setWeight", 1), "spec.steps"),
+    ("only-pauses", _set("spec.steps", [{"pause": {"duration": "1m"}}, {"approval": {}}]), "spec.steps"),
+    ("only-weight-zero", _set("spec.steps", [{"shadow": {"duration": "1m"}}, {"setWeight": 0}]), "spec.steps"),
+    ("live-steps-without-guardrails", _set("spec.analysis.guardrails", []), "spec.steps"),
+    ("prometheus-url-file", _set("spec.analysis.prometheusUrl", "file:///etc/passwd"), "spec.analysis.prometheusUrl"),
+    ("prometheus-url-gopher", _set("spec.analysis.prometheusUrl", "gopher://127.0.0.1:9090/"),
+     "spec.analysis.prometheusUrl"),
+    ("prometheus-url-without-host", _set("spec.analysis.prometheusUrl", "http:///api"), "spec.analysis.prometheusUrl"),
+    ("notification-url-file", _set("spec.notifications", [{"url": "file:///etc/passwd"}]), "spec.notifications[0].url"),
 ]
 
 
@@ -412,7 +441,7 @@ def test_every_rule_both_passes_and_fails(schema: dict[str, Any]) -> None:
         for check in cv.rule_checks(cv.defaulted(manifest, schema), schema):
             outcomes[check.rule].add(check.result)
     for rule, results in outcomes.items():
-        assert results == {True, False}, f"{rule}: {results}"
+        assert {True, False} <= results, f"{rule}: {results}"  # errors: on manifests the schema refuses
 
 
 def test_unique_names_rule_holds_when_guardrails_are_absent(schema: dict[str, Any]) -> None:

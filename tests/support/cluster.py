@@ -298,7 +298,8 @@ class ChartRBAC:
         if namespaces:
             values["rbac"]["namespaces"] = namespaces
         self.plane = plane
-        self.objects = [o for o in helm_chart.render(values, release=release) if o["kind"] in RBAC_KINDS]
+        self.objects = [o for o in helm_chart.render(values, release=release) if o["kind"] in RBAC_KINDS
+                        and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "training"]
         if without is not None:
             roles = [o for o in self.objects if o["kind"] in ("ClusterRole", "Role")]
             assert any(without in helm_chart.rules_of(r) for r in roles), f"the chart never grants {without}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -119,10 +120,20 @@ def evaluate_rule(rule: str, value: Any) -> bool | str:
     return bool(result)
 
 
+def _is_sorted(values: celpy.celtypes.ListType) -> celpy.celtypes.BoolType:
+    """`list.isSorted()` of the Kubernetes CEL list library (not in cel-python)."""
+    items = list(values)
+    return celpy.celtypes.BoolType(all(a <= b for a, b in itertools.pairwise(items)))
+
+
+# Functions of the Kubernetes CEL environment (k8s.io/apiserver/pkg/cel/library) that the rules use.
+KUBERNETES_FUNCTIONS = {"isSorted": _is_sorted}
+
+
 @functools.lru_cache(maxsize=256)
 def _program(rule: str) -> celpy.Runner:
     env = celpy.Environment()
-    return env.program(env.compile(rule))
+    return env.program(env.compile(rule), functions=KUBERNETES_FUNCTIONS)
 
 
 def format_path(path: Sequence[str | int]) -> str:

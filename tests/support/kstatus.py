@@ -76,6 +76,7 @@ def sample(phase: api.Phase, step: int | None = None, generation: int = 3, obser
             "policy": {"image": "server:1", "artifact": "s3://p/v2", "version": "v2"},
             "fallback": {"image": "server:1", "artifact": "s3://p/v1", "version": "v1"},
             "steps": STEPS,
+            "allowPromotionWithoutAnalysis": True,  # conditions only: no analysis needed
         },
     }
     rollout = api.PolicyRollout.model_validate(body)

@@ -781,6 +781,8 @@ def policy_rollout_manifest(
         "steps": [{"shadow": {"duration": "1m"}}, {"setWeight": 30}, {"setWeight": 100}],
     }
     spec.update(spec_overrides)
+    # Without guardrails a rollout must opt out of analysis explicitly (api.NO_ANALYSED_LIVE_STEP).
+    spec.setdefault("allowPromotionWithoutAnalysis", not (spec.get("analysis") or {}).get("guardrails"))
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name, "namespace": namespace},
             "spec": spec}
 

@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rollout_operator import checks
 
 from tests.support.cluster import ClusterAPI
+
+# The operator's policy in the tests (docs/security.md): its Jobs may run the tests' policy-server image.
+TRUST_ENV = {checks.ENV_JOB_IMAGES: "ghcr.io/acme/policy-server:*"}
 
 
 class OperatorProcess:
     def __init__(self, kubeconfig: Path, prometheus_url: str, log_path: Path, tick: float = 0.2,
-                 extra_args: tuple[str, ...] = ("--metrics-port", "0")) -> None:
-        """`extra_args` go after the standard flags (default: no metrics server, so runs never fight over its port)."""
+                 extra_args: tuple[str, ...] = ("--metrics-port", "0"), env: dict[str, str] | None = None) -> None:
+        """`extra_args` go after the standard flags (default: no metrics server, so runs never fight over its port);
+        `env` replaces TRUST_ENV, the operator's policy."""
+        self.env = TRUST_ENV if env is None else env
         self.kubeconfig = kubeconfig
         self.extra_args = tuple(extra_args)
         self.prometheus_url = prometheus_url
@@ -34,7 +40,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         assert self.process is None or self.process.poll() is not None, "operator already running"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         env.pop("KUBECONFIG", None)
         command = [sys.executable, "-m", "rollout_operator.cli.main", "operator",
                    "--kubeconfig", str(self.kubeconfig), "--prometheus-url", self.prometheus_url,

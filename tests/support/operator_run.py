@@ -66,8 +66,10 @@ class OperatorRun:
 
     def __init__(self, plane: ControlPlane, workdir: Path, prometheus_url: str, namespaces: list[str] | None = None,
                  extra_args: tuple[str, ...] = ("--metrics-port", "0"), release: str | None = None,
-                 without: tuple[str, str, str] | None = None) -> None:
-        """`release` names the chart release (default: a fresh one); `without` drops one RBAC rule."""
+                 without: tuple[str, str, str] | None = None, env: dict[str, str] | None = None) -> None:
+        """`release` names the chart release (default: a fresh one); `without` drops one RBAC rule; `env` is the
+        operator's policy (default: operator_process.TRUST_ENV)."""
+        self.env = env
         self.plane = plane
         self.release = release or next(_releases)
         self.without = without
@@ -90,7 +92,8 @@ class OperatorRun:
             for namespace in self.namespaces or []:
                 args += ["--namespace", namespace]
             self.operator = OperatorProcess(self.rbac.kubeconfig, self.prometheus_url,
-                                            self.workdir / "operator.log", extra_args=tuple(args)).start()
+                                            self.workdir / "operator.log", extra_args=tuple(args),
+                                            env=self.env).start()
         except BaseException:
             self.__exit__()
             raise

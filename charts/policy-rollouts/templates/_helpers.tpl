@@ -102,3 +102,24 @@ The operator's rules in the namespaces where PolicyRollouts live: exactly the AP
   resources: ["pods"]
   verbs: ["list"]
 {{- end -}}
+
+{{/* The policy-server image the operator's Jobs run by default. */}}
+{{- define "policy-rollouts.jobImage" -}}
+{{- default (printf "ghcr.io/policy-rollouts/policy-server:%s" .Chart.AppVersion) .Values.jobs.image -}}
+{{- end -}}
+
+{{/*
+The operator's policy (docs/security.md) as JSON lists, shared by the operator's environment and
+the ValidatingAdmissionPolicy so that both enforce the same lists.
+*/}}
+{{- define "policy-rollouts.allowedPrometheusUrls" -}}
+{{- toJson (uniq (prepend .Values.operator.allowedPrometheusUrls .Values.operator.prometheusUrl)) -}}
+{{- end -}}
+
+{{- define "policy-rollouts.allowedJobImages" -}}
+{{- toJson (uniq (prepend .Values.jobs.allowedImages (include "policy-rollouts.jobImage" .))) -}}
+{{- end -}}
+
+{{- define "policy-rollouts.allowedJobServiceAccounts" -}}
+{{- toJson (uniq (prepend .Values.jobs.allowedServiceAccounts .Values.jobs.serviceAccount.name)) -}}
+{{- end -}}

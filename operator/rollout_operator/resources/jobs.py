@@ -23,7 +23,9 @@ __all__ = [
     "LABEL_JOB_KIND",
     "RESULT_PATH",
     "build",
+    "job_image",
     "job_name",
+    "job_templates",
     "offline_evaluation_job",
     "training_job",
 ]
@@ -39,6 +41,22 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "limits": {"memory": "4Gi"},
 }
 _NAME_PREFIX_MAX = 40  # rollout part of the name: the Job name becomes a label value (<= 63)
+
+
+def job_image(rollout: api.PolicyRollout, template: api.JobTemplate) -> str:
+    """The image a Job runs: its template's, else the candidate policy's (the policy-server image)."""
+    return template.image or rollout.spec.policy.image
+
+
+def job_templates(rollout: api.PolicyRollout) -> list[tuple[str, api.JobTemplate]]:
+    """(spec field, template) of every kind of Job the rollout may run."""
+    spec = rollout.spec
+    found: list[tuple[str, api.JobTemplate]] = []
+    if spec.offline_evaluation is not None:
+        found.append(("spec.offlineEvaluation.job", spec.offline_evaluation.job))
+    if spec.training is not None:
+        found.append(("spec.training", spec.training))
+    return found
 
 
 def job_name(rollout: api.PolicyRollout, request: types.JobRequest) -> str:
@@ -78,7 +96,7 @@ def _job(
     env = {"HOME": "/tmp", **env}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": template.image or rollout.spec.policy.image,
+        "image": job_image(rollout, template),
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "args": args,

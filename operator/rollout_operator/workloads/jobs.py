@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from rollout_operator import api, kube
 from rollout_operator.engine import types
+from rollout_operator.resources import job_policy
 from rollout_operator.resources import jobs as job_resources
 
 __all__ = ["JobRunner", "KubernetesJobs", "awaited_ids", "job_state", "termination_result"]
@@ -74,8 +75,11 @@ def awaited_ids(status: api.PolicyRolloutStatus) -> set[str]:
 
 
 class KubernetesJobs:
-    def __init__(self, client: kube.Client) -> None:
+    """Jobs through the API server, only with the images and ServiceAccounts `allowed` (None: any)."""
+
+    def __init__(self, client: kube.Client, allowed: job_policy.JobAllowList | None = None) -> None:
         self.client = client
+        self.allowed = allowed
 
     def _selector(self, rollout: api.PolicyRollout) -> str:
         return f"{api.LABEL_ROLLOUT}={rollout.metadata.name},{job_resources.LABEL_JOB_ID}"
@@ -106,9 +110,14 @@ class KubernetesJobs:
 
     def ensure(self, rollout: api.PolicyRollout, requests: tuple[types.JobRequest, ...],
                observed: dict[str, types.JobObservation]) -> None:
-        for request in requests:
-            if request.id in observed:
-                continue
+        missing = [r for r in requests if r.id not in observed]
+        refused = self.allowed.problems(rollout) if missing and self.allowed is not None else []
+        if refused:
+            # A spec edited mid-rollout (a new one fails before anything is created): the controller's
+            # SpecProblem event says why; nothing runs with what the operator's policy does not allow.
+            log.warning("not creating Jobs for %s: %s", rollout.metadata.name, "; ".join(refused))
+            return
+        for request in missing:
             job = job_resources.build(rollout, request)
             try:
                 self.client.create(job)

@@ -15,7 +15,7 @@ def _rollout(name: str = "r") -> api.PolicyRollout:
         "metadata": {"name": name},
         "spec": {"policy": {"image": "i", "artifact": "/a", "version": "v2"},
                  "fallback": {"image": "i", "artifact": "/f", "version": "v1"},
-                 "steps": [{"setWeight": 10}]},
+                 "steps": [{"setWeight": 10}], "allowPromotionWithoutAnalysis": True},
     })
 
 

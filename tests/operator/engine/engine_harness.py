@@ -29,7 +29,9 @@ def make_rollout(
     deadline: str = "30m",
     version: str = "v2",
     generation: int = 1,
+    **spec: Any,
 ) -> api.PolicyRollout:
+    """A rollout of `steps`; one without guardrails says so explicitly, as the API requires."""
     return api.PolicyRollout.model_validate(
         {
             "metadata": {"name": "pricing", "generation": generation},
@@ -40,6 +42,8 @@ def make_rollout(
                 "analysis": {"interval": interval, "guardrails": guardrails or [],
                              "shadowGuardrails": shadow_guardrails or []},
                 "progressDeadline": deadline,
+                "allowPromotionWithoutAnalysis": not guardrails,
+                **spec,
             },
         }
     )

@@ -56,6 +56,8 @@ def specs(draw: st.DrawFn) -> api.PolicyRollout:
         guardrails=rails,
         interval=f"{draw(st.integers(1, 3))}m",
         deadline=f"{draw(st.integers(5, 60))}m",
+        # Every spec the API accepts, those that opt out of an analysed live step included.
+        allowPromotionWithoutAnalysis=True,
     )
 
 

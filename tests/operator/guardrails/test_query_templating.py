@@ -26,6 +26,7 @@ def _rollout(name: str = "pricing-v2", namespace: str = "prod", interval: str = 
                 "fallback": {**policy, "version": "v1"},
                 "steps": [{"setWeight": 10}],
                 "analysis": {"interval": interval},
+                "allowPromotionWithoutAnalysis": True,  # no guardrails: only the variables matter here
             },
         }
     )

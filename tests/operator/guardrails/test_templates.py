@@ -38,6 +38,7 @@ def rollout_named(name: str, guardrails: list[dict[str, object]] | None = None, 
                 "fallback": {"image": "server:1", "artifact": "s3://p/v1", "version": "v1"},
                 "steps": [{"setWeight": 10}],
                 "analysis": {"interval": "1m", "guardrails": guardrails or [], "judge": judge or {}},
+                "allowPromotionWithoutAnalysis": True,  # only its queries are rendered here
             },
         }
     )
