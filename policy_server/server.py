@@ -20,21 +20,30 @@ decisions of this process (default 1,000,000; request_ids.py): older ids answer 
 ones, a second reward for an id answers 409. Generated ids cost no memory, client-chosen ones an
 LRU entry each.
 
+Decision durability (docs/decision-log.md, "Durability contract"): a batch's decisions are
+logged *before* its responses are written, so a row that cannot be logged is answered 500, never
+acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
+each batch and reward is also appended to a write-ahead log on local disk (group commit every
+``wal_commit_ms``), replayed into Parquet on the next start: a SIGKILL loses at most that window.
+With ``durable`` responses wait for the commit (nothing acknowledged is lost).
+
 Shutdown (SIGTERM/SIGINT via the CLI): stop accepting connections, finish every request
-already read, close idle connections, then close the decision log (flushes every buffered
-decision) before the process exits 0.
+already read (at most ``shutdown_timeout_s``), close idle connections, then close the decision
+log (at most ``log_flush_timeout_s``; both together stay inside the pod's grace period). What
+could not be written is counted in :attr:`PolicyServer.unwritten` and stays in the WAL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
@@ -53,6 +62,8 @@ from policy_server import (
 from policy_server import policy as policy_mod
 
 if TYPE_CHECKING:  # pyarrow (~45 MB) is imported only when the server logs decisions
+    from policy_server.decision_log._backlog import Backlog
+    from policy_server.decision_log.wal import WriteAheadLog
     from policy_server.log_staging import DecisionStaging
 
 __all__ = ["PolicyServer", "ServerConfig"]
@@ -60,8 +71,9 @@ __all__ = ["PolicyServer", "ServerConfig"]
 log = logging.getLogger("policy_server")
 
 STAGING_FLUSH_S = 1.0  # staged decisions reach the log's writer at least this often
+SWEEP_S = 0.5  # how often connection timeouts and durable waits are checked
 
-_ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request"}
+_ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request", 408: "timeout"}
 
 
 @dataclass
@@ -80,8 +92,20 @@ class ServerConfig:
     drift_window: int = 10_000
     drift_interval_s: float = 5.0
     warmup_iters: int = 20
-    shutdown_timeout_s: float = 20.0
+    shutdown_timeout_s: float = 10.0  # finishing requests already read; + log_flush_timeout_s < grace period
+    log_flush_timeout_s: float = 15.0
     reuse_port: bool = False  # SO_REUSEPORT, bound once the model is warm: zero-downtime replacement
+    wal_dir: str | None = None  # write-ahead log on local disk (needs log_dir)
+    wal_commit_ms: float = 5.0
+    wal_fsync: bool = False
+    durable: bool = False  # acknowledge only after the WAL commit
+    durable_timeout_s: float = 5.0  # a response waiting longer for its commit gets 503
+    on_log_failure: Literal["serve", "unready"] = "serve"
+    limits: validation.Limits = field(default_factory=validation.Limits)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 120.0
+    trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
 
 
 @dataclass(slots=True)
@@ -91,7 +115,7 @@ class _Pending:
     t0: float
     obs: list[Any]
     request_id: str
-    context: dict[str, Any] | None
+    context_json: str | None
     mask: np.ndarray | None
     entity: str | None
 
@@ -120,6 +144,11 @@ class PolicyServer:
         self.shield: shield.Shield | None = None
         self.drift: drift.DriftMonitor | None = None
         self.decision_log: Any = None
+        self.wal: WriteAheadLog | None = None
+        self.backlog: Backlog | None = None
+        self.unwritten = 0  # rows the shutdown could not write to Parquet (kept in the WAL if there is one)
+        self.row_errors = 0  # decisions answered 500 because they could not be logged
+        self._deferred: collections.deque[tuple[int, float, list[tuple[Any, ...]]]] = collections.deque()
         self._staging: DecisionStaging | None = None
         self._ids = request_ids.RequestIds(config.max_request_ids)
         self._server: asyncio.AbstractServer | None = None
@@ -148,6 +177,7 @@ class PolicyServer:
             max_wait_ms=self.config.max_wait_ms,
             expected=lambda: len(self.connections),
         )
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
         reuse = self.config.reuse_port
         if not reuse:
             port = await self._bind(host, port, reuse_port=False)
@@ -165,6 +195,20 @@ class PolicyServer:
         )
         return self._server.sockets[0].getsockname()[1]
 
+    def _sweep(self) -> None:
+        """Every ``SWEEP_S``: close connections past their timeouts; answer 503 to durable waits past theirs."""
+        cfg = self.config
+        now = time.perf_counter()
+        for conn in list(self.connections):
+            conn.check_timeouts(now, cfg.header_timeout_s, cfg.body_timeout_s, cfg.idle_timeout_s)
+        deferred = self._deferred
+        mono = time.monotonic()
+        while deferred and mono - deferred[0][1] > cfg.durable_timeout_s:
+            for conn, seq, _, _ in deferred.popleft()[2]:
+                self._fail(conn, seq, 503, "not_logged", "the decision log could not commit in time; retry")
+        if not self._stopped.is_set():
+            self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
     @property
     def listening(self) -> bool:
         return self._server is not None
@@ -179,18 +223,16 @@ class PolicyServer:
         await self._stopped.wait()
 
     def _load(self) -> tuple[artifact.LoadedArtifact, policy_mod.Policy]:
-        loaded = self.loader(self.config.model, self.config.device)
-        pol = policy_mod.Policy.from_artifact(loaded, self.config.exploration)
-        if self.config.log_dir:  # imported here: pyarrow costs ~45 MB of RSS, only worth it when logging
-            import pyarrow
-
-            from policy_server.decision_log import writer
-
-            # Arrow's jemalloc pool returns freed segment buffers sooner than its default (mimalloc):
-            # measured ~25 MB less RSS for the same load on this machine.
-            with contextlib.suppress(NotImplementedError):  # wheels built without jemalloc keep the default
-                pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-            self.decision_log = writer.DecisionLog(self.config.log_dir)
+        cfg = self.config
+        if cfg.trusted_keys and self.loader is artifact.load_artifact:  # verified on the very bytes it loads
+            loaded = artifact.load_artifact(cfg.model, cfg.device, trusted_keys=cfg.trusted_keys)
+        else:
+            if cfg.trusted_keys:
+                artifact.verify_signature(cfg.model, cfg.trusted_keys)
+            loaded = self.loader(cfg.model, cfg.device)
+        pol = policy_mod.Policy.from_artifact(loaded, cfg.exploration)
+        if cfg.log_dir:  # imported here: pyarrow costs ~45 MB of RSS, only worth it when logging
+            self._open_log()
         warm_rng = np.random.default_rng(0)
         size = 1
         while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here
@@ -201,6 +243,55 @@ class PolicyServer:
                 break
             size = min(size * 2, self.config.max_batch)
         return loaded, pol
+
+    def _open_log(self) -> None:
+        """Replay earlier sessions' WAL, then open this session's WAL and Parquet writer (worker thread)."""
+        import pyarrow
+
+        from policy_server.decision_log import _backlog, wal, writer
+
+        cfg = self.config
+        # Arrow's jemalloc pool returns freed segment buffers sooner than its default (mimalloc):
+        # measured ~25 MB less RSS for the same load on this machine.
+        with contextlib.suppress(NotImplementedError):  # wheels built without jemalloc keep the default
+            pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        if cfg.wal_dir:
+            try:
+                wal.recover(cfg.wal_dir, writer.DecisionLog(cfg.log_dir, flush_timeout_s=cfg.log_flush_timeout_s))
+            except writer.DecisionLogError as exc:  # the files stay; the next start tries again
+                log.error("could not replay the write-ahead log into %s yet: %s", cfg.log_dir, exc)
+            self.wal = wal.WriteAheadLog(
+                cfg.wal_dir,
+                commit_interval_s=cfg.wal_commit_ms / 1000.0,
+                fsync=cfg.wal_fsync,
+                durable=cfg.durable,
+                on_commit=self._on_commit if cfg.durable else None,
+            )
+        self.decision_log = writer.DecisionLog(
+            cfg.log_dir,
+            flush_timeout_s=cfg.log_flush_timeout_s,
+            on_progress=self.wal.checkpoint if self.wal is not None else None,
+        )
+        self.backlog = _backlog.Backlog(lambda: self.decision_log.rows_accounted)
+
+    @property
+    def log_failing(self) -> bool:
+        """The WAL or the Parquet writer failed its last attempt (unwritable or full storage)."""
+        return (self.wal is not None and self.wal.failing) or (
+            self.decision_log is not None and self.decision_log.failing
+        )
+
+    def _log_health(self) -> metrics.LogHealth:
+        dlog, wal_ = self.decision_log, self.wal
+        return metrics.LogHealth(
+            errors={
+                "wal": wal_.errors if wal_ is not None else 0,
+                "parquet": dlog.errors if dlog is not None else 0,
+                "row": self.row_errors,
+            },
+            backlog_rows=self.backlog.rows() if self.backlog is not None else 0,
+            oldest_unflushed_age_s=self.backlog.oldest_age_s() if self.backlog is not None else 0.0,
+        )
 
     def _on_loaded(self, fut: asyncio.Future) -> None:
         try:
@@ -229,6 +320,7 @@ class PolicyServer:
         self.metrics = metrics.ServerMetrics(
             variant=cfg.variant, name=m.name, version=m.version, actions=actions, features=features, costs=m.costs
         )
+        self.metrics.register_log_health(self._log_health)
         if m.observation.reference:
             self.drift = drift.DriftMonitor(
                 m.observation.reference,
@@ -265,12 +357,27 @@ class PolicyServer:
             self._staging_timer = self.loop.call_later(STAGING_FLUSH_S, self._flush_staging)
 
     async def shutdown(self) -> None:
-        """Stop accepting, answer what was read, close the decision log. Idempotent."""
+        """Stop accepting, answer what was read, close the decision log. Idempotent; never hangs.
+
+        Bounded by ``shutdown_timeout_s`` + ``log_flush_timeout_s``; ``wait_stopped`` returns even
+        if closing the log fails (what it could not write is counted in :attr:`unwritten`).
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         self.ready = False
+        try:
+            await self._drain_connections()
+            if self.drift is not None:
+                self.drift.stop()
+            await self._close_log()
+        finally:
+            if hasattr(self, "_sweeper"):
+                self._sweeper.cancel()
+            self._stopped.set()
+
+    async def _drain_connections(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -284,14 +391,27 @@ class PolicyServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self.drift is not None:
-            self.drift.stop()
-        if self.decision_log is not None:
-            if self._staging is not None:  # None if the model never loaded
-                self._staging_timer.cancel()
-                self._staging.flush()
-            await asyncio.get_running_loop().run_in_executor(None, self.decision_log.close)
-        self._stopped.set()
+
+    async def _close_log(self) -> None:
+        if self.decision_log is None:
+            return
+        from policy_server.decision_log.writer import DecisionLogError
+
+        if self._staging is not None:  # None if the model never loaded
+            self._staging_timer.cancel()
+            self._staging.flush()
+        loop = asyncio.get_running_loop()
+        written = False
+        try:
+            await loop.run_in_executor(None, self.decision_log.close)
+            written = True
+        except DecisionLogError as exc:
+            self.unwritten = self.decision_log.buffered
+            where = f"; they stay in the write-ahead log {self.config.wal_dir}" if self.wal is not None else ""
+            log.error("decision log: %d rows could not be written at shutdown%s: %s", self.unwritten, where, exc)
+        finally:
+            if self.wal is not None:  # the WAL is deleted only when Parquet holds every row
+                await loop.run_in_executor(None, lambda: self.wal.close(delete=written))
 
     # ------------------------------------------------------------------ routing
 
@@ -336,7 +456,9 @@ class PolicyServer:
         conn.respond(seq, 200, b'{"status":"ok"}')
 
     def _readyz(self, conn: protocol.HttpProtocol, seq: int) -> None:
-        if self.ready:
+        if self.ready and self.config.on_log_failure == "unready" and self.log_failing:
+            conn.respond(seq, 503, b'{"status":"log_failing"}')
+        elif self.ready:
             conn.respond(seq, 200, b'{"status":"ready"}')
         elif self.load_error is not None:
             conn.respond(seq, 503, orjson.dumps({"status": "failed", "error": str(self.load_error)}))
@@ -378,7 +500,7 @@ class PolicyServer:
             return self._fail(
                 conn, seq, 409, "duplicate_request_id", f"request_id {rid!r} was already used; send a unique id or none"
             )
-        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context, req.mask, req.entity))
+        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context_json, req.mask, req.entity))
 
     def _run_batch(self, items: list[_Pending]) -> None:
         pol = self.policy
@@ -396,50 +518,106 @@ class PolicyServer:
                 self._fail(it.conn, it.seq, 500, "internal", f"internal error: {type(exc).__name__}")
             return
         d = res.decision
+        reasons = res.reasons
+        failed = self._log_batch(items, obs, d, reasons, time.perf_counter() - started) if self.backlog else ()
         actions = d.actions.tolist()
         props = d.propensities.tolist()
-        reasons = res.reasons
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
+        replies = []
         for i, it in enumerate(items):
+            if i in failed:
+                self._fail(it.conn, it.seq, 500, "not_logged", "internal error: the decision could not be logged")
+                continue
             r = reasons[i]
-            it.conn.respond(
-                it.seq,
-                200,
-                dumps(
-                    {
-                        "request_id": it.request_id,
-                        "action": actions[i],
-                        "propensity": props[i],
-                        "policy_version": version,
-                        "variant": variant,
-                        "shield": {"intervened": bool(r), "reasons": r},
-                    }
-                ),
+            body = dumps(
+                {
+                    "request_id": it.request_id,
+                    "action": actions[i],
+                    "propensity": props[i],
+                    "policy_version": version,
+                    "variant": variant,
+                    "shield": {"intervened": bool(r), "reasons": r},
+                }
             )
+            replies.append((it.conn, it.seq, 200, body))
+        self._reply(replies)
         latency = time.perf_counter() - started
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
-        if self._staging is not None:
-            self._log_batch(items, obs, d, reasons, latency)
 
-    def _log_batch(self, items, obs, d, reasons, latency) -> None:
-        contexts = [it.context for it in items]
-        self._staging.add(
-            request_ids=[it.request_id for it in items],
+    def _reply(self, replies: list[tuple[Any, ...]]) -> None:
+        """Send now, or (``durable``) once the WAL has committed what was appended so far."""
+        wal_ = self.wal
+        if wal_ is not None and self.config.durable and wal_.committed < wal_.appended:
+            self._deferred.append((wal_.appended, time.monotonic(), replies))
+            return
+        for conn, seq, status, body in replies:
+            conn.respond(seq, status, body)
+
+    def _on_commit(self, committed: int) -> None:
+        """WAL commit thread: wake the loop to release the responses that waited for this commit."""
+        if self._deferred:
+            self.loop.call_soon_threadsafe(self._release, committed)
+
+    def _release(self, committed: int) -> None:
+        deferred = self._deferred
+        while deferred and deferred[0][0] <= committed:
+            for conn, seq, status, body in deferred.popleft()[2]:
+                conn.respond(seq, status, body)
+
+    def _log_batch(self, items, obs, d, reasons, latency_s) -> set[int]:
+        """Log the batch before any of it is answered; returns the rows that could not be logged.
+
+        A failure of the whole batch (a bug, an unwritable WAL buffer) is retried row by row, so
+        one bad row is answered 500 and its neighbours are still logged and answered 200.
+        """
+        try:
+            self._log_rows(items, obs, d, reasons, latency_s, slice(None))
+            return set()
+        except Exception:
+            log.exception("decision log: a batch of %d could not be logged; logging its rows one by one", len(items))
+        failed = set()
+        for i in range(len(items)):
+            try:
+                self._log_rows(items, obs, d, reasons, latency_s, slice(i, i + 1))
+            except Exception:
+                failed.add(i)
+        self.row_errors += len(failed)
+        return failed
+
+    def _log_rows(self, items, obs, d, reasons, latency_s, rows: slice) -> None:
+        from policy_server.decision_log.schema import DecisionBatch
+
+        part = items[rows]
+        contexts = [it.context_json for it in part]
+        batch = DecisionBatch(
+            request_ids=[it.request_id for it in part],
             time=time.time(),
-            observations=obs,
-            actions=d.actions,
-            propensities=d.propensities,
-            probabilities=d.probabilities,
-            shield_reasons=reasons,
-            latency_ms=latency * 1000.0,
-            context_json=(
-                None
-                if contexts.count(None) == len(contexts)
-                else [None if c is None else orjson.dumps(c).decode() for c in contexts]
-            ),
+            policy_version=self._version,
+            variant=self.config.variant,
+            observations=obs[rows],
+            actions=d.actions[rows],
+            propensities=d.propensities[rows],
+            probabilities=None if d.probabilities is None else d.probabilities[rows],
+            shield_reasons=reasons[rows],
+            latency_ms=latency_s[rows] * 1000.0,
+            context_json=None if contexts.count(None) == len(contexts) else contexts,
         )
+        if self.wal is not None:
+            self.wal.append_decisions(batch)
+        self._staging.add(
+            request_ids=batch.request_ids,
+            time=batch.time,
+            observations=batch.observations,
+            actions=batch.actions,
+            propensities=batch.propensities,
+            probabilities=batch.probabilities,
+            shield_reasons=batch.shield_reasons,
+            latency_ms=batch.latency_ms,
+            context_json=batch.context_json,
+        )
+        self.backlog.add("decisions", len(part))
 
     def _flush_staging(self) -> None:
         """Hand staged decisions to the log at least every ``STAGING_FLUSH_S`` (a quiet server too)."""
@@ -453,7 +631,7 @@ class PolicyServer:
         if not self.ready:
             return self._not_ready(conn, seq)
         try:
-            req = validation.parse_reward(body)
+            req = validation.parse_reward(body, self.config.limits)
             for name in req.costs or ():
                 if not self.metrics.can_record_cost(name):
                     raise validation.BadRequest(
@@ -480,11 +658,13 @@ class PolicyServer:
                 f"a reward for request_id {req.request_id!r} was already recorded",
             )
         self.metrics.record_reward(req.reward, req.costs)
-        if self.decision_log is not None:
-            self.decision_log.log_reward(
-                {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
-            )
-        conn.respond(seq, 202, b'{"status":"accepted"}')
+        if self.backlog is not None:
+            record = {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
+            if self.wal is not None:
+                self.wal.append_reward(record)
+            self.decision_log.log_reward(record)
+            self.backlog.add("rewards", 1)
+        self._reply([(conn, seq, 202, b'{"status":"accepted"}')])
 
 
 _GET_ROUTES = {

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import re
 import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policy_server.validation import MAX_CONTEXT_DEPTH
 from tests.support.policy_server import Client, metric, running
 
 pytestmark = pytest.mark.integration
@@ -197,3 +201,124 @@ def test_server_ready_after_fuzzing(srv) -> None:
     m = srv.client().metrics()
     assert metric(m, "policy_errors_total", variant="b", reason="internal") == 0
     _still_serving(srv.client())
+
+
+# ---------------------------------------------------------------- issue 17: what is accepted can be logged
+
+
+def _context(depth: int) -> bytes:
+    """A JSON object nested ``depth`` levels deep (the object itself is level 1), built without recursion."""
+    lists = depth - 1
+    return b'{"k": ' + b"[" * lists + b"1" + b"]" * lists + b"}"
+
+
+@pytest.mark.parametrize(
+    ("depth", "status"),
+    [(1, 200), (MAX_CONTEXT_DEPTH, 200), (MAX_CONTEXT_DEPTH + 1, 400), (1023, 400), (1024, 400)],
+)
+def test_context_depth_boundaries(srv, depth: int, status: int) -> None:
+    """A context the log could not write is refused before the response, at every depth boundary."""
+    body = b'{"observation": %s, "context": %s}' % (json.dumps(OBS).encode(), _context(depth))
+    got, answer = srv.client().request("POST", "/v1/act", body)
+    assert got == status, answer
+    if status == 400:
+        assert "nested more than" in answer["error"] and f"{MAX_CONTEXT_DEPTH} levels" in answer["error"]
+    _still_serving(srv.client())
+
+
+def test_body_nested_beyond_the_parser_limit_is_400(srv) -> None:
+    body = b'{"observation": %s, "context": {"k": %s1%s}}' % (json.dumps(OBS).encode(), b"[" * 1100, b"]" * 1100)
+    got, answer = srv.client().request("POST", "/v1/act", body)
+    assert got == 400 and "nested more than 1024 levels" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"reward": 1e308}, "'reward' is 1e+308, outside"),
+        ({"reward": -1e10}, "'reward' is -1e+10, outside"),
+        ({"reward": 0, "costs": {"c": 1e300}}, "'costs.c' is 1e+300, outside"),
+    ],
+)
+def test_huge_rewards_and_costs_are_refused_and_metrics_stay_finite(srv, payload: dict, message: str) -> None:
+    rid = srv.client().act(OBS)["request_id"]
+    status, err = srv.client().post("/v1/reward", {"request_id": rid, **payload})
+    assert status == 400 and message in err["error"], err
+    m = srv.client().metrics()
+    assert math.isfinite(metric(m, "policy_reward_sum", variant="b"))
+    assert all(math.isfinite(v) for k, v in m.items() if k.startswith("policy_cost_sum"))
+    assert srv.client().post("/v1/reward", {"request_id": rid, "reward": 1e6})[0] == 202  # the id is still usable
+
+
+def _responses(reply: bytes) -> int:
+    """Status lines in a raw reply (bodies may mention HTTP/1.1 too)."""
+    return len(re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z]", reply))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    ],
+)
+def test_upgrade_requests_get_exactly_one_response(srv, request_bytes: bytes) -> None:
+    reply = _raw(srv.port, request_bytes)
+    assert _responses(reply) == 1, reply
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    _still_serving(srv.client())
+
+
+SMUGGLING = [
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    b"GET /nope HTTP/1.1\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", SMUGGLING)
+def test_request_smuggling_shapes_get_one_400_and_a_close(srv, request_bytes: bytes) -> None:
+    reply = _raw(srv.port, request_bytes)
+    assert _responses(reply) == 1 and reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"Connection: close" in reply
+    _still_serving(srv.client())
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory):
+    from policy_server import artifact
+
+    path = artifact.write_example_model(tmp_path_factory.mktemp("slow") / "m")
+    with running(path, variant="s", header_timeout_s=0.5, body_timeout_s=0.5, idle_timeout_s=1.0) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"",  # connected, never sends a byte
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # headers never finished
+        b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",  # body never finished
+    ],
+)
+def test_slowloris_connections_are_closed(impatient, prefix: bytes) -> None:
+    """Each half-sent request is closed by the server, well before the client's 20 s socket timeout."""
+    socks = [socket.create_connection(("127.0.0.1", impatient.port), timeout=20) for _ in range(20)]
+    try:
+        for s in socks:
+            s.sendall(prefix)
+        for s in socks:
+            for _ in range(3):  # a slowloris client trickles one more header byte; the clock does not restart
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X" if prefix and b"\r\n\r\n" not in prefix else b"")
+            reply = b"".join(iter(lambda s=s: s.recv(65536), b""))  # until the server closes
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply
+    finally:
+        for s in socks:
+            s.close()
+    _still_serving(impatient.client())
