@@ -94,6 +94,7 @@ class ServerConfig:
     warmup_iters: int = 20
     shutdown_timeout_s: float = 10.0  # finishing requests already read; + log_flush_timeout_s < grace period
     log_flush_timeout_s: float = 15.0
+    log_flush_interval_s: float = 5.0  # Parquet segments are written at least this often
     reuse_port: bool = False  # SO_REUSEPORT, bound once the model is warm: zero-downtime replacement
     wal_dir: str | None = None  # write-ahead log on local disk (needs log_dir)
     wal_commit_ms: float = 5.0
@@ -269,6 +270,7 @@ class PolicyServer:
             )
         self.decision_log = writer.DecisionLog(
             cfg.log_dir,
+            flush_interval_s=cfg.log_flush_interval_s,
             flush_timeout_s=cfg.log_flush_timeout_s,
             on_progress=self.wal.checkpoint if self.wal is not None else None,
         )
