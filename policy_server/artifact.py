@@ -370,7 +370,8 @@ def load_artifact(url: str, device: str = "cpu", *, trusted_keys: Sequence[str] 
         raise
     except Exception as exc:
         raise ArtifactError(
-            f"artifact {url!r}: cannot load {manifest.program!r} as {manifest.format} ({type(exc).__name__}: {exc}); "
+            f"artifact {url!r}: cannot load {manifest.program!r} as {manifest.format} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
             "check `format` in the manifest matches how the program was saved"
         ) from exc
     _check_forward(url, manifest, module, device)
@@ -424,6 +425,11 @@ def _check_export_archive(url: str, program: str, data: bytes) -> None:
         rel = name.split("/", 1)[-1]
         if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith(".pt"):
             raise refuse(f"holds a legacy pickled payload {rel!r}")
+        if rel.startswith("data/sample_inputs/"):
+            try:
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            except Exception:  # torch.export.load would retry it with weights_only=False
+                raise refuse(f"holds sample inputs {rel!r} that are not plain tensors") from None
         if rel.startswith("data/aotinductor/") or rel.startswith("data/constants/custom_obj") or "opaque" in rel:
             raise refuse(f"holds a compiled or custom-object payload {rel!r}")
         if rel.endswith(("weights_config.json", "constants_config.json")):

@@ -1,0 +1,162 @@
+"""Safe artifacts: loading never unpickles arbitrary objects; a signed artifact that was tampered with is refused.
+
+Attacks tried: a torch.export archive whose weight (or sample inputs) is a pickle that runs code,
+swapped weights under a signed manifest, a forged manifest with a fresh sha256, no signature,
+a signature by another key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from policy_server import artifact, signing
+from policy_server.cli import main
+from tests.support.policy_server import running
+
+
+class _RunsCode:
+    """Unpickling this creates a directory: proof that loading ran code chosen by the artifact's author."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _rewrite_zip(path: Path, change) -> None:
+    src = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            data = change(name, src.read(name))
+            dst.writestr(name, data)
+    path.write_bytes(out.getvalue())
+
+
+def _reseal(model: Path) -> None:
+    """Update the manifest's sha256 as an attacker with write access to the bucket would."""
+    manifest = json.loads((model / "manifest.json").read_text())
+    import hashlib
+
+    manifest["sha256"] = hashlib.sha256((model / manifest["program"]).read_bytes()).hexdigest()
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _pickled_weight(marker: Path):
+    def change(name: str, data: bytes) -> bytes:
+        if name.endswith("weights_config.json"):
+            config = json.loads(data)
+            config["config"]["net.0.weight"]["use_pickle"] = True
+            return json.dumps(config).encode()
+        if name.endswith("data/weights/weight_0"):
+            return pickle.dumps(_RunsCode(marker))
+        return data
+
+    return change
+
+
+def _pickled_sample_inputs(marker: Path):
+    def change(name: str, data: bytes) -> bytes:
+        return pickle.dumps(_RunsCode(marker)) if name.endswith("sample_inputs/model.pt") else data
+
+    return change
+
+
+@pytest.mark.parametrize("attack", [_pickled_weight, _pickled_sample_inputs])
+def test_export_archive_with_a_pickle_payload_is_refused_without_running_it(tmp_path: Path, attack) -> None:
+    model = artifact.write_example_model(tmp_path / "m", format="export")
+    marker = tmp_path / "pwned"
+    _rewrite_zip(model / "policy.pt2", attack(marker))
+    _reseal(model)
+    with pytest.raises(artifact.ArtifactError) as err:
+        artifact.load_artifact(str(model))
+    assert not marker.exists(), "loading the artifact ran code from a pickle"
+    assert "refused" in str(err.value) or "cannot load" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_clean_export_archive_still_loads(tmp_path: Path) -> None:
+    model = artifact.write_example_model(tmp_path / "m", format="export")
+    assert artifact.load_artifact(str(model)).manifest.format == "export"
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # restored after loading
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    return tmp_path / "keys" / "signing-key.pem", tmp_path / "keys" / "signing-key.pub.pem"
+
+
+@pytest.fixture
+def signed(tmp_path: Path, keys) -> Path:
+    model = artifact.write_example_model(tmp_path / "signed")
+    assert main(["sign", "--artifact", str(model), "--key", str(keys[0])]) == 0
+    return model
+
+
+def test_signed_artifact_loads_with_its_key_as_pem_or_base64(signed: Path, keys) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    assert artifact.load_artifact(str(signed), trusted_keys=[str(keys[1])]).manifest.name == "example-policy"
+    pub = serialization.load_pem_public_key(keys[1].read_bytes())
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    import base64
+
+    assert artifact.load_artifact(str(signed), trusted_keys=[base64.b64encode(raw).decode()])
+
+
+def _swap_weights(model: Path, tmp_path: Path) -> None:
+    other = artifact.write_example_model(tmp_path / "other", seed=99)
+    shutil.copy(other / "policy.pt", model / "policy.pt")
+
+
+def _forge_manifest(model: Path, tmp_path: Path) -> None:
+    _swap_weights(model, tmp_path)
+    _reseal(model)  # the attacker rewrites the sha256 too: the signature no longer matches
+
+
+def _drop_signature(model: Path, tmp_path: Path) -> None:
+    (model / signing.SIGNATURE_NAME).unlink()
+
+
+def _sign_with_another_key(model: Path, tmp_path: Path) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "attacker")]) == 0
+    assert main(["sign", "--artifact", str(model), "--key", str(tmp_path / "attacker" / "signing-key.pem")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (_swap_weights, "sha256 of 'policy.pt'"),
+        (_forge_manifest, "does not match manifest.json for any trusted key"),
+        (_drop_signature, "has no manifest.sig"),
+        (_sign_with_another_key, "does not match manifest.json for any trusted key"),
+    ],
+)
+def test_tampered_signed_artifact_is_refused_before_serving(signed: Path, keys, tmp_path: Path, tamper, message):
+    tamper(signed, tmp_path)
+    with running(signed, ready=False, trusted_keys=(str(keys[1]),)) as srv:
+        with pytest.raises(artifact.ArtifactError) as err:
+            srv.wait_ready()
+        assert srv.client().get("/readyz")[0] == 503
+        assert srv.client().post("/v1/act", {"observation": [0.0] * 8})[0] == 503
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_without_trusted_keys_signatures_are_not_required(tmp_path: Path) -> None:
+    model = artifact.write_example_model(tmp_path / "unsigned")
+    assert artifact.load_artifact(str(model)).manifest.version == "v1"
+
+
+def test_a_bad_trusted_key_says_what_to_pass(signed: Path) -> None:
+    with pytest.raises(artifact.ArtifactError, match="neither a PEM public key file nor base64"):
+        artifact.load_artifact(str(signed), trusted_keys=["not-a-key"])
