@@ -203,6 +203,8 @@ class PolicyServer:
         for conn in list(self.connections):
             conn.check_timeouts(now, cfg.header_timeout_s, cfg.body_timeout_s, cfg.idle_timeout_s)
         deferred = self._deferred
+        if deferred and self.wal is not None:
+            self._release(self.wal.committed)
         mono = time.monotonic()
         while deferred and mono - deferred[0][1] > cfg.durable_timeout_s:
             for conn, seq, _, _ in deferred.popleft()[2]:

@@ -195,7 +195,9 @@ class WriteAheadLog:
         with self._buf_lock:
             frames, self._buf = self._buf, []
             n = self.appended
-        if not frames:
+        if not frames:  # still report: a waiter may have queued itself just after the last report
+            if self.on_commit is not None:
+                self.on_commit(self.committed)
             return True
         data = b"".join(frames)
         try:
