@@ -45,8 +45,6 @@ import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policy_server import signing
-
 __all__ = [
     "SCHEMA_VERSION",
     "ActionSpec",
@@ -282,6 +280,8 @@ def _read_manifest_bytes(url: str) -> bytes:
 
 
 def _verify(url: str, raw: bytes, trusted_keys: Sequence[str]) -> None:
+    from policy_server import signing  # cryptography is loaded only where artifacts are verified
+
     fs, root = _fs(url)
     try:
         sig = fs.cat_file(root.rstrip("/") + "/" + signing.SIGNATURE_NAME)

@@ -150,6 +150,8 @@ class PolicyServer:
         self.unwritten = 0  # rows the shutdown could not write to Parquet (kept in the WAL if there is one)
         self.row_errors = 0  # decisions answered 500 because they could not be logged
         self._deferred: collections.deque[tuple[int, float, list[tuple[Any, ...]]]] = collections.deque()
+        self._wal_on_loop = False
+        self._wal_timer: asyncio.TimerHandle | None = None
         self._staging: DecisionStaging | None = None
         self._ids = request_ids.RequestIds(config.max_request_ids)
         self._server: asyncio.AbstractServer | None = None
@@ -263,13 +265,16 @@ class PolicyServer:
                 wal.recover(cfg.wal_dir, writer.DecisionLog(cfg.log_dir, flush_timeout_s=cfg.log_flush_timeout_s))
             except writer.DecisionLogError as exc:  # the files stay; the next start tries again
                 log.error("could not replay the write-ahead log into %s yet: %s", cfg.log_dir, exc)
+            threaded = cfg.durable or cfg.wal_fsync  # else the loop commits: no GIL hand-off (see wal.py)
             self.wal = wal.WriteAheadLog(
                 cfg.wal_dir,
                 commit_interval_s=cfg.wal_commit_ms / 1000.0,
                 fsync=cfg.wal_fsync,
                 durable=cfg.durable,
                 on_commit=self._on_commit if cfg.durable else None,
+                threaded=threaded,
             )
+            self._wal_on_loop = not threaded
         self.decision_log = writer.DecisionLog(
             cfg.log_dir,
             flush_interval_s=cfg.log_flush_interval_s,
@@ -404,6 +409,8 @@ class PolicyServer:
         if self._staging is not None:  # None if the model never loaded
             self._staging_timer.cancel()
             self._staging.flush()
+        if self._wal_timer is not None:  # the WAL's close() commits what is left
+            self._wal_timer.cancel()
         loop = asyncio.get_running_loop()
         written = False
         try:
@@ -610,6 +617,7 @@ class PolicyServer:
         )
         if self.wal is not None:
             self.wal.append_decisions(batch)
+            self._schedule_wal_commit()
         self._staging.add(
             request_ids=batch.request_ids,
             time=batch.time,
@@ -622,6 +630,17 @@ class PolicyServer:
             context_json=batch.context_json,
         )
         self.backlog.add("decisions", len(part))
+
+    def _schedule_wal_commit(self) -> None:
+        """Group commit on the loop: one write per ``wal_commit_ms`` for everything appended meanwhile."""
+        if self._wal_on_loop and self._wal_timer is None:
+            self._wal_timer = self.loop.call_later(self.config.wal_commit_ms / 1000.0, self._commit_wal)
+
+    def _commit_wal(self) -> None:
+        self._wal_timer = None
+        self.wal.commit()  # a failure is counted and the records are kept for the next commit
+        if self.wal.failing:
+            self._schedule_wal_commit()
 
     def _flush_staging(self) -> None:
         """Hand staged decisions to the log at least every ``STAGING_FLUSH_S`` (a quiet server too)."""
@@ -666,6 +685,7 @@ class PolicyServer:
             record = {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
             if self.wal is not None:
                 self.wal.append_reward(record)
+                self._schedule_wal_commit()
             self.decision_log.log_reward(record)
             self.backlog.add("rewards", 1)
         self._reply([(conn, seq, 202, b'{"status":"accepted"}')])

@@ -3,11 +3,18 @@
 Why: the Parquet writer batches rows for seconds (one file per ``flush_interval_s``) and may
 write to remote storage; a killed process lost that tail (2.4-4.2 s of acknowledged traffic
 under load). Every decision batch and reward is appended here first, as one framed record, on
-the event-loop thread (a list append under an uncontended lock). A commit thread writes what
-was appended every ``commit_interval_s`` (group commit: one ``write`` for everything appended
-since the last one, optionally ``fdatasync``). A SIGKILL therefore loses at most what was
-appended since the last commit; with ``durable`` callers wait for :attr:`committed` to reach
-their record (``on_commit`` wakes them) and lose nothing they were told about.
+the event-loop thread (a list append under an uncontended lock). Group commit: one ``write``
+for everything appended since the last commit (page cache: it survives a killed process),
+optionally followed by ``fdatasync`` (survives a node crash). A SIGKILL loses at most what was
+appended since the last commit.
+
+Who commits: with ``threaded=False`` the owner calls :meth:`commit` every ``commit_interval_s``
+on its own thread (the server does, from an event-loop timer: a write to the page cache takes
+tens of µs, and a commit thread would first have to win the GIL from the busy loop; measured on
+the loaded 2-core machine, that wait once stretched the loss window to 52 ms). Otherwise a
+commit thread does, which ``fsync`` and ``durable`` need: there, callers wait for
+:attr:`committed` to reach their record (``on_commit`` wakes them), and lose nothing they were
+told about.
 
 The WAL is deleted as Parquet catches up: the Parquet writer reports, per stream, how many rows
 (in logging order) are written or rejected (:meth:`checkpoint`); that count goes to a small
@@ -63,6 +70,8 @@ class WriteAheadLog:
     * **commit_interval_s**: how often appended records are written (the SIGKILL loss window).
     * **fsync**: also ``fdatasync`` each commit (survives a node crash, not only a process kill).
     * **durable**: commit as soon as something is appended (callers wait for their record).
+    * **threaded**: commit from a thread of its own (needed for ``fsync`` and ``durable``); if
+      False, the owner calls :meth:`commit` every ``commit_interval_s``.
     * **on_commit**: called from the commit thread with :attr:`committed` after each commit.
     * **segment_bytes**: start a new segment file past this size (old ones are deleted when covered).
     """
@@ -76,9 +85,12 @@ class WriteAheadLog:
         durable: bool = False,
         on_commit: Callable[[int], None] | None = None,
         segment_bytes: int = 16 << 20,
+        threaded: bool = True,
     ) -> None:
         if commit_interval_s <= 0:
             raise ValueError(f"commit_interval_s must be > 0, got {commit_interval_s}")
+        if not threaded and (fsync or durable):
+            raise ValueError("fsync and durable need the commit thread (threaded=True)")
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -112,7 +124,8 @@ class WriteAheadLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-commit", daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     # -- producer side (event-loop thread) ---------------------------------------------------
 
@@ -230,7 +243,8 @@ class WriteAheadLog:
         """Stop the commit thread after a last commit; ``delete`` the session's files (all in Parquet)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.commit()
         with contextlib.suppress(OSError):
             os.close(self._fd)

@@ -256,17 +256,28 @@ def _responses(reply: bytes) -> int:
 
 
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "status"),
     [
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
-        b"GET /readyz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", b"200"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            b"GET /x HTTP/1.1\r\n\r\n",
+            b"200",
+        ),
+        (b"GET /readyz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n", b"200"),
+        (
+            b"POST /v1/act HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Content-Length: 2\r\n\r\n{}",
+            b"400",
+        ),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", b"404"),
     ],
 )
-def test_upgrade_requests_get_exactly_one_response(srv, request_bytes: bytes) -> None:
+def test_upgrade_requests_get_exactly_one_response(srv, request_bytes: bytes, status: bytes) -> None:
+    """The request is answered as plain HTTP/1.1, once; the upgrade is not performed and the connection closes."""
     reply = _raw(srv.port, request_bytes)
     assert _responses(reply) == 1, reply
-    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert reply.startswith(b"HTTP/1.1 " + status)
     _still_serving(srv.client())
 
 

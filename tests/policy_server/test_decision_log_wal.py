@@ -124,6 +124,12 @@ def test_durable_callers_are_told_about_each_commit(tmp_path: Path) -> None:
     wal.close(delete=True)
 
 
+def test_fsync_and_durable_need_the_commit_thread(tmp_path: Path) -> None:
+    for option in ({"fsync": True}, {"durable": True}):
+        with pytest.raises(ValueError, match="need the commit thread"):
+            WriteAheadLog(tmp_path / "wal", threaded=False, **option)
+
+
 def test_an_unusable_directory_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(WalError, match="point --wal-dir at a writable local directory"):
