@@ -115,6 +115,7 @@ class WriteAheadLog:
         self.accounted = {DECISIONS_DIR: 0, REWARDS_DIR: 0}  # rows Parquet has written or rejected
         self._buf: list[bytes] = []
         self._buf_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # one commit at a time: records reach the file in order
         self._segments: deque[tuple[Path, dict[str, int]]] = deque()  # closed segments, their last rows
         self._seg_no = 0
         self._fd = -1
@@ -205,6 +206,10 @@ class WriteAheadLog:
 
     def commit(self) -> bool:
         """Write everything appended so far; True on success (failures are counted and retried)."""
+        with self._commit_lock:
+            return self._commit()
+
+    def _commit(self) -> bool:
         with self._buf_lock:
             frames, self._buf = self._buf, []
             n = self.appended
@@ -244,7 +249,7 @@ class WriteAheadLog:
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(5)
+            self._thread.join(1)  # a commit is one write (+ fdatasync); the final commit below retries it
         self.commit()
         with contextlib.suppress(OSError):
             os.close(self._fd)

@@ -19,7 +19,7 @@ import pytest
 
 from policy_server import artifact, signing
 from policy_server.cli import main
-from tests.support.policy_server import running
+from tests.support.policy_server import running, start_cli
 
 
 class _RunsCode:
@@ -150,6 +150,31 @@ def test_tampered_signed_artifact_is_refused_before_serving(signed: Path, keys, 
         assert srv.client().get("/readyz")[0] == 503
         assert srv.client().post("/v1/act", {"observation": [0.0] * 8})[0] == 503
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_cli_refuses_a_tampered_artifact_with_a_key_from_the_environment(signed: Path, keys, tmp_path) -> None:
+    _forge_manifest(signed, tmp_path)
+    proc = start_cli("--model", str(signed), env={"POLICY_TRUSTED_KEYS": str(keys[1])})
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("policy-server:")]
+    assert len(lines) == 1 and "refused" in lines[0] and "any trusted key" in lines[0]
+
+
+def test_signing_with_a_key_that_is_not_ed25519_says_so_in_one_line(signed: Path, tmp_path: Path, capsys) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "ec.pem").write_bytes(pem)
+    assert main(["sign", "--artifact", str(signed), "--key", str(tmp_path / "ec.pem")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not an Ed25519 private key" in err
 
 
 def test_without_trusted_keys_signatures_are_not_required(tmp_path: Path) -> None:
