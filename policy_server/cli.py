@@ -216,7 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.wal_dir and not args.log_dir:
         print("policy-server: --wal-dir needs --log-dir (where the log is replayed)", file=sys.stderr)
         return 2
-    from policy_server import validation
+    from policy_server import protocol, validation
 
     config = server.ServerConfig(
         model=args.model,
@@ -239,9 +239,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_flush_timeout_s=args.log_flush_timeout_s,
         shutdown_timeout_s=args.shutdown_timeout_s,
         limits=validation.Limits(max_reward_abs=args.max_reward_abs, max_cost_abs=args.max_cost_abs),
-        header_timeout_s=args.header_timeout_s,
-        body_timeout_s=args.body_timeout_s,
-        idle_timeout_s=args.idle_timeout_s,
+        timeouts=protocol.Timeouts(args.header_timeout_s, args.body_timeout_s, args.idle_timeout_s),
         trusted_keys=_trusted_keys(args),
     )
 

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httptools
 import orjson
 
-__all__ = ["JSON", "MAX_HEADER_BYTES", "TEXT", "App", "HttpProtocol", "response_bytes"]
+__all__ = ["JSON", "MAX_HEADER_BYTES", "TEXT", "App", "HttpProtocol", "Timeouts", "response_bytes", "sweep"]
 
 MAX_HEADER_BYTES = 64 * 1024
 JSON = b"application/json"
@@ -69,6 +71,22 @@ def response_bytes(
         conn,
         body,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-connection limits, in seconds (see the module docstring)."""
+
+    header_s: float = 10.0
+    body_s: float = 30.0
+    idle_s: float = 120.0
+
+
+def sweep(connections: Iterable[HttpProtocol], timeouts: Timeouts) -> None:
+    """Close the connections past a timeout; the application calls this every fraction of a second."""
+    now = time.perf_counter()
+    for conn in list(connections):
+        conn.check_timeouts(now, timeouts.header_s, timeouts.body_s, timeouts.idle_s)
 
 
 class App(Protocol):

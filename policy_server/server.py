@@ -103,9 +103,7 @@ class ServerConfig:
     durable_timeout_s: float = 5.0  # a response waiting longer for its commit gets 503
     on_log_failure: Literal["serve", "unready"] = "serve"
     limits: validation.Limits = field(default_factory=validation.Limits)
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    idle_timeout_s: float = 120.0
+    timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)
     trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
 
 
@@ -201,9 +199,7 @@ class PolicyServer:
     def _sweep(self) -> None:
         """Every ``SWEEP_S``: close connections past their timeouts; answer 503 to durable waits past theirs."""
         cfg = self.config
-        now = time.perf_counter()
-        for conn in list(self.connections):
-            conn.check_timeouts(now, cfg.header_timeout_s, cfg.body_timeout_s, cfg.idle_timeout_s)
+        protocol.sweep(self.connections, cfg.timeouts)
         deferred = self._deferred
         if deferred and self.wal is not None:
             self._release(self.wal.committed)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from policy_server.protocol import Timeouts
 from policy_server.validation import MAX_CONTEXT_DEPTH
 from tests.support.policy_server import Client, metric, running
 
@@ -305,7 +306,7 @@ def impatient(tmp_path_factory):
     from policy_server import artifact
 
     path = artifact.write_example_model(tmp_path_factory.mktemp("slow") / "m")
-    with running(path, variant="s", header_timeout_s=0.5, body_timeout_s=0.5, idle_timeout_s=1.0) as s:
+    with running(path, variant="s", timeouts=Timeouts(header_s=0.5, body_s=0.5, idle_s=1.0)) as s:
         yield s
 
 
