@@ -7,10 +7,11 @@ happens to one /v1/act request:
 1. protocol.py parses it and calls :meth:`PolicyServer.handle`;
 2. validation.py checks the body (4xx with the field at fault, the server stays ready);
 3. the request joins the micro-batch; :meth:`PolicyServer._run_batch` runs one forward pass for
-   the batch, the shield (exploration + constraints + fallbacks), writes every response, then
-   updates metrics once, feeds the drift window and copies the batch's numpy columns into the
-   decision log's staging area (log_staging.py), which hands the log one large batch per 4,096
-   decisions or every second; the log's writer thread builds Arrow columns and writes Parquet.
+   the batch, the shield (exploration + constraints + fallbacks), logs the batch (server_log.py:
+   the write-ahead log, then the numpy columns into the staging area of log_staging.py, which
+   hands the log one large batch per 4,096 decisions or every second; the log's writer thread
+   builds Arrow columns and writes Parquet), writes every response, then updates metrics once
+   and feeds the drift window.
 
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
@@ -20,7 +21,7 @@ decisions of this process (default 1,000,000; request_ids.py): older ids answer 
 ones, a second reward for an id answers 409. Generated ids cost no memory, client-chosen ones an
 LRU entry each.
 
-Decision durability (docs/decision-log.md, "Durability contract"): a batch's decisions are
+Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
 logged *before* its responses are written, so a row that cannot be logged is answered 500, never
 acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
 each batch and reward is also appended to a write-ahead log on local disk (group commit every
@@ -36,14 +37,12 @@ could not be written is counted in :attr:`PolicyServer.unwritten` and stays in t
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -56,21 +55,16 @@ from policy_server import (
     openapi,
     protocol,
     request_ids,
+    server_log,
     shield,
     validation,
 )
 from policy_server import policy as policy_mod
 
-if TYPE_CHECKING:  # pyarrow (~45 MB) is imported only when the server logs decisions
-    from policy_server.decision_log._backlog import Backlog
-    from policy_server.decision_log.wal import WriteAheadLog
-    from policy_server.log_staging import DecisionStaging
-
 __all__ = ["PolicyServer", "ServerConfig"]
 
 log = logging.getLogger("policy_server")
 
-STAGING_FLUSH_S = 1.0  # staged decisions reach the log's writer at least this often
 SWEEP_S = 0.5  # how often connection timeouts and durable waits are checked
 
 _ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request", 408: "timeout"}
@@ -142,15 +136,7 @@ class PolicyServer:
         self.metrics: metrics.ServerMetrics | None = None
         self.shield: shield.Shield | None = None
         self.drift: drift.DriftMonitor | None = None
-        self.decision_log: Any = None
-        self.wal: WriteAheadLog | None = None
-        self.backlog: Backlog | None = None
-        self.unwritten = 0  # rows the shutdown could not write to Parquet (kept in the WAL if there is one)
-        self.row_errors = 0  # decisions answered 500 because they could not be logged
-        self._deferred: collections.deque[tuple[int, float, list[tuple[Any, ...]]]] = collections.deque()
-        self._wal_on_loop = False
-        self._wal_timer: asyncio.TimerHandle | None = None
-        self._staging: DecisionStaging | None = None
+        self.log: server_log.ServerLog | None = None  # with log_dir: decisions and rewards (server_log.py)
         self._ids = request_ids.RequestIds(config.max_request_ids)
         self._server: asyncio.AbstractServer | None = None
         self._loaded = asyncio.Event()
@@ -198,14 +184,9 @@ class PolicyServer:
 
     def _sweep(self) -> None:
         """Every ``SWEEP_S``: close connections past their timeouts; answer 503 to durable waits past theirs."""
-        cfg = self.config
-        protocol.sweep(self.connections, cfg.timeouts)
-        deferred = self._deferred
-        if deferred and self.wal is not None:
-            self._release(self.wal.committed)
-        mono = time.monotonic()
-        while deferred and mono - deferred[0][1] > cfg.durable_timeout_s:
-            for conn, seq, _, _ in deferred.popleft()[2]:
+        protocol.sweep(self.connections, self.config.timeouts)
+        if self.log is not None:
+            for conn, seq, _, _ in self.log.expired():
                 self._fail(conn, seq, 503, "not_logged", "the decision log could not commit in time; retry")
         if not self._stopped.is_set():
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
@@ -232,8 +213,10 @@ class PolicyServer:
                 artifact.verify_signature(cfg.model, cfg.trusted_keys)
             loaded = self.loader(cfg.model, cfg.device)
         pol = policy_mod.Policy.from_artifact(loaded, cfg.exploration)
-        if cfg.log_dir:  # imported here: pyarrow costs ~45 MB of RSS, only worth it when logging
-            self._open_log()
+        if cfg.log_dir:  # pyarrow is imported there: ~45 MB of RSS, only worth it when logging
+            opened = server_log.ServerLog(cfg)
+            opened.open()
+            self.log = opened
         warm_rng = np.random.default_rng(0)
         size = 1
         while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here
@@ -245,58 +228,10 @@ class PolicyServer:
             size = min(size * 2, self.config.max_batch)
         return loaded, pol
 
-    def _open_log(self) -> None:
-        """Replay earlier sessions' WAL, then open this session's WAL and Parquet writer (worker thread)."""
-        import pyarrow
-
-        from policy_server.decision_log import _backlog, wal, writer
-
-        cfg = self.config
-        # Arrow's jemalloc pool returns freed segment buffers sooner than its default (mimalloc):
-        # measured ~25 MB less RSS for the same load on this machine.
-        with contextlib.suppress(NotImplementedError):  # wheels built without jemalloc keep the default
-            pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-        if cfg.wal_dir:
-            try:
-                wal.recover(cfg.wal_dir, writer.DecisionLog(cfg.log_dir, flush_timeout_s=cfg.log_flush_timeout_s))
-            except writer.DecisionLogError as exc:  # the files stay; the next start tries again
-                log.error("could not replay the write-ahead log into %s yet: %s", cfg.log_dir, exc)
-            threaded = cfg.durable or cfg.wal_fsync  # else the loop commits: no GIL hand-off (see wal.py)
-            self.wal = wal.WriteAheadLog(
-                cfg.wal_dir,
-                commit_interval_s=cfg.wal_commit_ms / 1000.0,
-                fsync=cfg.wal_fsync,
-                durable=cfg.durable,
-                on_commit=self._on_commit if cfg.durable else None,
-                threaded=threaded,
-            )
-            self._wal_on_loop = not threaded
-        self.decision_log = writer.DecisionLog(
-            cfg.log_dir,
-            flush_interval_s=cfg.log_flush_interval_s,
-            flush_timeout_s=cfg.log_flush_timeout_s,
-            on_progress=self.wal.checkpoint if self.wal is not None else None,
-        )
-        self.backlog = _backlog.Backlog(lambda: self.decision_log.rows_accounted)
-
     @property
-    def log_failing(self) -> bool:
-        """The WAL or the Parquet writer failed its last attempt (unwritable or full storage)."""
-        return (self.wal is not None and self.wal.failing) or (
-            self.decision_log is not None and self.decision_log.failing
-        )
-
-    def _log_health(self) -> metrics.LogHealth:
-        dlog, wal_ = self.decision_log, self.wal
-        return metrics.LogHealth(
-            errors={
-                "wal": wal_.errors if wal_ is not None else 0,
-                "parquet": dlog.errors if dlog is not None else 0,
-                "row": self.row_errors,
-            },
-            backlog_rows=self.backlog.rows() if self.backlog is not None else 0,
-            oldest_unflushed_age_s=self.backlog.oldest_age_s() if self.backlog is not None else 0.0,
-        )
+    def unwritten(self) -> int:
+        """Rows the shutdown could not write to Parquet (kept in the WAL if there is one)."""
+        return self.log.unwritten if self.log is not None else 0
 
     def _on_loaded(self, fut: asyncio.Future) -> None:
         try:
@@ -325,7 +260,8 @@ class PolicyServer:
         self.metrics = metrics.ServerMetrics(
             variant=cfg.variant, name=m.name, version=m.version, actions=actions, features=features, costs=m.costs
         )
-        self.metrics.register_log_health(self._log_health)
+        if self.log is not None:
+            self.metrics.register_log_health(self.log.health)
         if m.observation.reference:
             self.drift = drift.DriftMonitor(
                 m.observation.reference,
@@ -355,11 +291,8 @@ class PolicyServer:
         )
         self._version = m.version
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
-        if self.decision_log is not None:
-            from policy_server.log_staging import DecisionStaging
-
-            self._staging = DecisionStaging(self.decision_log, policy_version=m.version, variant=cfg.variant)
-            self._staging_timer = self.loop.call_later(STAGING_FLUSH_S, self._flush_staging)
+        if self.log is not None:
+            self.log.start(self.loop, policy_version=m.version, variant=cfg.variant)
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close the decision log. Idempotent; never hangs.
@@ -398,27 +331,8 @@ class PolicyServer:
                 conn.transport.abort()
 
     async def _close_log(self) -> None:
-        if self.decision_log is None:
-            return
-        from policy_server.decision_log.writer import DecisionLogError
-
-        if self._staging is not None:  # None if the model never loaded
-            self._staging_timer.cancel()
-            self._staging.flush()
-        if self._wal_timer is not None:  # the WAL's close() commits what is left
-            self._wal_timer.cancel()
-        loop = asyncio.get_running_loop()
-        written = False
-        try:
-            await loop.run_in_executor(None, self.decision_log.close)
-            written = True
-        except DecisionLogError as exc:
-            self.unwritten = self.decision_log.buffered
-            where = f"; they stay in the write-ahead log {self.config.wal_dir}" if self.wal is not None else ""
-            log.error("decision log: %d rows could not be written at shutdown%s: %s", self.unwritten, where, exc)
-        finally:
-            if self.wal is not None:  # the WAL is deleted only when Parquet holds every row
-                await loop.run_in_executor(None, lambda: self.wal.close(delete=written))
+        if self.log is not None:
+            await self.log.close()
 
     # ------------------------------------------------------------------ routing
 
@@ -463,7 +377,7 @@ class PolicyServer:
         conn.respond(seq, 200, b'{"status":"ok"}')
 
     def _readyz(self, conn: protocol.HttpProtocol, seq: int) -> None:
-        if self.ready and self.config.on_log_failure == "unready" and self.log_failing:
+        if self.ready and self.config.on_log_failure == "unready" and self.log is not None and self.log.failing:
             conn.respond(seq, 503, b'{"status":"log_failing"}')
         elif self.ready:
             conn.respond(seq, 200, b'{"status":"ready"}')
@@ -526,11 +440,12 @@ class PolicyServer:
             return
         d = res.decision
         reasons = res.reasons
-        failed = self._log_batch(items, obs, d, reasons, time.perf_counter() - started) if self.backlog else ()
+        latency_s = time.perf_counter() - started
+        failed = self.log.log_batch(items, obs, d, reasons, latency_s, self._version) if self.log is not None else ()
         actions = d.actions.tolist()
         props = d.propensities.tolist()
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
-        replies = []
+        replies: list[server_log.Reply] = []
         for i, it in enumerate(items):
             if i in failed:
                 self._fail(it.conn, it.seq, 500, "not_logged", "internal error: the decision could not be logged")
@@ -553,96 +468,12 @@ class PolicyServer:
         if self.drift is not None:
             self.drift.add(obs)
 
-    def _reply(self, replies: list[tuple[Any, ...]]) -> None:
-        """Send now, or (``durable``) once the WAL has committed what was appended so far."""
-        wal_ = self.wal
-        if wal_ is not None and self.config.durable and wal_.committed < wal_.appended:
-            self._deferred.append((wal_.appended, time.monotonic(), replies))
-            return
-        for conn, seq, status, body in replies:
-            conn.respond(seq, status, body)
-
-    def _on_commit(self, committed: int) -> None:
-        """WAL commit thread: wake the loop to release the responses that waited for this commit."""
-        if self._deferred:
-            self.loop.call_soon_threadsafe(self._release, committed)
-
-    def _release(self, committed: int) -> None:
-        deferred = self._deferred
-        while deferred and deferred[0][0] <= committed:
-            for conn, seq, status, body in deferred.popleft()[2]:
+    def _reply(self, replies: list[server_log.Reply]) -> None:
+        if self.log is not None:
+            self.log.reply(replies)  # durable: once committed
+        else:
+            for conn, seq, status, body in replies:
                 conn.respond(seq, status, body)
-
-    def _log_batch(self, items, obs, d, reasons, latency_s) -> set[int]:
-        """Log the batch before any of it is answered; returns the rows that could not be logged.
-
-        A failure of the whole batch (a bug, an unwritable WAL buffer) is retried row by row, so
-        one bad row is answered 500 and its neighbours are still logged and answered 200.
-        """
-        try:
-            self._log_rows(items, obs, d, reasons, latency_s, slice(None))
-            return set()
-        except Exception:
-            log.exception("decision log: a batch of %d could not be logged; logging its rows one by one", len(items))
-        failed = set()
-        for i in range(len(items)):
-            try:
-                self._log_rows(items, obs, d, reasons, latency_s, slice(i, i + 1))
-            except Exception:
-                failed.add(i)
-        self.row_errors += len(failed)
-        return failed
-
-    def _log_rows(self, items, obs, d, reasons, latency_s, rows: slice) -> None:
-        from policy_server.decision_log.schema import DecisionBatch
-
-        part = items[rows]
-        contexts = [it.context_json for it in part]
-        batch = DecisionBatch(
-            request_ids=[it.request_id for it in part],
-            time=time.time(),
-            policy_version=self._version,
-            variant=self.config.variant,
-            observations=obs[rows],
-            actions=d.actions[rows],
-            propensities=d.propensities[rows],
-            probabilities=None if d.probabilities is None else d.probabilities[rows],
-            shield_reasons=reasons[rows],
-            latency_ms=latency_s[rows] * 1000.0,
-            context_json=None if contexts.count(None) == len(contexts) else contexts,
-        )
-        if self.wal is not None:
-            self.wal.append_decisions(batch)
-            self._schedule_wal_commit()
-        self._staging.add(
-            request_ids=batch.request_ids,
-            time=batch.time,
-            observations=batch.observations,
-            actions=batch.actions,
-            propensities=batch.propensities,
-            probabilities=batch.probabilities,
-            shield_reasons=batch.shield_reasons,
-            latency_ms=batch.latency_ms,
-            context_json=batch.context_json,
-        )
-        self.backlog.add("decisions", len(part))
-
-    def _schedule_wal_commit(self) -> None:
-        """Group commit on the loop: one write per ``wal_commit_ms`` for everything appended meanwhile."""
-        if self._wal_on_loop and self._wal_timer is None:
-            self._wal_timer = self.loop.call_later(self.config.wal_commit_ms / 1000.0, self._commit_wal)
-
-    def _commit_wal(self) -> None:
-        self._wal_timer = None
-        self.wal.commit()  # a failure is counted and the records are kept for the next commit
-        if self.wal.failing:
-            self._schedule_wal_commit()
-
-    def _flush_staging(self) -> None:
-        """Hand staged decisions to the log at least every ``STAGING_FLUSH_S`` (a quiet server too)."""
-        self._staging.flush()
-        if not self._stopping:
-            self._staging_timer = self.loop.call_later(STAGING_FLUSH_S, self._flush_staging)
 
     # ------------------------------------------------------------------ /v1/reward
 
@@ -677,13 +508,10 @@ class PolicyServer:
                 f"a reward for request_id {req.request_id!r} was already recorded",
             )
         self.metrics.record_reward(req.reward, req.costs)
-        if self.backlog is not None:
-            record = {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
-            if self.wal is not None:
-                self.wal.append_reward(record)
-                self._schedule_wal_commit()
-            self.decision_log.log_reward(record)
-            self.backlog.add("rewards", 1)
+        if self.log is not None:
+            self.log.log_reward(
+                {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
+            )
         self._reply([(conn, seq, 202, b'{"status":"accepted"}')])
 
 

@@ -35,15 +35,15 @@ def test_one_unloggable_row_is_refused_and_its_batch_is_logged(tmp_path: Path, m
     """Three pipelined requests share one micro-batch; the one the log refuses gets 500, the others 200."""
     log_dir = tmp_path / "log"
     with running(models(), log_dir=str(log_dir)) as srv:
-        app = srv.app
-        real_add = app._staging.add
+        staging = srv.app.log.staging
+        real_add = staging.add
 
         def add(**columns):
             if "poison" in columns["request_ids"]:
                 raise ValueError("this row cannot be stored")
             real_add(**columns)
 
-        app._staging.add = add
+        staging.add = add
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
             s.sendall(_act("a") + _act("poison") + _act("c"))
             reply = b""
