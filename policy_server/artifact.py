@@ -18,7 +18,7 @@ Artifacts are read through fsspec, so ``/path``, ``file:///path``, ``memory://x`
 
 Loading never unpickles arbitrary objects: TorchScript archives are read by TorchScript's own
 loader (tensors and TorchScript types only), and ``torch.export`` archives are checked first
-(:func:`_check_export_archive`): weights and constants must be raw tensor payloads, not pickles,
+(``artifact_safety.py``): weights and constants must be raw tensor payloads, not pickles,
 and the rest is loaded with ``torch.load(weights_only=True)`` forced. Optionally the manifest is
 signed (``manifest.sig``, Ed25519, see signing.py); with ``trusted_keys`` the signature is checked
 on the exact bytes that are then parsed, before the program is read.
@@ -26,16 +26,12 @@ on the exact bytes that are then parsed, before the program is read.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
-import os
-import threading
 import warnings
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,6 +40,8 @@ import numpy as np
 import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policy_server import artifact_safety
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -363,11 +361,11 @@ def load_artifact(url: str, device: str = "cpu", *, trusted_keys: Sequence[str] 
             if device == "cpu":
                 module = _optimise_script(module)
         else:
-            _check_export_archive(url, manifest.program, data)
-            with _weights_only_loads():
+            artifact_safety.check_export_archive(url, manifest.program, data)
+            with artifact_safety.weights_only_loads():
                 module = torch.export.load(io.BytesIO(data)).module().to(device)
-    except ArtifactError:
-        raise
+    except artifact_safety.UnsafeArtifact as exc:
+        raise ArtifactError(str(exc)) from None
     except Exception as exc:
         raise ArtifactError(
             f"artifact {url!r}: cannot load {manifest.program!r} as {manifest.format} "
@@ -376,74 +374,6 @@ def load_artifact(url: str, device: str = "cpu", *, trusted_keys: Sequence[str] 
         ) from exc
     _check_forward(url, manifest, module, device)
     return LoadedArtifact(manifest=manifest, module=module, path=url, device=device)
-
-
-_FORCE_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _weights_only_loads() -> Iterator[None]:
-    """Make every ``torch.load`` in this block weights-only, even one that asks for ``weights_only=False``.
-
-    torch.export.load falls back to ``weights_only=False`` for sample inputs it cannot read
-    otherwise; ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` (read by torch.load at each call) turns that into
-    an error instead of arbitrary code. Defence in depth behind :func:`_check_export_archive`.
-    """
-    with _FORCE_LOCK:
-        old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-        try:
-            yield
-        finally:
-            if old is None:
-                del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-            else:
-                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
-
-
-def _check_export_archive(url: str, program: str, data: bytes) -> None:
-    """Refuse a ``torch.export`` archive whose loading would unpickle objects.
-
-    torch.export.load reads a weight or constant marked ``use_pickle`` with
-    ``torch.load(weights_only=False)``, custom and opaque objects with pickle, and legacy
-    ``<model>.pt`` weight files as pickles: any of them runs code chosen by whoever wrote the file.
-    Models exported from plain modules have none of them (raw tensor payloads only).
-    """
-
-    def refuse(what: str) -> ArtifactError:
-        return ArtifactError(
-            f"artifact {url!r}: {program!r} {what}, which loading would unpickle (arbitrary code); refused. "
-            "Re-export the model with torch.export from plain tensors (`policy-server train` or example-model)"
-        )
-
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-    except zipfile.BadZipFile:
-        return  # torch.export.load reports it as a broken archive
-    for name in names:
-        rel = name.split("/", 1)[-1]
-        if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith(".pt"):
-            raise refuse(f"holds a legacy pickled payload {rel!r}")
-        if rel.startswith("data/sample_inputs/"):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # torch warns about the protocol before failing
-                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-            except Exception:  # torch.export.load would retry it with weights_only=False
-                raise refuse(f"holds sample inputs {rel!r} that are not plain tensors") from None
-        if rel.startswith("data/aotinductor/") or rel.startswith("data/constants/custom_obj") or "opaque" in rel:
-            raise refuse(f"holds a compiled or custom-object payload {rel!r}")
-        if rel.endswith(("weights_config.json", "constants_config.json")):
-            try:
-                config = json.loads(archive.read(name)).get("config", {})
-            except (ValueError, AttributeError):
-                raise refuse(f"has an unreadable payload config {rel!r}") from None
-            for key, meta in config.items():
-                if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
-                    raise refuse(f"stores {key!r} as a pickle")
-                if rel.endswith("constants_config.json") and not str(meta.get("path_name", "")).startswith("tensor_"):
-                    raise refuse(f"stores the constant {key!r} as an object")
 
 
 def _check_forward(url: str, manifest: Manifest, module: Any, device: str) -> None:
