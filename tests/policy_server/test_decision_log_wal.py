@@ -6,6 +6,7 @@ checkpoint are deleted, and the backlog gauges count what Parquet has not caught
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,16 @@ def test_backlog_counts_rows_and_the_age_of_the_oldest() -> None:
     assert backlog.rows() == 6 and backlog.oldest_age_s() == 2.0
     done.update(decisions=15, rewards=1)
     assert backlog.rows() == 0 and backlog.oldest_age_s() == 0.0
+
+
+def test_a_failed_commit_keeps_the_records_and_is_retried(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "wal", commit_interval_s=3600)
+    wal.append_decisions(batch(0, 2))
+    good_fd = wal._fd
+    wal._fd = os.open(os.devnull, os.O_RDONLY)  # writes fail, as on a full or read-only disk
+    assert not wal.commit() and wal.failing and wal.errors == 1 and wal.committed == 0
+    os.close(wal._fd)
+    wal._fd = good_fd  # the disk has room again
+    assert wal.commit() and not wal.failing and wal.committed == 1
+    wal.close(delete=False)
+    assert _replay(tmp_path / "wal", tmp_path / "log") == 2
