@@ -9,7 +9,7 @@ import re
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from policy_server.protocol import Timeouts
@@ -334,3 +334,31 @@ def test_slowloris_connections_are_closed(impatient, prefix: bytes) -> None:
         for s in socks:
             s.close()
     _still_serving(impatient.client())
+
+
+HEADER_NAMES = ["Upgrade", "Connection", "Expect", "Transfer-Encoding", "Content-Length", "Host", "TE", "Keep-Alive"]
+HEADER_VALUES = ["websocket", "h2c", "Upgrade", "close", "keep-alive", "100-continue", "chunked", "identity",
+                 "gzip, chunked", "0", "2", "40", "-1", "", "x"]  # fmt: skip
+SENTINEL = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    request_line=st.sampled_from([b"GET /healthz", b"GET /readyz", b"POST /v1/act", b"POST /v1/reward"]),
+    headers=st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES)), max_size=4),
+    body=st.sampled_from([b"", b"{}", json.dumps({"observation": OBS}).encode()]),
+)
+@example(request_line=b"GET /healthz", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade")], body=b"")
+@example(request_line=b"POST /v1/act", headers=[("Transfer-Encoding", "chunked")], body=b"{}")
+def test_never_more_responses_than_requests_whatever_the_headers(impatient, request_line, headers, body) -> None:
+    """A fuzzed request then a plain one on the same connection: one answer each (or the connection
+    closed after the first), never a second answer to the fuzzed one, never a 5xx."""
+    head = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    if body:  # framed, so the body is not read as a second request
+        head += b"Content-Length: %d\r\n" % len(body)
+    reply = _raw(impatient.port, request_line + b" HTTP/1.1\r\n" + head + b"\r\n" + body + SENTINEL)
+    statuses = re.findall(rb"HTTP/1\.1 ([2-5]\d\d) [A-Za-z]", reply)  # final answers (not 100 Continue)
+    assert 1 <= len(statuses) <= 2, reply
+    assert all(s < b"500" for s in statuses), reply
+    if len(statuses) == 2:  # the second answer is the sentinel's, not another one to the fuzzed request
+        assert statuses[1] == b"200" and reply.endswith(b'{"status":"ok"}'), reply
