@@ -132,19 +132,20 @@ class WriteAheadLog:
 
     def append_decisions(self, batch: DecisionBatch) -> int:
         """Append one batch of decisions; returns its record number (compare with :attr:`committed`)."""
+        dense = np.ascontiguousarray  # orjson writes C-contiguous arrays only (no copy when they are)
         payload = orjson.dumps(
             {
                 "ids": batch.request_ids,
                 "t": batch.time,
                 "pv": batch.policy_version,
                 "v": batch.variant,
-                "obs": batch.observations,
-                "a": batch.actions,
+                "obs": dense(batch.observations),
+                "a": dense(batch.actions),
                 "adt": batch.actions.dtype.str,
-                "p": batch.propensities,
-                "pr": batch.probabilities,
+                "p": dense(batch.propensities),
+                "pr": None if batch.probabilities is None else dense(batch.probabilities),
                 "sr": batch.shield_reasons,
-                "lat": batch.latency_ms,
+                "lat": dense(batch.latency_ms),
                 "ctx": batch.context_json,
             },
             option=orjson.OPT_SERIALIZE_NUMPY,

@@ -6,6 +6,7 @@ checkpoint are deleted, and the backlog gauges count what Parquet has not caught
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -164,3 +165,16 @@ def test_a_failed_commit_keeps_the_records_and_is_retried(tmp_path: Path) -> Non
     assert wal.commit() and not wal.failing and wal.committed == 1
     wal.close(delete=False)
     assert _replay(tmp_path / "wal", tmp_path / "log") == 2
+
+
+def test_non_contiguous_arrays_are_logged(tmp_path: Path) -> None:
+    """Views (a transposed or strided array) are as loggable as the arrays the server usually hands over."""
+    b = batch(0, 3)
+    wide = np.tile([0.25, 0.5, 0.25], (3, 2))
+    b = dataclasses.replace(
+        b, probabilities=wide[:, ::2], observations=np.asfortranarray(b.observations)
+    )  # strided and column-major: not C-contiguous
+    _dead_session(tmp_path / "wal", [b])
+    _replay(tmp_path / "wal", tmp_path / "log")
+    rows = read_decisions(str(tmp_path / "log")).to_pylist()
+    assert rows[2]["probabilities"] == [0.25, 0.25, 0.5] and rows[2]["observation"] == [1.0, -0.5]
