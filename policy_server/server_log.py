@@ -43,6 +43,7 @@ __all__ = ["STAGING_FLUSH_S", "Reply", "ServerLog"]
 log = logging.getLogger("policy_server")
 
 STAGING_FLUSH_S = 1.0  # staged decisions reach the log's writer at least this often
+DECISIONS, REWARDS = "decisions", "rewards"  # the two streams (decision_log.schema's directory names)
 
 Reply = tuple[protocol.HttpProtocol, int, int, bytes]  # connection, request seq, status, body
 
@@ -215,9 +216,9 @@ class ServerLog:
             latency_ms=latency_s[rows] * 1000.0,
             context_json=None if contexts.count(None) == len(contexts) else contexts,
         )
-        if self.wal is not None:
-            self.wal.append_decisions(batch)
-            self._schedule_wal_commit()
+        # Encode for the WAL, hand the rows to the staging area, then append: a failure in either of
+        # the first two leaves both untouched, so the WAL's row numbers stay the Parquet writer's.
+        encoded = self.wal.encode_decisions(batch) if self.wal is not None else None
         self.staging.add(
             request_ids=batch.request_ids,
             time=batch.time,
@@ -229,14 +230,17 @@ class ServerLog:
             latency_ms=batch.latency_ms,
             context_json=batch.context_json,
         )
-        self.backlog.add("decisions", len(part))
+        if encoded is not None:
+            self.wal.append_encoded(DECISIONS, *encoded)
+            self._schedule_wal_commit()
+        self.backlog.add(DECISIONS, len(part))
 
     def log_reward(self, record: dict[str, Any]) -> None:
         if self.wal is not None:
             self.wal.append_reward(record)
             self._schedule_wal_commit()
         self.decision_log.log_reward(record)
-        self.backlog.add("rewards", 1)
+        self.backlog.add(REWARDS, 1)
 
     def reply(self, replies: list[Reply]) -> None:
         """Send now, or (``durable``) once the WAL has committed what was appended so far."""

@@ -132,6 +132,14 @@ class WriteAheadLog:
 
     def append_decisions(self, batch: DecisionBatch) -> int:
         """Append one batch of decisions; returns its record number (compare with :attr:`committed`)."""
+        return self.append_encoded(DECISIONS_DIR, *self.encode_decisions(batch))
+
+    def encode_decisions(self, batch: DecisionBatch) -> tuple[int, bytes]:
+        """(rows, payload) of a batch, for :meth:`append_encoded`: encoding may raise, appending does not.
+
+        So a caller that also hands the rows elsewhere (the Parquet writer) can encode, hand over,
+        then append, and keep the WAL's row numbers those of the Parquet writer.
+        """
         dense = np.ascontiguousarray  # orjson writes C-contiguous arrays only (no copy when they are)
         payload = orjson.dumps(
             {
@@ -150,13 +158,14 @@ class WriteAheadLog:
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
-        return self._append(DECISIONS_DIR, len(batch.request_ids), payload)
+        return len(batch.request_ids), payload
 
     def append_reward(self, record: dict[str, Any]) -> int:
         """Append one reward record; returns its record number."""
-        return self._append(REWARDS_DIR, 1, orjson.dumps(record))
+        return self.append_encoded(REWARDS_DIR, 1, orjson.dumps(record))
 
-    def _append(self, stream: str, rows: int, payload: bytes) -> int:
+    def append_encoded(self, stream: str, rows: int, payload: bytes) -> int:
+        """Append an encoded record of ``rows`` rows of ``stream``; returns its record number."""
         first = self.logged[stream]
         self.logged[stream] = first + rows
         frame = _HEADER.pack(len(payload), zlib.crc32(payload), _KIND[stream], first) + payload

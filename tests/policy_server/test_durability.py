@@ -34,7 +34,7 @@ def _act(rid: str) -> bytes:
 def test_one_unloggable_row_is_refused_and_its_batch_is_logged(tmp_path: Path, models) -> None:
     """Three pipelined requests share one micro-batch; the one the log refuses gets 500, the others 200."""
     log_dir = tmp_path / "log"
-    with running(models(), log_dir=str(log_dir)) as srv:
+    with running(models(), log_dir=str(log_dir), wal_dir=str(tmp_path / "wal")) as srv:
         staging = srv.app.log.staging
         real_add = staging.add
 
@@ -50,6 +50,7 @@ def test_one_unloggable_row_is_refused_and_its_batch_is_logged(tmp_path: Path, m
             while len(statuses := re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)) < 3:
                 reply += s.recv(65536)
         assert statuses == [b"200", b"500", b"200"], reply
+        assert srv.app.log.wal.logged["decisions"] == 2  # the WAL numbers rows as Parquet will: a, c
         assert metric(srv.client().metrics(), "policy_decision_log_errors_total", stage="row") == 1
     ids = reader.read_decisions(str(log_dir)).column("request_id").to_pylist()
     assert sorted(ids) == ["a", "c"]
