@@ -353,6 +353,8 @@ SENTINEL = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 def test_never_more_responses_than_requests_whatever_the_headers(impatient, request_line, headers, body) -> None:
     """A fuzzed request then a plain one on the same connection: one answer each (or the connection
     closed after the first), never a second answer to the fuzzed one, never a 5xx."""
+    if not body:  # a length with no body would take the next request's bytes as its body: two garbled requests
+        headers = [(n, v) for n, v in headers if n != "Content-Length"]
     head = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
     if body:  # framed, so the body is not read as a second request
         head += b"Content-Length: %d\r\n" % len(body)
