@@ -203,9 +203,10 @@ class ServerLog:
         assert self.staging is not None
         part = items[rows]
         contexts = [it.context_json for it in part]
+        now = time.time()
         batch = DecisionBatch(
             request_ids=[it.request_id for it in part],
-            time=time.time(),
+            time=now,
             policy_version=policy_version,
             variant=self.config.variant,
             observations=obs[rows],
@@ -218,10 +219,11 @@ class ServerLog:
         )
         # Encode for the WAL, hand the rows to the staging area, then append: a failure in either of
         # the first two leaves both untouched, so the WAL's row numbers stay the Parquet writer's.
-        encoded = self.wal.encode_decisions(batch) if self.wal is not None else None
+        wal_ = self.wal
+        encoded = wal_.encode_decisions(batch) if wal_ is not None else None
         self.staging.add(
             request_ids=batch.request_ids,
-            time=batch.time,
+            time=now,
             observations=batch.observations,
             actions=batch.actions,
             propensities=batch.propensities,
@@ -230,8 +232,8 @@ class ServerLog:
             latency_ms=batch.latency_ms,
             context_json=batch.context_json,
         )
-        if encoded is not None:
-            self.wal.append_encoded(DECISIONS, *encoded)
+        if wal_ is not None and encoded is not None:
+            wal_.append_encoded(DECISIONS, *encoded)
             self._schedule_wal_commit()
         self.backlog.add(DECISIONS, len(part))
 
