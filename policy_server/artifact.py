@@ -15,6 +15,13 @@ Layout::
 
 Artifacts are read through fsspec, so ``/path``, ``file:///path``, ``memory://x`` (tests),
 ``s3://bucket/key`` (with s3fs installed) all work.
+
+Loading never unpickles arbitrary objects: TorchScript archives are read by TorchScript's own
+loader (tensors and TorchScript types only), and ``torch.export`` archives are checked first
+(``artifact_safety.py``): weights and constants must be raw tensor payloads, not pickles,
+and the rest is loaded with ``torch.load(weights_only=True)`` forced. Optionally the manifest is
+signed (``manifest.sig``, Ed25519, see signing.py); with ``trusted_keys`` the signature is checked
+on the exact bytes that are then parsed, before the program is read.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +41,7 @@ import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policy_server import artifact_safety
 from policy_server.errors import PolicyServerError
 
 __all__ = [
@@ -48,6 +57,7 @@ __all__ = [
     "ObservationSpec",
     "ShieldConfig",
     "load_artifact",
+    "verify_signature",
     "write_example_model",
 ]
 
@@ -256,17 +266,41 @@ def _fs(url: str) -> tuple[Any, str]:
         ) from exc
 
 
-def read_manifest(url: str) -> Manifest:
-    """Read and validate ``manifest.json`` of the artifact at ``url``."""
+def _read_manifest_bytes(url: str) -> bytes:
     fs, root = _fs(url)
     mpath = root.rstrip("/") + "/" + MANIFEST_NAME
     try:
-        raw = fs.cat_file(mpath)
+        return fs.cat_file(mpath)
     except FileNotFoundError as exc:
         raise ArtifactError(
             f"artifact {url!r} has no {MANIFEST_NAME}; point --model at a directory made by "
             "`policy-server example-model` or a trainer export"
         ) from exc
+
+
+def _verify(url: str, raw: bytes, trusted_keys: Sequence[str]) -> None:
+    from policy_server import signing  # cryptography is loaded only where artifacts are verified
+
+    fs, root = _fs(url)
+    try:
+        sig = fs.cat_file(root.rstrip("/") + "/" + signing.SIGNATURE_NAME)
+    except FileNotFoundError:
+        sig = None
+    try:
+        signing.verify(raw, sig, trusted_keys)
+    except signing.SignatureError as exc:
+        raise ArtifactError(f"artifact {url!r} refused: {exc}") from None
+
+
+def verify_signature(url: str, trusted_keys: Sequence[str]) -> None:
+    """Raise :class:`ArtifactError` unless the artifact's manifest is signed by one of ``trusted_keys``."""
+    _verify(url, _read_manifest_bytes(url), trusted_keys)
+
+
+def read_manifest(url: str, raw: bytes | None = None) -> Manifest:
+    """Read (or take ``raw``) and validate ``manifest.json`` of the artifact at ``url``."""
+    if raw is None:
+        raw = _read_manifest_bytes(url)
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -295,9 +329,16 @@ def _optimise_script(module: Any) -> Any:
         return module
 
 
-def load_artifact(url: str, device: str = "cpu") -> LoadedArtifact:
-    """Load and verify the artifact at ``url`` (local dir or fsspec URL) onto ``device``."""
-    manifest = read_manifest(url)
+def load_artifact(url: str, device: str = "cpu", *, trusted_keys: Sequence[str] = ()) -> LoadedArtifact:
+    """Load and verify the artifact at ``url`` (local dir or fsspec URL) onto ``device``.
+
+    With ``trusted_keys`` the manifest must be signed by one of them (checked before anything
+    else is read); its sha256 then pins the program, so swapped weights are refused too.
+    """
+    raw = _read_manifest_bytes(url)
+    if trusted_keys:
+        _verify(url, raw, trusted_keys)
+    manifest = read_manifest(url, raw)
     fs, root = _fs(url)
     ppath = root.rstrip("/") + "/" + manifest.program
     try:
@@ -321,10 +362,15 @@ def load_artifact(url: str, device: str = "cpu") -> LoadedArtifact:
             if device == "cpu":
                 module = _optimise_script(module)
         else:
-            module = torch.export.load(io.BytesIO(data)).module().to(device)
+            artifact_safety.check_export_archive(url, manifest.program, data)
+            with artifact_safety.weights_only_loads():
+                module = torch.export.load(io.BytesIO(data)).module().to(device)
+    except artifact_safety.UnsafeArtifact as exc:
+        raise ArtifactError(str(exc)) from None
     except Exception as exc:
         raise ArtifactError(
-            f"artifact {url!r}: cannot load {manifest.program!r} as {manifest.format} ({type(exc).__name__}: {exc}); "
+            f"artifact {url!r}: cannot load {manifest.program!r} as {manifest.format} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
             "check `format` in the manifest matches how the program was saved"
         ) from exc
     _check_forward(url, manifest, module, device)

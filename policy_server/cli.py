@@ -1,12 +1,15 @@
 """``policy-server``: serve a policy artifact, or write an example one.
 
     policy-server example-model --out DIR [--kind discrete|continuous] [--format torchscript|export]
-    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] ...
+    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] [--wal-dir DIR] ...
+    policy-server keygen --out DIR          (an Ed25519 key pair for signing artifacts)
+    policy-server sign --artifact DIR --key PRIVATE.pem
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--json]   (policy_server.ope.cli)
     policy-server train --logs URL --out DIR --version V [--algorithm ...]              (policy_server.train.cli)
 
 Exit codes of ``serve``: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the artifact cannot be
-served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use).
+served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use) and
+after a shutdown that could not write every decision (counted on stderr; they stay in the WAL).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -65,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-level", default="INFO")
     _exploration_args(s, override=True)
+    _durability_args(s)
+    _hardening_args(s)
+
+    kg = sub.add_parser("keygen", help="write an Ed25519 key pair for signing artifacts")
+    kg.add_argument("--out", required=True, help="directory for signing-key.pem and signing-key.pub.pem")
+    sg = sub.add_parser("sign", help="sign an artifact's manifest (writes manifest.sig)")
+    sg.add_argument("--artifact", required=True, help="local artifact directory")
+    sg.add_argument("--key", required=True, help="Ed25519 private key (PEM), e.g. from `keygen`")
 
     from policy_server.router import cli as router_cli
 
@@ -85,6 +98,75 @@ def _exploration_args(p: argparse.ArgumentParser, override: bool = False) -> Non
     )
     p.add_argument("--epsilon", type=float, default=0.1, help="for epsilon_greedy")
     p.add_argument("--temperature", type=float, default=1.0, help="for softmax")
+
+
+def _durability_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--wal-dir",
+        default=None,
+        help="write-ahead log on local disk (an emptyDir): a SIGKILL loses at most --wal-commit-ms of decisions, "
+        "replayed into --log-dir on the next start",
+    )
+    s.add_argument("--wal-commit-ms", type=float, default=5.0, help="group-commit interval of the write-ahead log")
+    s.add_argument("--wal-fsync", action="store_true", help="fdatasync each commit (survives a node crash too)")
+    s.add_argument(
+        "--durable", action="store_true", help="answer only once the decision is committed to the WAL (needs --wal-dir)"
+    )
+    s.add_argument(
+        "--on-log-failure",
+        choices=["serve", "unready"],
+        default="serve",
+        help="when the log cannot be written: keep serving (default) or also answer /readyz 503",
+    )
+    s.add_argument(
+        "--log-flush-timeout-s",
+        type=float,
+        default=15.0,
+        help="at shutdown, stop retrying the log after this long (with --shutdown-timeout-s, below the grace period)",
+    )
+    s.add_argument(
+        "--shutdown-timeout-s", type=float, default=10.0, help="at shutdown, wait this long for requests in flight"
+    )
+
+
+def _hardening_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--max-reward-abs", type=float, default=1e9, help="larger |reward| is refused with 400")
+    s.add_argument("--max-cost-abs", type=float, default=1e9, help="larger |cost| is refused with 400")
+    s.add_argument("--header-timeout-s", type=float, default=10.0, help="408 if headers take longer")
+    s.add_argument("--body-timeout-s", type=float, default=30.0, help="408 if the body takes longer")
+    s.add_argument("--idle-timeout-s", type=float, default=120.0, help="close keep-alive connections idle this long")
+    s.add_argument(
+        "--trusted-key",
+        action="append",
+        default=None,
+        help="Ed25519 public key (PEM path or base64); repeatable; the artifact must be signed by one "
+        "(also POLICY_TRUSTED_KEYS, comma-separated)",
+    )
+
+
+def _trusted_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    env = [k.strip() for k in os.environ.get("POLICY_TRUSTED_KEYS", "").split(",") if k.strip()]
+    return tuple([*(args.trusted_key or []), *env])
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from policy_server import signing
+
+    private, public = signing.generate_keypair(args.out)
+    print(f"{private}\n{public}")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from policy_server import signing
+
+    try:
+        out = signing.sign(args.artifact, Path(args.key).read_bytes())
+    except (OSError, ValueError, signing.SignatureError) as exc:
+        print(f"policy-server: cannot sign {args.artifact}: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def _exploration(args: argparse.Namespace):  # -> artifact.Exploration | None
@@ -128,6 +210,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"policy-server: bad exploration settings: {exc}", file=sys.stderr)
         return 2
+    if args.durable and not args.wal_dir:
+        print("policy-server: --durable needs --wal-dir (the write-ahead log it waits for)", file=sys.stderr)
+        return 2
+    if args.wal_dir and not args.log_dir:
+        print("policy-server: --wal-dir needs --log-dir (where the log is replayed)", file=sys.stderr)
+        return 2
+    from policy_server import protocol, validation
+
     config = server.ServerConfig(
         model=args.model,
         variant=args.variant,
@@ -141,6 +231,16 @@ def _serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         drift_interval_s=args.drift_interval_s,
         reuse_port=args.reuse_port,
+        wal_dir=args.wal_dir,
+        wal_commit_ms=args.wal_commit_ms,
+        wal_fsync=args.wal_fsync,
+        durable=args.durable,
+        on_log_failure=args.on_log_failure,
+        log_flush_timeout_s=args.log_flush_timeout_s,
+        shutdown_timeout_s=args.shutdown_timeout_s,
+        limits=validation.Limits(max_reward_abs=args.max_reward_abs, max_cost_abs=args.max_cost_abs),
+        timeouts=protocol.Timeouts(args.header_timeout_s, args.body_timeout_s, args.idle_timeout_s),
+        trusted_keys=_trusted_keys(args),
     )
 
     async def run() -> int:
@@ -153,8 +253,9 @@ def _serve(args: argparse.Namespace) -> int:
             return 1
         if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
             print(f"policy-server listening on http://{args.host}:{port}", flush=True)
+        stopping: list[asyncio.Future] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.shutdown()))
+            loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(app.shutdown())))
         try:
             await app.wait_ready()
         except artifact.ArtifactError as exc:
@@ -166,6 +267,20 @@ def _serve(args: argparse.Namespace) -> int:
             await app.shutdown()
             return 2
         await app.wait_stopped()
+        for task in stopping:  # surface a shutdown error instead of "Task exception was never retrieved"
+            with contextlib.suppress(asyncio.CancelledError):
+                exc = await asyncio.gather(task, return_exceptions=True)
+                if exc and isinstance(exc[0], BaseException):
+                    print(f"policy-server: shutdown failed: {type(exc[0]).__name__}: {exc[0]}", file=sys.stderr)
+                    return 1
+        if app.unwritten:
+            kept = f"; they stay in {args.wal_dir} and are replayed on the next start" if args.wal_dir else ""
+            print(
+                f"policy-server: {app.unwritten} decisions/rewards could not be written to {args.log_dir} "
+                f"within {args.log_flush_timeout_s:g} s{kept}",
+                file=sys.stderr,
+            )
+            return 1
         return 0
 
     return uvloop.run(run())
@@ -177,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _example_model(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keygen":
+        return _keygen(args)
+    if args.command == "sign":
+        return _sign(args)
     if args.command == "ope":
         from policy_server.ope import cli as ope_cli
 

@@ -94,7 +94,7 @@ class DriftMonitor:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=1)  # one PSI update takes milliseconds; shutdown has a grace period to keep
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

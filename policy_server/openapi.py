@@ -154,10 +154,18 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _json("Error", "malformed JSON, missing/unknown field, wrong shape or type, non-finite number"),
+    "400": _json(
+        "Error",
+        "malformed JSON, missing/unknown field, wrong shape or type, non-finite number, a context nested more than "
+        "254 levels, a reward or cost beyond the server's magnitude limit (1e9 by default)",
+    ),
     "405": _json("Error", "wrong method"),
+    "408": _json("Error", "headers or body not complete in time (10 s / 30 s by default); the connection is closed"),
     "413": _json("Error", "body larger than the limit (1 MiB by default)"),
-    "503": _json("Error", "model not loaded and warmed yet, or shutting down"),
+    "500": _json("Error", "the decision could not be logged, so it was not served (not_logged)"),
+    "503": _json(
+        "Error", "model not loaded and warmed yet, shutting down, or (--durable) the log could not commit in time"
+    ),
 }
 
 
@@ -210,7 +218,7 @@ def document() -> dict[str, Any]:
                     "summary": "Readiness: model loaded and warmed",
                     "responses": {
                         "200": _json("Status", "ready"),
-                        "503": _json("Status", "loading, failed or stopping"),
+                        "503": _json("Status", "loading, failed, stopping, or log_failing (--on-log-failure unready)"),
                     },
                 }
             },

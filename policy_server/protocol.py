@@ -10,20 +10,32 @@ order (pipelining-safe) with precomputed status lines. No per-request task or fu
 created; a request waiting for its micro-batch is just an entry in the batcher's list.
 
 Limits: bodies over ``max_body`` bytes -> 413 (Content-Length checked before reading the
-body), request line + headers over ``MAX_HEADER_BYTES`` -> 431, unparsable HTTP -> 400; in each
-case the connection is closed after the answer, because the byte stream can no longer be trusted.
+body), request line + headers over ``MAX_HEADER_BYTES`` -> 431, unparsable HTTP -> 400 (llhttp
+refuses the request-smuggling shapes: Content-Length with Transfer-Encoding, duplicate lengths,
+unknown transfer codings); in each case the connection is closed after the answer, because the
+byte stream can no longer be trusted.
+
+Timeouts (checked by the application's sweep, :meth:`HttpProtocol.check_timeouts`): headers not
+complete ``header_timeout`` after a request began, or a body not complete ``body_timeout`` after
+its headers -> 408 and close (a slowloris client holds a connection for a bounded time); a
+keep-alive connection idle for ``idle_timeout`` is closed.
+
+Exactly one response per request: a request asking for a protocol ``Upgrade`` (e.g. websocket)
+is answered as plain HTTP/1.1 and the connection closed after it; the upgrade is not performed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httptools
 import orjson
 
-__all__ = ["JSON", "MAX_HEADER_BYTES", "TEXT", "App", "HttpProtocol", "response_bytes"]
+__all__ = ["JSON", "MAX_HEADER_BYTES", "TEXT", "App", "HttpProtocol", "Timeouts", "response_bytes", "sweep"]
 
 MAX_HEADER_BYTES = 64 * 1024
 JSON = b"application/json"
@@ -35,6 +47,7 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    408: "Request Timeout",
     413: "Content Too Large",
     422: "Unprocessable Content",
     431: "Request Header Fields Too Large",
@@ -60,6 +73,22 @@ def response_bytes(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-connection limits, in seconds (see the module docstring)."""
+
+    header_s: float = 10.0
+    body_s: float = 30.0
+    idle_s: float = 120.0
+
+
+def sweep(connections: Iterable[HttpProtocol], timeouts: Timeouts) -> None:
+    """Close the connections past a timeout; the application calls this every fraction of a second."""
+    now = time.perf_counter()
+    for conn in list(connections):
+        conn.check_timeouts(now, timeouts.header_s, timeouts.body_s, timeouts.idle_s)
+
+
 class App(Protocol):
     connections: set[HttpProtocol]
 
@@ -74,11 +103,14 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_body_size",
+        "_complete",
         "_continue",
         "_head_size",
         "_next_seq",
         "_next_write",
         "_out",
+        "_phase",
+        "_since",
         "_t0",
         "_url",
         "app",
@@ -103,6 +135,9 @@ class HttpProtocol(asyncio.Protocol):
         self._head_size = 0
         self._t0 = 0.0
         self._continue = False
+        self._complete = False
+        self._phase = 0  # 0: between requests, 1: reading headers, 2: reading the body
+        self._since = time.perf_counter()
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -120,7 +155,10 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, b"protocol upgrade is not supported; send plain HTTP/1.1 requests")
+            if self._complete:  # already handed to the app, which answers it: no second response
+                self.drain()
+            else:
+                self._fail(400, b"protocol upgrade is not supported; send plain HTTP/1.1 requests")
         except httptools.HttpParserError as exc:
             if not self.closing:
                 self._fail(400, f"malformed HTTP request ({exc}); send a valid HTTP/1.1 request".encode())
@@ -133,7 +171,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._head_size = 0
         self._continue = False
-        self._t0 = time.perf_counter()
+        self._complete = False
+        self._t0 = self._since = time.perf_counter()
+        self._phase = 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -155,6 +195,8 @@ class HttpProtocol(asyncio.Protocol):
             self._continue = True
 
     def on_headers_complete(self) -> None:
+        self._phase = 2
+        self._since = time.perf_counter()
         if self._continue and not self.closing and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._continue = False
@@ -169,8 +211,11 @@ class HttpProtocol(asyncio.Protocol):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._phase = 0
+        self._since = time.perf_counter()
         if self.closing:
             return
+        self._complete = True
         seq = self._next_seq
         self._next_seq += 1
         if not self.parser.should_keep_alive():
@@ -211,6 +256,22 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = True
         if self.idle and self.transport is not None:
             self.transport.close()
+
+    def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float) -> None:
+        """Close a connection stuck in its headers, its body or idle for too long (``now``: perf_counter)."""
+        if self.transport is None:
+            return
+        waited = now - self._since
+        phase = self._phase
+        if phase == 0:
+            if self.idle and waited > idle_s:
+                self.transport.close()
+        elif self.closing:
+            return
+        elif phase == 1 and waited > header_s:
+            self._fail(408, f"request headers not complete within {header_s:g} s; send the whole request".encode())
+        elif phase == 2 and waited > body_s:
+            self._fail(408, f"request body not complete within {body_s:g} s; send the whole body".encode())
 
     def _too_large(self) -> None:
         self._fail(413, f"request body exceeds {self.max_body} bytes; send a smaller body".encode())

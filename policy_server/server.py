@@ -7,10 +7,11 @@ happens to one /v1/act request:
 1. protocol.py parses it and calls :meth:`PolicyServer.handle`;
 2. validation.py checks the body (4xx with the field at fault, the server stays ready);
 3. the request joins the micro-batch; :meth:`PolicyServer._run_batch` runs one forward pass for
-   the batch, the shield (exploration + constraints + fallbacks), writes every response, then
-   updates metrics once, feeds the drift window and copies the batch's numpy columns into the
-   decision log's staging area (log_staging.py), which hands the log one large batch per 4,096
-   decisions or every second; the log's writer thread builds Arrow columns and writes Parquet.
+   the batch, the shield (exploration + constraints + fallbacks), logs the batch (server_log.py:
+   the write-ahead log, then the numpy columns into the staging area of log_staging.py, which
+   hands the log one large batch per 4,096 decisions or every second; the log's writer thread
+   builds Arrow columns and writes Parquet), writes every response, then updates metrics once
+   and feeds the drift window.
 
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
@@ -20,21 +21,28 @@ decisions of this process (default 1,000,000; request_ids.py): older ids answer 
 ones, a second reward for an id answers 409. Generated ids cost no memory, client-chosen ones an
 LRU entry each.
 
+Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
+logged *before* its responses are written, so a row that cannot be logged is answered 500, never
+acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
+each batch and reward is also appended to a write-ahead log on local disk (group commit every
+``wal_commit_ms``), replayed into Parquet on the next start: a SIGKILL loses at most that window.
+With ``durable`` responses wait for the commit (nothing acknowledged is lost).
+
 Shutdown (SIGTERM/SIGINT via the CLI): stop accepting connections, finish every request
-already read, close idle connections, then close the decision log (flushes every buffered
-decision) before the process exits 0.
+already read (at most ``shutdown_timeout_s``), close idle connections, then close the decision
+log (at most ``log_flush_timeout_s``; both together stay inside the pod's grace period). What
+could not be written is counted in :attr:`PolicyServer.unwritten` and stays in the WAL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -47,21 +55,19 @@ from policy_server import (
     openapi,
     protocol,
     request_ids,
+    server_log,
     shield,
     validation,
 )
 from policy_server import policy as policy_mod
 
-if TYPE_CHECKING:  # pyarrow (~45 MB) is imported only when the server logs decisions
-    from policy_server.log_staging import DecisionStaging
-
 __all__ = ["PolicyServer", "ServerConfig"]
 
 log = logging.getLogger("policy_server")
 
-STAGING_FLUSH_S = 1.0  # staged decisions reach the log's writer at least this often
+SWEEP_S = 0.5  # how often connection timeouts and durable waits are checked
 
-_ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request"}
+_ERR_REASON = {413: "body_too_large", 431: "bad_request", 400: "bad_request", 408: "timeout"}
 
 
 @dataclass
@@ -80,8 +86,19 @@ class ServerConfig:
     drift_window: int = 10_000
     drift_interval_s: float = 5.0
     warmup_iters: int = 20
-    shutdown_timeout_s: float = 20.0
+    shutdown_timeout_s: float = 10.0  # finishing requests already read; + log_flush_timeout_s < grace period
+    log_flush_timeout_s: float = 15.0
+    log_flush_interval_s: float = 5.0  # Parquet segments are written at least this often
     reuse_port: bool = False  # SO_REUSEPORT, bound once the model is warm: zero-downtime replacement
+    wal_dir: str | None = None  # write-ahead log on local disk (needs log_dir)
+    wal_commit_ms: float = 5.0
+    wal_fsync: bool = False
+    durable: bool = False  # acknowledge only after the WAL commit
+    durable_timeout_s: float = 5.0  # a response waiting longer for its commit gets 503
+    on_log_failure: Literal["serve", "unready"] = "serve"
+    limits: validation.Limits = field(default_factory=validation.Limits)
+    timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)
+    trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
 
 
 @dataclass(slots=True)
@@ -91,7 +108,7 @@ class _Pending:
     t0: float
     obs: list[Any]
     request_id: str
-    context: dict[str, Any] | None
+    context_json: str | None
     mask: np.ndarray | None
     entity: str | None
 
@@ -119,8 +136,7 @@ class PolicyServer:
         self.metrics: metrics.ServerMetrics | None = None
         self.shield: shield.Shield | None = None
         self.drift: drift.DriftMonitor | None = None
-        self.decision_log: Any = None
-        self._staging: DecisionStaging | None = None
+        self.log: server_log.ServerLog | None = None  # with log_dir: decisions and rewards (server_log.py)
         self._ids = request_ids.RequestIds(config.max_request_ids)
         self._server: asyncio.AbstractServer | None = None
         self._loaded = asyncio.Event()
@@ -148,6 +164,7 @@ class PolicyServer:
             max_wait_ms=self.config.max_wait_ms,
             expected=lambda: len(self.connections),
         )
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
         reuse = self.config.reuse_port
         if not reuse:
             port = await self._bind(host, port, reuse_port=False)
@@ -165,6 +182,15 @@ class PolicyServer:
         )
         return self._server.sockets[0].getsockname()[1]
 
+    def _sweep(self) -> None:
+        """Every ``SWEEP_S``: close connections past their timeouts; answer 503 to durable waits past theirs."""
+        protocol.sweep(self.connections, self.config.timeouts)
+        if self.log is not None:
+            for conn, seq, _, _ in self.log.expired():
+                self._fail(conn, seq, 503, "not_logged", "the decision log could not commit in time; retry")
+        if not self._stopped.is_set():
+            self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
+
     @property
     def listening(self) -> bool:
         return self._server is not None
@@ -179,18 +205,18 @@ class PolicyServer:
         await self._stopped.wait()
 
     def _load(self) -> tuple[artifact.LoadedArtifact, policy_mod.Policy]:
-        loaded = self.loader(self.config.model, self.config.device)
-        pol = policy_mod.Policy.from_artifact(loaded, self.config.exploration)
-        if self.config.log_dir:  # imported here: pyarrow costs ~45 MB of RSS, only worth it when logging
-            import pyarrow
-
-            from policy_server.decision_log import writer
-
-            # Arrow's jemalloc pool returns freed segment buffers sooner than its default (mimalloc):
-            # measured ~25 MB less RSS for the same load on this machine.
-            with contextlib.suppress(NotImplementedError):  # wheels built without jemalloc keep the default
-                pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-            self.decision_log = writer.DecisionLog(self.config.log_dir)
+        cfg = self.config
+        if cfg.trusted_keys and self.loader is artifact.load_artifact:  # verified on the very bytes it loads
+            loaded = artifact.load_artifact(cfg.model, cfg.device, trusted_keys=cfg.trusted_keys)
+        else:
+            if cfg.trusted_keys:
+                artifact.verify_signature(cfg.model, cfg.trusted_keys)
+            loaded = self.loader(cfg.model, cfg.device)
+        pol = policy_mod.Policy.from_artifact(loaded, cfg.exploration)
+        if cfg.log_dir:  # pyarrow is imported there: ~45 MB of RSS, only worth it when logging
+            opened = server_log.ServerLog(cfg)
+            opened.open()
+            self.log = opened
         warm_rng = np.random.default_rng(0)
         size = 1
         while True:  # every power-of-two batch size up to max_batch: JIT profiling runs happen here
@@ -201,6 +227,11 @@ class PolicyServer:
                 break
             size = min(size * 2, self.config.max_batch)
         return loaded, pol
+
+    @property
+    def unwritten(self) -> int:
+        """Rows the shutdown could not write to Parquet (kept in the WAL if there is one)."""
+        return self.log.unwritten if self.log is not None else 0
 
     def _on_loaded(self, fut: asyncio.Future) -> None:
         try:
@@ -229,6 +260,8 @@ class PolicyServer:
         self.metrics = metrics.ServerMetrics(
             variant=cfg.variant, name=m.name, version=m.version, actions=actions, features=features, costs=m.costs
         )
+        if self.log is not None:
+            self.metrics.register_log_health(self.log.health)
         if m.observation.reference:
             self.drift = drift.DriftMonitor(
                 m.observation.reference,
@@ -258,19 +291,31 @@ class PolicyServer:
         )
         self._version = m.version
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
-        if self.decision_log is not None:
-            from policy_server.log_staging import DecisionStaging
-
-            self._staging = DecisionStaging(self.decision_log, policy_version=m.version, variant=cfg.variant)
-            self._staging_timer = self.loop.call_later(STAGING_FLUSH_S, self._flush_staging)
+        if self.log is not None:
+            self.log.start(self.loop, policy_version=m.version, variant=cfg.variant)
 
     async def shutdown(self) -> None:
-        """Stop accepting, answer what was read, close the decision log. Idempotent."""
+        """Stop accepting, answer what was read, close the decision log. Idempotent; never hangs.
+
+        Bounded by ``shutdown_timeout_s`` + ``log_flush_timeout_s``; ``wait_stopped`` returns even
+        if closing the log fails (what it could not write is counted in :attr:`unwritten`).
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         self.ready = False
+        try:
+            await self._drain_connections()
+            if self.drift is not None:
+                self.drift.stop()
+            await self._close_log()
+        finally:
+            if hasattr(self, "_sweeper"):
+                self._sweeper.cancel()
+            self._stopped.set()
+
+    async def _drain_connections(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -284,14 +329,10 @@ class PolicyServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self.drift is not None:
-            self.drift.stop()
-        if self.decision_log is not None:
-            if self._staging is not None:  # None if the model never loaded
-                self._staging_timer.cancel()
-                self._staging.flush()
-            await asyncio.get_running_loop().run_in_executor(None, self.decision_log.close)
-        self._stopped.set()
+
+    async def _close_log(self) -> None:
+        if self.log is not None:
+            await self.log.close()
 
     # ------------------------------------------------------------------ routing
 
@@ -336,7 +377,9 @@ class PolicyServer:
         conn.respond(seq, 200, b'{"status":"ok"}')
 
     def _readyz(self, conn: protocol.HttpProtocol, seq: int) -> None:
-        if self.ready:
+        if self.ready and self.config.on_log_failure == "unready" and self.log is not None and self.log.failing:
+            conn.respond(seq, 503, b'{"status":"log_failing"}')
+        elif self.ready:
             conn.respond(seq, 200, b'{"status":"ready"}')
         elif self.load_error is not None:
             conn.respond(seq, 503, orjson.dumps({"status": "failed", "error": str(self.load_error)}))
@@ -378,7 +421,7 @@ class PolicyServer:
             return self._fail(
                 conn, seq, 409, "duplicate_request_id", f"request_id {rid!r} was already used; send a unique id or none"
             )
-        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context, req.mask, req.entity))
+        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context_json, req.mask, req.entity))
 
     def _run_batch(self, items: list[_Pending]) -> None:
         pol = self.policy
@@ -396,56 +439,41 @@ class PolicyServer:
                 self._fail(it.conn, it.seq, 500, "internal", f"internal error: {type(exc).__name__}")
             return
         d = res.decision
+        reasons = res.reasons
+        latency_s = time.perf_counter() - started
+        failed = self.log.log_batch(items, obs, d, reasons, latency_s, self._version) if self.log is not None else ()
         actions = d.actions.tolist()
         props = d.propensities.tolist()
-        reasons = res.reasons
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
+        replies: list[server_log.Reply] = []
         for i, it in enumerate(items):
+            if i in failed:
+                self._fail(it.conn, it.seq, 500, "not_logged", "internal error: the decision could not be logged")
+                continue
             r = reasons[i]
-            it.conn.respond(
-                it.seq,
-                200,
-                dumps(
-                    {
-                        "request_id": it.request_id,
-                        "action": actions[i],
-                        "propensity": props[i],
-                        "policy_version": version,
-                        "variant": variant,
-                        "shield": {"intervened": bool(r), "reasons": r},
-                    }
-                ),
+            body = dumps(
+                {
+                    "request_id": it.request_id,
+                    "action": actions[i],
+                    "propensity": props[i],
+                    "policy_version": version,
+                    "variant": variant,
+                    "shield": {"intervened": bool(r), "reasons": r},
+                }
             )
+            replies.append((it.conn, it.seq, 200, body))
+        self._reply(replies)
         latency = time.perf_counter() - started
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
-        if self._staging is not None:
-            self._log_batch(items, obs, d, reasons, latency)
 
-    def _log_batch(self, items, obs, d, reasons, latency) -> None:
-        contexts = [it.context for it in items]
-        self._staging.add(
-            request_ids=[it.request_id for it in items],
-            time=time.time(),
-            observations=obs,
-            actions=d.actions,
-            propensities=d.propensities,
-            probabilities=d.probabilities,
-            shield_reasons=reasons,
-            latency_ms=latency * 1000.0,
-            context_json=(
-                None
-                if contexts.count(None) == len(contexts)
-                else [None if c is None else orjson.dumps(c).decode() for c in contexts]
-            ),
-        )
-
-    def _flush_staging(self) -> None:
-        """Hand staged decisions to the log at least every ``STAGING_FLUSH_S`` (a quiet server too)."""
-        self._staging.flush()
-        if not self._stopping:
-            self._staging_timer = self.loop.call_later(STAGING_FLUSH_S, self._flush_staging)
+    def _reply(self, replies: list[server_log.Reply]) -> None:
+        if self.log is not None:
+            self.log.reply(replies)  # durable: once committed
+        else:
+            for conn, seq, status, body in replies:
+                conn.respond(seq, status, body)
 
     # ------------------------------------------------------------------ /v1/reward
 
@@ -453,7 +481,7 @@ class PolicyServer:
         if not self.ready:
             return self._not_ready(conn, seq)
         try:
-            req = validation.parse_reward(body)
+            req = validation.parse_reward(body, self.config.limits)
             for name in req.costs or ():
                 if not self.metrics.can_record_cost(name):
                     raise validation.BadRequest(
@@ -480,11 +508,11 @@ class PolicyServer:
                 f"a reward for request_id {req.request_id!r} was already recorded",
             )
         self.metrics.record_reward(req.reward, req.costs)
-        if self.decision_log is not None:
-            self.decision_log.log_reward(
+        if self.log is not None:
+            self.log.log_reward(
                 {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
             )
-        conn.respond(seq, 202, b'{"status":"accepted"}')
+        self._reply([(conn, seq, 202, b'{"status":"accepted"}')])
 
 
 _GET_ROUTES = {

@@ -3,6 +3,12 @@
 Why not pydantic here: validating an 8-float observation through a pydantic model costs more
 than the forward pass; these checks are a handful of ``type(x) is`` tests. Every failure raises
 :class:`BadRequest` with a message that names the field at fault and says what to send instead.
+
+What is accepted can always be logged: ``context`` is serialised here, once, so that a context
+the decision log could not store (nested deeper than ``MAX_CONTEXT_DEPTH``, orjson's limit for
+writing JSON) is a 400 before the response, never a failure after it. Rewards and costs are
+bounded in magnitude (``Limits``) so that a single huge value cannot turn the reward and cost
+sums into +Inf for the life of the process.
 """
 
 from __future__ import annotations
@@ -17,7 +23,16 @@ import orjson
 
 from policy_server.errors import PolicyServerError
 
-__all__ = ["ActRequest", "BadRequest", "RewardRequest", "parse_act", "parse_json", "parse_reward"]
+__all__ = [
+    "MAX_CONTEXT_DEPTH",
+    "ActRequest",
+    "BadRequest",
+    "Limits",
+    "RewardRequest",
+    "parse_act",
+    "parse_json",
+    "parse_reward",
+]
 
 ACT_FIELDS = ("observation", "request_id", "context")
 REWARD_FIELDS = ("request_id", "reward", "costs")
@@ -25,6 +40,19 @@ MAX_ID_LEN = 128
 MAX_ENTITY_LEN = 256
 _F32_MAX = float(np.finfo(np.float32).max)
 _COST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# orjson parses JSON nested up to 1,024 levels but writes at most 254: a context nested deeper was
+# accepted, answered 200 and then could not be logged. One limit now: what cannot be written is refused.
+MAX_CONTEXT_DEPTH = 254
+DEFAULT_MAX_REWARD_ABS = 1e9
+DEFAULT_MAX_COST_ABS = 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on client-supplied magnitudes (configurable per server; 400 beyond)."""
+
+    max_reward_abs: float = DEFAULT_MAX_REWARD_ABS
+    max_cost_abs: float = DEFAULT_MAX_COST_ABS
 
 
 class BadRequest(PolicyServerError):
@@ -43,6 +71,7 @@ class ActRequest:
     context: dict[str, Any] | None
     mask: np.ndarray | None
     entity: str | None
+    context_json: str | None = None  # the context as the decision log stores it
 
 
 @dataclass(slots=True)
@@ -66,6 +95,11 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise BadRequest(
+                f"body is nested more than 1024 levels deep; 'context' may be nested at most {MAX_CONTEXT_DEPTH} "
+                "levels: flatten it"
+            ) from None
         raise BadRequest(
             f"body is not valid JSON ({exc}); send a UTF-8 JSON object (NaN/Infinity are not JSON numbers)"
         ) from None
@@ -155,6 +189,13 @@ def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> Act
                     f"'context.entity' must be a non-empty string (or integer) of at most {MAX_ENTITY_LEN} characters"
                 )
             entity = e
+        try:
+            context_json = orjson.dumps(context).decode()
+        except orjson.JSONEncodeError:
+            raise BadRequest(
+                f"'context' is nested more than {MAX_CONTEXT_DEPTH} levels deep and cannot be logged; flatten it"
+            ) from None
+        return ActRequest(obs, rid, context, mask, entity, context_json)
     return ActRequest(obs, rid, context, mask, entity)
 
 
@@ -168,22 +209,29 @@ def _mask(value: Any, n_actions: int | None) -> np.ndarray:
     return np.array(value, dtype=bool)
 
 
-def _number(value: Any, field: str) -> float:
+def _number(value: Any, field: str, bound: float) -> float:
     if type(value) is not float and type(value) is not int:
         raise BadRequest(f"'{field}' must be a number, got {_type(value)}")
-    f = float(value)
-    if not math.isfinite(f):
-        raise BadRequest(f"'{field}' must be finite")
+    try:
+        f = float(value)
+    except OverflowError:  # an integer beyond the float range
+        f = math.inf
+    if not math.isfinite(f) or abs(f) > bound:
+        raise BadRequest(
+            f"'{field}' is {value:.3g}, outside [-{bound:g}, {bound:g}]; send a smaller magnitude "
+            "(or raise the server's --max-reward-abs / --max-cost-abs)"
+        )
     return f
 
 
-def parse_reward(body: bytes) -> RewardRequest:
+def parse_reward(body: bytes, limits: Limits = Limits()) -> RewardRequest:
+    """Validate a /v1/reward body; magnitudes beyond ``limits`` are refused (metrics stay finite)."""
     data = parse_json(body)
     _unknown(data, REWARD_FIELDS, "/v1/reward")
     rid = _request_id(data.get("request_id"), required=True)
     if "reward" not in data:
         raise BadRequest("field 'reward' is required: a finite number")
-    reward = _number(data["reward"], "reward")
+    reward = _number(data["reward"], "reward", limits.max_reward_abs)
     costs = data.get("costs")
     if costs is not None:
         if type(costs) is not dict:
@@ -191,6 +239,6 @@ def parse_reward(body: bytes) -> RewardRequest:
         for name, value in costs.items():
             if not _COST_NAME.fullmatch(name):
                 raise BadRequest(f"cost name {name!r} must match [A-Za-z_][A-Za-z0-9_]{{0,63}}")
-            costs[name] = _number(value, f"costs.{name}")
+            costs[name] = _number(value, f"costs.{name}", limits.max_cost_abs)
     assert rid is not None
     return RewardRequest(rid, reward, costs)

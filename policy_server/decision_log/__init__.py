@@ -12,9 +12,10 @@ The modules, one concern each:
   of the server's micro-batches.
 * ``writer``: :class:`DecisionLog` (buffering, the writer thread, retries, atomic segment writes).
 * ``reader``: reading the streams back and joining rewards to decisions.
+* ``wal``: the server's write-ahead log on local disk (group commit, replay on the next start).
 * ``_buffer``, ``_convert``, ``_records``, ``_batches``, ``_storage``: the writer's internals
   (the per-stream buffer; converting a segment in GIL-friendly chunks; the dict path; the numpy
-  batch path; URL resolution shared with the readers).
+  batch path; URL resolution shared with the readers); ``_backlog``: how far Parquet is behind.
 
 This package re-exports the public names, so ``from policy_server import decision_log`` and
 ``decision_log.DecisionLog`` keep working. See ``docs/decision-log.md`` for the column reference

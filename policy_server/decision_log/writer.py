@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -78,7 +79,11 @@ class DecisionLog:
     * **filesystem**: an fsspec filesystem to use instead of the one the URL names (``url`` is then
       a path inside it).
     * **flush_timeout_s**: how long ``flush()``/``close()`` keep retrying a failing filesystem
-      before they raise ``DecisionLogError`` (records stay buffered; call again to retry).
+      before they raise ``DecisionLogError`` (records stay buffered; call again to retry). It is
+      the whole budget of a call, so keep it below the pod's termination grace period.
+    * **on_progress**: called from the writer thread with ``(stream name, rows)`` each time the
+      first ``rows`` rows of that stream (in logging order) are written or rejected: the
+      write-ahead log's checkpoint.
 
     The record dicts and batches are kept as they are until written: do not mutate them after logging.
     Counters (for metrics): ``errors`` (failed segment writes, each retried), ``rejected`` (rows
@@ -92,8 +97,9 @@ class DecisionLog:
         segment_rows: int = 50_000,
         flush_interval_s: float = 5.0,
         filesystem: fsspec.AbstractFileSystem | None = None,
-        flush_timeout_s: float = 60.0,
+        flush_timeout_s: float = 15.0,
         max_backoff_s: float = 30.0,
+        on_progress: Callable[[str, int], None] | None = None,
     ) -> None:
         if segment_rows < 1:
             raise ValueError(f"segment_rows must be >= 1, got {segment_rows}")
@@ -105,6 +111,7 @@ class DecisionLog:
         self._segment_rows = segment_rows
         self._flush_interval_s = flush_interval_s
         self._flush_timeout_s = flush_timeout_s
+        self._on_progress = on_progress
         self._max_backoff_s = max_backoff_s
         self._decisions = Stream(DECISIONS_DIR, DECISION_SCHEMA, _storage.join(root, DECISIONS_DIR))
         self._rewards = Stream(REWARDS_DIR, REWARD_SCHEMA, _storage.join(root, REWARDS_DIR))
@@ -116,10 +123,11 @@ class DecisionLog:
         self.rejected = 0
         self.segments_written = 0
         self.rows_written = {DECISIONS_DIR: 0, REWARDS_DIR: 0}
+        self.rows_accounted = {DECISIONS_DIR: 0, REWARDS_DIR: 0}  # written or rejected, in logging order
 
         self._writer_id = uuid.uuid4().hex[:8]  # several replicas may share one directory
         self._seq = itertools.count(1)
-        self._pending: collections.deque[tuple[Stream, str, pa.Table]] = collections.deque()
+        self._pending: collections.deque[tuple[Stream, str, pa.Table, int]] = collections.deque()
         self._lock = threading.Lock()  # held while draining/writing: the writer thread or flush()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -186,18 +194,25 @@ class DecisionLog:
     @property
     def buffered(self) -> int:
         """Rows logged but not yet written (buffered or in a segment waiting for a retry); a batch counts its rows."""
-        return sum(s.rows for s in self._streams) + sum(t.num_rows for _, _, t in list(self._pending))
+        return sum(s.rows for s in self._streams) + sum(t.num_rows for _, _, t, _ in list(self._pending))
 
-    def flush(self) -> None:
+    @property
+    def failing(self) -> bool:
+        """The writer thread's last attempt failed and it is backing off (storage unwritable or full)."""
+        return self._backoff_s > 0
+
+    def flush(self, deadline: float | None = None) -> None:
         """Write everything logged before this call; blocks (run it off the event loop).
 
-        Raises ``DecisionLogError`` if the filesystem keeps failing for ``flush_timeout_s``; the
-        records stay buffered and the next flush()/close() tries again.
+        Raises ``DecisionLogError`` if the filesystem keeps failing for ``flush_timeout_s`` (or
+        past ``deadline``, a ``time.monotonic()`` value); the records stay buffered and the next
+        flush()/close() tries again.
         """
-        deadline = time.monotonic() + self._flush_timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self._flush_timeout_s
         backoff = 0.05
         # The writer thread may be inside a write that hangs (a stalled network mount): bound the wait.
-        if not self._lock.acquire(timeout=self._flush_timeout_s):
+        if not self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             raise DecisionLogError(
                 f"decision log {self.url}: the writer thread has been stuck in one write for more than "
                 f"{self._flush_timeout_s:g}s; {self.buffered} records are unwritten. Check that the storage "
@@ -219,14 +234,15 @@ class DecisionLog:
             self._lock.release()
 
     def close(self) -> None:
-        """Stop the writer thread and write everything; idempotent, blocking."""
+        """Stop the writer thread and write everything within ``flush_timeout_s`` in all; idempotent, blocking."""
+        deadline = time.monotonic() + self._flush_timeout_s
         if not self._closed:
             self._closed = True
             self._stop.set()
             self._wake.set()
             self._thread.join(self._flush_timeout_s)  # a hung write is reported by flush() below
             atexit.unregister(self._atexit)
-        self.flush()
+        self.flush(deadline)
 
     def __enter__(self) -> DecisionLog:
         return self
@@ -266,8 +282,8 @@ class DecisionLog:
             for rows in stream.drain(self._segment_rows, partial=partial):
                 table, rejected = _convert.to_table(rows, stream.schema)
                 self.rejected += rejected
-                if table.num_rows:
-                    self._pending.append((stream, self._segment_name(), table))
+                if table.num_rows or rejected:
+                    self._pending.append((stream, self._segment_name(), table, rejected))
 
     def _segment_name(self) -> str:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -276,9 +292,10 @@ class DecisionLog:
     def _write_pending(self) -> bool:
         """Write queued segments in order; stop at the first failure (lock held). True if all done."""
         while self._pending:
-            stream, name, table = self._pending[0]
+            stream, name, table, rejected = self._pending[0]
             try:
-                self._write(stream.path, name, table)
+                if table.num_rows:
+                    self._write(stream.path, name, table)
             except Exception as exc:
                 self.errors += 1
                 log.warning(
@@ -292,8 +309,14 @@ class DecisionLog:
                 )
                 return False
             self._pending.popleft()
-            self.segments_written += 1
+            self.segments_written += bool(table.num_rows)
             self.rows_written[stream.name] += table.num_rows
+            self.rows_accounted[stream.name] += table.num_rows + rejected
+            if self._on_progress is not None:
+                try:
+                    self._on_progress(stream.name, self.rows_accounted[stream.name])
+                except Exception:
+                    log.exception("decision log %s: the progress callback failed", self.url)
         return True
 
     def _write(self, directory: str, name: str, table: pa.Table) -> None:

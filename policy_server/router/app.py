@@ -24,7 +24,7 @@ import collections
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ __all__ = ["Router", "RouterConfig", "RouterProtocol"]
 
 log = logging.getLogger("policy_server.router")
 
+SWEEP_S = 0.5  # how often client timeouts are checked
 REQUEST_IDS = 200_000  # request id -> non-stable server that answered it, so /v1/reward reaches it
 _MARK = {"stable": b'"variant":"stable"', "candidate": b'"variant":"candidate"'}
 _NAMES = {name: name.encode() for name in ("stable", "candidate", "fallback")}
@@ -55,6 +56,7 @@ class RouterConfig:
     max_shadow_inflight: int = 512
     seed: int | None = None
     shutdown_timeout_s: float = 20.0
+    timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)  # slow or idle clients are closed
 
 
 class RouterProtocol(protocol.HttpProtocol):
@@ -178,17 +180,34 @@ class Router:
         self._server = await loop.create_server(
             lambda: RouterProtocol(self, self.config.max_body), host, port, backlog=2048
         )
+        self._sweeper = loop.call_later(SWEEP_S, self._sweep)
         return int(self._server.sockets[0].getsockname()[1])
+
+    def _sweep(self) -> None:
+        protocol.sweep(self.connections, self.config.timeouts)
+        if not self._stopped.is_set():
+            self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
     async def shutdown(self) -> None:
-        """Stop accepting, finish requests already read (and shadows), close the decision log."""
+        """Stop accepting, finish requests already read (and shadows), close the decision log.
+
+        ``wait_stopped`` returns even if closing the log fails (the error is raised here).
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
+        try:
+            await self._shutdown()
+        finally:
+            if hasattr(self, "_sweeper"):
+                self._sweeper.cancel()
+            self._stopped.set()
+
+    async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -202,8 +221,7 @@ class Router:
         for up in self._upstreams.values():
             up.close()
         if self.decision_log is not None:
-            await self.loop.run_in_executor(None, self.decision_log.close)
-        self._stopped.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.decision_log.close)
 
     # ------------------------------------------------------------------ HTTP
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import re
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from policy_server.protocol import Timeouts
+from policy_server.validation import MAX_CONTEXT_DEPTH
 from tests.support.policy_server import Client, metric, running
 
 pytestmark = pytest.mark.integration
@@ -197,3 +202,165 @@ def test_server_ready_after_fuzzing(srv) -> None:
     m = srv.client().metrics()
     assert metric(m, "policy_errors_total", variant="b", reason="internal") == 0
     _still_serving(srv.client())
+
+
+# ---------------------------------------------------------------- issue 17: what is accepted can be logged
+
+
+def _context(depth: int) -> bytes:
+    """A JSON object nested ``depth`` levels deep (the object itself is level 1), built without recursion."""
+    lists = depth - 1
+    return b'{"k": ' + b"[" * lists + b"1" + b"]" * lists + b"}"
+
+
+@pytest.mark.parametrize(
+    ("depth", "status"),
+    [(1, 200), (MAX_CONTEXT_DEPTH, 200), (MAX_CONTEXT_DEPTH + 1, 400), (1023, 400), (1024, 400)],
+)
+def test_context_depth_boundaries(srv, depth: int, status: int) -> None:
+    """A context the log could not write is refused before the response, at every depth boundary."""
+    body = b'{"observation": %s, "context": %s}' % (json.dumps(OBS).encode(), _context(depth))
+    got, answer = srv.client().request("POST", "/v1/act", body)
+    assert got == status, answer
+    if status == 400:
+        assert "nested more than" in answer["error"] and f"{MAX_CONTEXT_DEPTH} levels" in answer["error"]
+    _still_serving(srv.client())
+
+
+def test_body_nested_beyond_the_parser_limit_is_400(srv) -> None:
+    body = b'{"observation": %s, "context": {"k": %s1%s}}' % (json.dumps(OBS).encode(), b"[" * 1100, b"]" * 1100)
+    got, answer = srv.client().request("POST", "/v1/act", body)
+    assert got == 400 and "nested more than 1024 levels" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"reward": 1e308}, "'reward' is 1e+308, outside"),
+        ({"reward": -1e10}, "'reward' is -1e+10, outside"),
+        ({"reward": 0, "costs": {"c": 1e300}}, "'costs.c' is 1e+300, outside"),
+    ],
+)
+def test_huge_rewards_and_costs_are_refused_and_metrics_stay_finite(srv, payload: dict, message: str) -> None:
+    rid = srv.client().act(OBS)["request_id"]
+    status, err = srv.client().post("/v1/reward", {"request_id": rid, **payload})
+    assert status == 400 and message in err["error"], err
+    m = srv.client().metrics()
+    assert math.isfinite(metric(m, "policy_reward_sum", variant="b"))
+    assert all(math.isfinite(v) for k, v in m.items() if k.startswith("policy_cost_sum"))
+    assert srv.client().post("/v1/reward", {"request_id": rid, "reward": 1e6})[0] == 202  # the id is still usable
+
+
+def _responses(reply: bytes) -> int:
+    """Status lines in a raw reply (bodies may mention HTTP/1.1 too)."""
+    return len(re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z]", reply))
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", b"200"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            b"GET /x HTTP/1.1\r\n\r\n",
+            b"200",
+        ),
+        (b"GET /readyz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n", b"200"),
+        (
+            b"POST /v1/act HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Content-Length: 2\r\n\r\n{}",
+            b"400",
+        ),
+        (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", b"404"),
+    ],
+)
+def test_upgrade_requests_get_exactly_one_response(srv, request_bytes: bytes, status: bytes) -> None:
+    """The request is answered as plain HTTP/1.1, once; the upgrade is not performed and the connection closes."""
+    reply = _raw(srv.port, request_bytes)
+    assert _responses(reply) == 1, reply
+    assert reply.startswith(b"HTTP/1.1 " + status)
+    _still_serving(srv.client())
+
+
+SMUGGLING = [
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    b"GET /nope HTTP/1.1\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+    b"POST /v1/act HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("request_bytes", SMUGGLING)
+def test_request_smuggling_shapes_get_one_400_and_a_close(srv, request_bytes: bytes) -> None:
+    reply = _raw(srv.port, request_bytes)
+    assert _responses(reply) == 1 and reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"Connection: close" in reply
+    _still_serving(srv.client())
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory):
+    from policy_server import artifact
+
+    path = artifact.write_example_model(tmp_path_factory.mktemp("slow") / "m")
+    with running(path, variant="s", timeouts=Timeouts(header_s=0.5, body_s=0.5, idle_s=1.0)) as s:
+        yield s
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"",  # connected, never sends a byte
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # headers never finished
+        b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",  # body never finished
+    ],
+)
+def test_slowloris_connections_are_closed(impatient, prefix: bytes) -> None:
+    """Each half-sent request is closed by the server, well before the client's 20 s socket timeout."""
+    socks = [socket.create_connection(("127.0.0.1", impatient.port), timeout=20) for _ in range(20)]
+    try:
+        for s in socks:
+            s.sendall(prefix)
+        for s in socks:
+            for _ in range(3):  # a slowloris client trickles one more header byte; the clock does not restart
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X" if prefix and b"\r\n\r\n" not in prefix else b"")
+            reply = b"".join(iter(lambda s=s: s.recv(65536), b""))  # until the server closes
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 408"), reply
+    finally:
+        for s in socks:
+            s.close()
+    _still_serving(impatient.client())
+
+
+HEADER_NAMES = ["Upgrade", "Connection", "Expect", "Transfer-Encoding", "Content-Length", "Host", "TE", "Keep-Alive"]
+HEADER_VALUES = ["websocket", "h2c", "Upgrade", "close", "keep-alive", "100-continue", "chunked", "identity",
+                 "gzip, chunked", "0", "2", "40", "-1", "", "x"]  # fmt: skip
+SENTINEL = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    request_line=st.sampled_from([b"GET /healthz", b"GET /readyz", b"POST /v1/act", b"POST /v1/reward"]),
+    headers=st.lists(st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES)), max_size=4),
+    body=st.sampled_from([b"", b"{}", json.dumps({"observation": OBS}).encode()]),
+)
+@example(request_line=b"GET /healthz", headers=[("Upgrade", "websocket"), ("Connection", "Upgrade")], body=b"")
+@example(request_line=b"POST /v1/act", headers=[("Transfer-Encoding", "chunked")], body=b"{}")
+def test_never_more_responses_than_requests_whatever_the_headers(impatient, request_line, headers, body) -> None:
+    """A fuzzed request then a plain one on the same connection: one answer each (or the connection
+    closed after the first), never a second answer to the fuzzed one, never a 5xx."""
+    if not body:  # a length with no body would take the next request's bytes as its body: two garbled requests
+        headers = [(n, v) for n, v in headers if n != "Content-Length"]
+    head = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in headers)
+    if body:  # framed, so the body is not read as a second request
+        head += b"Content-Length: %d\r\n" % len(body)
+    reply = _raw(impatient.port, request_line + b" HTTP/1.1\r\n" + head + b"\r\n" + body + SENTINEL)
+    statuses = re.findall(rb"HTTP/1\.1 ([2-5]\d\d) [A-Za-z]", reply)  # final answers (not 100 Continue)
+    assert 1 <= len(statuses) <= 2, reply
+    assert all(s < b"500" for s in statuses), reply
+    if len(statuses) == 2:  # the second answer is the sentinel's, not another one to the fuzzed request
+        assert statuses[1] == b"200" and reply.endswith(b'{"status":"ok"}'), reply

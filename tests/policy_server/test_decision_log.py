@@ -448,6 +448,7 @@ def test_close_is_idempotent_and_late_records_are_not_lost(tmp_path: Path, dlogs
 
 def test_discrete_numpy_action_is_stored_as_index(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
     import numpy as np  # a dependency of the package itself
+
     dlog = DecisionLog(str(tmp_path), flush_interval_s=3600)
     dlogs.append(dlog)
     dlog.log_decision(decision(0, action=np.int64(4), observation=np.array([1.0, 2.0]).tolist()))
@@ -771,3 +772,34 @@ def test_only_repeating_columns_are_dictionary_encoded(tmp_path: Path, dlogs: li
 
     assert dictionary("variant") and dictionary("policy_version")
     assert not dictionary("request_id") and not dictionary("time") and not dictionary("propensity")
+
+
+def test_progress_counts_written_and_rejected_rows_in_logging_order(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    """The write-ahead log's checkpoint: after each segment, how many rows of the stream are settled."""
+    seen: list[tuple[str, int]] = []
+    dlog = DecisionLog(
+        str(tmp_path), segment_rows=2, flush_interval_s=3600, on_progress=lambda s, n: seen.append((s, n))
+    )
+    dlogs.append(dlog)
+    for i in range(3):
+        dlog.log_decision(decision(i))
+    dlog.log_decision({"request_id": "bad"})  # rejected: still settled, so the WAL may forget it
+    dlog.log_reward({"request_id": "req-0", "time": 1.0, "reward": 1.0})
+    dlog.close()
+    assert seen == [("decisions", 2), ("decisions", 4), ("rewards", 1)]
+    assert dlog.rows_accounted == {"decisions": 4, "rewards": 1} and dlog.rows_written["decisions"] == 3
+
+
+def test_a_failing_store_marks_the_log_failing_until_a_write_succeeds(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
+    fs = FlakyFS(failures=3)
+    dlog = DecisionLog(str(tmp_path), flush_interval_s=0.05, filesystem=fs, max_backoff_s=0.1)
+    dlogs.append(dlog)
+    dlog.log_decision(decision(0))
+    deadline = time.monotonic() + 30
+    while not dlog.failing:
+        assert time.monotonic() < deadline, "the failure was never reported"
+        time.sleep(0.01)
+    while dlog.failing:
+        assert time.monotonic() < deadline, "the log never recovered"
+        time.sleep(0.01)
+    assert dlog.errors >= 1 and dlog.rows_written["decisions"] == 1

@@ -189,6 +189,13 @@ def write_custom_artifact(out: Path, module: torch.nn.Module, manifest: dict[str
     return out
 
 
+def reseal_manifest(model: Path) -> None:
+    """Set the manifest's sha256 to the program's, as an attacker with write access to the bucket would."""
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256((model / manifest["program"]).read_bytes()).hexdigest()
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
 class CliServer:
     """``policy-server serve`` as a subprocess on a free port."""
 

@@ -17,6 +17,12 @@ SERVICE_PORT = 80
 # Writable scratch for a read-only root filesystem: temp files, and the decision log segments
 # that a sidecar or the next retraining Job picks up.
 SCRATCH_VOLUMES = {"tmp": "/tmp", "data": "/var/lib/policy-server"}
+# A policy pod's SIGTERM: requests in flight (<= 10 s), then the decision log's last write (<= 15 s),
+# inside the grace period; what cannot be written stays in the write-ahead log on the "data" emptyDir.
+GRACE_PERIOD_S = 30
+SHUTDOWN_TIMEOUT_S = 10
+LOG_FLUSH_TIMEOUT_S = 15
+WAL_DIR = "/var/lib/policy-server/wal"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"memory": "1Gi"},
@@ -56,6 +62,14 @@ def decision_log_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
     return [] if url is None else ["--log-dir", url]
 
 
+def _durability_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
+    """A write-ahead log on the pod's emptyDir and shutdown budgets that fit the grace period, when logging."""
+    if decision_log_url(rollout, writer) is None:
+        return []
+    return ["--wal-dir", WAL_DIR, "--shutdown-timeout-s", str(SHUTDOWN_TIMEOUT_S),
+            "--log-flush-timeout-s", str(LOG_FLUSH_TIMEOUT_S)]  # fmt: skip
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -76,7 +90,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         "command": ["policy-server"],
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
-                 "--variant", variant, *decision_log_args(rollout, variant)],
+                 "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant)],
         "ports": [{"name": "http", "containerPort": policy.port, "protocol": "TCP"}],
         "env": _env(rollout, variant, policy),
         "resources": _resources(policy),
@@ -109,7 +123,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": meta.pod_security_context(),
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": GRACE_PERIOD_S,
                     "containers": [container],
                     "volumes": [{"name": vol, "emptyDir": {}} for vol in SCRATCH_VOLUMES],
                 },

@@ -170,8 +170,22 @@ def test_every_server_and_the_router_log_decisions_under_the_rollouts_decision_l
     kubernetes_validate.validate(router, K8S_VERSION, strict=True)
 
 
+def test_a_logging_policy_pod_keeps_a_wal_on_its_emptydir_and_shuts_down_inside_its_grace_period() -> None:
+    rollout = _rollout(decisionLog={"url": "s3://decisions/shop/pricing/"})
+    dep = resources.deployment(rollout, "candidate", rollout.spec.policy)
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    wal = args[args.index("--wal-dir") + 1]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    mount = next(path for path in mounts if wal.startswith(path + "/"))
+    assert {"name": mounts[mount], "emptyDir": {}} in pod["volumes"]
+    budget = float(args[args.index("--shutdown-timeout-s") + 1]) + float(args[args.index("--log-flush-timeout-s") + 1])
+    assert budget < pod["terminationGracePeriodSeconds"]
+
+
 def test_without_a_decision_log_url_nothing_is_logged(rollout: api.PolicyRollout) -> None:
     assert rollout.spec.decision_log is None
     dep = resources.deployment(rollout, "candidate", rollout.spec.policy)
     assert "--log-dir" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--wal-dir" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--log-dir" not in routing.deployment(rollout)["spec"]["template"]["spec"]["containers"][0]["args"]
