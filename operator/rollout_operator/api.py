@@ -740,6 +740,20 @@ def has_analysed_live_step(steps: list[Step], analysis: AnalysisSpec) -> bool:
     return live and measured
 
 
+class ArtifactVerification(Model):
+    """Artifacts must be signed by one of these Ed25519 keys (`policy-server keygen` / `sign`).
+
+    Every policy server of the rollout (candidate and fallback) checks its artifact's signature on
+    the exact manifest bytes it parses and refuses to start, with one line, on a missing, foreign or
+    broken signature: a tampered bucket never serves. Public keys are not secrets: they live in the
+    spec, so GitOps reviews and audits them.
+    """
+
+    trusted_keys: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]] = Field(
+        min_length=1, max_length=8, description="Base64 of each trusted key's 32 raw public-key bytes."
+    )
+
+
 class PolicyRolloutSpec(Model):
     """What to roll out, what to fall back to, and how: traffic, steps, guardrails, gates, training."""
 
@@ -786,6 +800,9 @@ class PolicyRolloutSpec(Model):
     training: TrainingSpec | None = Field(default=None, description="Retraining Jobs (scheduled and on demand).")
     notifications: list[NotificationSpec] = Field(
         default_factory=list, max_length=16, description="Webhooks told about phase changes, rollbacks, approvals."
+    )
+    artifact_verification: ArtifactVerification | None = Field(
+        default=None, description="Serve only artifacts signed by a trusted key (docs/security.md)."
     )
     decision_log: DecisionLogSpec | None = Field(
         default=None,

@@ -51,10 +51,18 @@ class LocalProcess:
         return self.proc.poll() is None
 
     def tail(self, chars: int = 1500) -> str:
+        """The end of the log, whole lines only (a reason cut mid-sentence helps nobody), about `chars` long."""
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        lines = text.splitlines(keepends=True)
+        kept: list[str] = []
+        for line in reversed(lines):
+            if kept and sum(map(len, kept)) + len(line) > chars:
+                break
+            kept.append(line)
+        return "".join(reversed(kept))
 
     def printed(self, text: str) -> bool:
         """Whether this process (not an earlier one logging to the same file) has printed ``text``."""

@@ -86,7 +86,7 @@ class LocalWorkloads:
             argv = processes.policy_server_command(
                 "serve", "--model", policy.artifact, "--port", str(slot.port), "--variant", variant,
                 "--log-dir", self.decision_log(rollout, variant), "--seed", str(self.seed),
-                "--threads", "1", "--drift-interval-s", "2", "--reuse-port",
+                "--threads", "1", "--drift-interval-s", "2", "--reuse-port", *workload.trusted_key_args(rollout),
             )
             name = f"{rollout.metadata.name}-{variant}"
             log.info("starting %s: %s %s on port %d", name, policy.artifact, policy.version, slot.port)

@@ -70,6 +70,12 @@ def _durability_args(rollout: api.PolicyRollout, writer: str) -> list[str]:
             "--log-flush-timeout-s", str(LOG_FLUSH_TIMEOUT_S)]  # fmt: skip
 
 
+def trusted_key_args(rollout: api.PolicyRollout) -> list[str]:
+    """``--trusted-key`` per key of ``spec.artifactVerification``: the server refuses unsigned artifacts."""
+    verification = rollout.spec.artifact_verification
+    return [] if verification is None else [a for key in verification.trusted_keys for a in ("--trusted-key", key)]
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -90,7 +96,11 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         "command": ["policy-server"],
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
-                 "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant)],
+                 "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant),
+                 *trusted_key_args(rollout)],
+        # The server's one-line reason to refuse (an unsigned artifact, a bad manifest) becomes the pod's
+        # termination message, where `kubectl describe` and the operator's readiness report find it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": "http", "containerPort": policy.port, "protocol": "TCP"}],
         "env": _env(rollout, variant, policy),
         "resources": _resources(policy),

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from rollout_lab.demo import artifacts
-from rollout_lab.local import loadgen, run
+from rollout_lab.local import loadgen, processes, run
 from rollout_operator import api
 
 from policy_server import decision_log
@@ -165,6 +165,33 @@ def test_a_shadow_divergence_rolls_back_before_the_candidate_serves_anyone(
     assert any(s.shadow for s in result.samples), "the candidate was shadowed"
     assert {s.weight for s in result.samples} == {0} and {s.actual_weight for s in result.samples} <= {None, 0}
     assert gen.totals().get("candidate", loadgen.Bucket()).decisions == 0, "no customer was served by it"
+
+
+def test_a_tampered_artifact_is_refused_before_any_traffic(
+    local: run.LocalPlatform, policies: dict[str, Path], tmp_path: Path
+) -> None:
+    import base64
+    import shutil
+
+    from cryptography.hazmat.primitives import serialization
+
+    from policy_server import signing
+    from tests.support.policy_server import reseal_manifest
+
+    private, public = signing.generate_keypair(tmp_path / "keys")
+    raw = serialization.load_pem_public_key(public.read_bytes()).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    signed = {name: Path(shutil.copytree(path, tmp_path / name)) for name, path in policies.items()}
+    for path in signed.values():
+        signing.sign(path, private.read_bytes())
+    reseal_manifest(signed["candidate"])  # someone with write access to the bucket rewrote the manifest
+    rollout = _rollout("tampered", signed, {"name": "errors", "template": "error-rate", "condition": "< 0.05"},
+                       artifactVerification={"trustedKeys": [base64.b64encode(raw).decode()]})
+    with pytest.raises(processes.ProcessError) as refused:
+        _drive(local, rollout)
+    assert "tampered-candidate exited" in str(refused.value)
+    assert "changed after signing or signed by another key" in str(refused.value)
+    local.stop_rollout(rollout)
 
 
 def test_manifest_errors_name_the_field(tmp_path: Path) -> None:

@@ -189,3 +189,22 @@ def test_without_a_decision_log_url_nothing_is_logged(rollout: api.PolicyRollout
     assert "--log-dir" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--wal-dir" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--log-dir" not in routing.deployment(rollout)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_trusted_keys_reach_every_policy_server_and_its_refusal_reaches_the_pod_status() -> None:
+    keys = ["A" * 43 + "=", "B" * 43 + "="]
+    rollout = api.PolicyRollout.model_validate(policy_rollout_manifest(artifactVerification={"trustedKeys": keys}))
+    for variant, policy in (("stable", rollout.spec.fallback), ("candidate", rollout.spec.policy)):
+        [container] = workload.deployment(rollout, variant, policy)["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--trusted-key"] == keys
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    plain = api.PolicyRollout.model_validate(policy_rollout_manifest())
+    [container] = workload.deployment(plain, "candidate", plain.spec.policy)["spec"]["template"]["spec"]["containers"]
+    assert "--trusted-key" not in container["args"]
+
+
+@pytest.mark.parametrize("key", ["not-base64!", "A" * 44, ""])
+def test_a_trusted_key_must_be_32_raw_bytes_in_base64(key: str) -> None:
+    with pytest.raises(ValueError, match="trustedKeys"):
+        api.PolicyRollout.model_validate(policy_rollout_manifest(artifactVerification={"trustedKeys": [key]}))
