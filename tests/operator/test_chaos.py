@@ -11,8 +11,8 @@ RBAC. Each run rolls one PolicyRollout through three analysed canary steps while
 After each run the invariants a user relies on are checked: no duplicate objects, the candidate's
 weight never goes backwards except on rollback, the same end phase as an undisturbed run of the same
 manifest, and never Promoted without a passed analysis at every live step. (A policy pod SIGKILLed
-under load is the data plane's fault: tests/policy_server/ checks its decisions against the
-write-ahead log's contract.)
+under load is the data plane's fault: tests/policy_server/test_durability.py kills a server under
+load and checks every acknowledged decision against the write-ahead log's contract.)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from rollout_operator import api, kube
 from rollout_operator.cluster.control_plane import ControlPlane
 from rollout_operator.resources import httproute
 
-from tests.support.cluster import ChartRBAC, ClusterAPI, install_crds
+from tests.support.cluster import ChartRBAC, ClusterAPI, running_control_plane
 from tests.support.kube import policy_rollout_manifest
 from tests.support.operator_process import OperatorProcess, poll
 from tests.support.prometheus import Exporter, PrometheusServer
@@ -51,16 +51,8 @@ _names = (f"chaos-{i}" for i in itertools.count())
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    control_plane = ControlPlane(tmp_path_factory.mktemp("chaos-plane")).start(lambda _: None)
-    try:
-        client = kube.Client.from_kubeconfig(control_plane.kubeconfig)
-        try:
-            install_crds(client)
-        finally:
-            client.close()
+    with running_control_plane(tmp_path_factory.mktemp("chaos-plane")) as control_plane:
         yield control_plane
-    finally:
-        control_plane.stop()
 
 
 @pytest.fixture(scope="module")

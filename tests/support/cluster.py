@@ -90,9 +90,10 @@ def install_crds(client: kube.Client, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane")).start(_progress)
+@contextlib.contextmanager
+def running_control_plane(directory: Path) -> Iterator[ControlPlane]:
+    """A control plane with the CRDs installed, stopped (every process by PID) on the way out."""
+    plane = ControlPlane(directory).start(_progress)
     try:
         client = kube.Client.from_kubeconfig(plane.kubeconfig)
         try:
@@ -102,6 +103,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with running_control_plane(tmp_path_factory.mktemp("control-plane")) as plane:
+        yield plane
 
 
 @pytest.fixture(scope="session")
