@@ -37,6 +37,7 @@ __all__ = [
     "ENV_JOB_IMAGES",
     "ENV_JOB_SERVICE_ACCOUNTS",
     "ENV_PROMETHEUS_URLS",
+    "ENV_WEBHOOK_URLS",
     "TrustPolicy",
     "did_you_mean",
     "format_validation_error",
@@ -48,6 +49,7 @@ __all__ = [
 ENV_PROMETHEUS_URLS = "POLICY_ROLLOUTS_ALLOWED_PROMETHEUS_URLS"
 ENV_JOB_IMAGES = "POLICY_ROLLOUTS_ALLOWED_JOB_IMAGES"
 ENV_JOB_SERVICE_ACCOUNTS = "POLICY_ROLLOUTS_ALLOWED_JOB_SERVICE_ACCOUNTS"
+ENV_WEBHOOK_URLS = "POLICY_ROLLOUTS_ALLOWED_WEBHOOK_URLS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +63,13 @@ class TrustPolicy:
 
     prometheus: allowlist.UrlAllowList
     jobs: job_policy.JobAllowList
+    # Webhooks a rollout's spec.notifications may name: the operator's own --notify-url targets and those listed.
+    webhooks: allowlist.UrlAllowList = dataclasses.field(default_factory=lambda: allowlist.UrlAllowList(()))
 
     @classmethod
-    def from_env(cls, prometheus_url: str, environ: Mapping[str, str] = os.environ) -> TrustPolicy:
-        """The operator's own Prometheus plus $POLICY_ROLLOUTS_ALLOWED_* (comma- or newline-separated)."""
+    def from_env(cls, prometheus_url: str, environ: Mapping[str, str] = os.environ,
+                 webhook_urls: Iterable[str] = ()) -> TrustPolicy:
+        """The operator's own Prometheus and webhooks plus $POLICY_ROLLOUTS_ALLOWED_* (comma/newline-separated)."""
 
         def listed(name: str) -> list[str]:
             return [item for item in re.split(r"[,\s]+", environ.get(name, "")) if item]
@@ -72,6 +77,7 @@ class TrustPolicy:
         return cls(
             prometheus=allowlist.UrlAllowList.of([prometheus_url, *listed(ENV_PROMETHEUS_URLS)]),
             jobs=job_policy.JobAllowList.of(listed(ENV_JOB_IMAGES), listed(ENV_JOB_SERVICE_ACCOUNTS)),
+            webhooks=allowlist.UrlAllowList.of([*webhook_urls, *listed(ENV_WEBHOOK_URLS)]),
         )
 
     def problems(self, rollout: api.PolicyRollout) -> list[str]:
@@ -80,6 +86,11 @@ class TrustPolicy:
         url = rollout.spec.analysis.prometheus_url
         if url is not None and (problem := self.prometheus.problem(url)) is not None:
             found.append(problem)
+        for index, notification in enumerate(rollout.spec.notifications):
+            refused = self.webhooks.problem(notification.url, f"spec.notifications[{index}].url",
+                                            allowlist.WEBHOOK_FIX)
+            if refused is not None:
+                found.append(refused)
         return found + self.jobs.problems(rollout)
 
 

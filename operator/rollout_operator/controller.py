@@ -94,7 +94,8 @@ class Controller:
     def __init__(self, config: OperatorConfig, metrics: operator_metrics.OperatorMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.trust = config.trust or checks.TrustPolicy.from_env(config.prometheus_url)
+        self.trust = config.trust or checks.TrustPolicy.from_env(
+            config.prometheus_url, webhook_urls=[t.url for t in config.notify_targets])
         log.info("policy (docs/security.md): Prometheus %s; Job images %s; Job ServiceAccounts %s",
                  ", ".join(self.trust.prometheus.urls), ", ".join(self.trust.jobs.images) or "none",
                  ", ".join(self.trust.jobs.service_accounts) or "none besides the namespace default")
@@ -107,8 +108,8 @@ class Controller:
         self.client.informers.listen(self._owned_changed)
         self.notifier = notify_dispatcher.Dispatcher(timeout=config.notify_timeout_seconds,
                                                      retries=config.notify_retries)
-        observers: list[reconciler.Observer] = [notify_observer.NotificationObserver(self.notifier,
-                                                                                     config.notify_targets)]
+        observers: list[reconciler.Observer] = [notify_observer.NotificationObserver(
+            self.notifier, config.notify_targets, allows=self.trust.webhooks.allows)]
         queue_observer: workqueue.Observer | None = None
         if metrics is not None:
             observers.append(operator_metrics.MetricsObserver(metrics))

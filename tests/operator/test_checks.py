@@ -126,6 +126,19 @@ def _trust(**environ: str) -> checks.TrustPolicy:
     return checks.TrustPolicy.from_env("http://prometheus.monitoring:9090", environ)
 
 
+def test_a_rollouts_webhooks_must_be_the_operators_own_or_listed_by_its_admin() -> None:
+    manifest = _manifest()
+    manifest["spec"]["notifications"] = [{"url": "http://10.0.0.5:8080/internal"}, {"url": "https://hooks.example/a"}]
+    rollout = _rollout(manifest)
+    own = checks.TrustPolicy.from_env("http://prometheus.monitoring:9090", {}, webhook_urls=["https://hooks.example/a"])
+    [problem] = [p for p in checks.spec_problems(rollout, own) if "notifications" in p]
+    assert problem.startswith("spec.notifications[0].url 'http://10.0.0.5:8080/internal' is not allowed")
+    assert "operator.allowedWebhookUrls" in problem
+    listed = _trust(POLICY_ROLLOUTS_ALLOWED_WEBHOOK_URLS="http://10.0.0.5:8080/internal, https://hooks.example/a")
+    assert not [p for p in checks.spec_problems(rollout, listed) if "notifications" in p]
+    assert _trust().webhooks.urls == (), "by default a rollout may name no webhook of its own"
+
+
 def test_by_default_the_operator_queries_only_its_own_prometheus_and_runs_no_job() -> None:
     trust = _trust()
     assert trust.prometheus.urls == ("http://prometheus.monitoring:9090",)

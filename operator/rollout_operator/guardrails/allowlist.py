@@ -1,4 +1,4 @@
-"""Which Prometheus URLs a rollout may make the operator query: operator-level policy, not the author's.
+"""Which URLs a rollout may make the operator contact (Prometheus, webhooks): operator-level policy.
 
 `spec.analysis.prometheusUrl` is written by whoever may create a PolicyRollout; without a limit
 the operator would send requests wherever it points, from inside the cluster with the
@@ -18,10 +18,14 @@ from urllib.parse import urlsplit
 from rollout_operator.engine import types
 from rollout_operator.guardrails import provider
 
-__all__ = ["ANY", "NOT_ALLOWED", "RefusedProvider", "UrlAllowList", "normalise"]
+__all__ = ["ANY", "NOT_ALLOWED", "PROMETHEUS_FIX", "WEBHOOK_FIX", "RefusedProvider", "UrlAllowList", "normalise"]
 
 ANY = "*"  # an entry that allows every http(s) URL: the admin opts out of the limit explicitly
 NOT_ALLOWED = "not allowed by the operator's policy"  # sentinel in the refusal messages
+PROMETHEUS_FIX = ("remove it to use the operator's Prometheus, or ask the operator's admin to add it (chart value "
+                  "operator.allowedPrometheusUrls, env POLICY_ROLLOUTS_ALLOWED_PROMETHEUS_URLS)")
+WEBHOOK_FIX = ("remove it, or ask the operator's admin to add it (chart value operator.allowedWebhookUrls, env "
+               "POLICY_ROLLOUTS_ALLOWED_WEBHOOK_URLS)")
 
 
 def normalise(url: str) -> str:
@@ -47,14 +51,13 @@ class UrlAllowList:
             return True
         return normalise(url) in {normalise(u) for u in self.urls}
 
-    def problem(self, url: str, field: str = "spec.analysis.prometheusUrl") -> str | None:
-        """One sentence saying why `url` may not be queried and how to fix it; None when it may."""
+    def problem(self, url: str, field: str = "spec.analysis.prometheusUrl",
+                fix: str = PROMETHEUS_FIX) -> str | None:
+        """One sentence saying why `url` may not be contacted and how to fix it; None when it may."""
         if self.allows(url):
             return None
         allowed = ", ".join(self.urls) or "none"
-        return (f"{field} {url!r} is {NOT_ALLOWED} (allowed: {allowed}): remove it to use the operator's "
-                "Prometheus, or ask the operator's admin to add it (chart value "
-                "operator.allowedPrometheusUrls, env POLICY_ROLLOUTS_ALLOWED_PROMETHEUS_URLS)")
+        return f"{field} {url!r} is {NOT_ALLOWED} (allowed: {allowed}): {fix}"
 
 
 class RefusedProvider:

@@ -8,7 +8,7 @@ the `Dispatcher`, so it costs microseconds on the reconcile path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rollout_operator import api
 from rollout_operator.engine import types
@@ -58,9 +58,13 @@ def notification_for(rollout: api.PolicyRollout, decision: types.Decision) -> ba
 class NotificationObserver:
     """Sends each notification to the global targets and the rollout's `spec.notifications`."""
 
-    def __init__(self, sender: dispatcher.Dispatcher, targets: Sequence[base.Target] = ()) -> None:
+    def __init__(self, sender: dispatcher.Dispatcher, targets: Sequence[base.Target] = (),
+                 allows: Callable[[str], bool] = lambda url: True) -> None:
+        """`allows`: whether a rollout's own webhook URL may be contacted (the operator's policy); a refused
+        one is never sent to (the rollout is told why by its spec check)."""
         self.sender = sender
         self.targets = tuple(targets)
+        self.allows = allows
         self._formatters = {f: factory.make_formatter(f) for f in api.NotificationFormat}
 
     def reconciled(
@@ -69,7 +73,8 @@ class NotificationObserver:
         notification = notification_for(rollout, decision)
         if notification is None:
             return
-        targets = [*self.targets, *(base.Target.from_spec(s) for s in rollout.spec.notifications)]
+        own = [base.Target.from_spec(s) for s in rollout.spec.notifications if self.allows(s.url)]
+        targets = [*self.targets, *own]
         sent: set[tuple[str, api.NotificationFormat]] = set()
         for target in targets:
             key = (target.url, target.format)

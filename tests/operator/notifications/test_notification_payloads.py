@@ -146,6 +146,16 @@ def test_observer_sends_to_global_and_per_rollout_targets_that_want_the_event() 
     assert recorder.sent == [], "no phase change, no notification"
 
 
+def test_a_rollouts_webhook_the_operators_policy_refuses_is_never_contacted() -> None:
+    recorder = _Recorder()
+    notify = observer.NotificationObserver(recorder, [base.Target("http://global/all")],  # type: ignore[arg-type]
+                                           allows=lambda url: url == "https://hooks.example/allowed")
+    rollout = _rollout("Progressing", notifications=[{"url": "http://169.254.169.254/latest/meta-data"},
+                                                     {"url": "https://hooks.example/allowed"}])
+    notify.reconciled(rollout, types.Observations(generation=1), _decision(rollout, "RollingBack"), 0.01)
+    assert [url for url, _ in recorder.sent] == ["http://global/all", "https://hooks.example/allowed"]
+
+
 def test_spec_notifications_are_validated() -> None:
     with pytest.raises(ValueError, match="should match pattern"):
         _rollout("Pending", notifications=[{"url": "ftp://x"}])

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rollout_operator import checks
 from rollout_operator.cluster.control_plane import ControlPlane
 
+from tests.support.operator_process import TRUST_ENV
 from tests.support.operator_run import OperatorRun, rollout_manifest
 from tests.support.prometheus import PrometheusServer
 from tests.support.webhook_receiver import WebhookReceiver
@@ -21,7 +23,9 @@ def test_rollback_and_approval_reach_global_and_per_rollout_webhooks(
         global_hook.respond(503)  # the first call fails: the retry must still deliver it
         args = ("--metrics-port", "0", "--notify-url", global_hook.url, "--notify-format", "json",
                 "--notify-retries", "2")
-        with OperatorRun(control_plane, tmp_path, prometheus.url, extra_args=args) as run:
+        # The team's webhook is in the rollout's spec: the operator's admin must list it (docs/security.md).
+        env = {**TRUST_ENV, checks.ENV_WEBHOOK_URLS: team_hook.url}
+        with OperatorRun(control_plane, tmp_path, prometheus.url, extra_args=args, env=env) as run:
             run.client.create(rollout_manifest(
                 "breaching", "vector(1)", [{"setWeight": 20}, {"pause": {}}], prometheus.url,
                 notifications=[{"url": team_hook.url, "format": "slack", "events": ["rollback"]}],
