@@ -10,7 +10,8 @@ deterministic candidate, the importance weight
 
 (Dudík et al., "Doubly robust policy evaluation", 2011; the definitions in docs/ope.md). Bounds
 come from the delta method, var(SNIPS) ~ sum w^2 (r - est)^2 / (sum w)^2, which is the interval
-the docs recommend for SNIPS; the normal quantile at `confidence`. A candidate that never
+the docs recommend for SNIPS; the normal quantile at `confidence`, and never narrower than Wilson's
+interval at p = 0 (z^2 / (ESS + z^2) of the values' observed range). A candidate that never
 agrees with the served action has no estimate (sum w = 0): the guardrail is inconclusive and,
 after `inconclusiveLimit`, rolls back, never passes.
 
@@ -37,6 +38,8 @@ class _Sums:
     """Running sums for SNIPS of one quantity (reward, or one cost) and the stable's own mean."""
 
     n: int = 0
+    low: float = math.inf  # the range of every joined value (agreeing or not): the interval's floor
+    high: float = -math.inf
     w: float = 0.0
     wy: float = 0.0
     w2: float = 0.0
@@ -46,6 +49,7 @@ class _Sums:
 
     def add(self, weight: float, value: float) -> None:
         self.n += 1
+        self.low, self.high = min(self.low, value), max(self.high, value)
         self.w += weight
         self.wy += weight * value
         self.w2 += weight * weight
@@ -120,9 +124,13 @@ class ShadowEstimator:
             return None
         point = s.wy / s.w
         spread = max(s.w2y2 - 2.0 * point * s.w2y + point * point * s.w2, 0.0)
-        half = self.z * math.sqrt(spread) / s.w
+        ess = s.w * s.w / s.w2
+        # The delta method has zero width when every agreeing request had the same value (no violation at all):
+        # never narrower than Wilson's interval at p = 0, z^2 / (ESS + z^2) of the values' observed range.
+        floor = (s.high - s.low) * self.z * self.z / (ess + self.z * self.z)
+        half = max(self.z * math.sqrt(spread) / s.w, floor)
         return Estimate(point=point, lower=point - half, upper=point + half, baseline=s.y / s.n,
-                        rewards=s.n, effective_sample_size=s.w * s.w / s.w2)
+                        rewards=s.n, effective_sample_size=ess)
 
 
 def _finite(value: object) -> bool:

@@ -89,3 +89,16 @@ def test_pending_decisions_are_bounded() -> None:
         estimator.decided(f"r{i}", 1, 0.5, 1)
     assert not estimator.rewarded("r0", 1.0, None)
     assert estimator.rewarded("r24", 1.0, None)
+
+
+def test_no_violation_among_the_agreeing_requests_still_leaves_a_wilson_wide_upper_bound() -> None:
+    """The delta method alone would claim an upper bound of exactly 0 here."""
+    estimator = ShadowEstimator(confidence=0.95)
+    agreeing = [(1, 0.5, 1, 1.0, 0.0)] * 100  # the candidate's choice never violated the margin...
+    others = [(0, 0.5, 1, 1.0, 1.0)] * 20  # ...the stable's other choice did: costs range over [0, 1]
+    _feed(estimator, agreeing + others)
+    cost = estimator.estimates()["cost:margin"]
+    assert cost is not None and cost.point == 0.0
+    z2 = 1.959963984540054**2
+    assert cost.upper == pytest.approx(z2 / (cost.effective_sample_size + z2))
+    assert 0.03 < cost.upper < 0.04
