@@ -572,16 +572,6 @@ class CostConstraint(Model):
             raise ValueError(f"constraint on cost {self.cost!r}: set exactly one of max and maxIncrease")
         return self
 
-    def as_argument(self) -> str:
-        """The `policy-server ope --constraint` value."""
-        parts = [f"cost={self.cost}"]
-        parts.append(f"max={self.max!r}" if self.max is not None else f"maxIncrease={self.max_increase!r}")
-        if self.estimators:
-            parts.append("estimators=" + "+".join(self.estimators))
-        if self.confidence is not None:
-            parts.append(f"confidence={self.confidence!r}")
-        return ",".join(parts)
-
 
 class OfflineEvaluationSpec(Model):
     """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.

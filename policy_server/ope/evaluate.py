@@ -204,16 +204,17 @@ class _Settings:
 
 def _judge(name: str, data: LoggedData, candidate: np.ndarray, q: np.ndarray, diagnostics: Any, how: _Settings,
            rewards: tuple[float, float] | None, *, ratio: float | None, delta: float | None,
-           required_level: float | None = None) -> tuple[Any, np.ndarray, float, Any]:
+           required_level: float | None = None, interval: bool = True) -> tuple[Any, np.ndarray, float, Any]:
     """One estimator on one criterion: (gate result, contributions, baseline value, bootstrap interval).
 
-    `required_level` replaces the baseline as the level to clear (an absolute budget)."""
+    `required_level` replaces the baseline as the level to clear (an absolute budget); `interval=False`
+    skips the bootstrap interval (None) where nobody reports it (the cost constraints)."""
     from policy_server.ope import gate
 
     rounds = _rounds(name, data, candidate, q)
     base_value = float(data.rewards.mean()) if how.baseline is None else float(
         _rounds(name, data, how.baseline, q).mean())
-    ci = _interval(name, data, candidate, rounds, how.n_resamples, 1.0 - how.confidence, how.seed)
+    ci = _interval(name, data, candidate, rounds, how.n_resamples, 1.0 - how.confidence, how.seed) if interval else None
     value_range, ready = None, None
     if rewards is not None:
         rounds, value_range, ready = _bernstein_bound(name, data, candidate, q, rewards, how.confidence)
@@ -245,15 +246,11 @@ def _constraint_entries(
     entries = []
     for name in names:
         # On -cost, "lower bound >= -budget" is "upper bound <= budget".
-        if constraint.max is not None:
-            judged, rounds, base, _ = _judge(name, cost_data, candidate, q, diagnostics, settings, ranges,
-                                             ratio=None, delta=None, required_level=-constraint.max)
-            base = -float(cost_data.rewards.mean()) if how.baseline is None else -float(
-                _rounds(name, cost_data, how.baseline, q).mean())
-        else:
-            judged, rounds, negated_base, _ = _judge(name, cost_data, candidate, q, diagnostics, settings, ranges,
-                                                     ratio=None, delta=-constraint.max_increase)
-            base = -negated_base
+        absolute = None if constraint.max is None else -constraint.max
+        increase = None if constraint.max_increase is None else -constraint.max_increase
+        judged, rounds, negated_base, _ = _judge(name, cost_data, candidate, q, diagnostics, settings, ranges,
+                                                 ratio=None, delta=increase, required_level=absolute, interval=False)
+        base = -negated_base
         upper = None if judged.lower_bound is None else -judged.lower_bound
         budget, estimate = -judged.required, -float(rounds.mean())
         reason = judged.reason

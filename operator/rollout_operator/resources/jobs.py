@@ -144,6 +144,20 @@ def _job(
     }
 
 
+def _constraint_argument(constraint: api.CostConstraint) -> str:
+    """The `policy-server ope --constraint` value of one cost budget (`policy_server.ope.constraints`)."""
+    parts = [f"cost={constraint.cost}"]
+    if constraint.max is not None:
+        parts.append(f"max={constraint.max!r}")
+    else:
+        parts.append(f"maxIncrease={constraint.max_increase!r}")
+    if constraint.estimators:
+        parts.append("estimators=" + "+".join(constraint.estimators))
+    if constraint.confidence is not None:
+        parts.append(f"confidence={constraint.confidence!r}")
+    return ",".join(parts)
+
+
 def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
     """`policy-server ope` of the candidate against the fallback (or the logged rewards)."""
     spec = rollout.spec.offline_evaluation
@@ -165,7 +179,7 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
     if spec.min_lower_bound_delta is not None:
         args += ["--min-lower-bound-delta", repr(spec.min_lower_bound_delta)]
     for constraint in spec.constraints:  # one argument each: a negative budget would read as an option
-        args.append(f"--constraint={constraint.as_argument()}")
+        args.append(f"--constraint={_constraint_argument(constraint)}")
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
 
