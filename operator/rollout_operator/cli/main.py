@@ -248,7 +248,7 @@ def _plugin_commands() -> list[Callable[[argparse._SubParsersAction[argparse.Arg
         try:
             found.append(entry.load())
         except ImportError as exc:
-            # An operator image lacks the local-mode dependencies: the operator still runs.
+            # A registered package that is not (fully) installed: the operator's own commands still run.
             sys.stderr.write(f"warning: commands of {entry.value} unavailable ({exc}); "
                              f"install policy-rollouts[server] for run and demo\n")
     return found
