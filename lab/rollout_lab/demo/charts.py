@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from collections import defaultdict
 from typing import Any
+
+from rollout_operator.engine import conditions
 
 __all__ = ["by_variant", "condition", "guardrails", "judge", "offline_gate", "weights"]
 
 _COLOURS = {"stable": "#1f77b4", "candidate": "#d62728"}
-_CONDITION = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*$")
 _MARKERS = {"RolledBack": ("rolled back", "#c00000", "v"), "Promoted": ("promoted", "#008000", "^")}
 
 
 def condition(text: str | None) -> tuple[str, float] | None:
     """A guardrail condition such as '< 0.05' as (operator, threshold); None when it is not one."""
-    match = _CONDITION.match(text or "")
-    return (match.group(1), float(match.group(2))) if match else None
+    try:
+        return conditions.parse_condition(text or "")
+    except ValueError:
+        return None
 
 
 def _png(fig: Any) -> str:
