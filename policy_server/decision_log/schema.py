@@ -26,8 +26,9 @@ __all__ = [
     "DecisionBatch",
 ]
 
-SCHEMA_VERSION = 1
-"""Bump on any incompatible change of the columns below (see docs/decision-log.md)."""
+SCHEMA_VERSION = 2
+"""Bump on any change of the columns below (see docs/decision-log.md). 2: rewards carry their decision's
+attribution (``variant``, ``policy_version``, ``decision_time``) and who accepted them (``received_by``)."""
 
 SCHEMA_VERSION_KEY = "policy_rollouts.schema_version"
 STREAM_KEY = "policy_rollouts.stream"
@@ -64,6 +65,12 @@ REWARD_SCHEMA = pa.schema(
         pa.field("time", pa.float64(), nullable=False),
         pa.field("reward", pa.float64(), nullable=False),
         pa.field("costs", pa.map_(pa.string(), pa.float64())),
+        # v2: the decision's attribution, read from its signed request id (policy_server/attribution.py), so a
+        # reward accepted by any replica names the variant that decided; null in v1 segments
+        pa.field("variant", pa.string()),
+        pa.field("policy_version", pa.string()),
+        pa.field("decision_time", pa.float64()),
+        pa.field("received_by", pa.string()),  # the variant (or "router") of the process that accepted it
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: REWARDS_DIR},
 )

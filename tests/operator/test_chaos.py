@@ -150,7 +150,7 @@ class ChaosRun:
         """Assert every invariant; return how many were checked."""
         assert status["phase"] == expected_phase, f"{status.get('phase')}: {status.get('message')}"
         self._no_duplicate_objects()
-        self._never_backwards(promoted=expected_phase == "Promoted")
+        self._never_backwards()
         if expected_phase == "Promoted":
             self._analysed_every_live_step()
         return 4
@@ -167,14 +167,15 @@ class ChaosRun:
                     if s["metadata"]["name"].startswith(f"{self.name}-")]
         assert len(services) == len(set(services)) and len(services) >= 2, services
 
-    def _never_backwards(self, promoted: bool) -> None:
+    def _never_backwards(self) -> None:
         ending = ("Promoting", "Promoted", "RollingBack", "RolledBack", "Aborted")
         live = [weight for phase, weight in self.trace.samples if phase not in ending]
-        if promoted:
-            # Promotion hands all traffic to the stable variant (now running the candidate's version) before
-            # the status says Promoted; an operator killed in between leaves the old phase beside weight 0.
-            while live and live[-1] == 0 and any(w > 0 for w in live):
-                live.pop()
+        # Both endings move traffic before the status says so: promotion hands it all to the stable variant
+        # (now running the candidate's version), and a rollback lowers the weight first of all
+        # (reconciler.apply), so a sample taken in between, or an operator killed there, shows the old phase
+        # beside weight 0. Only that final drop to 0 is allowed; any earlier step back is still caught.
+        while live and live[-1] == 0 and any(w > 0 for w in live):
+            live.pop()
         assert live, "the observer saw no live weight: the run proves nothing"
         assert live == sorted(live), f"weight went backwards outside a rollback: {live}"
 

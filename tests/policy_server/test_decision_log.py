@@ -386,7 +386,7 @@ def test_schema_version_in_file_metadata_and_column(tmp_path: Path, dlogs: list[
         assert meta.metadata[b"policy_rollouts.stream"] == stream.encode()
         assert meta.row_group(0).column(0).compression == "ZSTD"
         assert pq.read_table(path).column("schema_version").to_pylist() == [SCHEMA_VERSION]
-    assert DECISION_SCHEMA.metadata[b"policy_rollouts.schema_version"] == b"1"
+    assert DECISION_SCHEMA.metadata[b"policy_rollouts.schema_version"] == b"2"
 
 
 def test_write_failure_is_retried_without_loss(tmp_path: Path, dlogs: list[DecisionLog]) -> None:
