@@ -28,7 +28,8 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 """Bump on any change of the columns below (see docs/decision-log.md). 2: rewards carry their decision's
-attribution (``variant``, ``policy_version``, ``decision_time``) and who accepted them (``received_by``)."""
+attribution (``variant``, ``policy_version``, ``decision_time``), who accepted them (``received_by``) and the
+client's ``event_id``."""
 
 SCHEMA_VERSION_KEY = "policy_rollouts.schema_version"
 STREAM_KEY = "policy_rollouts.stream"
@@ -71,6 +72,9 @@ REWARD_SCHEMA = pa.schema(
         pa.field("policy_version", pa.string()),
         pa.field("decision_time", pa.float64()),
         pa.field("received_by", pa.string()),  # the variant (or "router") of the process that accepted it
+        # v2: the client's name for this reward event; several rewards of one decision need distinct ids, and a
+        # retried post with the same (request_id, event_id) is a duplicate (the joiner counts it once)
+        pa.field("event_id", pa.string()),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: REWARDS_DIR},
 )
