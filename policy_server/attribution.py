@@ -42,6 +42,7 @@ __all__ = [
     "MIN_KEY_CHARS",
     "Attribution",
     "BadRequestId",
+    "ForgedRequestId",
     "IdSigner",
     "RewardKeyError",
     "RewardKeys",
@@ -64,6 +65,10 @@ class BadRequestId(PolicyServerError, ValueError):
     """An id that is not a signed id of this rollout: malformed, or its tag does not verify."""
 
 
+class ForgedRequestId(BadRequestId):
+    """A well-formed signed id whose tag does not verify: not issued with this rollout's key."""
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """What a verified id says about its decision."""
@@ -80,7 +85,7 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 class RewardKeys:
@@ -164,7 +169,7 @@ def verify(keys: RewardKeys, signed_id: str) -> Attribution:
     except (binascii.Error, ValueError) as exc:
         raise BadRequestId("malformed signed request id") from exc
     if len(tag) != TAG_BYTES or not keys.verifies(payload, tag):
-        raise BadRequestId("request id was not issued by this rollout (its signature does not verify)")
+        raise ForgedRequestId("request id was not issued by this rollout (its signature does not verify)")
     try:  # signed by us, so well formed unless the format changed: still refuse rather than crash
         kind, variant, version, millis, ident = payload.decode().split(_SEP)
         decision_time = int(millis) / 1000

@@ -132,6 +132,13 @@ def _durability_args(s: argparse.ArgumentParser) -> None:
 def _hardening_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-reward-abs", type=float, default=1e9, help="larger |reward| is refused with 400")
     s.add_argument("--max-cost-abs", type=float, default=1e9, help="larger |cost| is refused with 400")
+    s.add_argument(
+        "--max-reward-age-s",
+        type=float,
+        default=7 * 86400.0,
+        help="refuse (410) a reward this long after its decision (default 7 days); the joiner's window decides "
+        "what counts",
+    )
     s.add_argument("--header-timeout-s", type=float, default=10.0, help="408 if headers take longer")
     s.add_argument("--body-timeout-s", type=float, default=30.0, help="408 if the body takes longer")
     s.add_argument("--idle-timeout-s", type=float, default=120.0, help="close keep-alive connections idle this long")
@@ -216,8 +223,13 @@ def _serve(args: argparse.Namespace) -> int:
     if args.wal_dir and not args.log_dir:
         print("policy-server: --wal-dir needs --log-dir (where the log is replayed)", file=sys.stderr)
         return 2
-    from policy_server import protocol, validation
+    from policy_server import attribution, protocol, validation
 
+    try:
+        reward_keys = attribution.RewardKeys.from_env()
+    except attribution.RewardKeyError as exc:
+        print(f"policy-server: {exc}", file=sys.stderr)
+        return 2
     config = server.ServerConfig(
         model=args.model,
         variant=args.variant,
@@ -241,6 +253,8 @@ def _serve(args: argparse.Namespace) -> int:
         limits=validation.Limits(max_reward_abs=args.max_reward_abs, max_cost_abs=args.max_cost_abs),
         timeouts=protocol.Timeouts(args.header_timeout_s, args.body_timeout_s, args.idle_timeout_s),
         trusted_keys=_trusted_keys(args),
+        reward_keys=reward_keys,
+        max_reward_age_s=args.max_reward_age_s,
     )
 
     async def run() -> int:

@@ -51,8 +51,10 @@ ERROR_REASONS = (
     "internal",
     "timeout",
     "not_logged",
+    "expired_request_id",
 )
 MAX_COST_NAMES = 64  # undeclared cost names get label sets lazily, up to this many
+MAX_REWARD_VARIANTS = 16  # variants that decided rewarded decisions (a rollout has 2-3); beyond: "other"
 FOLD_EVERY = 256  # batches buffered before a fold into the metrics (folding 4,096 stalled the loop ~2 ms)
 
 
@@ -155,15 +157,21 @@ class ServerMetrics:
             "policy_errors", "Requests answered with an error, by reason", ["variant", "reason"], registry=r
         )
         self._errors = {reason: self.errors.labels(variant, reason) for reason in ERROR_REASONS}
-        self.reward = Summary("policy_reward", "Rewards reported on /v1/reward", ["variant"], registry=r)
-        self._reward = self.reward.labels(*v)
+        self.reward = Summary(
+            "policy_reward",
+            "Rewards reported on /v1/reward, by the variant that made the decision",
+            ["variant"],
+            registry=r,
+        )
+        self._rewards = {variant: self.reward.labels(*v)}  # by deciding variant (any replica takes any reward)
         self.cost = Summary(
             "policy_cost", "Costs reported on /v1/reward, by cost name", ["variant", "cost"], registry=r
         )
         self.violations = Counter(
             "policy_constraint_violations", "Rewards whose cost was > 0, by cost name", ["variant", "cost"], registry=r
         )
-        self._costs: dict[str, tuple[object, object]] = {}
+        self._costs: dict[tuple[str, str], tuple[object, object]] = {}  # (deciding variant, cost) -> children
+        self._cost_names: set[str] = set()
         for c in costs:
             self._cost_children(c)
         self.shield = Counter(
@@ -193,17 +201,25 @@ class ServerMetrics:
         r.register(self.batch_size)
         self._pending: list[tuple[np.ndarray, np.ndarray, dict[str, int]]] = []
 
-    def _cost_children(self, cost: str) -> tuple[object, object] | None:
-        children = self._costs.get(cost)
+    def _cost_children(self, cost: str, variant: str | None = None) -> tuple[object, object] | None:
+        variant = variant or self.variant
+        children = self._costs.get((variant, cost))
         if children is None:
-            if len(self._costs) >= MAX_COST_NAMES:
+            if cost not in self._cost_names and len(self._cost_names) >= MAX_COST_NAMES:
                 return None
-            children = (self.cost.labels(self.variant, cost), self.violations.labels(self.variant, cost))
-            self._costs[cost] = children
+            self._cost_names.add(cost)
+            children = (self.cost.labels(variant, cost), self.violations.labels(variant, cost))
+            self._costs[(variant, cost)] = children
         return children
 
+    def _decided_by(self, variant: str) -> str:
+        """The ``variant`` label for a reward of a decision made by ``variant`` (bounded cardinality)."""
+        if variant in self._rewards or len(self._rewards) < MAX_REWARD_VARIANTS:
+            return variant
+        return "other"
+
     def can_record_cost(self, cost: str) -> bool:
-        return cost in self._costs or len(self._costs) < MAX_COST_NAMES
+        return cost in self._cost_names or len(self._cost_names) < MAX_COST_NAMES
 
     # ------------------------------------------------------------------ hot path (per batch)
 
@@ -238,15 +254,25 @@ class ServerMetrics:
     def register_log_health(self, read: Callable[[], LogHealth]) -> None:
         self.registry.register(LogHealthCollector(self.variant, read))
 
-    def record_reward(self, reward: float, costs: dict[str, float] | None) -> None:
-        """Observe one reward; non-finite values are ignored (validation bounds them; a sum must stay finite)."""
+    def record_reward(self, reward: float, costs: dict[str, float] | None, variant: str | None = None) -> None:
+        """Observe one reward of a decision made by ``variant`` (default: this server's own).
+
+        Labelled with the deciding variant, not this process's: with several replicas and the
+        router, any process may accept a reward for a decision of any variant, and guardrails
+        compare variants by their decisions' outcomes. Non-finite values are ignored
+        (validation bounds them; a sum must stay finite).
+        """
         if not math.isfinite(reward):
             return
-        self._reward.observe(reward)
+        label = self._decided_by(variant or self.variant)
+        child = self._rewards.get(label)
+        if child is None:
+            child = self._rewards[label] = self.reward.labels(label)
+        child.observe(reward)
         for name, value in (costs or {}).items():
             if not math.isfinite(value):
                 continue
-            children = self._cost_children(name)
+            children = self._cost_children(name, label)
             if children is None:
                 continue
             summary, violations = children

@@ -29,7 +29,13 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["observation"],
         "properties": {
             "observation": {"$ref": "#/components/schemas/Observation"},
-            "request_id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "generated if absent"},
+            "request_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "generated (signed) if absent; a chosen id must not start with 'r1.' and gets a "
+                "signed reward_id in the response",
+            },
             "context": {
                 "type": "object",
                 "description": "free-form, logged as JSON; these keys are read by the shield",
@@ -37,6 +43,11 @@ _SCHEMAS: dict[str, Any] = {
                     "entity": {
                         "type": ["string", "integer"],
                         "description": "key for the max-delta shield (last action per entity)",
+                    },
+                    "current_action": {
+                        "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "number"}}],
+                        "description": "the entity's action now, as the caller's world has it; the max-delta shield "
+                        "bounds the new action around it on any replica (else: this process's memory of the entity)",
                     },
                     "action_mask": {
                         "type": "array",
@@ -51,7 +62,14 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["request_id", "action", "propensity", "policy_version", "variant", "shield"],
         "properties": {
-            "request_id": {"type": "string"},
+            "request_id": {
+                "type": "string",
+                "description": "the decision's id; a generated one is signed: post it to /v1/reward on any replica",
+            },
+            "reward_id": {
+                "type": "string",
+                "description": "only for a client-chosen request_id: its signed form, accepted by any replica",
+            },
             "action": {
                 "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "number"}}],
                 "description": "action index (discrete) or vector (continuous)",
@@ -84,7 +102,20 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "required": ["request_id", "reward"],
         "properties": {
-            "request_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "request_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "a signed id (request_id or reward_id of the decision's response), accepted by any "
+                "server or router of the rollout; or a bare client-chosen id, accepted by the server that served it",
+            },
+            "event_id": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "description": "names this reward event: several rewards of one decision need distinct event_ids; "
+                "a retry with the same one is a duplicate",
+            },
             "reward": {"type": "number"},
             "costs": {
                 "type": "object",
@@ -206,8 +237,11 @@ def document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _json("Status", "recorded"),
-                        "404": _json("Error", "request_id unknown (or older than the last 1,000,000 decisions)"),
-                        "409": _json("Error", "a reward for this request_id was already recorded"),
+                        "404": _json(
+                            "Error", "request_id not issued by this rollout (or a bare client id not served here)"
+                        ),
+                        "409": _json("Error", "this reward (request_id, event_id) was already recorded here"),
+                        "410": _json("Error", "the decision is older than the server's --max-reward-age-s"),
                         **_ERRORS,
                     },
                 }

@@ -16,10 +16,14 @@ happens to one /v1/act request:
 The model is loaded and warmed in a worker thread after the socket is bound: /healthz answers
 at once, /readyz (and /v1/act, /v1/model, /metrics) answer 503 until the model is warm.
 
-Rewards: /v1/reward accepts one reward per request id among the last ``max_request_ids``
-decisions of this process (default 1,000,000; request_ids.py): older ids answer 404 like unknown
-ones, a second reward for an id answers 409. Generated ids cost no memory, client-chosen ones an
-LRU entry each.
+Rewards (request_ids.py, attribution.py): every generated request id is signed with the rollout's
+key (``POLICY_SERVER_REWARD_KEY``) and names its variant, policy version and decision time, so
+/v1/reward on any server or router of the rollout accepts it (up to ``max_reward_age_s`` after
+the decision), logs the reward with that attribution and counts it under the deciding variant's
+``variant`` label. A client-chosen id gets a signed ``reward_id`` in its response; the bare id is
+accepted by this process among its last ``max_request_ids`` decisions. A second reward with the
+same (request id, event id) seen by this process answers 409; the joiner de-duplicates across
+replicas.
 
 Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
 logged *before* its responses are written, so a row that cannot be logged is answered 500, never
@@ -49,6 +53,7 @@ import orjson
 
 from policy_server import (
     artifact,
+    attribution,
     batching,
     drift,
     metrics,
@@ -82,7 +87,9 @@ class ServerConfig:
     log_dir: str | None = None
     latency_budget_ms: float | None = None
     max_body: int = 1 << 20
-    max_request_ids: int = 1_000_000
+    max_request_ids: int = 1_000_000  # client-chosen ids and rewarded ids remembered (generated ids cost nothing)
+    max_reward_age_s: float = request_ids.DEFAULT_MAX_AGE_S
+    reward_keys: attribution.RewardKeys | None = None  # None: from POLICY_SERVER_REWARD_KEY (random if unset)
     drift_window: int = 10_000
     drift_interval_s: float = 5.0
     warmup_iters: int = 20
@@ -111,6 +118,8 @@ class _Pending:
     context_json: str | None
     mask: np.ndarray | None
     entity: str | None
+    reward_id: str | None  # the signed id of a client-chosen request id
+    current: int | list[float] | None  # context.current_action
 
 
 def _error(message: str) -> bytes:
@@ -137,7 +146,14 @@ class PolicyServer:
         self.shield: shield.Shield | None = None
         self.drift: drift.DriftMonitor | None = None
         self.log: server_log.ServerLog | None = None  # with log_dir: decisions and rewards (server_log.py)
-        self._ids = request_ids.RequestIds(config.max_request_ids)
+        keys = config.reward_keys if config.reward_keys is not None else attribution.RewardKeys.from_env()
+        if keys.generated:
+            log.warning(
+                "%s is unset: rewards are accepted by this process only; give every server and router of the "
+                "rollout the same key to accept them on any replica",
+                attribution.ENV_VAR,
+            )
+        self._ids = request_ids.RequestIds(config.max_request_ids, keys, max_age_s=config.max_reward_age_s)
         self._server: asyncio.AbstractServer | None = None
         self._loaded = asyncio.Event()
         self._stopping = False
@@ -290,6 +306,7 @@ class PolicyServer:
             }
         )
         self._version = m.version
+        self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
             self.log.start(self.loop, policy_version=m.version, variant=cfg.variant)
@@ -408,20 +425,43 @@ class PolicyServer:
             return self._not_ready(conn, seq)
         try:
             req = validation.parse_act(body, self.shape, self.n_actions)
+            problem = None
             if req.mask is not None:
                 problem = self.shield.check_request_mask(req.mask)
-                if problem:
-                    raise validation.BadRequest(problem)
+            if req.current_action is not None and problem is None:
+                problem = self.shield.check_current_action(req.current_action)
+            if problem:
+                raise validation.BadRequest(problem)
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
-        rid = req.request_id
+        rid, reward_id = req.request_id, None
         if rid is None:
-            rid = self._ids.generate()
-        elif not self._ids.claim(rid):
-            return self._fail(
-                conn, seq, 409, "duplicate_request_id", f"request_id {rid!r} was already used; send a unique id or none"
+            rid = self._ids.generate(time.time())
+        else:
+            reward_id = self._ids.claim(rid, time.time())
+            if reward_id is None:
+                return self._fail(
+                    conn,
+                    seq,
+                    409,
+                    "duplicate_request_id",
+                    f"request_id {rid!r} was already used (or starts with the reserved 'r1.'); "
+                    "send a unique id or none",
+                )
+        self.batcher.submit(
+            _Pending(
+                conn,
+                seq,
+                t0,
+                req.observation,
+                rid,
+                req.context_json,
+                req.mask,
+                req.entity,
+                reward_id,
+                req.current_action,
             )
-        self.batcher.submit(_Pending(conn, seq, t0, req.observation, rid, req.context_json, req.mask, req.entity))
+        )
 
     def _run_batch(self, items: list[_Pending]) -> None:
         pol = self.policy
@@ -431,7 +471,12 @@ class PolicyServer:
             raw = pol.forward(obs)
             waited = None if self.shield.latency_budget_s is None else time.perf_counter() - started
             res = self.shield.run(
-                raw, self.rng, masks=[it.mask for it in items], entities=[it.entity for it in items], waited_s=waited
+                raw,
+                self.rng,
+                masks=[it.mask for it in items],
+                entities=[it.entity for it in items],
+                waited_s=waited,
+                current=[it.current for it in items],
             )
         except Exception as exc:
             log.exception("batch of %d failed", len(items))
@@ -451,16 +496,17 @@ class PolicyServer:
                 self._fail(it.conn, it.seq, 500, "not_logged", "internal error: the decision could not be logged")
                 continue
             r = reasons[i]
-            body = dumps(
-                {
-                    "request_id": it.request_id,
-                    "action": actions[i],
-                    "propensity": props[i],
-                    "policy_version": version,
-                    "variant": variant,
-                    "shield": {"intervened": bool(r), "reasons": r},
-                }
-            )
+            answer = {
+                "request_id": it.request_id,
+                "action": actions[i],
+                "propensity": props[i],
+                "policy_version": version,
+                "variant": variant,
+                "shield": {"intervened": bool(r), "reasons": r},
+            }
+            if it.reward_id is not None:
+                answer["reward_id"] = it.reward_id
+            body = dumps(answer)
             replies.append((it.conn, it.seq, 200, body))
         self._reply(replies)
         latency = time.perf_counter() - started
@@ -489,30 +535,36 @@ class PolicyServer:
                     )
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
-        check = self._ids.reward(req.request_id)
-        if check is request_ids.RewardCheck.UNKNOWN:
-            return self._fail(
-                conn,
-                seq,
-                404,
-                "unknown_request_id",
-                f"unknown request_id {req.request_id!r}: not served by this server within the last "
-                f"{self.config.max_request_ids} decisions",
-            )
-        if check is request_ids.RewardCheck.DUPLICATE:
-            return self._fail(
-                conn,
-                seq,
-                409,
-                "duplicate_request_id",
-                f"a reward for request_id {req.request_id!r} was already recorded",
-            )
-        self.metrics.record_reward(req.reward, req.costs)
+        now = time.time()
+        verdict = self._ids.reward(req.request_id, req.event_id, now)
+        if verdict.check is not request_ids.RewardCheck.ACCEPTED:
+            status, reason, what = _REWARD_REFUSALS[verdict.check]
+            return self._fail(conn, seq, status, reason, f"{what} {req.request_id[:80]!r}: {verdict.message}")
+        found = verdict.attribution
+        self.metrics.record_reward(req.reward, req.costs, variant=found.variant)
         if self.log is not None:
             self.log.log_reward(
-                {"request_id": req.request_id, "time": time.time(), "reward": req.reward, "costs": req.costs}
+                {
+                    "request_id": found.request_id,
+                    "time": now,
+                    "reward": req.reward,
+                    "costs": req.costs,
+                    "variant": found.variant,
+                    "policy_version": found.policy_version,
+                    "decision_time": found.decision_time,
+                    "received_by": self.config.variant,
+                    "event_id": req.event_id,
+                }
             )
         self._reply([(conn, seq, 202, b'{"status":"accepted"}')])
+
+
+_REWARD_REFUSALS = {
+    request_ids.RewardCheck.UNKNOWN: (404, "unknown_request_id", "unknown request_id"),
+    request_ids.RewardCheck.MALFORMED: (400, "bad_request", "malformed request_id"),
+    request_ids.RewardCheck.DUPLICATE: (409, "duplicate_request_id", "request_id"),
+    request_ids.RewardCheck.EXPIRED: (410, "expired_request_id", "expired request_id"),
+}
 
 
 _GET_ROUTES = {

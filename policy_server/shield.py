@@ -16,8 +16,14 @@ reported propensity is always the probability of the served action under the shi
     discrete: actions with ``|a - last| > max_delta`` are masked (ordinal actions);
     continuous: the bounds shrink to ``[last - d, last + d]``. If that leaves nothing allowed
     (e.g. the mask forbids every nearby action) the delta limit is skipped for that row: masks
-    and bounds are hard constraints, the delta limit is a smoothness preference. The last
-    served action per entity is kept in a bounded LRU (``entity_capacity``, default 100,000).
+    and bounds are hard constraints, the delta limit is a smoothness preference. ``last`` is
+    ``context.current_action`` when the caller sends it: the entity's action as the caller's
+    world has it now (the price on the shelf), which holds whatever replica, variant or restart
+    serves the entity, so this is the guarantee with several replicas (docs/policy-server.md,
+    "Per-entity guarantees"). Without it, the last action this process served the entity,
+    from a bounded LRU (``entity_capacity``, default 100,000): exact on one replica, and kept
+    useful on several by the router's per-entity endpoint stickiness, but lost when the entity
+    moves to another process (a pod dies, scales, or a rollout moves it between variants).
 ``non_finite_output`` / ``latency_budget``
     NaN/inf model output, or a request older than ``latency_budget_ms`` when its batch finishes,
     gets the fallback action with propensity 1.0 (a deterministic rule). The fallback is
@@ -92,6 +98,15 @@ class Shield:
             return "context.action_mask together with the artifact's mask allows no action; allow at least one"
         return None
 
+    def check_current_action(self, value: int | list[float]) -> str | None:
+        """Error message if ``context.current_action`` does not fit this policy's actions, else None."""
+        if self.policy.discrete or isinstance(value, int):
+            return None  # the index range is checked by validation.parse_act
+        if len(value) != self.policy.n_outputs:
+            dims = self.policy.n_outputs
+            return f"'context.current_action' has {len(value)} numbers; this policy's actions have {dims}"
+        return None
+
     # ------------------------------------------------------------------ the batch
 
     def run(
@@ -102,19 +117,27 @@ class Shield:
         masks: Sequence[np.ndarray | None],
         entities: Sequence[str | None],
         waited_s: np.ndarray | None = None,
+        current: Sequence[object | None] | None = None,
     ) -> ShieldResult:
         """Choose shielded actions for model outputs ``raw`` (B, K).
 
         ``masks``/``entities``: per-row request mask (or None; each must have passed
         :meth:`check_request_mask`) and entity key (or None);
-        ``waited_s``: per-row seconds since the request arrived, for the latency budget.
+        ``waited_s``: per-row seconds since the request arrived, for the latency budget;
+        ``current``: per-row ``context.current_action`` (or None; each must have passed
+        :meth:`check_current_action`), which takes precedence over this process's memory.
         """
         b = raw.shape[0]
         found: dict[int, list[str]] = {}  # row -> reasons, for the few rows the shield changed
         has_entity = any(e is not None for e in entities)
         last = None
-        if self.max_delta is not None and has_entity:
-            last = [self._last.get(e) if e is not None else None for e in entities]
+        has_current = current is not None and any(c is not None for c in current)
+        if self.max_delta is not None and (has_entity or has_current):
+            remembered = self._last
+            last = [
+                c if c is not None else (remembered.get(e) if e is not None else None)
+                for c, e in zip(current or [None] * b, entities, strict=True)
+            ]
         if self.policy.discrete:
             decision, base = self._discrete(raw, rng, masks, last, found)
         else:

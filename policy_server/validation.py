@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 ACT_FIELDS = ("observation", "request_id", "context")
-REWARD_FIELDS = ("request_id", "reward", "costs")
+REWARD_FIELDS = ("request_id", "reward", "costs", "event_id")
 MAX_ID_LEN = 128
+MAX_SIGNED_ID_LEN = 512  # a reward_id signs the client's id, its variant, version and time (attribution.py)
 MAX_ENTITY_LEN = 256
 _F32_MAX = float(np.finfo(np.float32).max)
 _COST_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -72,6 +73,7 @@ class ActRequest:
     mask: np.ndarray | None
     entity: str | None
     context_json: str | None = None  # the context as the decision log stores it
+    current_action: int | list[float] | None = None  # context.current_action: the entity's action now (shield)
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class RewardRequest:
     request_id: str
     reward: float
     costs: dict[str, float] | None
+    event_id: str | None = None
 
 
 def _type(x: Any) -> str:
@@ -114,13 +117,13 @@ def _unknown(data: dict[str, Any], allowed: tuple[str, ...], where: str) -> None
             raise BadRequest(f"unknown field {key!r} in the {where} body; allowed fields: {', '.join(allowed)}")
 
 
-def _request_id(value: Any, required: bool) -> str | None:
+def _request_id(value: Any, required: bool, max_len: int = MAX_ID_LEN, field: str = "request_id") -> str | None:
     if value is None:
         if required:
-            raise BadRequest("field 'request_id' is required: send the request_id returned by /v1/act")
+            raise BadRequest(f"field '{field}' is required: send the request_id returned by /v1/act")
         return None
-    if type(value) is not str or not 0 < len(value) <= MAX_ID_LEN:
-        raise BadRequest(f"'request_id' must be a non-empty string of at most {MAX_ID_LEN} characters")
+    if type(value) is not str or not 0 < len(value) <= max_len:
+        raise BadRequest(f"'{field}' must be a non-empty string of at most {max_len} characters")
     return value
 
 
@@ -189,14 +192,32 @@ def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> Act
                     f"'context.entity' must be a non-empty string (or integer) of at most {MAX_ENTITY_LEN} characters"
                 )
             entity = e
+        current = context.get("current_action")
+        if current is not None:
+            current = _current_action(current, n_actions)
         try:
             context_json = orjson.dumps(context).decode()
         except orjson.JSONEncodeError:
             raise BadRequest(
                 f"'context' is nested more than {MAX_CONTEXT_DEPTH} levels deep and cannot be logged; flatten it"
             ) from None
-        return ActRequest(obs, rid, context, mask, entity, context_json)
+        return ActRequest(obs, rid, context, mask, entity, context_json, current)
     return ActRequest(obs, rid, context, mask, entity)
+
+
+def _current_action(value: Any, n_actions: int | None) -> int | list[float]:
+    """``context.current_action``: an action index (discrete) or a list of finite numbers (continuous)."""
+    if n_actions is not None:
+        if type(value) is not int or not 0 <= value < n_actions:
+            raise BadRequest(f"'context.current_action' must be an action index in [0, {n_actions - 1}]")
+        return value
+    if (
+        type(value) is not list
+        or not value
+        or any((type(x) is not float and type(x) is not int) or not math.isfinite(x) for x in value)
+    ):
+        raise BadRequest("'context.current_action' must be a non-empty array of finite numbers (the action now)")
+    return [float(x) for x in value]
 
 
 def _mask(value: Any, n_actions: int | None) -> np.ndarray:
@@ -228,7 +249,8 @@ def parse_reward(body: bytes, limits: Limits = Limits()) -> RewardRequest:
     """Validate a /v1/reward body; magnitudes beyond ``limits`` are refused (metrics stay finite)."""
     data = parse_json(body)
     _unknown(data, REWARD_FIELDS, "/v1/reward")
-    rid = _request_id(data.get("request_id"), required=True)
+    rid = _request_id(data.get("request_id"), required=True, max_len=MAX_SIGNED_ID_LEN)
+    event_id = _request_id(data.get("event_id"), required=False, field="event_id")
     if "reward" not in data:
         raise BadRequest("field 'reward' is required: a finite number")
     reward = _number(data["reward"], "reward", limits.max_reward_abs)
@@ -241,4 +263,4 @@ def parse_reward(body: bytes, limits: Limits = Limits()) -> RewardRequest:
                 raise BadRequest(f"cost name {name!r} must match [A-Za-z_][A-Za-z0-9_]{{0,63}}")
             costs[name] = _number(value, f"costs.{name}", limits.max_cost_abs)
     assert rid is not None
-    return RewardRequest(rid, reward, costs)
+    return RewardRequest(rid, reward, costs, event_id)
