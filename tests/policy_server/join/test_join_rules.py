@@ -139,6 +139,7 @@ def test_rewards_logged_after_as_of_are_ignored(engine: str, log: LogBuilder, tm
     log.reward("a", T0 + 40, 5.0, event="e2")
     rows, summary = run(engine, log.write(), tmp_path, reward_function=RewardFunction.SUM, as_of=T0 + 30)
     assert rows["a"]["reward"] == 1.0 and rows["a"]["reward_events"] == 1
+    assert (summary["rewarded"], summary["late"], summary["duplicates"]) == (1, 0, 0)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
