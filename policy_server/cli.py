@@ -83,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     router_cli.add_parser(sub)
 
+    from policy_server.join import cli as join_cli
     from policy_server.ope import cli as ope_cli
     from policy_server.train import cli as train_cli
 
     ope_cli.add_parser(sub)
     train_cli.add_parser(sub)
+    join_cli.add_parser(sub)
     return p
 
 
@@ -318,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from policy_server.train import cli as train_cli
 
         return train_cli.main(args)
+    if args.command == "join":
+        from policy_server.join import cli as join_cli
+
+        return join_cli.main(args)
     if args.command == "route":
         from policy_server.router import cli as router_cli
 

@@ -2,10 +2,12 @@
 
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--estimators snips,dr] [--json]
                       [--bound bernstein --reward-range 0,1] [--write-result /dev/termination-log]
+                      [--reward-window 1h] [--reward-function first] [--default-reward X | --exclude-unrewarded]
 
 This module parses the arguments and prints the result; the evaluation itself is library code:
-`ope.logged` reads the log's rewarded, served, discrete decisions and `ope.evaluate` computes the
-candidate's (and the baseline artifact's) probabilities, the estimates, intervals and verdict.
+`ope.logged` reads the log's rewarded, served, discrete decisions (joined by `policy_server.join`) and
+`ope.evaluate` computes the candidate's (and the baseline artifact's) probabilities, the estimates,
+intervals and verdict.
 
 The result JSON is compact (`evaluate.RESULT_LIMIT` bytes at most) because the operator reads it
 back from the Job's termination message. Exit codes: 0 when a verdict was reached (pass, fail or
@@ -20,6 +22,8 @@ import json
 import sys
 from typing import Any
 
+from policy_server.join import cli as join_cli
+from policy_server.join import window as join_window
 from policy_server.ope import constraints, evaluate, logged
 from policy_server.ope._checks import OPEError, OPEInputError
 
@@ -38,6 +42,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "approximate and undercover with heavy importance weights (docs/ope.md)")
     p.add_argument("--reward-range", default=None, metavar="LO,HI",
                    help="a priori range of one reward, for the Bernstein bound (default: the logged min and max)")
+    join_cli.add_reward_args(p, window_flag="--reward-window", window_default=None)
     p.add_argument("--min-ess", type=float, default=100.0)
     p.add_argument("--max-unsupported-mass", type=float, default=0.01)
     p.add_argument("--support-floor", type=float, default=0.01,
@@ -69,11 +74,19 @@ def _pair(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def dataset_options(args: argparse.Namespace) -> join_window.JoinOptions:
+    """The reward join that builds the dataset (`--reward-window`, `--reward-function`, default or exclusion)."""
+    try:
+        return join_cli.options_from_args(args, args.reward_window)
+    except join_window.JoinError as exc:
+        raise OPEError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.min_lower_bound_ratio is not None and args.min_lower_bound_delta is not None:
         raise OPEError("give at most one of --min-lower-bound-ratio and --min-lower-bound-delta")
     budgets = [constraints.parse_constraint(text) for text in args.constraint]
-    data = logged.load_logged(args.logs)
+    data = logged.load_logged(args.logs, options=dataset_options(args))
     candidate, version = evaluate.policy_probabilities(args.policy, data.observations, device=args.device,
                                                        batch_size=args.batch_size)
     baseline = None

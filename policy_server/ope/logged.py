@@ -2,8 +2,10 @@
 
 Why a module of its own: `policy-server ope`, `policy-server train` and the demo must agree on
 which logged decisions count (rewarded, served to a user, not shadow, with a discrete action)
-and on their arrays, so there is one reader for all of them. It imports pyarrow only when a log
-is read: `policy_server.cli` builds every command's parser in pods that never read a log.
+and on their arrays, so there is one reader for all of them. Decisions meet their rewards through
+the reward joiner (`policy_server.join`: window, reward function, default reward or exclusion), the
+same rules `policy-server join` applies to big logs. It imports pyarrow only when a log is read:
+`policy_server.cli` builds every command's parser in pods that never read a log.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from policy_server.ope._checks import OPEError
+
+if TYPE_CHECKING:
+    from policy_server.join import JoinOptions
 
 __all__ = ["LoggedData", "load_logged"]
 
@@ -32,14 +38,18 @@ class LoggedData:
     costs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> float64 (n,), NaN: not reported
 
 
-def load_logged(url: str, obs_shape: Sequence[int] | None = None) -> LoggedData:
-    """The rewarded, served, discrete decisions of the log at `url`, as arrays."""
+def load_logged(url: str, obs_shape: Sequence[int] | None = None, options: JoinOptions | None = None) -> LoggedData:
+    """The joined (rewarded, or defaulted), served, discrete decisions of the log at `url`, as arrays.
+
+    ``options`` are the join rules; the default is an unbounded window, the first reward of a decision,
+    and decisions without a reward left out.
+    """
     import pyarrow.compute as pc
 
-    from policy_server.decision_log import reader
+    from policy_server import join
 
     try:
-        table = reader.join_rewards(url, how="inner")
+        table, _ = join.join_log(url, options or join.JoinOptions())
     except (OSError, ValueError) as exc:
         raise OPEError(f"cannot read the decision log at {url!r}: {exc}") from exc
     if table.num_rows:
@@ -48,7 +58,7 @@ def load_logged(url: str, obs_shape: Sequence[int] | None = None) -> LoggedData:
     if table.num_rows == 0:
         raise OPEError(
             f"the decision log at {url!r} has no rewarded, served discrete decisions; check the URL, that rewards "
-            "were posted (/v1/reward) and that the policy has a discrete action space"
+            "were posted (/v1/reward) within the reward window and that the policy has a discrete action space"
         )
     obs_lists = table["observation"].combine_chunks()
     flat = obs_lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32)

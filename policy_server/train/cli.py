@@ -2,6 +2,7 @@
 
     policy-server train --logs URL --out DIR_OR_URL --version V [--algorithm reward-model|discrete-cql|discrete-bc]
                         [--steps N] [--device cpu|cuda] [--write-result /dev/termination-log]
+                        [--reward-window 1h] [--reward-function first] [--default-reward X | --exclude-unrewarded]
 
 The exported artifact is loaded back through `artifact.load_artifact` (what `serve` does) before
 it is reported, and evaluated off-policy against the logged behaviour (`ope.json` next to the
@@ -19,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from policy_server.join import cli as join_cli
+
 __all__ = ["add_parser", "main", "run"]
 
 RESULT_VERSION = 1
@@ -29,6 +32,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--logs", required=True, help="decision log URL (directory with decisions/ and rewards/)")
     p.add_argument("--out", required=True, help="artifact directory or fsspec URL to write")
     p.add_argument("--version", required=True, help="version of the trained policy (manifest and result)")
+    join_cli.add_reward_args(p, window_flag="--reward-window", window_default=None)
     p.add_argument("--name", default="trained-policy")
     p.add_argument("--algorithm", choices=["reward-model", "discrete-cql", "discrete-bc"], default="reward-model")
     p.add_argument("--steps", type=int, default=2000, help="gradient steps")
@@ -61,11 +65,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from policy_server import artifact
+    from policy_server.ope import cli as ope_cli
     from policy_server.ope import evaluate, logged
     from policy_server.train import trainer
 
     torch.set_num_threads(max(1, args.threads))
-    data = logged.load_logged(args.logs)
+    data = logged.load_logged(args.logs, options=ope_cli.dataset_options(args))
     exploration = artifact.Exploration(kind=args.exploration, epsilon=args.epsilon, temperature=args.temperature)
     model = trainer.train(data, args.algorithm, steps=args.steps, device=args.device, seed=args.seed,
                           batch_size=args.batch_size)
