@@ -181,6 +181,15 @@ class Router:
                 out.append(p)
         return out
 
+    def endpoint_states(self) -> dict[str, list[dict[str, Any]]]:
+        """Each variant's endpoints now (after EndpointSlice resolution) and whether they are ready."""
+        out = {"stable": self._stable, "candidate": self._candidate, "fallback": self._fallback}
+        return {
+            name: [{"url": e.url, "ready": e.ready, "inFlight": e.outstanding} for e in p.endpoints]
+            for name, p in out.items()
+            if p is not None and (name != "fallback" or p is not self._stable)
+        }
+
     def set_endpoints(self, service_url: str, urls: Sequence[str]) -> None:
         """The ready endpoints behind ``service_url`` changed (kubewatch); an empty list means the URL itself."""
         new = tuple(urls)
@@ -308,7 +317,12 @@ class Router:
                 seq,
                 200,
                 orjson.dumps(
-                    {"table": self.table.to_json(), "source": self.table_source, "appliedAt": self.applied_at}
+                    {
+                        "table": self.table.to_json(),
+                        "source": self.table_source,
+                        "appliedAt": self.applied_at,
+                        "endpoints": self.endpoint_states(),
+                    }
                 ),
             )
         elif path in (b"/v1/act", b"/v1/reward", b"/v1/model", b"/metrics", b"/router/config"):

@@ -361,11 +361,14 @@ class EndpointSliceWatcher:
         self._client = _client(api, watch_timeout_s)
         self.watches: dict[str, _SliceWatch] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[asyncio.Task[None]] = set()
 
     def follow(self, urls: Iterable[str]) -> None:
         wanted = {u: svc for u in urls if (svc := service_of(u, self.namespace)) is not None}
         for url in [u for u in self._tasks if u not in wanted]:
-            self._tasks.pop(url).cancel()
+            task = self._tasks.pop(url)
+            task.cancel()
+            self._cancelled.add(task)
             del self.watches[url]
             self.on_endpoints(url, [])
         for url, (ns, name, _port) in wanted.items():
@@ -375,13 +378,14 @@ class EndpointSliceWatcher:
                 self._tasks[url] = asyncio.get_running_loop().create_task(w.run())
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._cancelled]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._cancelled.clear()
         await self._client.aclose()
 
 

@@ -87,14 +87,21 @@ class ShadowEstimates(Collector):
         self.estimator = estimator
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        values = GaugeMetricFamily("policy_router_shadow_estimate",
-                                   "Shadow candidate's SNIPS estimate from the stable's live decisions, with bounds",
-                                   labels=["variant", "quantity", "bound"])
-        joined = GaugeMetricFamily("policy_router_shadow_rewards_joined",
-                                   "Rewards of mirrored requests joined to the candidate's would-be decision",
-                                   labels=["variant", "quantity"])
-        ess = GaugeMetricFamily("policy_router_shadow_effective_sample_size",
-                                "Kish effective sample size of the shadow estimate", labels=["variant", "quantity"])
+        values = GaugeMetricFamily(
+            "policy_router_shadow_estimate",
+            "Shadow candidate's SNIPS estimate from the stable's live decisions, with bounds",
+            labels=["variant", "quantity", "bound"],
+        )
+        joined = GaugeMetricFamily(
+            "policy_router_shadow_rewards_joined",
+            "Rewards of mirrored requests joined to the candidate's would-be decision",
+            labels=["variant", "quantity"],
+        )
+        ess = GaugeMetricFamily(
+            "policy_router_shadow_effective_sample_size",
+            "Kish effective sample size of the shadow estimate",
+            labels=["variant", "quantity"],
+        )
         for quantity, estimate in sorted(self.estimator.estimates().items()):
             nan = float("nan")
             for bound in ("point", "lower", "upper", "baseline"):
