@@ -129,14 +129,8 @@ class ShadowEstimator:
         # never narrower than Wilson's interval at p = 0, z^2 / (ESS + z^2) of the values' observed range.
         floor = (s.high - s.low) * self.z * self.z / (ess + self.z * self.z)
         half = max(self.z * math.sqrt(spread) / s.w, floor)
-        return Estimate(
-            point=point,
-            lower=point - half,
-            upper=point + half,
-            baseline=s.y / s.n,
-            rewards=s.n,
-            effective_sample_size=ess,
-        )
+        return Estimate(point=point, lower=point - half, upper=point + half, baseline=s.y / s.n,
+                        rewards=s.n, effective_sample_size=ess)
 
 
 def _finite(value: object) -> bool:
