@@ -3,9 +3,11 @@
     policy-server route --port P --stable URL... [--candidate URL... --weight W] [--shadow]
                         [--sticky-header NAME | --sticky-context FIELD]
                         [--entity-header NAME | --entity-context FIELD] [--config FILE]
-                        [--configmap NAMESPACE/NAME [--kubeconfig PATH] [--endpointslices]] [--log-dir DIR]
+                        [--configmap NAMESPACE/NAME [--kubeconfig PATH] [--no-endpointslices]] [--log-dir DIR]
 
-Each variant is one URL or several (its endpoints: the router balances across them).
+Each variant is one URL or several (its endpoints: the router balances across them). With
+``--configmap`` the router also follows the EndpointSlices of each variant's Service and routes to
+its ready endpoints (kubewatch.py), unless ``--no-endpointslices``.
 
 Where the routing table comes from, in order: the ``--config`` file if it exists (the last table
 this router applied: a restart keeps the last weights), else the flags. With ``--configmap``
@@ -53,9 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--kubeconfig", help="kubeconfig for --configmap (default: the pod's service account)")
     r.add_argument(
         "--endpointslices",
-        action="store_true",
-        help="with --configmap: route to the ready endpoints of each variant's Service (its EndpointSlices) "
-        "instead of its ClusterIP; needs get/list/watch on endpointslices",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="route to the ready endpoints of each variant's Service (its EndpointSlices) instead of its "
+        "ClusterIP; needs get/list/watch on endpointslices (default: on with --configmap)",
     )
     r.add_argument(
         "--endpoint-port-name",
@@ -184,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         watcher_task = None
         slices = None
         if api is not None:
-            if args.endpointslices:
+            if args.endpointslices is not False:
                 slices = kubewatch.EndpointSliceWatcher(api, namespace, router.set_endpoints, args.endpoint_port_name)
                 slices.follow(router.table.urls())
 

@@ -124,6 +124,7 @@ class _ListWatch:
     """
 
     what = "objects"
+    optional = False  # True: a 403 stops this watch (logged once) instead of retrying forever
 
     def __init__(
         self, client: httpx.AsyncClient, path: str, params: dict[str, str], *, watch_timeout_s: int = 60
@@ -154,6 +155,9 @@ class _ListWatch:
                 raise
             except Exception as exc:  # network, 5xx, 410 Gone: back off, re-list
                 self.errors += 1
+                if self.optional and isinstance(exc, PermissionError):
+                    log.error("%s; not watching it", exc)
+                    return
                 self.resource_version = ""
                 log.warning("watch of %s failed (%s); retrying in %.1fs", self.what, exc, backoff)
                 await asyncio.sleep(backoff)
@@ -319,6 +323,7 @@ class _SliceWatch(_ListWatch):
             watch_timeout_s=watch_timeout_s,
         )
         self.what = f"endpointslices of service {namespace}/{service}"
+        self.optional = True  # without the RBAC the router keeps using the Service URL
         self.url, self.port_name, self.on_endpoints = url, port_name, on_endpoints
         self.slices: dict[str, dict[str, Any]] = {}
 

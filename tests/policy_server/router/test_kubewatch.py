@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from rollout_operator import kube
 
@@ -119,6 +120,25 @@ def test_the_watch_follows_slices_added_changed_and_deleted(kube_api: KubeAPI, c
         asyncio.set_event_loop(None)
 
 
+def test_without_rbac_on_endpointslices_the_watch_stops_and_the_service_url_stays() -> None:
+    calls: list[str] = []
+
+    def forbidden(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(403, json={"kind": "Status", "reason": "Forbidden"})
+
+    seen: list[tuple[str, list[str]]] = []
+
+    async def run() -> None:
+        client = httpx.AsyncClient(base_url="http://api", transport=httpx.MockTransport(forbidden))
+        watch = kubewatch._SliceWatch(client, SVC, "default", "pricing-stable", "http", lambda *a: seen.append(a), 5)
+        await asyncio.wait_for(watch.run(), 5)  # returns: no retry loop against a 403
+        await client.aclose()
+
+    asyncio.run(run())
+    assert calls == ["/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"] and seen == []
+
+
 @pytest.mark.integration
 def test_a_router_routes_to_the_ready_endpoints_of_the_variants_service(
     kube_api: KubeAPI, client: kube.Client, tmp_path
@@ -138,7 +158,7 @@ def test_a_router_routes_to_the_ready_endpoints_of_the_variants_service(
             }
         )
         flags = ["--configmap", "default/pricing-routing", "--kubeconfig", str(kube_api.kubeconfig_path)]
-        with start_router("--stable", SVC, *flags, "--endpointslices") as router:
+        with start_router("--stable", SVC, *flags) as router:  # --configmap: EndpointSlices followed by default
             deadline = time.monotonic() + 15
             while len(router.table()["endpoints"]["stable"]) != 2:
                 assert time.monotonic() < deadline, router.table()
