@@ -2,19 +2,21 @@
 
 One /v1/act request through the router:
 
-1. the sticky key is read (a header captured while parsing, or ``context.FIELD`` of the body);
+1. the sticky and entity keys are read (a header captured while parsing, or ``context.FIELD``);
 2. ``assign.choose`` picks the variant and the probability of that assignment;
-3. the request goes to that variant's policy server over a pooled keep-alive connection; a
-   candidate failure (connect error, reset, non-200 answer, or no answer within the latency
-   budget) is answered by the fallback (default: the stable policy) in the same request;
+3. the variant's pool (pool.py) picks an endpoint (least requests in flight, or the entity's
+   rendezvous-hashed one) and the request goes there over a pooled keep-alive connection; a
+   connection error takes that endpoint out and the request is retried once on another endpoint
+   of the variant; a candidate failure (connect error, reset, non-200 answer, or no answer within
+   the latency budget) is answered by the fallback (default: the stable policy) in the same request;
 4. the answer gets ``variant`` (who served), ``served_by`` (stable | candidate | fallback) and
    ``assignment_probability``; the decision is logged with them when ``--log-dir`` is set;
 5. in shadow, after the stable answer is written, the same observation (with the served
    request id) goes to the candidate in the background: its action is compared with the served
    one and logged (``served_by = "shadow"``), never returned.
 
-The HTTP layer is the policy server's (protocol.py); the sticky header is captured by a
-subclass. Everything runs on one event loop.
+Rewards (``/v1/reward``) are verified and forwarded by rewards.py. The HTTP layer is the policy
+server's (protocol.py); the key headers are captured by a subclass. Everything runs on one event loop.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import collections
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from policy_server import protocol
-from policy_server.router import assign, metrics, shadow_ope, upstream
+from policy_server import attribution, protocol
+from policy_server.router import assign, metrics, pool, rewards, shadow_ope, upstream
 from policy_server.router import table as table_mod
 
 __all__ = ["Router", "RouterConfig", "RouterProtocol"]
@@ -38,11 +41,12 @@ __all__ = ["Router", "RouterConfig", "RouterProtocol"]
 log = logging.getLogger("policy_server.router")
 
 SWEEP_S = 0.5  # how often client timeouts are checked
-REQUEST_IDS = 200_000  # request id -> non-stable server that answered it, so /v1/reward reaches it
+REQUEST_IDS = 200_000  # unverifiable request id -> endpoint that answered it, so /v1/reward reaches it
 _MARK = {"stable": b'"variant":"stable"', "candidate": b'"variant":"candidate"'}
 _NAMES = {name: name.encode() for name in ("stable", "candidate", "fallback")}
 _RID = b'{"request_id":"'
 _RID_LEN = len(_RID)
+_SIGNED = attribution.PREFIX.encode()
 
 
 @dataclass
@@ -57,24 +61,30 @@ class RouterConfig:
     seed: int | None = None
     shutdown_timeout_s: float = 20.0
     timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)  # slow or idle clients are closed
+    reward_keys: attribution.RewardKeys | None = None  # default: POLICY_SERVER_REWARD_KEY (or none: no verifying)
 
 
 class RouterProtocol(protocol.HttpProtocol):
-    """The policy server's HTTP protocol plus capture of the sticky header of each request."""
+    """The policy server's HTTP protocol plus capture of the sticky and entity headers of each request."""
 
     def __init__(self, app: Router, max_body: int) -> None:
         super().__init__(app, max_body)
         self.sticky_value: bytes | None = None
+        self.entity_value: bytes | None = None
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.sticky_value = None
+        self.sticky_value = self.entity_value = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
-        wanted = self.app.sticky_header  # type: ignore[attr-defined]
-        if wanted is not None and name.lower() == wanted:
-            self.sticky_value = value
+        app: Router = self.app  # type: ignore[assignment]
+        if app.sticky_header is not None or app.entity_header is not None:
+            lower = name.lower()
+            if lower == app.sticky_header:
+                self.sticky_value = value
+            if lower == app.entity_header:
+                self.entity_value = value
 
 
 def _error(message: str) -> bytes:
@@ -113,12 +123,19 @@ class Router:
         self.table_source = "flags"
         self.applied_at = 0.0
         self.sticky_header: bytes | None = None
+        self.entity_header: bytes | None = None
         self._sticky_field: str | None = None
-        self._upstreams: dict[str, upstream.Upstream] = {}
-        self._stable: upstream.Upstream
-        self._candidate: upstream.Upstream | None = None
-        self._fallback: upstream.Upstream
-        self._served_by_id: collections.OrderedDict[str, upstream.Upstream] = collections.OrderedDict()
+        self._entity_field: str | None = None
+        self.endpoints = pool.Endpoints(self._endpoints_changed)
+        self.resolved: dict[str, tuple[str, ...]] = {}  # Service URL -> its ready endpoints (kubewatch)
+        self._stable: pool.Pool
+        self._candidate: pool.Pool | None = None
+        self._fallback: pool.Pool
+        self.served_by_id: collections.OrderedDict[str, pool.Endpoint] = collections.OrderedDict()
+        self.reward_keys = config.reward_keys or attribution.RewardKeys.from_env()
+        # Without a shared key the router cannot verify any server's id: remember who served each one.
+        self._remember_signed = self.reward_keys.generated
+        self.rewards = rewards.RewardForwarder(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._shadow_inflight = 0
         self._server: asyncio.AbstractServer | None = None
@@ -133,28 +150,73 @@ class Router:
 
     # ------------------------------------------------------------------ routing table
 
-    def _upstream(self, url: str) -> upstream.Upstream:
-        up = self._upstreams.get(url)
-        if up is None:
-            up = self._upstreams[url] = upstream.Upstream(url)
-        return up
+    def _pool(self, variant: str, value: str | Sequence[str]) -> pool.Pool:
+        urls: dict[str, None] = {}  # ordered, without repeats
+        for url in table_mod.endpoints(value):
+            for u in self.resolved.get(url) or (url,):  # a Service without ready endpoints: its own URL
+                urls[u] = None
+        return pool.Pool(variant, [self.endpoints.get(u, variant) for u in urls])
+
+    def _build(self) -> None:
+        """The pools of the current table and resolved endpoints (in-flight requests keep theirs)."""
+        t = self.table
+        self._stable = self._pool("stable", t.stable)
+        self._candidate = self._pool("candidate", t.candidate) if t.candidate else None
+        self._fallback = self._pool("stable", t.fallback) if t.fallback else self._stable
+        pools = [p for p in (self._stable, self._candidate, self._fallback) if p is not None]
+        self.endpoints.keep_only({e.url for p in pools for e in p.endpoints})
+        self._endpoints_changed()
+
+    def _endpoints_changed(self) -> None:
+        if hasattr(self, "_stable"):
+            self.metrics.endpoints(
+                {p.variant: (p.ready_count(), len(p.endpoints)) for p in (self._stable, self._candidate) if p}
+            )
+
+    def pools(self) -> list[pool.Pool]:
+        """Stable, candidate (if any) and a separate fallback (if any), in that order."""
+        out = [self._stable]
+        for p in (self._candidate, self._fallback):
+            if p is not None and p is not self._stable:
+                out.append(p)
+        return out
+
+    def endpoint_states(self) -> dict[str, list[dict[str, Any]]]:
+        """Each variant's endpoints now (after EndpointSlice resolution) and whether they are ready."""
+        out = {"stable": self._stable, "candidate": self._candidate, "fallback": self._fallback}
+        return {
+            name: [{"url": e.url, "ready": e.ready, "inFlight": e.outstanding} for e in p.endpoints]
+            for name, p in out.items()
+            if p is not None and (name != "fallback" or p is not self._stable)
+        }
+
+    def set_endpoints(self, service_url: str, urls: Sequence[str]) -> None:
+        """The ready endpoints behind ``service_url`` changed (kubewatch); an empty list means the URL itself."""
+        new = tuple(urls)
+        if self.resolved.get(service_url, ()) == new:
+            return
+        if new:
+            self.resolved[service_url] = new
+        else:
+            self.resolved.pop(service_url, None)
+        log.info("endpoints of %s: %s", service_url, list(new) or "none ready (using the URL itself)")
+        self._build()
 
     def apply(self, new: table_mod.RoutingTable, *, source: str, persist: bool = True) -> None:
         """Switch to ``new`` at once (requests already in flight finish where they went)."""
         if new.shadow and not (self.table.shadow and self.table.candidate == new.candidate):
             self.shadow_ope.reset()  # a new shadow window: estimates describe this candidate's shadow only
-        self._stable = self._upstream(new.stable)
-        self._candidate = self._upstream(new.candidate) if new.candidate else None
-        self._fallback = self._upstream(new.fallback) if new.fallback else self._stable
-        wanted = {u for u in (new.stable, new.candidate, new.fallback) if u}
-        for url in [u for u in self._upstreams if u not in wanted]:
-            self._upstreams.pop(url).close()  # idle connections only; in-flight ones finish
+        self.table = new
+        self._build()
         kind, _, name = (new.sticky_key or "").partition(":")
         self.sticky_header = name.lower().encode() if kind == "header" else None
         self._sticky_field = name if kind == "context" else None
+        kind, _, name = (new.entity_key or "").partition(":")
+        self.entity_header = name.lower().encode() if kind == "header" else None
+        self._entity_field = name if kind == "context" else None
         self._salt = new.salt.encode()
         self._budget_s = (new.latency_budget_ms or self.config.latency_budget_ms) / 1000.0
-        self.table, self.table_source = new, source
+        self.table_source = source
         self.applied_at = time.time()
         propagation = self.applied_at - new.updated_at if new.updated_at else None
         self.metrics.table(new.weight, new.shadow, new.generation, propagation)
@@ -164,12 +226,13 @@ class Router:
             except OSError as exc:  # serving the new table matters more than remembering it
                 log.error("cannot save the routing table to %s: %s", self.config.config_path, exc)
         log.info(
-            "routing table generation %d from %s: candidate %s%% shadow %s sticky %s",
+            "routing table generation %d from %s: candidate %s%% shadow %s sticky %s entity %s",
             new.generation,
             source,
             new.weight,
             new.shadow,
             new.sticky_key,
+            new.entity_key,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -181,6 +244,12 @@ class Router:
             lambda: RouterProtocol(self, self.config.max_body), host, port, backlog=2048
         )
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+        if self.reward_keys.generated:
+            log.warning(
+                "%s is not set: the router cannot verify request ids and forwards a reward only to the endpoint "
+                "that served it while it remembers it; give the router the rollout's key",
+                attribution.ENV_VAR,
+            )
         return int(self._server.sockets[0].getsockname()[1])
 
     def _sweep(self) -> None:
@@ -218,8 +287,7 @@ class Router:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for up in self._upstreams.values():
-            up.close()
+        self.endpoints.close()
         if self.decision_log is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.decision_log.close)
 
@@ -230,11 +298,11 @@ class Router:
 
     def handle(self, conn: protocol.HttpProtocol, seq: int, method: bytes, path: bytes, body: bytes, t0: float) -> None:
         if path == b"/v1/act" and method == b"POST":
-            self._act(conn, seq, body, t0, getattr(conn, "sticky_value", None))
+            self._act(conn, seq, body, t0)
         elif path == b"/v1/reward" and method == b"POST":
-            self._spawn(self._reward(conn, seq, body))
+            self._spawn(self.rewards.handle(conn, seq, body))
         elif path == b"/v1/model" and method == b"GET":
-            self._spawn(self._forward(conn, seq, self._stable, b"GET", path, b""))
+            self._spawn(self._forward(conn, seq, self._stable.ranked(), b"GET", path, b""))
         elif path == b"/metrics" and method == b"GET":
             conn.respond(seq, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
         elif path == b"/healthz":
@@ -249,7 +317,12 @@ class Router:
                 seq,
                 200,
                 orjson.dumps(
-                    {"table": self.table.to_json(), "source": self.table_source, "appliedAt": self.applied_at}
+                    {
+                        "table": self.table.to_json(),
+                        "source": self.table_source,
+                        "appliedAt": self.applied_at,
+                        "endpoints": self.endpoint_states(),
+                    }
                 ),
             )
         elif path in (b"/v1/act", b"/v1/reward", b"/v1/model", b"/metrics", b"/router/config"):
@@ -269,71 +342,91 @@ class Router:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def forward(
+        self, endpoints: Sequence[pool.Endpoint], method: bytes, path: bytes, body: bytes
+    ) -> tuple[int, bytes, str | None]:
+        """Send to the first endpoint that answers without a 5xx (each tried once, in order).
+
+        (status, body, None) for an answer, else (502, error body, the last error) when every
+        endpoint failed or answered 5xx (the last 5xx answer is returned as it was).
+        """
+        last: tuple[int, bytes, str | None] = (502, _error("no policy server endpoint to send to"), "no endpoint")
+        for ep in endpoints:
+            ep.outstanding += 1
+            try:
+                status, resp = await ep.upstream.request(method, path, body, self.config.upstream_timeout_s)
+            except upstream.UpstreamError as exc:
+                if not isinstance(exc, upstream.UpstreamTimeout):
+                    self.endpoints.failed(ep, exc)
+                last = (502, _error(f"policy server {ep.url} unavailable: {exc}"), str(exc))
+                continue
+            finally:
+                ep.outstanding -= 1
+            if status < 500:
+                return status, resp, None
+            last = (status, resp, f"{ep.url} answered {status}")
+        return last
+
     async def _forward(
-        self, conn: protocol.HttpProtocol, seq: int, up: upstream.Upstream, method: bytes, path: bytes, body: bytes
-    ) -> None:
-        try:
-            status, resp = await up.request(method, path, body, self.config.upstream_timeout_s)
-        except upstream.UpstreamError as exc:
-            conn.respond(seq, 502, _error(f"policy server {up.url} unavailable: {exc}"))
-            return
-        conn.respond(seq, status, resp)
-
-    async def _reward(self, conn: protocol.HttpProtocol, seq: int, body: bytes) -> None:
-        up = self._stable
-        try:
-            data = orjson.loads(body)
-            rid = data.get("request_id")
-            up = self._served_by_id.get(rid, up) if isinstance(rid, str) else up
-            if self.table.shadow:
-                self.shadow_ope.rewarded(rid, data.get("reward"), data.get("costs"))
-        except (orjson.JSONDecodeError, AttributeError):
-            pass  # the policy server explains what is wrong with the body
-        await self._forward(conn, seq, up, b"POST", b"/v1/reward", body)
-
-    # ------------------------------------------------------------------ /v1/act
-
-    def _key(self, sticky: bytes | None, body: bytes) -> bytes | None:
-        if self._sticky_field is None:
-            return sticky
-        try:
-            context = orjson.loads(body).get("context")
-            value = context.get(self._sticky_field) if isinstance(context, dict) else None
-        except (orjson.JSONDecodeError, AttributeError):
-            return None
-        return None if value is None else str(value).encode()
-
-    def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float, sticky: bytes | None) -> None:
-        """Assign and send; the rest happens in ``_Act``'s callbacks (no task or coroutine per request)."""
-        cand = self._candidate
-        to_candidate, prob = assign.choose(self.table.weight, self._key(sticky, body), self._salt, self.rng)
-        req = _Act(self, conn, seq, body, t0, prob)
-        if to_candidate and cand is not None:
-            self.metrics.assign("candidate")
-            req.upstream = cand
-            cand.send(b"POST", b"/v1/act", body, self._budget_s, req.on_candidate)
-        else:
-            self.metrics.assign("stable")
-            req.shadow = self._candidate if self.table.shadow else None
-            req.upstream = self._stable
-            self._stable.send(b"POST", b"/v1/act", body, self.config.upstream_timeout_s, req.on_stable)
-
-    def _answer(
         self,
         conn: protocol.HttpProtocol,
         seq: int,
+        endpoints: Sequence[pool.Endpoint],
+        method: bytes,
+        path: bytes,
         body: bytes,
+    ) -> None:
+        status, resp, _ = await self.forward(endpoints, method, path, body)
+        conn.respond(seq, status, resp)
+
+    # ------------------------------------------------------------------ /v1/act
+
+    def _keys(self, conn: protocol.HttpProtocol, body: bytes) -> tuple[bytes | None, bytes | None]:
+        """(sticky key, entity key) of a request: captured headers, or fields of the body's context."""
+        sticky: bytes | None = getattr(conn, "sticky_value", None)
+        entity: bytes | None = getattr(conn, "entity_value", None)
+        if self._sticky_field is None and self._entity_field is None:
+            return sticky, entity
+        try:
+            context = orjson.loads(body).get("context")
+        except (orjson.JSONDecodeError, AttributeError):
+            context = None
+        if not isinstance(context, dict):
+            context = {}
+        if self._sticky_field is not None:
+            value = context.get(self._sticky_field)
+            sticky = None if value is None else str(value).encode()
+        if self._entity_field is not None:
+            value = context.get(self._entity_field)
+            entity = None if value is None else str(value).encode()
+        return sticky, entity
+
+    def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float) -> None:
+        """Assign and send; the rest happens in ``_Act``'s callbacks (no task or coroutine per request)."""
+        cand = self._candidate
+        sticky, entity = self._keys(conn, body)
+        to_candidate, prob = assign.choose(self.table.weight, sticky, self._salt, self.rng)
+        req = _Act(self, conn, seq, body, t0, prob, entity)
+        if to_candidate and cand is not None:
+            self.metrics.assign("candidate")
+            req.send(cand, self._budget_s, req.on_candidate)
+        else:
+            self.metrics.assign("stable")
+            req.shadow = self._candidate if self.table.shadow else None
+            req.send(self._stable, self.config.upstream_timeout_s, req.on_stable)
+
+    def _answer(
+        self,
+        req: _Act,
         resp: bytes,
-        t0: float,
         variant: str,
         served_by: str,
-        prob: float,
-        fallback_reason: str | None,
-        up: upstream.Upstream,
         need_decision: bool = False,
     ) -> dict[str, Any] | None:
         """Write the answer; return the parsed decision when it was parsed (shadow, decision log)."""
+        conn, seq, prob, fallback_reason, ep = req.conn, req.seq, req.prob, req.fallback_reason, req.endpoint
         decision: dict[str, Any] | None = None
+        rid: Any = None
         if self.decision_log is None and not need_decision and resp[-1:] == b"}" and _MARK[variant] in resp:
             # Fast path: the server already labels itself with our variant name (the operator runs it with
             # --variant stable|candidate), so append our fields instead of parsing and re-serialising.
@@ -341,14 +434,13 @@ class Router:
             if fallback_reason:
                 extra += b',"fallback_reason":"%s"' % fallback_reason.encode()
             conn.respond(seq, 200, b"%s%s}" % (resp[:-1], extra))
-            rid = None
-            if up is not self._stable and resp.startswith(_RID):
+            if resp.startswith(_RID) and (self._remember_signed or not resp.startswith(_SIGNED, _RID_LEN)):
                 rid = resp[_RID_LEN : resp.find(b'"', _RID_LEN)].decode()
         else:
             try:
                 decision = orjson.loads(resp)
             except orjson.JSONDecodeError:
-                conn.respond(seq, 502, _error(f"policy server {up.url} answered invalid JSON"))
+                conn.respond(seq, 502, _error(f"policy server {ep.url} answered invalid JSON"))
                 self.metrics.fail(variant)
                 return None
             decision["variant"] = variant
@@ -357,16 +449,18 @@ class Router:
             if fallback_reason:
                 decision["fallback_reason"] = fallback_reason
             conn.respond(seq, 200, orjson.dumps(decision))
-            rid = decision.get("request_id") if up is not self._stable else None
-        elapsed = time.perf_counter() - t0
+            rid = decision.get("request_id")
+            if isinstance(rid, str) and not self._remember_signed and attribution.is_signed(rid):
+                rid = None
+        elapsed = time.perf_counter() - req.t0
         self.metrics.served(variant, served_by, elapsed)
-        if isinstance(rid, str):  # rewards default to the stable server: remember the others' ids only
-            ids = self._served_by_id
-            ids[rid] = up
+        if isinstance(rid, str):  # an id the router cannot verify: remember who served it, for its reward
+            ids = self.served_by_id
+            ids[rid] = ep
             if len(ids) > REQUEST_IDS:
                 ids.popitem(last=False)
         if decision is not None and self.decision_log is not None:
-            self._log(body, decision, variant, served_by, prob, elapsed)
+            self._log(req.body, decision, variant, served_by, prob, elapsed)
         return decision
 
     def _log(
@@ -397,21 +491,25 @@ class Router:
 
     # ------------------------------------------------------------------ shadow
 
-    def _start_shadow(self, cand: upstream.Upstream, body: bytes, served: dict[str, Any]) -> None:
+    def _start_shadow(self, cand: pool.Pool, req: _Act, served: dict[str, Any]) -> None:
         if self._shadow_inflight >= self.config.max_shadow_inflight:
             self.metrics.shadow_outcome("dropped")  # a slow candidate must not eat the router's memory
             return
+        ep = cand.pick(req.entity)
+        if ep is None:
+            return
         self._shadow_inflight += 1
-        self._spawn(self._shadow(cand, body, served))
+        self._spawn(self._shadow(ep, req.body, served))
 
-    async def _shadow(self, cand: upstream.Upstream, body: bytes, served: dict[str, Any]) -> None:
+    async def _shadow(self, ep: pool.Endpoint, body: bytes, served: dict[str, Any]) -> None:
         m = self.metrics
         t = time.perf_counter()
+        ep.outstanding += 1
         try:
             request = orjson.loads(body)
             if isinstance(request, dict) and "request_id" in served:
                 request["request_id"] = served["request_id"]  # join the shadow decision to the served one
-            status, resp = await cand.request(b"POST", b"/v1/act", orjson.dumps(request), self._budget_s)
+            status, resp = await ep.upstream.request(b"POST", b"/v1/act", orjson.dumps(request), self._budget_s)
             elapsed = time.perf_counter() - t
             if status != 200:
                 m.shadow_outcome("status", elapsed)
@@ -419,47 +517,110 @@ class Router:
             shadow = orjson.loads(resp)
             m.shadow_outcome("ok", elapsed)
             m.shadow_compare(*compare(served.get("action"), shadow.get("action")))
-            self.shadow_ope.decided(served.get("request_id"), served.get("action"), served.get("propensity"),
-                                    shadow.get("action"))
+            self.shadow_ope.decided(
+                served.get("request_id"), served.get("action"), served.get("propensity"), shadow.get("action")
+            )
             if self.decision_log is not None:
                 self._log(body, shadow, "candidate", "shadow", None, elapsed)
         except upstream.UpstreamTimeout:
             m.shadow_outcome("timeout")
-        except (upstream.UpstreamError, orjson.JSONDecodeError, AttributeError):
+        except upstream.UpstreamError as exc:
+            self.endpoints.failed(ep, exc)
+            m.shadow_outcome("error")
+        except (orjson.JSONDecodeError, AttributeError):
             m.shadow_outcome("error")
         finally:
+            ep.outstanding -= 1
             self._shadow_inflight -= 1
 
 
 class _Act:
     """One /v1/act request in flight: its callbacks carry it from upstream answer to client response."""
 
-    __slots__ = ("body", "conn", "fallback_reason", "prob", "router", "seq", "shadow", "t0", "upstream")
+    __slots__ = (
+        "body",
+        "conn",
+        "deadline",
+        "endpoint",
+        "entity",
+        "fallback_reason",
+        "pool",
+        "prob",
+        "router",
+        "seq",
+        "shadow",
+        "t0",
+        "tried",
+    )
 
     def __init__(
-        self, router: Router, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float, prob: float
+        self,
+        router: Router,
+        conn: protocol.HttpProtocol,
+        seq: int,
+        body: bytes,
+        t0: float,
+        prob: float,
+        entity: bytes | None,
     ) -> None:
         self.router, self.conn, self.seq, self.body, self.t0, self.prob = router, conn, seq, body, t0, prob
+        self.entity = entity
         self.fallback_reason: str | None = None
-        self.shadow: upstream.Upstream | None = None
-        self.upstream: upstream.Upstream | None = None
+        self.shadow: pool.Pool | None = None
+        self.tried: list[pool.Endpoint] | None = None
+        self.deadline = 0.0
+
+    def send(self, p: pool.Pool, timeout_s: float, cb: upstream.Callback) -> None:
+        ep = p.pick(self.entity)
+        assert ep is not None  # a pool has at least one endpoint and nothing is excluded yet
+        self.pool, self.endpoint = p, ep
+        self.deadline = self.router.loop.time() + timeout_s
+        ep.outstanding += 1
+        ep.upstream.send(b"POST", b"/v1/act", self.body, timeout_s, cb)
+
+    def _done(self, err: Exception | None, cb: upstream.Callback) -> bool:
+        """Account for the endpoint's answer; True when the request was re-sent to another endpoint.
+
+        A connection error (not a timeout: the budget is spent) takes the endpoint out and the
+        request goes once to another endpoint of the same variant, within the same deadline.
+        """
+        ep = self.endpoint
+        ep.outstanding -= 1
+        if err is None or isinstance(err, upstream.UpstreamTimeout):
+            return False
+        r = self.router
+        r.endpoints.failed(ep, err)
+        if self.tried is not None:
+            return False
+        self.tried = [ep]
+        nxt = self.pool.pick(self.entity, self.tried)
+        left = self.deadline - r.loop.time()
+        if nxt is None or left <= 0:
+            return False
+        r.metrics.retry(self.pool.variant)
+        self.endpoint = nxt
+        nxt.outstanding += 1
+        nxt.upstream.send(b"POST", b"/v1/act", self.body, left, cb)
+        return True
 
     def on_candidate(self, status: int, resp: bytes, err: Exception | None) -> None:
+        if self._done(err, self.on_candidate):
+            return
         r = self.router
         if err is None and status == 200:
-            r._answer(
-                self.conn, self.seq, self.body, resp, self.t0, "candidate", "candidate", self.prob, None, self.upstream
-            )
+            r._answer(self, resp, "candidate", "candidate")
             return
         reason = "status" if err is None else "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
         r.metrics.upstream_error("candidate", reason)
         r.metrics.fallback(reason)
         self.fallback_reason = reason
-        self.upstream = r._fallback
-        r._fallback.send(b"POST", b"/v1/act", self.body, r.config.upstream_timeout_s, self.on_stable)
+        self.tried = None
+        self.send(r._fallback, r.config.upstream_timeout_s, self.on_stable)
 
     def on_stable(self, status: int, resp: bytes, err: Exception | None) -> None:
-        r, up = self.router, self.upstream
+        if self._done(err, self.on_stable):
+            return
+        r = self.router
         if err is not None:
             reason = "timeout" if isinstance(err, upstream.UpstreamTimeout) else "error"
             r.metrics.upstream_error("stable", reason)
@@ -467,25 +628,13 @@ class _Act:
             self.conn.respond(
                 self.seq,
                 504 if reason == "timeout" else 502,
-                _error(f"stable policy server {up.url} unavailable ({err}); no decision was made"),
+                _error(f"stable policy server {self.endpoint.url} unavailable ({err}); no decision was made"),
             )
             return
         if status != 200:
             self.conn.respond(self.seq, status, resp)  # the client's own error (4xx), as the policy server worded it
             return
         served_by = "fallback" if self.fallback_reason else "stable"
-        decision = r._answer(
-            self.conn,
-            self.seq,
-            self.body,
-            resp,
-            self.t0,
-            "stable",
-            served_by,
-            self.prob,
-            self.fallback_reason,
-            up,
-            need_decision=self.shadow is not None,
-        )
+        decision = r._answer(self, resp, "stable", served_by, need_decision=self.shadow is not None)
         if self.shadow is not None and decision is not None:
-            r._start_shadow(self.shadow, self.body, decision)
+            r._start_shadow(self.shadow, self, decision)

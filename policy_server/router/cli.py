@@ -1,8 +1,13 @@
 """``policy-server route``: the router's command line (wired into policy_server/cli.py).
 
-    policy-server route --port P --stable URL [--candidate URL --weight W] [--shadow]
-                        [--sticky-header NAME | --sticky-context FIELD] [--config FILE]
-                        [--configmap NAMESPACE/NAME [--kubeconfig PATH]] [--log-dir DIR]
+    policy-server route --port P --stable URL... [--candidate URL... --weight W] [--shadow]
+                        [--sticky-header NAME | --sticky-context FIELD]
+                        [--entity-header NAME | --entity-context FIELD] [--config FILE]
+                        [--configmap NAMESPACE/NAME [--kubeconfig PATH] [--no-endpointslices]] [--log-dir DIR]
+
+Each variant is one URL or several (its endpoints: the router balances across them). With
+``--configmap`` the router also follows the EndpointSlices of each variant's Service and routes to
+its ready endpoints (kubewatch.py), unless ``--no-endpointslices``.
 
 Where the routing table comes from, in order: the ``--config`` file if it exists (the last table
 this router applied: a restart keeps the last weights), else the flags. With ``--configmap``
@@ -27,13 +32,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r = sub.add_parser("route", help="route requests between a stable and a candidate policy server")
     r.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port, printed on start)")
     r.add_argument("--host", default="127.0.0.1")
-    r.add_argument("--stable", help="URL of the stable policy server (http://host:port)")
-    r.add_argument("--candidate", help="URL of the candidate policy server")
-    r.add_argument("--fallback", help="URL answering when the candidate fails (default: the stable server)")
+    r.add_argument("--stable", nargs="+", help="URL(s) of the stable policy server's endpoints (http://host:port)")
+    r.add_argument("--candidate", nargs="+", help="URL(s) of the candidate policy server's endpoints")
+    r.add_argument(
+        "--fallback", nargs="+", help="URL(s) answering when the candidate fails (default: the stable endpoints)"
+    )
     r.add_argument("--weight", type=float, default=0.0, help="percent of requests sent to the candidate (0..100)")
     r.add_argument("--shadow", action="store_true", help="mirror stable-served requests to the candidate")
     r.add_argument("--sticky-header", help="request header whose value keeps a caller on one variant")
     r.add_argument("--sticky-context", help="field of the request's `context` object used as the sticky key")
+    r.add_argument("--entity-header", help="request header naming the entity: one entity, one endpoint per variant")
+    r.add_argument("--entity-context", help="field of the request's `context` object naming the entity")
     r.add_argument(
         "--latency-budget-ms",
         type=float,
@@ -44,6 +53,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("--config", help="JSON file holding the last applied routing table (read at start, kept up to date)")
     r.add_argument("--configmap", help="NAMESPACE/NAME of the ConfigMap holding the routing table (watched)")
     r.add_argument("--kubeconfig", help="kubeconfig for --configmap (default: the pod's service account)")
+    r.add_argument(
+        "--endpointslices",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="route to the ready endpoints of each variant's Service (its EndpointSlices) instead of its "
+        "ClusterIP; needs get/list/watch on endpointslices (default: on with --configmap)",
+    )
+    r.add_argument(
+        "--endpoint-port-name",
+        default="http",
+        help="name of the Service port whose endpoints are used (--endpointslices)",
+    )
     r.add_argument(
         "--watch-config",
         action="store_true",
@@ -69,23 +90,27 @@ def _initial_table(args: argparse.Namespace):  # -> table.RoutingTable
             return saved, "file"
     if not args.stable:
         raise table.TableError("--stable URL is required (or a --config file holding a routing table)")
-    if args.sticky_header and args.sticky_context:
-        raise table.TableError("use --sticky-header or --sticky-context, not both")
-    sticky = (
-        f"header:{args.sticky_header}"
-        if args.sticky_header
-        else f"context:{args.sticky_context}"
-        if args.sticky_context
-        else None
-    )
     return table.RoutingTable(
-        stable=args.stable,
-        candidate=args.candidate,
-        fallback=args.fallback,
+        stable=_one_or_list(args.stable),
+        candidate=_one_or_list(args.candidate),
+        fallback=_one_or_list(args.fallback),
         weight=args.weight,
         shadow=args.shadow,
-        sticky_key=sticky,
+        sticky_key=_key_flag(args.sticky_header, args.sticky_context, "sticky"),
+        entity_key=_key_flag(args.entity_header, args.entity_context, "entity"),
     ), "flags"
+
+
+def _one_or_list(urls: list[str] | None) -> str | list[str] | None:
+    return urls[0] if urls and len(urls) == 1 else urls
+
+
+def _key_flag(header: str | None, context: str | None, what: str) -> str | None:
+    from policy_server.router import table
+
+    if header and context:
+        raise table.TableError(f"use --{what}-header or --{what}-context, not both")
+    return f"header:{header}" if header else f"context:{context}" if context else None
 
 
 async def _watch_file(path: str, router) -> None:  # router: app.Router
@@ -119,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
+    from policy_server import attribution
     from policy_server.router import app, kubewatch, table
 
     try:
+        reward_keys = attribution.RewardKeys.from_env()
         initial, source = _initial_table(args)
         api = None
         if args.configmap:
@@ -133,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
                 if args.kubeconfig
                 else kubewatch.ApiConfig.in_cluster()
             )
-    except (table.TableError, kubewatch.KubeConfigError) as exc:
+        elif args.endpointslices:
+            raise table.TableError("--endpointslices needs --configmap (it reads the cluster the ConfigMap is in)")
+    except (table.TableError, kubewatch.KubeConfigError, attribution.RewardKeyError) as exc:
         print(f"policy-server route: {exc}", file=sys.stderr)
         return 2
     config = app.RouterConfig(
@@ -143,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         latency_budget_ms=args.latency_budget_ms,
         upstream_timeout_s=args.upstream_timeout_s,
         seed=args.seed,
+        reward_keys=reward_keys,
     )
 
     async def main() -> int:
@@ -155,10 +185,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"policy-server route: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
         watcher_task = None
+        slices = None
         if api is not None:
-            watcher = kubewatch.ConfigMapWatcher(
-                api, namespace, name, lambda t, rv: router.apply(t, source=f"configmap@{rv}")
-            )
+            if args.endpointslices is not False:
+                slices = kubewatch.EndpointSliceWatcher(api, namespace, router.set_endpoints, args.endpoint_port_name)
+                slices.follow(router.table.urls())
+
+            def on_table(t: table.RoutingTable, rv: str) -> None:
+                router.apply(t, source=f"configmap@{rv}")
+                if slices is not None:
+                    slices.follow(t.urls())
+
+            watcher = kubewatch.ConfigMapWatcher(api, namespace, name, on_table)
             watcher_task = loop.create_task(watcher.run())
         elif args.watch_config and args.config:
             watcher_task = loop.create_task(_watch_file(args.config, router))
@@ -168,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(router.shutdown()))
         await router.wait_stopped()
+        if slices is not None:
+            await slices.close()
         if watcher_task is not None:
             watcher_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

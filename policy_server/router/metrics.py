@@ -27,6 +27,7 @@ VARIANTS = ("stable", "candidate")
 SERVED_BY = ("stable", "candidate", "fallback")
 FALLBACK_REASONS = ("error", "timeout", "status")
 SHADOW_OUTCOMES = ("ok", "error", "timeout", "status", "dropped")
+REWARD_OUTCOMES = ("forwarded", "rejected", "refused", "failed")
 
 
 class FastHistogram(Collector):
@@ -86,14 +87,21 @@ class ShadowEstimates(Collector):
         self.estimator = estimator
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        values = GaugeMetricFamily("policy_router_shadow_estimate",
-                                   "Shadow candidate's SNIPS estimate from the stable's live decisions, with bounds",
-                                   labels=["variant", "quantity", "bound"])
-        joined = GaugeMetricFamily("policy_router_shadow_rewards_joined",
-                                   "Rewards of mirrored requests joined to the candidate's would-be decision",
-                                   labels=["variant", "quantity"])
-        ess = GaugeMetricFamily("policy_router_shadow_effective_sample_size",
-                                "Kish effective sample size of the shadow estimate", labels=["variant", "quantity"])
+        values = GaugeMetricFamily(
+            "policy_router_shadow_estimate",
+            "Shadow candidate's SNIPS estimate from the stable's live decisions, with bounds",
+            labels=["variant", "quantity", "bound"],
+        )
+        joined = GaugeMetricFamily(
+            "policy_router_shadow_rewards_joined",
+            "Rewards of mirrored requests joined to the candidate's would-be decision",
+            labels=["variant", "quantity"],
+        )
+        ess = GaugeMetricFamily(
+            "policy_router_shadow_effective_sample_size",
+            "Kish effective sample size of the shadow estimate",
+            labels=["variant", "quantity"],
+        )
         for quantity, estimate in sorted(self.estimator.estimates().items()):
             nan = float("nan")
             for bound in ("point", "lower", "upper", "baseline"):
@@ -169,6 +177,28 @@ class RouterMetrics:
             "Seconds from the operator's decision (table updatedAt) to the router applying it",
             registry=r,
         )
+        # endpoints and rewards
+        self.endpoints_gauge = Gauge(
+            "policy_router_endpoints",
+            "Endpoints of each variant, by state (ready, or out after a connection error until /readyz answers)",
+            ["variant", "state"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "policy_router_retries",
+            "Requests re-sent to another endpoint of the same variant after a connection error",
+            ["variant"],
+            registry=r,
+        )
+        self._retries = {v: self.retries.labels(v) for v in VARIANTS}
+        self.rewards = Counter(
+            "policy_router_rewards",
+            "Rewards posted to the router: forwarded (2xx upstream), rejected (4xx upstream, e.g. 409 duplicate), "
+            "refused (by the router: forged, malformed or unknown id), failed (no endpoint answered)",
+            ["outcome"],
+            registry=r,
+        )
+        self._rewards = {o: self.rewards.labels(o) for o in REWARD_OUTCOMES}
         # shadow
         self.shadow_requests = Counter(
             "policy_router_shadow_requests",
@@ -246,6 +276,19 @@ class RouterMetrics:
 
     def fail(self, variant: str) -> None:
         self._failed[variant].inc()
+
+    def retry(self, variant: str) -> None:
+        self._retries[variant].inc()
+
+    def reward(self, outcome: str) -> None:
+        self._rewards[outcome].inc()
+
+    def endpoints(self, counts: dict[str, tuple[int, int]]) -> None:
+        """(ready, total) endpoints per variant; a variant absent from ``counts`` has none."""
+        for v in VARIANTS:
+            ready, n = counts.get(v, (0, 0))
+            self.endpoints_gauge.labels(v, "ready").set(ready)
+            self.endpoints_gauge.labels(v, "out").set(n - ready)
 
     def shadow_outcome(self, outcome: str, seconds: float | None = None) -> None:
         self._shadow[outcome].inc()

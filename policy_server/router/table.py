@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ import orjson
 
 from policy_server.errors import PolicyServerError
 
-__all__ = ["CONFIGMAP_KEY", "TABLE_VERSION", "RoutingTable", "TableError", "load", "save"]
+__all__ = ["CONFIGMAP_KEY", "TABLE_VERSION", "RoutingTable", "TableError", "endpoints", "load", "save"]
 
 TABLE_VERSION = 1
 CONFIGMAP_KEY = "routing.json"
@@ -28,6 +29,32 @@ CONFIGMAP_KEY = "routing.json"
 
 class TableError(PolicyServerError, ValueError):
     """A routing table that cannot be applied (the message names the field and the fix)."""
+
+
+def _urls(value: Any, field: str) -> str | tuple[str, ...]:
+    """One URL (kept a string, today's wire form) or a non-empty list of them (a tuple)."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise TableError(f"routing table: {field!r} must be a URL or a non-empty list of URLs, got []")
+        urls = tuple(_url(v, f"{field}[{i}]") for i, v in enumerate(value))
+        if len(set(urls)) != len(urls):
+            raise TableError(f"routing table: {field!r} lists an endpoint twice: {list(urls)}; list each once")
+        return urls
+    return _url(value, field)
+
+
+def endpoints(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The endpoint URLs of a table field (one URL or a list): () when the field is unset."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _key_spec(value: str | None, field: str) -> None:
+    if value is not None:
+        kind, _, name = value.partition(":")
+        if kind not in ("header", "context") or not name:
+            raise TableError(f"routing table: {field!r} must be 'header:NAME' or 'context:FIELD', got {value!r}")
 
 
 def _url(value: Any, field: str) -> str:
@@ -41,55 +68,63 @@ def _url(value: Any, field: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RoutingTable:
-    """Stable and candidate URLs, the candidate's percentage, shadow, and the sticky key.
+    """Stable and candidate endpoints, the candidate's percentage, shadow, the sticky and entity keys.
 
+    ``stable``, ``candidate`` and ``fallback`` are each one URL (a Service, or one process) or a
+    list of URLs (the endpoints of that variant; the router balances across the ready ones).
     ``sticky_key`` is ``header:NAME`` (a request header) or ``context:FIELD`` (a field of the
-    request body's ``context`` object); None means a fresh random draw per request.
-    ``fallback`` (optional) answers when the candidate fails; the stable policy otherwise.
+    request body's ``context`` object) and picks the *variant*; None means a fresh random draw
+    per request. ``entity_key`` (same forms) picks the *endpoint* within the variant, so one
+    entity keeps meeting the same process (rendezvous hashing). ``fallback`` (optional) answers
+    when the candidate fails; the stable policy otherwise.
     """
 
-    stable: str
-    candidate: str | None = None
+    stable: str | Sequence[str]
+    candidate: str | Sequence[str] | None = None
     weight: float = 0.0
     shadow: bool = False
     sticky_key: str | None = None
-    fallback: str | None = None
+    fallback: str | Sequence[str] | None = None
     latency_budget_ms: float | None = None
     generation: int = 0
     updated_at: float = 0.0  # when the operator decided (epoch seconds): propagation = applied - updated_at
     salt: str = ""  # per-rollout salt of the sticky hash, so rollouts do not all pick the same callers
+    entity_key: str | None = None
 
     def __post_init__(self) -> None:
-        _url(self.stable, "stable")
-        if self.candidate is not None:
-            _url(self.candidate, "candidate")
-        if self.fallback is not None:
-            _url(self.fallback, "fallback")
+        for name in ("stable", "candidate", "fallback"):  # lists become tuples: the table stays hashable
+            value = getattr(self, name)
+            if value is not None or name == "stable":
+                object.__setattr__(self, name, _urls(value, name))
         w = self.weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or not 0 <= w <= 100:
             raise TableError(f"routing table: 'weight' must be a number in 0..100 (candidate percent), got {w!r}")
         if (w > 0 or self.shadow) and self.candidate is None:
             raise TableError("routing table: weight > 0 or shadow needs a 'candidate' URL; set one or weight 0")
-        if self.sticky_key is not None:
-            kind, _, name = self.sticky_key.partition(":")
-            if kind not in ("header", "context") or not name:
-                raise TableError(
-                    f"routing table: 'stickyKey' must be 'header:NAME' or 'context:FIELD', got {self.sticky_key!r}"
-                )
+        _key_spec(self.sticky_key, "stickyKey")
+        _key_spec(self.entity_key, "entityKey")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise TableError(f"routing table: 'latencyBudgetMs' must be > 0, got {self.latency_budget_ms!r}")
+
+    def urls(self) -> set[str]:
+        """Every URL the table names (what an EndpointSlice watcher resolves)."""
+        return {u for v in (self.stable, self.candidate, self.fallback) for u in endpoints(v)}
 
     # ---- wire form (camelCase, as in the ConfigMap)
 
     def to_json(self) -> dict[str, Any]:
+        def wire(value: str | Sequence[str] | None) -> str | list[str] | None:
+            return value if value is None or isinstance(value, str) else list(value)
+
         out: dict[str, Any] = {
             "version": TABLE_VERSION,
-            "stable": self.stable,
-            "candidate": self.candidate,
+            "stable": wire(self.stable),
+            "candidate": wire(self.candidate),
             "weight": self.weight,
             "shadow": self.shadow,
             "stickyKey": self.sticky_key,
-            "fallback": self.fallback,
+            "entityKey": self.entity_key,
+            "fallback": wire(self.fallback),
             "latencyBudgetMs": self.latency_budget_ms,
             "generation": self.generation,
             "updatedAt": self.updated_at,
@@ -114,6 +149,7 @@ class RoutingTable:
             "weight",
             "shadow",
             "stickyKey",
+            "entityKey",
             "fallback",
             "latencyBudgetMs",
             "generation",
@@ -134,6 +170,7 @@ class RoutingTable:
             weight=data.get("weight", 0),
             shadow=shadow,
             sticky_key=data.get("stickyKey"),
+            entity_key=data.get("entityKey"),
             fallback=data.get("fallback"),
             latency_budget_ms=data.get("latencyBudgetMs"),
             generation=int(data.get("generation", 0)),

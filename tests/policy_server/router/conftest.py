@@ -89,7 +89,7 @@ class RouterProc:
 
 
 @contextmanager
-def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
+def start_router(*flags: str, timeout: float = 30, env: dict[str, str] | None = None) -> Iterator[RouterProc]:
     proc = subprocess.Popen(
         # A generous candidate budget by default, so that a slow answer on this loaded machine does not turn
         # into a fallback in tests about something else; tests of the budget pass their own (the last flag wins).
@@ -110,7 +110,7 @@ def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
     )
     try:
         line = proc.stdout.readline()
@@ -134,6 +134,60 @@ def start_router(*flags: str, timeout: float = 30) -> Iterator[RouterProc]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+class Standin:
+    """A stand-in policy server process (standin.py): kill it, restart it on the same port, read what it got."""
+
+    def __init__(self, name: str, variant: str, env: dict[str, str] | None, fail_rewards: int = 0) -> None:
+        self.name, self.variant, self.env, self.fail_rewards = name, variant, env, fail_rewards
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Standin:
+        cmd = [sys.executable, "-m", "tests.policy_server.router.standin", "--port", str(self.port)]
+        cmd += ["--name", self.name, "--variant", self.variant, "--fail-rewards", str(self.fail_rewards)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, **(self.env or {})}
+        )
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+        assert m, f"stand-in {self.name} did not start: {line!r}"
+        self.port = int(m.group(1))
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def received(self) -> list[dict[str, Any]]:
+        c = HttpClient(self.port)
+        try:
+            status, body = c.request("GET", "/received")
+        finally:
+            c.close()
+        assert status == 200, body
+        return body
+
+
+@contextmanager
+def standins(
+    variant: str, n: int, env: dict[str, str] | None = None, fail_rewards: int = 0
+) -> Iterator[list[Standin]]:
+    """``n`` stand-in endpoints of ``variant`` named ``s0..`` (stable) or ``c0..`` (candidate), killed after."""
+    procs = [Standin(f"{variant[0]}{i}", variant, env, fail_rewards) for i in range(n)]
+    try:
+        for s in procs:
+            s.start()
+        yield procs
+    finally:
+        for s in procs:
+            s.kill()
 
 
 def url(server: CliServer) -> str:

@@ -54,11 +54,32 @@ def test_table_round_trips_through_its_file(tmp_path) -> None:
         ({"stable": "http://s", "weights": 3}, r"unknown field\(s\) \['weights'\]"),
         ({"stable": "http://s", "version": 2}, "version 2 is not supported"),
         ({}, "'stable' .* is required"),
+        ({"stable": []}, "'stable' must be a URL or a non-empty list"),
+        ({"stable": ["http://a", "tcp://b"]}, r"'stable\[1\]' must be an http"),
+        ({"stable": ["http://a", "http://a"]}, "lists an endpoint twice"),
+        ({"stable": "http://s", "entityKey": "user"}, "'entityKey' must be 'header:NAME' or 'context:FIELD'"),
     ],
 )
 def test_bad_tables_are_rejected_with_the_field_at_fault(data, message) -> None:
     with pytest.raises(table.TableError, match=message):
         table.RoutingTable.from_json(data)
+
+
+def test_a_variant_is_one_url_or_a_list_of_endpoints_and_both_round_trip(tmp_path) -> None:
+    wire = {
+        "stable": ["http://10.0.0.1:8080", "http://10.0.0.2:8080"],
+        "candidate": "http://c",
+        "weight": 10,
+        "entityKey": "context:user",
+    }
+    t = table.RoutingTable.from_json(wire)
+    assert table.endpoints(t.stable) == ("http://10.0.0.1:8080", "http://10.0.0.2:8080")
+    assert table.endpoints(t.candidate) == ("http://c",) and table.endpoints(t.fallback) == ()
+    assert t.urls() == {"http://10.0.0.1:8080", "http://10.0.0.2:8080", "http://c"}
+    out = t.to_json()
+    assert out["stable"] == wire["stable"] and out["candidate"] == "http://c" and out["entityKey"] == "context:user"
+    table.save(t, tmp_path / "t.json")
+    assert table.load(tmp_path / "t.json") == t
 
 
 def test_corrupt_table_file_says_how_to_recover(tmp_path) -> None:
