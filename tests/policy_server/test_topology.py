@@ -23,6 +23,7 @@ Afterwards:
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import random
@@ -130,15 +131,11 @@ def topology(tmp_path: Path) -> Iterator[tuple[dict[str, list[Proc]], Proc, Path
     logs, env = tmp_path / "log", {"POLICY_SERVER_REWARD_KEY": secrets.token_urlsafe(32)}
     servers: dict[str, list[Proc]] = {}
     for variant, model in models.items():
-        servers[variant] = [
-            Proc(
-                f"{variant}-{i}",
-                ["serve", "--model", str(model), "--variant", variant, "--log-dir", str(logs),
-                 "--wal-dir", str(tmp_path / "wal" / f"{variant}-{i}"), "--durable", "--seed", str(i)],
-                free_port(), env, tmp_path / f"{variant}-{i}.log",
-            )  # fmt: skip
-            for i in range(REPLICAS)
-        ]
+        servers[variant] = []
+        for i in range(REPLICAS):
+            argv = ["serve", "--model", str(model), "--variant", variant, "--log-dir", str(logs), "--seed", str(i),
+                    "--wal-dir", str(tmp_path / "wal" / f"{variant}-{i}"), "--durable"]  # fmt: skip
+            servers[variant].append(Proc(f"{variant}-{i}", argv, free_port(), env, tmp_path / f"{variant}-{i}.log"))
     table = tmp_path / "routing.json"
     _write_table(table, servers, weight=50)
     router = Proc("router", ["route", "--config", str(table), "--watch-config"], free_port(), env,
@@ -161,8 +158,8 @@ def _write_table(path: Path, servers: dict[str, list[Proc]], *, weight: float) -
         "stable": [p.url for p in servers["stable"]],
         "candidate": [p.url for p in servers["candidate"]],
         "weight": weight,
-        "sticky_key": "context:entity",
-        "entity_key": "context:entity",
+        "stickyKey": "context:entity",
+        "entityKey": "context:entity",
         "generation": int(time.time() * 1000),
     }
     tmp = path.with_suffix(".tmp")
@@ -206,7 +203,8 @@ class RewardPoster(threading.Thread):
             proc = self.rng.choice(self.servers)
             incarnation = proc.incarnation
             try:
-                status, body = Client(proc.port, timeout=5).post("/v1/reward", {"request_id": request_id, "reward": value})
+                reward = {"request_id": request_id, "reward": value}
+                status, body = Client(proc.port, timeout=5).post("/v1/reward", reward)
             except OSError:
                 status, body = 0, "connection error"
             if status in (202, 409):  # 409: an earlier attempt that we saw fail was recorded after all
@@ -313,7 +311,7 @@ def test_three_replicas_late_rewards_a_sigkill_and_a_rollback_lose_nothing(topol
             assert got == pytest.approx(acked.get(variant, 0.0), abs=1e-6), (name, variant)
 
     # the per-entity shield held across replicas, the kill and the rollback
-    moves = [abs(b - a) for actions in truth.actions.values() for a, b in zip(actions, actions[1:], strict=False)]
+    moves = [abs(b - a) for actions in truth.actions.values() for a, b in itertools.pairwise(actions)]
     assert max(moves) <= MAX_DELTA
     assert moves.count(MAX_DELTA) > 20  # entities did move: the bound was exercised
 
@@ -322,7 +320,8 @@ def _joined(logs: Path) -> dict[str, dict]:
     """The joined dataset by request id (the joiner's library, as the offline-evaluation Job runs it)."""
     from policy_server import join
 
-    table, _ = join.join_log(f"file://{logs}", window_s=None, reward_function="sum", exclude_unrewarded=False)
+    options = join.JoinOptions(window=None, reward_function=join.RewardFunction.SUM, default_reward=0.0)
+    table, _ = join.join_log(f"file://{logs}", options)
     rows = table.select(["request_id", "variant", "reward", "reward_events"]).to_pylist()
     by_id: dict[str, dict] = {}
     for row in rows:
