@@ -41,6 +41,7 @@ could not be written is counted in :attr:`PolicyServer.unwritten` and stays in t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -120,6 +121,7 @@ class _Pending:
     entity: str | None
     reward_id: str | None  # the signed id of a client-chosen request id
     current: int | list[float] | None  # context.current_action
+    shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
 
 
 def _error(message: str) -> bytes:
@@ -435,7 +437,9 @@ class PolicyServer:
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
         rid, reward_id = req.request_id, None
-        if rid is None:
+        if req.shadow_of is not None:  # the served decision is logged by its own server and the router
+            rid = req.shadow_of
+        elif rid is None:
             rid = self._ids.generate(time.time())
         else:
             reward_id = self._ids.claim(rid, time.time())
@@ -460,6 +464,7 @@ class PolicyServer:
                 req.entity,
                 reward_id,
                 req.current_action,
+                req.shadow_of is not None,
             )
         )
 
@@ -486,7 +491,7 @@ class PolicyServer:
         d = res.decision
         reasons = res.reasons
         latency_s = time.perf_counter() - started
-        failed = self.log.log_batch(items, obs, d, reasons, latency_s, self._version) if self.log is not None else ()
+        failed = self._log_batch(items, obs, d, reasons, latency_s)
         actions = d.actions.tolist()
         props = d.propensities.tolist()
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
@@ -513,6 +518,20 @@ class PolicyServer:
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
+
+    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s) -> set[int]:
+        """Log the batch's decisions, except shadow mirrors (never served: the router logs them as such)."""
+        if self.log is None:
+            return set()
+        if not any(it.shadow for it in items):
+            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version)
+        failed: set[int] = set()
+        for i, it in enumerate(items):  # mixed batches are rare: shadow traffic comes alone in a shadow step
+            if not it.shadow:
+                one = slice(i, i + 1)
+                if self.log.log_batch(items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version):
+                    failed.add(i)
+        return failed
 
     def _reply(self, replies: list[server_log.Reply]) -> None:
         if self.log is not None:
@@ -557,6 +576,18 @@ class PolicyServer:
                 }
             )
         self._reply([(conn, seq, 202, b'{"status":"accepted"}')])
+
+
+def _rows(d: policy_mod.BatchDecision, rows: slice) -> policy_mod.BatchDecision:
+    """The decisions of ``rows`` only (for logging part of a batch)."""
+    return dataclasses.replace(
+        d,
+        **{
+            f.name: getattr(d, f.name)[rows]
+            for f in dataclasses.fields(d)
+            if isinstance(getattr(d, f.name), np.ndarray)
+        },
+    )
 
 
 _REWARD_REFUSALS = {

@@ -34,7 +34,7 @@ __all__ = [
     "parse_reward",
 ]
 
-ACT_FIELDS = ("observation", "request_id", "context")
+ACT_FIELDS = ("observation", "request_id", "context", "shadow_of")
 REWARD_FIELDS = ("request_id", "reward", "costs", "event_id")
 MAX_ID_LEN = 128
 MAX_SIGNED_ID_LEN = 512  # a reward_id signs the client's id, its variant, version and time (attribution.py)
@@ -74,6 +74,7 @@ class ActRequest:
     entity: str | None
     context_json: str | None = None  # the context as the decision log stores it
     current_action: int | list[float] | None = None  # context.current_action: the entity's action now (shield)
+    shadow_of: str | None = None  # the router's mirror of a decision served by another variant (not logged here)
 
 
 @dataclass(slots=True)
@@ -172,10 +173,13 @@ def _check_nested(value: Any, shape: tuple[int, ...], path: str, full: tuple[int
 def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> ActRequest:
     """Validate a /v1/act body; ``n_actions`` is None for continuous actions."""
     data = parse_json(body)
-    if len(data) > 3 or any(k not in ACT_FIELDS for k in data):
+    if len(data) > len(ACT_FIELDS) or any(k not in ACT_FIELDS for k in data):
         _unknown(data, ACT_FIELDS, "/v1/act")
     obs = _observation(data.get("observation"), shape)
     rid = _request_id(data.get("request_id"), required=False)
+    shadow_of = _request_id(data.get("shadow_of"), required=False, max_len=MAX_SIGNED_ID_LEN, field="shadow_of")
+    if shadow_of is not None and rid is not None:
+        raise BadRequest("send either 'request_id' or 'shadow_of' (a mirrored request answers under the served id)")
     context = data.get("context")
     mask = entity = None
     if context is not None:
@@ -201,8 +205,8 @@ def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> Act
             raise BadRequest(
                 f"'context' is nested more than {MAX_CONTEXT_DEPTH} levels deep and cannot be logged; flatten it"
             ) from None
-        return ActRequest(obs, rid, context, mask, entity, context_json, current)
-    return ActRequest(obs, rid, context, mask, entity)
+        return ActRequest(obs, rid, context, mask, entity, context_json, current, shadow_of)
+    return ActRequest(obs, rid, context, mask, entity, shadow_of=shadow_of)
 
 
 def _current_action(value: Any, n_actions: int | None) -> int | list[float]:

@@ -508,7 +508,10 @@ class Router:
         try:
             request = orjson.loads(body)
             if isinstance(request, dict) and "request_id" in served:
-                request["request_id"] = served["request_id"]  # join the shadow decision to the served one
+                # answered under the served id and not logged by the candidate: it was never served (this
+                # router logs it as served_by "shadow"); a client-chosen id is the stable's, not to be claimed
+                request.pop("request_id", None)
+                request["shadow_of"] = served["request_id"]
             status, resp = await ep.upstream.request(b"POST", b"/v1/act", orjson.dumps(request), self._budget_s)
             elapsed = time.perf_counter() - t
             if status != 200:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from policy_server import artifact, attribution
-from policy_server.decision_log import read_rewards
+from policy_server.decision_log import read_decisions, read_rewards
 from tests.support.policy_server import metric, running
 
 pytestmark = pytest.mark.integration
@@ -106,3 +106,24 @@ def test_current_action_bounds_max_delta_on_a_replica_that_never_saw_the_entity(
     assert guarded.count(1) >= 5  # the policy wanted to move: the bound was exercised, not vacuous
     assert max(memory_only) > 1  # each process's memory alone lets the entity jump between replicas
     assert status == 400 and "current_action" in err["error"]
+
+
+def test_a_shadow_mirror_is_answered_under_the_served_id_and_not_logged_as_served(models, tmp_path: Path) -> None:
+    """The router mirrors a served decision to the candidate with `shadow_of`: the candidate must not log it as a
+    decision of its own (it was never served; the router logs it as `served_by: shadow`) nor claim the id."""
+    with (
+        running(models(), variant="stable", reward_keys=KEY) as stable,
+        running(models(version="v2"), variant="candidate", reward_keys=KEY, log_dir=str(tmp_path)) as candidate,
+    ):
+        served = stable.client().act(OBS, request_id="order-9")
+        c = candidate.client()
+        mirrored = c.post("/v1/act", {"observation": OBS, "shadow_of": served["request_id"]})[1]
+        again = c.post("/v1/act", {"observation": OBS, "shadow_of": served["request_id"]})[1]
+        own = c.act(OBS)
+        status, err = c.post("/v1/act", {"observation": OBS, "request_id": "x", "shadow_of": "y"})
+        m = c.metrics()
+    assert mirrored["request_id"] == again["request_id"] == "order-9"
+    assert status == 400 and "shadow_of" in err["error"]
+    assert metric(m, "policy_decisions_total", variant="candidate", action=str(own["action"])) >= 1
+    logged = read_decisions(f"file://{tmp_path}").column("request_id").to_pylist()
+    assert logged == [own["request_id"]]
