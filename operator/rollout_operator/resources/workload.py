@@ -32,9 +32,18 @@ def scrape_annotations(port: int) -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
+WORKER_MEMORY_MI = 512  # default memory limit per server process when a pod runs several (--workers)
+
+
 def _resources(policy: api.PolicySpec) -> dict[str, dict[str, str]]:
-    """The spec's resources; each of requests/limits the spec leaves out keeps our default."""
+    """The spec's resources; each of requests/limits the spec leaves out keeps our default.
+
+    With several workers the default memory limit grows with them (each process holds its own copy of
+    the model), so a pod that asks for 4 workers is not OOM-killed by a limit sized for one.
+    """
     result = {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
+    if policy.workers > 1:
+        result["limits"]["memory"] = f"{WORKER_MEMORY_MI * policy.workers}Mi"
     for kind, values in (policy.resources or {}).items():
         result[kind] = dict(values)
     return result

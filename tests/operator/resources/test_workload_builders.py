@@ -220,6 +220,13 @@ def test_one_server_process_per_pod_unless_the_spec_asks_for_more(rollout: api.P
         args = resources.deployment(several, variant, policy)["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--workers") + 1] == workers
         assert args[:2] == ["serve", "--model"]
+    limits = resources.deployment(several, "candidate", several.spec.policy)["spec"]["template"]["spec"][
+        "containers"][0]["resources"]["limits"]
+    assert limits["memory"] == "2048Mi", "each worker holds the model: the default limit grows with them"
+    own = _rollout(policy={**several.spec.policy.wire(), "resources": {"limits": {"memory": "3Gi"}}})
+    limits = resources.deployment(own, "candidate", own.spec.policy)["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]
+    assert limits == {"memory": "3Gi"}, "a limit the spec gives is kept as given"
 
 
 def test_the_router_may_read_endpointslices_of_its_namespace_only(rollout: api.PolicyRollout) -> None:
