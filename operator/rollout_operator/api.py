@@ -29,12 +29,16 @@ __all__ = [
     "GROUP",
     "HTTP_URL_PATTERN",
     "KIND",
+    "LABEL_REWARD_KEY",
     "LABEL_ROLLOUT",
     "LABEL_VARIANT",
     "NO_ANALYSED_LIVE_STEP",
     "OBJECT_NAME_PATTERN",
     "PLURAL",
     "REVISION_LIMIT",
+    "REWARD_DEFAULT_AND_EXCLUDE",
+    "REWARD_KEEP_WITHOUT_DEFAULT",
+    "REWARD_WINDOW_ZERO",
     "SHORT_NAMES",
     "SINGULAR",
     "STEPS_GO_DOWN",
@@ -75,6 +79,9 @@ __all__ = [
     "PolicyRolloutStatus",
     "PolicySpec",
     "Revision",
+    "RewardFunction",
+    "RewardKeySecretRef",
+    "RewardsSpec",
     "ShadowStep",
     "StatusModel",
     "Step",
@@ -100,6 +107,8 @@ SHORT_NAMES = ["prl"]
 
 LABEL_ROLLOUT = f"{GROUP}/rollout"
 LABEL_VARIANT = f"{GROUP}/variant"
+# On a Secret named by spec.rewardKeySecret: its owner consents to its use as a rollout's reward key.
+LABEL_REWARD_KEY = f"{GROUP}/reward-key"
 # A human (or `kubectl policyrollout`) asks for an action by setting this annotation to
 # "<verb>/<unique id>". The operator applies each id once and remembers it in
 # status.lastActionId, so the annotation can stay in place and replays are harmless.
@@ -224,6 +233,11 @@ class PolicySpec(Model):
     version: str = Field(min_length=1, max_length=63, description="Version label of this policy.")
     replicas: int = Field(
         default=1, ge=1, le=1000, description="Pods of this policy; at least 1 (a policy with no pods serves nothing)."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Server processes per pod (`policy-server serve --workers`), sharing the port; size the pod's "
+        "CPU to match.",
     )
     port: int = Field(default=8080, ge=1, le=65535)
     resources: dict[str, dict[str, str]] | None = Field(
@@ -695,6 +709,91 @@ class DecisionLogSpec(Model):
     )
 
 
+class RewardKeySecretRef(Model):
+    """A Secret of the rollout's namespace holding the reward key (instead of the one the operator makes).
+
+    The Secret must carry the label ``policy.rollouts.io/reward-key: "true"``: whoever labels it
+    consents to its use as a reward key, so a rollout's author cannot have any Secret of the
+    namespace put into pods running an image of their choice.
+    """
+
+    name: str = Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN, description="The Secret's name.")
+    key: str = Field(
+        default="key", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The data key holding the comma-separated reward key(s).",
+    )
+
+
+class RewardFunction(enum.StrEnum):
+    """How several rewards of one decision become one (`policy-server join --reward-function`)."""
+
+    SUM = "sum"
+    FIRST = "first"
+    LAST = "last"
+    MEAN = "mean"
+    MAX = "max"
+
+
+REWARD_WINDOW_ZERO = "rewards.window must be longer than 0, e.g. '1h' (leave it out for an unbounded window)"
+REWARD_DEFAULT_AND_EXCLUDE = "set rewards.default or rewards.excludeUnrewarded: true, not both"
+REWARD_KEEP_WITHOUT_DEFAULT = (
+    "rewards.excludeUnrewarded: false needs rewards.default, the reward a decision without one gets"
+)
+
+
+class RewardsSpec(Model):
+    """How the offline-evaluation and training Jobs join rewards to decisions (`policy-server join`).
+
+    A reward is an observation that arrives after its decision, at any replica; the Jobs pair them by
+    request id. A reward later than `window` after its decision is counted as late and not joined;
+    several rewards of one decision become one through `function`; a decision without a reward gets
+    `default`, or is left out of the dataset (`excludeUnrewarded`, the default).
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("!has(self.window) || self.window.matches('[1-9]')", REWARD_WINDOW_ZERO, ".window"),
+            _cel("!(has(self.default) && has(self.excludeUnrewarded) && self.excludeUnrewarded)",
+                 REWARD_DEFAULT_AND_EXCLUDE),
+            _cel("!has(self.excludeUnrewarded) || self.excludeUnrewarded || has(self.default)",
+                 REWARD_KEEP_WITHOUT_DEFAULT),
+        )
+    )
+
+    window: Duration | None = Field(
+        default=None, description="Longest a reward may follow its decision and still be joined (e.g. '1h'); "
+        "unset: no limit.",
+    )
+    function: Annotated[RewardFunction, _LAX] = Field(
+        default=RewardFunction.FIRST, description="sum, first, last, mean or max of several rewards of one decision."
+    )
+    default: float | None = Field(default=None, description="The reward of a decision that got none in its window.")
+    exclude_unrewarded: bool | None = Field(
+        default=None, description="Leave decisions without a reward out of the dataset; the default unless "
+        "`default` is set.",
+    )
+
+    @pydantic.field_validator("window")
+    @classmethod
+    def _window_positive(cls, window: str | None) -> str | None:
+        if window is not None and parse_duration(window) <= timedelta(0):
+            raise ValueError(REWARD_WINDOW_ZERO)
+        return window
+
+    @pydantic.model_validator(mode="after")
+    def _default_or_exclude(self) -> RewardsSpec:
+        if self.default is not None and self.exclude_unrewarded:
+            raise ValueError(REWARD_DEFAULT_AND_EXCLUDE)
+        if self.exclude_unrewarded is False and self.default is None:
+            raise ValueError(REWARD_KEEP_WITHOUT_DEFAULT)
+        return self
+
+    @property
+    def excludes_unrewarded(self) -> bool:
+        """Whether decisions without a reward are dropped (no default reward given)."""
+        return self.default is None
+
+
 STEPS_GO_DOWN = (
     "setWeight goes down from one step to a later one: order the steps by weight (a rollback is the operator's "
     "job, not a step), or set spec.allowWeightDecrease: true to step down on purpose"
@@ -800,6 +899,16 @@ class PolicyRolloutSpec(Model):
             "Log every decision and reward of this rollout's servers and router, for off-policy evaluation and "
             "retraining. Unset: the pods log nothing."
         ),
+    )
+    rewards: RewardsSpec | None = Field(
+        default=None,
+        description="How the offline-evaluation and training Jobs join rewards to decisions (reward window, "
+        "reward function, default reward). Unset: no window, the first reward, unrewarded decisions left out.",
+    )
+    reward_key_secret: RewardKeySecretRef | None = Field(
+        default=None,
+        description="The Secret holding the key that signs request ids (POLICY_SERVER_REWARD_KEY, docs/security.md). "
+        "Unset: the operator makes <rollout>-reward-key once and never overwrites it.",
     )
 
     @pydantic.field_validator("steps")

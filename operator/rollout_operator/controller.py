@@ -31,6 +31,7 @@ from rollout_operator.guardrails import factory as metrics_factory
 from rollout_operator.notifications import base as notify_base
 from rollout_operator.notifications import dispatcher as notify_dispatcher
 from rollout_operator.notifications import observer as notify_observer
+from rollout_operator.resources import reward_key
 from rollout_operator.traffic import base as traffic_base
 from rollout_operator.traffic import factory as traffic_factory
 from rollout_operator.workloads import jobs as k8s_jobs
@@ -119,6 +120,7 @@ class Controller:
         self._locks: dict[Key, threading.Lock] = {}
         self._adopted: set[Key] = set()
         self._warned: dict[Key, tuple[int | None, str]] = {}  # the last SpecProblem said, per rollout
+        self._keys_checked: dict[Key, tuple[int | None, str, str]] = {}  # spec.rewardKeySecret found usable
         self._guard = threading.Lock()
         self.platform = reconciler.Platform(
             workloads=k8s_workloads.KubernetesWorkloads(self.client),
@@ -215,7 +217,7 @@ class Controller:
                     return Outcome(None, result="invalid")
                 # Stored before the promotion rules and moving traffic: finish it (or roll it back), say why.
                 rollout, stale = older, [invalid]
-            problems = checks.spec_problems(rollout, self.trust)
+            problems = checks.spec_problems(rollout, self.trust) + self._reward_key_problems(rollout)
             if problems and not _has_started(rollout):
                 self._reject(body, f"the spec cannot work: {'; '.join(problems)} (fix the spec; then "
                              "`kubectl policyrollout retry` starts the rollout over)")
@@ -243,6 +245,27 @@ class Controller:
         priority = _priority(status.phase, status.canary_weight, status.shadow,
                              rollout.metadata.annotations.get(api.ANNOTATION_ACTION), status.last_action_id)
         return Outcome(max(decision.requeue_after - elapsed, 0.0), priority)
+
+    def _reward_key_problems(self, rollout: api.PolicyRollout) -> list[str]:
+        """Why the Secret named by spec.rewardKeySecret cannot be used (missing, unlabelled, no usable key).
+
+        Read from the API (no watch of ours sees a user's Secret), once per generation while it is fine:
+        a settled rollout costs no call. A problem fails a rollout that has not started, like any spec problem.
+        """
+        ref = rollout.spec.reward_key_secret
+        if ref is None:
+            return []
+        key = (rollout.metadata.namespace, rollout.metadata.name)
+        checked = (rollout.metadata.generation, ref.name, ref.key)
+        with self._guard:
+            if self._keys_checked.get(key) == checked:
+                return []
+        problem = reward_key.problem(rollout, self.client.read("v1", "Secret", ref.name, rollout.metadata.namespace))
+        if problem is not None:
+            return [problem]
+        with self._guard:
+            self._keys_checked[key] = checked
+        return []
 
     def _warn_once(self, rollout: api.PolicyRollout, message: str) -> None:
         """A spec edited into one that cannot work, mid-rollout: one Warning per generation, not one per reconcile."""
@@ -275,6 +298,7 @@ class Controller:
         self.release(namespace, name)
         with self._guard:
             self._warned.pop((namespace, name), None)
+            self._keys_checked.pop((namespace, name), None)
         if self.metrics is not None:
             self.metrics.forget(namespace, name)
         rollout = _read_without_promotion_rules(body)  # one stored before them may have traffic objects

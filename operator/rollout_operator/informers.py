@@ -40,6 +40,7 @@ OWNED_KINDS: tuple[tuple[str, str], ...] = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("v1", "ConfigMap"),
+    ("v1", "Secret"),  # only ours (the label selector): the reward keys the operator made
     ("v1", "ServiceAccount"),
     ("rbac.authorization.k8s.io/v1", "Role"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),
@@ -382,6 +383,17 @@ class CachedClient(kube.Client):
             raise kube.NotFound(f"{kind} {name!r} not found in namespace {namespace!r}", status=404,
                                 reason="NotFound")
         return obj
+
+    def read(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> JSON | None:
+        """The object as the API server holds it now, or None: for objects the caches cannot hold (a user's
+        Secret carries no label of ours, so no watch of ours sees it)."""
+        self._on_request("get", kind)
+        try:
+            return kube.Client.get(self, api_version, kind, name, namespace)
+        except kube.UnknownKind:
+            raise
+        except kube.NotFound:
+            return None
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              selector: str | dict[str, str] | None = None) -> list[JSON]:

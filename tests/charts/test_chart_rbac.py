@@ -58,6 +58,13 @@ def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     [job] = wait_for(lambda: jobs_of(run.kube_api, "gated", "ope"), 60, what="the offline evaluation Job")
     finish_job(run.kube_api, job, 0, json.dumps({"verdict": "pass", "reason": "rbac run", "estimates": [
         {"estimator": "dr", "value": 1.0, "lowerBound": 0.9, "verdict": "pass"}]}))
+    # A reward key of the user's (spec.rewardKeySecret): checked (get), never created.
+    run.kube_api.put("secrets", {"metadata": {"name": "own-reward-key", "namespace": WATCHED,
+                                              "labels": {api.LABEL_REWARD_KEY: "true"}},
+                                 "stringData": {"key": "k" * 43}})
+    run.client.create(rollout_manifest("keyed", "vector(0)", [{"setWeight": 50}, {"setWeight": 100}], prometheus_url,
+                                       rewardKeySecret={"name": "own-reward-key"}))
+    run.wait_phase("keyed", "Promoted", timeout=120)
     run.wait_phase("healthy", "Promoted", timeout=120)
     run.wait_phase("breaching", "RolledBack", timeout=120)
     run.wait_phase("gated", "Promoted")
@@ -83,7 +90,7 @@ def _exercise(run: OperatorRun, prometheus_url: str) -> None:
     run.kube_api.put("services", service)
     wait_for(lambda: run.kube_api.get("services", WATCHED, "healthy-stable")["spec"]["selector"] == wanted, 30,
              what="the operator to repair the Service")
-    everything = ["healthy", "breaching", "gated", *(name for name, *_ in PROVIDER_ROLLOUTS)]
+    everything = ["healthy", "breaching", "gated", "keyed", *(name for name, *_ in PROVIDER_ROLLOUTS)]
     for name in everything:
         run.client.delete(name, WATCHED)
     for name in everything:
@@ -178,6 +185,7 @@ def test_the_recorded_run_exercised_every_kind_of_call(recorded: tuple[str, list
                    ("rbac.authorization.k8s.io", "rolebindings", "patch"),  # and its binding
                    ("rbac.authorization.k8s.io", "rolebindings", "delete"),  # router cleanup
                    ("batch", "jobs", "create"), ("", "pods", "list"),  # offline evaluation Job and its result
+                   ("", "secrets", "create"), ("", "secrets", "get"),  # our reward keys; a user's checked
                    ("kopf.dev", "clusterkopfpeerings" if any(c.resource == "clusterkopfpeerings" for c in calls)
                     else "kopfpeerings", "patch")]:  # peering keep-alive
         assert needed in used, f"the run never made {needed}"

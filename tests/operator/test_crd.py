@@ -201,8 +201,9 @@ _K8S_CEL_FUNCTIONS = {"has", "size", "all", "exists", "exists_one", "filter", "m
 def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> None:
     rules = _rules(schema)
     # spec (2), steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
-    # offlineEvaluation margin and reward range, a cost constraint's budget
-    assert len(rules) == 11
+    # offlineEvaluation margin and reward range, a cost constraint's budget, rewards (window, default xor exclude,
+    # keeping unrewarded decisions needs a default)
+    assert len(rules) == 14
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -388,6 +389,17 @@ INVALID = [
      "spec.analysis.prometheusUrl"),
     ("prometheus-url-without-host", _set("spec.analysis.prometheusUrl", "http:///api"), "spec.analysis.prometheusUrl"),
     ("notification-url-file", _set("spec.notifications", [{"url": "file:///etc/passwd"}]), "spec.notifications[0].url"),
+    # Rewards joined for the offline gate and training (issue 15).
+    ("rewards-window-zero", _set("spec.rewards", {"window": "0s"}), "spec.rewards.window"),
+    ("rewards-window-in-days", _set("spec.rewards", {"window": "7d"}), "spec.rewards.window"),
+    ("rewards-function-median", _set("spec.rewards", {"function": "median"}), "spec.rewards.function"),
+    ("rewards-default-and-exclude", _set("spec.rewards", {"default": 0, "excludeUnrewarded": True}), "spec.rewards"),
+    ("rewards-keep-unrewarded-without-default", _set("spec.rewards", {"excludeUnrewarded": False}), "spec.rewards"),
+    ("rewards-default-a-string", _set("spec.rewards", {"default": "0"}), "spec.rewards.default"),
+    ("reward-key-secret-without-name", _set("spec.rewardKeySecret", {"key": "key"}), "spec.rewardKeySecret.name"),
+    ("reward-key-secret-name-not-dns", _set("spec.rewardKeySecret", {"name": "My_Key"}), "spec.rewardKeySecret.name"),
+    ("workers-zero", _set("spec.policy.workers", 0), "spec.policy.workers"),
+    ("workers-too-many", _set("spec.fallback.workers", 65), "spec.fallback.workers"),
 ]
 
 
@@ -425,6 +437,9 @@ def test_rule_messages_reach_the_user(crd: dict[str, Any]) -> None:
         "duplicate-guardrail-names": "guardrail names must be unique",
         "shadow-guardrail-named-like-a-live-one": "unique across guardrails and shadowGuardrails",
         "query-and-template": "set exactly one of query or template",
+        "rewards-window-zero": api.REWARD_WINDOW_ZERO,
+        "rewards-default-and-exclude": api.REWARD_DEFAULT_AND_EXCLUDE,
+        "rewards-keep-unrewarded-without-default": api.REWARD_KEEP_WITHOUT_DEFAULT,
     }
     for case, mutate, field in INVALID:
         if case in messages:

@@ -124,12 +124,12 @@ def test_a_kind_rbac_does_not_let_us_watch_is_read_from_the_api(cluster: Cluster
     requests: list[tuple[str, str]] = []
     operator = kube.Client.from_kubeconfig(cluster.operator_kubeconfig)  # the chart's ServiceAccount
     client = CachedClient(operator, None, on_request=lambda verb, kind: requests.append((verb, kind)),
-                          kinds=[("v1", "Secret")])
+                          kinds=[("v1", "PersistentVolumeClaim")])
     try:
         with pytest.raises(kube.Forbidden):
-            client.get("v1", "Secret", "any", "default")
+            client.get("v1", "PersistentVolumeClaim", "any", "default")
         assert client.informers.degraded, "the controller polls what it cannot watch"
-        assert requests == [("get", "Secret")]
+        assert requests == [("get", "PersistentVolumeClaim")]
     finally:
         client.close()
 
@@ -137,7 +137,7 @@ def test_a_kind_rbac_does_not_let_us_watch_is_read_from_the_api(cluster: Cluster
 def test_informers_skip_kinds_outside_their_namespaces() -> None:
     informers = Informers(kube.Client.__new__(kube.Client), namespaces=("team-a",))
     assert informers.store("v1", "ConfigMap", "team-b") is None
-    assert informers.store("v1", "Secret", "team-a") is None, "not an owned kind"
+    assert informers.store("v1", "PersistentVolumeClaim", "team-a") is None, "not an owned kind"
 
 
 @pytest.mark.integration

@@ -94,6 +94,20 @@ The operator's rules in the namespaces where PolicyRollouts live: exactly the AP
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# Not called by the operator: held so that it may grant them to the router's Role (the router
+# balances over each variant's ready pods from their EndpointSlices). Read-only.
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+# Each rollout's reward key (docs/security.md): create {rollout}-reward-key once; list/watch keep
+# the operator's own ones in a cache (it asks only for those labelled managed-by=policy-rollouts);
+# get checks a Secret named by spec.rewardKeySecret before any pod refers to it. No update, patch
+# or delete: the operator never rewrites a key (humans rotate it) and the garbage collector removes
+# it with its rollout. RBAC cannot narrow further: create and list/watch take no resourceNames, and
+# the names are the rollouts'. With rbac.scope=namespace this holds only in the watched namespaces.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create"]
 # Offline-evaluation and training Jobs; each reports its result as its Pod's termination message.
 - apiGroups: ["batch"]
   resources: ["jobs"]

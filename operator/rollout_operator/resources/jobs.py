@@ -5,6 +5,9 @@ termination message (`/dev/termination-log`, at most 4 KiB): the kubelet copies 
 Pod's status, where the operator reads it. The Job therefore needs no Kubernetes credentials
 at all (no ServiceAccount token is mounted), and the operator needs only `get/list` on Pods.
 
+Both build their dataset with the reward joiner (`policy-server join`): `spec.rewards` becomes
+`--reward-window`, `--reward-function` and `--default-reward` / `--exclude-unrewarded`.
+
 Names are `{rollout}-{kind}-{id}` with `id` from `engine.types.JobRequest`: the same request
 always names the same Job, so a Job is created at most once whatever the operator's restarts.
 """
@@ -27,6 +30,7 @@ __all__ = [
     "job_name",
     "job_templates",
     "offline_evaluation_job",
+    "reward_args",
     "training_job",
 ]
 
@@ -158,6 +162,33 @@ def _constraint_argument(constraint: api.CostConstraint) -> str:
     return ",".join(parts)
 
 
+def _window_argument(window: str) -> str:
+    """A duration in its largest whole unit ("1h30m" -> "90m"): one number and one unit, as the CLIs take it."""
+    millis = round(api.parse_duration(window).total_seconds() * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if millis % size == 0:
+            return f"{millis // size}{unit}"
+    return f"{millis}ms"
+
+
+def reward_args(rollout: api.PolicyRollout) -> list[str]:
+    """How `policy-server ope`/`train` join rewards to decisions (spec.rewards); nothing when it is unset.
+
+    Unset keeps the CLIs' defaults, which are the same as an empty spec.rewards: no window, the first
+    reward, decisions without one left out.
+    """
+    rewards = rollout.spec.rewards
+    if rewards is None:
+        return []
+    args = [] if rewards.window is None else ["--reward-window", _window_argument(rewards.window)]
+    args += ["--reward-function", rewards.function.value]
+    if rewards.default is None:
+        args.append("--exclude-unrewarded")
+    else:  # one argument: a negative default would read as an option
+        args.append(f"--default-reward={rewards.default!r}")
+    return args
+
+
 def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
     """`policy-server ope` of the candidate against the fallback (or the logged rewards)."""
     spec = rollout.spec.offline_evaluation
@@ -180,6 +211,7 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         args += ["--min-lower-bound-delta", repr(spec.min_lower_bound_delta)]
     for constraint in spec.constraints:  # one argument each: a negative budget would read as an option
         args.append(f"--constraint={_constraint_argument(constraint)}")
+    args += reward_args(rollout)
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
 
@@ -205,7 +237,8 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
         args = [
             "train", "--logs", spec.dataset, "--out", output, "--version", version,
             "--algorithm", spec.algorithm, "--steps", str(spec.steps),
-            "--device", "cuda" if spec.gpus else "cpu", "--write-result", RESULT_PATH, *spec.args,
+            "--device", "cuda" if spec.gpus else "cpu", "--write-result", RESULT_PATH, *reward_args(rollout),
+            *spec.args,
         ]
     return _job(rollout, request, spec, command, args, env, gpus=spec.gpus)
 

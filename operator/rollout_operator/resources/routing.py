@@ -19,7 +19,7 @@ from typing import Any
 
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
-from rollout_operator.resources import meta
+from rollout_operator.resources import meta, reward_key
 from rollout_operator.resources.workload import (
     SERVICE_PORT,
     decision_log_args,
@@ -140,7 +140,12 @@ def service_account(rollout: api.PolicyRollout) -> dict[str, Any]:
 
 
 def role(rollout: api.PolicyRollout) -> dict[str, Any]:
-    """Read and watch exactly one ConfigMap (``resourceNames`` also limits list/watch by field selector)."""
+    """Read and watch exactly one ConfigMap (``resourceNames`` also limits list/watch by field selector), and
+    the namespace's EndpointSlices: the router balances over each variant's ready pods itself (docs/router.md).
+
+    EndpointSlice names are generated, so that rule cannot name them; it is read-only and confined to the
+    rollout's namespace. The operator holds the same verbs (the chart's Role) to be allowed to grant them.
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -151,7 +156,12 @@ def role(rollout: api.PolicyRollout) -> dict[str, Any]:
                 "resources": ["configmaps"],
                 "resourceNames": [configmap_name(rollout)],
                 "verbs": ["get", "list", "watch"],
-            }
+            },
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get", "list", "watch"],
+            },
         ],
     }
 
@@ -211,8 +221,11 @@ def deployment(rollout: api.PolicyRollout, replicas: int = 2) -> dict[str, Any]:
         "securityContext": meta.container_security_context(),
         "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+    # The rollout's reward key: the router verifies the ids of rewards posted to it before forwarding them.
+    env: list[dict[str, Any]] = [reward_key.env_var(rollout)]
     if rollout.spec.decision_log is not None:  # the log's storage credentials: the router runs the fallback's image
-        container["env"] = [{"name": e.name, "value": e.value} for e in rollout.spec.fallback.env]
+        env += [{"name": e.name, "value": e.value} for e in rollout.spec.fallback.env if e.name != reward_key.ENV_VAR]
+    container["env"] = env
     labels = _router_labels(rollout)
     return {
         "apiVersion": "apps/v1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollout_operator import api
-from rollout_operator.resources import meta
+from rollout_operator.resources import meta, reward_key
 
 CONTAINER_NAME = "policy-server"
 SERVICE_PORT = 80
@@ -32,9 +32,18 @@ def scrape_annotations(port: int) -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
+WORKER_MEMORY_MI = 512  # default memory limit per server process when a pod runs several (--workers)
+
+
 def _resources(policy: api.PolicySpec) -> dict[str, dict[str, str]]:
-    """The spec's resources; each of requests/limits the spec leaves out keeps our default."""
+    """The spec's resources; each of requests/limits the spec leaves out keeps our default.
+
+    With several workers the default memory limit grows with them (each process holds its own copy of
+    the model), so a pod that asks for 4 workers is not OOM-killed by a limit sized for one.
+    """
     result = {kind: dict(values) for kind, values in DEFAULT_RESOURCES.items()}
+    if policy.workers > 1:
+        result["limits"]["memory"] = f"{WORKER_MEMORY_MI * policy.workers}Mi"
     for kind, values in (policy.resources or {}).items():
         result[kind] = dict(values)
     return result
@@ -45,9 +54,17 @@ def _env(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySp
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in ours.items()]
     env.append({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    # The rollout's shared key: ids signed here verify on every replica, variant and the router.
+    env.append(reward_key.env_var(rollout))
     # The user's variables come last and may not override ours (the server trusts them).
-    env += [{"name": e.name, "value": e.value} for e in policy.env if e.name not in ours]
+    reserved = {*ours, reward_key.ENV_VAR}
+    env += [{"name": e.name, "value": e.value} for e in policy.env if e.name not in reserved]
     return env
+
+
+def workers_args(policy: api.PolicySpec) -> list[str]:
+    """``--workers N`` when the spec asks for more than one server process per pod (default: one, no flag)."""
+    return ["--workers", str(policy.workers)] if policy.workers > 1 else []
 
 
 def decision_log_url(rollout: api.PolicyRollout, writer: str) -> str | None:
@@ -97,7 +114,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
                  "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant),
-                 *trusted_key_args(rollout)],
+                 *trusted_key_args(rollout), *workers_args(policy)],
         # The server's one-line reason to refuse (an unsigned artifact, a bad manifest) becomes the pod's
         # termination message, where `kubectl describe` and the operator's readiness report find it.
         "terminationMessagePolicy": "FallbackToLogsOnError",

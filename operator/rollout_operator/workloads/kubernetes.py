@@ -3,15 +3,19 @@
 A variant with no policy to run (the candidate after promotion or rollback) is scaled to
 zero rather than deleted: its Service stays, so traffic objects that still name it (with
 weight 0) remain valid, and the next rollout reuses the Deployment.
+
+The rollout's reward-key Secret (``resources.reward_key``) is made here, before the first pod
+that reads it: created once, never patched.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from rollout_operator import api, kube
 from rollout_operator.engine import types
-from rollout_operator.resources import meta, workload
+from rollout_operator.resources import meta, reward_key, workload
 from rollout_operator.workloads import base
 
 
@@ -20,11 +24,25 @@ class KubernetesWorkloads:
         self.client = client
 
     def ensure(self, rollout: api.PolicyRollout, workloads: types.Workloads) -> None:
+        self._ensure_reward_key(rollout)
         self._ensure_variant(rollout, "stable", workloads.stable)
         if workloads.candidate is not None:
             self._ensure_variant(rollout, "candidate", workloads.candidate)
         else:
             self._scale_to_zero(rollout, "candidate")
+
+    def _ensure_reward_key(self, rollout: api.PolicyRollout) -> None:
+        """Create ``{rollout}-reward-key`` once, before any pod refers to it; never patch it (humans rotate it).
+
+        With ``spec.rewardKeySecret`` the user's Secret is only referenced (the controller checked it).
+        """
+        if rollout.spec.reward_key_secret is not None:
+            return
+        name = reward_key.secret_name(rollout)
+        if self.client.find("v1", "Secret", name, rollout.metadata.namespace) is not None:
+            return
+        with contextlib.suppress(kube.Conflict):  # made by an earlier pass the cache has not shown yet: it stands
+            self.client.create(reward_key.secret(rollout))
 
     def _ensure_variant(self, rollout: api.PolicyRollout, variant: meta.Variant, policy: api.PolicySpec) -> None:
         self.client.apply(workload.deployment(rollout, variant, policy))

@@ -208,3 +208,33 @@ def test_trusted_keys_reach_every_policy_server_and_its_refusal_reaches_the_pod_
 def test_a_trusted_key_must_be_32_raw_bytes_in_base64(key: str) -> None:
     with pytest.raises(ValueError, match="trustedKeys"):
         api.PolicyRollout.model_validate(policy_rollout_manifest(artifactVerification={"trustedKeys": [key]}))
+
+
+def test_one_server_process_per_pod_unless_the_spec_asks_for_more(rollout: api.PolicyRollout) -> None:
+    args = resources.deployment(rollout, "candidate", rollout.spec.policy)["spec"]["template"]["spec"]["containers"][0][
+        "args"]
+    assert "--workers" not in args  # the default: the Deployment is what it was before workers existed
+    several = _rollout(policy={**rollout.spec.policy.wire(), "workers": 4},
+                       fallback={**rollout.spec.fallback.wire(), "workers": 2})
+    for variant, policy, workers in (("candidate", several.spec.policy, "4"), ("stable", several.spec.fallback, "2")):
+        args = resources.deployment(several, variant, policy)["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--workers") + 1] == workers
+        assert args[:2] == ["serve", "--model"]
+    limits = resources.deployment(several, "candidate", several.spec.policy)["spec"]["template"]["spec"][
+        "containers"][0]["resources"]["limits"]
+    assert limits["memory"] == "2048Mi", "each worker holds the model: the default limit grows with them"
+    own = _rollout(policy={**several.spec.policy.wire(), "resources": {"limits": {"memory": "3Gi"}}})
+    limits = resources.deployment(own, "candidate", own.spec.policy)["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]
+    assert limits == {"memory": "3Gi"}, "a limit the spec gives is kept as given"
+
+
+def test_the_router_may_read_endpointslices_of_its_namespace_only(rollout: api.PolicyRollout) -> None:
+    """The router balances over each variant's ready pods: read-only EndpointSlices, in a Role (namespaced)."""
+    role = routing.role(rollout)
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "shop"
+    [slices] = [r for r in role["rules"] if r["resources"] == ["endpointslices"]]
+    assert slices == {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                      "verbs": ["get", "list", "watch"]}
+    [configmaps] = [r for r in role["rules"] if r["resources"] == ["configmaps"]]
+    assert configmaps["resourceNames"] == [routing.configmap_name(rollout)]

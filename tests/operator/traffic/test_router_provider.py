@@ -86,7 +86,8 @@ def test_reconcile_creates_the_table_and_the_router(
             "resources": ["configmaps"],
             "resourceNames": ["pricing-routing"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
     ]
     dep = kube_api.get("Deployment", "default", "pricing-router")
     pod = dep["spec"]["template"]["spec"]
