@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fsspec
 
-__all__ = ["join", "protocols", "resolve"]
+__all__ = ["join", "protocols", "resolve", "segments"]
 
 
 def resolve(url: str, filesystem: fsspec.AbstractFileSystem | None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -33,3 +33,24 @@ def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
 
 def join(directory: str, name: str) -> str:
     return f"{directory.rstrip('/')}/{name}"
+
+
+def segments(fs: fsspec.AbstractFileSystem, root: str, stream: str) -> list[str]:
+    """Every Parquet segment of ``stream`` (``decisions`` or ``rewards``) under ``root``, at any depth, sorted.
+
+    A rollout's log holds one directory per writer set: ``<url>/stable``, ``<url>/candidate`` and
+    ``<url>/router`` each with their own ``decisions/`` and ``rewards/``. A reward for a candidate's
+    decision may be accepted (and logged) by a stable pod, so readers take the whole tree: pointing
+    them at ``<url>`` joins every writer, pointing them at ``<url>/stable`` reads that one variant's.
+    """
+    try:
+        found = fs.find(root)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        p
+        for p in found
+        if p.endswith(".parquet")
+        and p.rsplit("/", 2)[-2:-1] == [stream]
+        and not p.rsplit("/", 1)[-1].startswith(("_", "."))
+    )

@@ -23,13 +23,7 @@ __all__ = ["join_rewards", "read_decisions", "read_rewards"]
 
 def _read_stream(url: str, sub: str, schema: pa.Schema, filesystem: fsspec.AbstractFileSystem | None) -> pa.Table:
     fs, root = _storage.resolve(url, filesystem)
-    directory = _storage.join(root, sub)
-    try:
-        paths = sorted(
-            p for p in fs.find(directory) if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(("_", "."))
-        )
-    except FileNotFoundError:
-        paths = []
+    paths = _storage.segments(fs, root, sub)  # every writer under url: <url>/decisions or <url>/<variant>/decisions
     if not paths:
         return schema.empty_table()
     # The explicit schema makes older segments readable after columns are added (missing -> null).

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from policy_server.decision_log.schema import REWARD_SCHEMA
 from policy_server.join import summary as summary_mod
 from policy_server.join.window import JoinOptions
 
-__all__ = ["JOINED_COLUMNS", "Block", "join_block"]
+__all__ = ["JOINED_COLUMNS", "Block", "join_block", "served_decisions"]
 
 JOINED_COLUMNS = (
     pa.field("reward", pa.float64(), nullable=False),
@@ -54,6 +55,34 @@ class Block:
         return f"({column} >= {self.start!r} AND {column} < {self.end!r})"
 
 
+def served_decisions(decisions: pa.Table) -> pa.Table:
+    """One row per served decision, in log order.
+
+    The router logs each decision it forwards (``served_by`` stable | candidate | fallback, with its
+    ``assignment_probability``) and the server that answered logs it too; the router's row is kept
+    (it says who really served: a candidate that answered after its latency budget logged a decision
+    the fallback replaced). Shadow rows (``served_by = "shadow"``) were never served and are dropped.
+    """
+    if "served_by" not in decisions.column_names or decisions.num_rows == 0:
+        return decisions
+    served_by = decisions["served_by"]
+    if served_by.null_count == decisions.num_rows:
+        return decisions  # no router rows: nothing to reconcile (the common single-writer log)
+    keep = pc.invert(pc.fill_null(pc.equal(served_by, "shadow"), False))
+    table = decisions.filter(keep)
+    ranked = pa.table(
+        {
+            "request_id": table["request_id"],
+            "__server_copy": pc.is_null(table["served_by"]),  # False (router) sorts first
+            "__i": pa.array(np.arange(table.num_rows, dtype=np.int64)),
+        }
+    ).sort_by([("request_id", "ascending"), ("__server_copy", "ascending"), ("__i", "ascending")])
+    first = ranked.group_by("request_id", use_threads=False).aggregate([("__i", "first")])
+    if first.num_rows == table.num_rows:
+        return table
+    return table.take(np.sort(first["__i_first"].to_numpy()))
+
+
 def _sql_number(value: float | None) -> str:
     return "NULL" if value is None else repr(float(value))
 
@@ -70,6 +99,7 @@ def join_block(
     Rows keep the decisions' order. ``decisions`` has the decision schema (at least ``request_id``,
     ``time``, ``variant``), ``rewards`` the reward schema.
     """
+    decisions = served_decisions(decisions)
     keys = pa.table(
         {
             "request_id": decisions["request_id"],

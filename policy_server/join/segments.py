@@ -48,14 +48,6 @@ class Log:
     rewards: list[Segment]  # by ``time`` (the reward's arrival)
 
 
-def _list(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
-    try:
-        found = fs.find(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(p for p in found if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(("_", ".")))
-
-
 def column_range(meta: pq.FileMetaData, name: str) -> tuple[float | None, float | None, int]:
     """(min, max, nulls) of a float column over all row groups; (None, None, rows) when it is absent."""
     names = meta.schema.names
@@ -90,8 +82,9 @@ def open_log(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> L
     fs, root = _storage.resolve(url, filesystem)
     # Arrow's own local filesystem is faster than fsspec's; a caller's filesystem is used as given.
     arrow_fs: Any = pafs.LocalFileSystem() if filesystem is None and "file" in _storage.protocols(fs) else fs
-    decisions = [_segment(arrow_fs, p, "time") for p in _list(fs, _storage.join(root, DECISIONS_DIR))]
-    rewards = [_segment(arrow_fs, p, "time") for p in _list(fs, _storage.join(root, REWARDS_DIR))]
+    # every writer: <url>/decisions, or one directory per variant and the router (<url>/<variant>/decisions)
+    decisions = [_segment(arrow_fs, p, "time") for p in _storage.segments(fs, root, DECISIONS_DIR)]
+    rewards = [_segment(arrow_fs, p, "time") for p in _storage.segments(fs, root, REWARDS_DIR)]
     return Log(arrow_fs, decisions, rewards)
 
 
