@@ -26,6 +26,7 @@ back at each rate, in alternating rounds, and the comparison rests on difference
   and the wall time of the write itself.
 
     .venv/bin/python bench/router.py                     # ~3 minutes
+    .venv/bin/python bench/router.py --quick             # ~1 minute, 1,000 req/s only, README untouched
     .venv/bin/python bench/router.py --duration 3 --rounds 1 --rates 1000 --no-readme   # smoke run
 """
 
@@ -272,7 +273,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=12, help="rounds over the three targets, first one rotating")
     p.add_argument("--rollbacks", type=int, default=20, help="weight changes timed through the ConfigMap")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one rate (1,000 req/s), 4 rounds, 5 rollbacks, results/router-quick.json, README untouched (~1 min)",
+    )
     args = p.parse_args()
+    if args.quick:
+        args.rates, args.rounds, args.rollbacks, args.no_readme = "1000", 4, 5, True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups (servers, nginx) on SIGTERM
     rates = [int(r) for r in args.rates.split(",")]
     for tool in ("wrk", "nginx"):
@@ -398,8 +406,9 @@ def main() -> int:
         "rollback": rollback,
         "errors": sum(r["errors"] for r in runs),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS.with_name("router-quick.json") if args.quick else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"summary": summary, "rollback": rollback}, indent=2))
     if not args.no_readme:
         write_readme(result)
