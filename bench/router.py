@@ -26,6 +26,8 @@ back at each rate, in alternating rounds, and the comparison rests on difference
   and the wall time of the write itself.
 
     .venv/bin/python bench/router.py                     # ~3 minutes
+    .venv/bin/python bench/router.py --quick             # ~1 minute, 1,000 req/s only, README untouched
+    .venv/bin/python bench/router.py --hot-path          # the router's own Python per request, no sockets
     .venv/bin/python bench/router.py --duration 3 --rounds 1 --rates 1000 --no-readme   # smoke run
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -263,6 +266,59 @@ def measure_rollback(n: int, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _answering(resp: bytes) -> Any:
+    """An ``Upstream.send`` that answers at once with ``resp`` (a fresh request id each time)."""
+    ids = itertools.count()
+
+    def send(self: Any, method: bytes, path: bytes, body: bytes, timeout_s: float, cb: Any) -> None:
+        cb(200, resp % next(ids), None)
+
+    return send
+
+
+def hot_path(n: int = 100_000, repeats: int = 5) -> dict[str, float]:
+    """CPU µs per /v1/act of the router's own Python (no sockets): handle -> answer -> respond, weight 30.
+
+    The upstream answers at once (``Upstream.send`` replaced); the best of ``repeats`` runs of ``n``
+    requests. ``unsigned``: ids the router must remember for their reward (today's server ids, or
+    every id without a reward key); ``signed``: ``r1.`` ids with the key set (nothing remembered).
+    Deterministic enough to compare two versions of the router on a loaded machine.
+    """
+    import asyncio
+
+    from policy_server.router import app, table, upstream
+
+    out = {}
+    for kind, prefix in (("unsigned", b""), ("signed", b"r1.")):
+        os.environ["POLICY_SERVER_REWARD_KEY"] = "k" * 40 if prefix else ""
+        answer = b'"action":1,"propensity":0.9,"variant":"stable","policy_version":"v1"}'
+        resp = b'{"request_id":"' + prefix + b'%d",' + answer
+
+        upstream.Upstream.send = _answering(resp)  # type: ignore[method-assign]
+
+        class Conn:
+            sticky_value = entity_value = None
+
+            def respond(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        loop = asyncio.new_event_loop()
+        t = table.RoutingTable(stable="http://127.0.0.1:1", candidate="http://127.0.0.1:1", weight=30)
+        r = app.Router(app.RouterConfig(table=t, seed=1))
+        r.loop = loop
+        conn, body = Conn(), b'{"observation":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]}'
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for i in range(n):
+                r.handle(conn, i, b"POST", b"/v1/act", body, 0.0)  # type: ignore[arg-type]
+            best = min(best, (time.process_time() - t0) / n * 1e6)
+        loop.close()
+        out[f"{kind}_us_per_request"] = round(best, 2)
+    os.environ.pop("POLICY_SERVER_REWARD_KEY", None)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="200,500,1000", help="comma-separated request rates (req/s)")
@@ -272,7 +328,18 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=12, help="rounds over the three targets, first one rotating")
     p.add_argument("--rollbacks", type=int, default=20, help="weight changes timed through the ConfigMap")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--hot-path", action="store_true", help="only the in-process CPU cost per request (no sockets)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one rate (1,000 req/s), 4 rounds, 5 rollbacks, results/router-quick.json, README untouched (~1 min)",
+    )
     args = p.parse_args()
+    if args.hot_path:
+        print(json.dumps(hot_path(), indent=2))
+        return 0
+    if args.quick:
+        args.rates, args.rounds, args.rollbacks, args.no_readme = "1000", 4, 5, True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups (servers, nginx) on SIGTERM
     rates = [int(r) for r in args.rates.split(",")]
     for tool in ("wrk", "nginx"):
@@ -398,8 +465,9 @@ def main() -> int:
         "rollback": rollback,
         "errors": sum(r["errors"] for r in runs),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS.with_name("router-quick.json") if args.quick else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"summary": summary, "rollback": rollback}, indent=2))
     if not args.no_readme:
         write_readme(result)

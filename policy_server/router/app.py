@@ -404,7 +404,10 @@ class Router:
     def _act(self, conn: protocol.HttpProtocol, seq: int, body: bytes, t0: float) -> None:
         """Assign and send; the rest happens in ``_Act``'s callbacks (no task or coroutine per request)."""
         cand = self._candidate
-        sticky, entity = self._keys(conn, body)
+        if self._sticky_field is None and self._entity_field is None:
+            sticky, entity = conn.sticky_value, conn.entity_value  # type: ignore[attr-defined]
+        else:
+            sticky, entity = self._keys(conn, body)
         to_candidate, prob = assign.choose(self.table.weight, sticky, self._salt, self.rng)
         req = _Act(self, conn, seq, body, t0, prob, entity)
         if to_candidate and cand is not None:
@@ -543,7 +546,6 @@ class _Act:
     __slots__ = (
         "body",
         "conn",
-        "deadline",
         "endpoint",
         "entity",
         "fallback_reason",
@@ -553,6 +555,7 @@ class _Act:
         "seq",
         "shadow",
         "t0",
+        "timeout_s",
         "tried",
     )
 
@@ -571,33 +574,31 @@ class _Act:
         self.fallback_reason: str | None = None
         self.shadow: pool.Pool | None = None
         self.tried: list[pool.Endpoint] | None = None
-        self.deadline = 0.0
 
     def send(self, p: pool.Pool, timeout_s: float, cb: upstream.Callback) -> None:
-        ep = p.pick(self.entity)
+        eps = p.endpoints
+        ep = eps[0] if len(eps) == 1 else p.pick(self.entity)
         assert ep is not None  # a pool has at least one endpoint and nothing is excluded yet
-        self.pool, self.endpoint = p, ep
-        self.deadline = self.router.loop.time() + timeout_s
+        self.pool, self.endpoint, self.timeout_s = p, ep, timeout_s
         ep.outstanding += 1
         ep.upstream.send(b"POST", b"/v1/act", self.body, timeout_s, cb)
 
-    def _done(self, err: Exception | None, cb: upstream.Callback) -> bool:
-        """Account for the endpoint's answer; True when the request was re-sent to another endpoint.
+    def _retry(self, err: Exception, cb: upstream.Callback) -> bool:
+        """After an error: True when the request was re-sent to another endpoint of the variant.
 
         A connection error (not a timeout: the budget is spent) takes the endpoint out and the
-        request goes once to another endpoint of the same variant, within the same deadline.
+        request goes once to another endpoint of the same variant, within what is left of the
+        deadline (counted from the request's arrival: conservative after a fallback).
         """
-        ep = self.endpoint
-        ep.outstanding -= 1
-        if err is None or isinstance(err, upstream.UpstreamTimeout):
+        if isinstance(err, upstream.UpstreamTimeout):
             return False
-        r = self.router
+        r, ep = self.router, self.endpoint
         r.endpoints.failed(ep, err)
         if self.tried is not None:
             return False
         self.tried = [ep]
         nxt = self.pool.pick(self.entity, self.tried)
-        left = self.deadline - r.loop.time()
+        left = self.timeout_s - (time.perf_counter() - self.t0)
         if nxt is None or left <= 0:
             return False
         r.metrics.retry(self.pool.variant)
@@ -607,7 +608,8 @@ class _Act:
         return True
 
     def on_candidate(self, status: int, resp: bytes, err: Exception | None) -> None:
-        if self._done(err, self.on_candidate):
+        self.endpoint.outstanding -= 1
+        if err is not None and self._retry(err, self.on_candidate):
             return
         r = self.router
         if err is None and status == 200:
@@ -621,7 +623,8 @@ class _Act:
         self.send(r._fallback, r.config.upstream_timeout_s, self.on_stable)
 
     def on_stable(self, status: int, resp: bytes, err: Exception | None) -> None:
-        if self._done(err, self.on_stable):
+        self.endpoint.outstanding -= 1
+        if err is not None and self._retry(err, self.on_stable):
             return
         r = self.router
         if err is not None:

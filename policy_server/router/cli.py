@@ -91,7 +91,7 @@ def _initial_table(args: argparse.Namespace):  # -> table.RoutingTable
     if not args.stable:
         raise table.TableError("--stable URL is required (or a --config file holding a routing table)")
     return table.RoutingTable(
-        stable=_one_or_list(args.stable),
+        stable=args.stable[0] if len(args.stable) == 1 else args.stable,
         candidate=_one_or_list(args.candidate),
         fallback=_one_or_list(args.fallback),
         weight=args.weight,

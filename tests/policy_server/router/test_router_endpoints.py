@@ -1,12 +1,15 @@
 """The router at production topology, over real HTTP with stand-in endpoint processes (standin.py):
 three endpoints per variant all take traffic, a SIGKILLed endpoint costs no client request and is
 taken out, then comes back after a restart on its port; one entity keeps its endpoint, and an
-endpoint leaving moves only its own entities."""
+endpoint leaving moves only its own entities; a new endpoint list applies under load and fails no
+request."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
+import threading
 import time
 
 import pytest
@@ -129,3 +132,45 @@ def test_an_entity_keeps_its_endpoint_and_only_the_departed_endpoints_entities_m
             else:
                 assert moved[u] == first[u], (u, first[u], moved[u])
         assert {u: ask(c, u) for u in users} == moved
+
+
+def test_a_new_endpoint_list_applies_while_requests_flow_and_none_fails(tmp_path) -> None:
+    with standins("stable", 3) as stable:
+        state = tmp_path / "routing.json"
+        state.write_text(json.dumps({"version": 1, "stable": [stable[0].url, stable[1].url]}))
+        with start_router("--stable", stable[0].url, "--config", str(state), "--watch-config") as router:
+            results: list[tuple[int, str]] = []
+            stop = threading.Event()
+
+            def client_loop() -> None:
+                c = HttpClient(router.port)
+                try:
+                    while not stop.is_set() and len(results) < 5000:
+                        status, body = c.request("POST", "/v1/act", {"observation": [0.0]})
+                        results.append((status, body.get("endpoint") if isinstance(body, dict) else str(body)))
+                finally:
+                    c.close()
+
+            threads = [threading.Thread(target=client_loop) for _ in range(2)]
+            for t in threads:
+                t.start()
+            try:
+                deadline = time.monotonic() + 20
+                while len(results) < 100:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                state.write_text(json.dumps({"version": 1, "stable": [stable[1].url, stable[2].url]}))
+                while router.table()["table"]["stable"] != [stable[1].url, stable[2].url]:
+                    assert time.monotonic() < deadline, router.table()
+                    time.sleep(0.02)
+                n_applied = len(results)
+                while len(results) < n_applied + 200:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(10)
+        assert all(status == 200 for status, _ in results), [r for r in results if r[0] != 200][:5]
+        assert {e for _, e in results[:100]} == {"s0", "s1"}
+        assert {e for _, e in results[n_applied + 10 :]} == {"s1", "s2"}  # the old list's in-flight ones aside

@@ -3,7 +3,7 @@ with the rollout key as the policy servers do: a signed id is forwarded to a liv
 deciding variant (retried on the next after a 5xx or a dead endpoint) and the upstream's answer is
 returned (202, 409 duplicate); a forged or malformed id is refused by the router itself; a bare
 client-chosen id goes to the endpoint that served it, and one the router does not know gets a 404
-that says to post the reward_id."""
+that says to post the reward_id; a router without the key sends every id to the endpoint that served it."""
 
 from __future__ import annotations
 
@@ -106,3 +106,21 @@ def test_client_chosen_ids_go_to_the_endpoint_that_served_them() -> None:
             "POST", "/v1/reward", {"request_id": served["order-0"]["reward_id"], "reward": 1.0, "event_id": "x"}
         )
         assert status == 202
+
+
+def test_without_the_key_the_router_forwards_each_id_to_the_endpoint_that_served_it() -> None:
+    with (
+        standins("stable", 3, env=KEY) as stable,  # the servers sign; the router has no key to verify with
+        start_router("--stable", *[s.url for s in stable], env={attribution.ENV_VAR: ""}) as router,
+    ):
+        c = router.client()
+        served = [c.act([0.0]) for _ in range(9)]
+        for b in served:
+            status, resp = c.request("POST", "/v1/reward", {"request_id": b["request_id"], "reward": 1.0})
+            assert status == 202, resp
+        got = _received(stable)
+        for b in served:
+            assert [r["request_id"] for r in got[b["endpoint"]]].count(b["request_id"]) == 1
+        signer = attribution.IdSigner(attribution.RewardKeys.parse(KEY[attribution.ENV_VAR]), variant="stable")
+        status, resp = c.request("POST", "/v1/reward", {"request_id": signer.generate(1.8e9), "reward": 1.0})
+        assert status == 404 and attribution.ENV_VAR in resp["error"]
