@@ -168,7 +168,9 @@ def verify(keys: RewardKeys, signed_id: str) -> Attribution:
         payload, tag = _unb64(body), _unb64(tag_text)
     except (binascii.Error, ValueError) as exc:
         raise BadRequestId("malformed signed request id") from exc
-    if len(tag) != TAG_BYTES or not keys.verifies(payload, tag):
+    if len(tag) != TAG_BYTES or not payload:
+        raise BadRequestId("malformed signed request id (its payload or tag is missing or cut short)")
+    if not keys.verifies(payload, tag):
         raise ForgedRequestId("request id was not issued by this rollout (its signature does not verify)")
     try:  # signed by us, so well formed unless the format changed: still refuse rather than crash
         kind, variant, version, millis, ident = payload.decode().split(_SEP)

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from policy_server.router.app import Router
     from policy_server.router.pool import Endpoint
 
-__all__ = ["REFUSED_STATUS", "RewardForwarder"]
+__all__ = ["MALFORMED_STATUS", "REFUSED_STATUS", "RewardForwarder"]
 
 REFUSED_STATUS = 404  # what a policy server answers for an id it did not issue (unknown_request_id)
+MALFORMED_STATUS = 400  # ... and for an id that is not a well-formed signed id
 PATH = b"/v1/reward"
 
 
@@ -57,9 +58,13 @@ class RewardForwarder:
         elif attribution.is_signed(rid) and not r.reward_keys.generated:
             try:
                 attr = attribution.verify(r.reward_keys, rid)
-            except attribution.BadRequestId as exc:
+            except attribution.ForgedRequestId as exc:
                 r.metrics.reward("refused")
                 conn.respond(seq, REFUSED_STATUS, _error(f"unknown request_id {rid[:80]!r}: {exc}"))
+                return
+            except attribution.BadRequestId as exc:  # as a policy server answers: 400 malformed, 404 forged
+                r.metrics.reward("refused")
+                conn.respond(seq, MALFORMED_STATUS, _error(f"malformed request_id {rid[:80]!r}: {exc}"))
                 return
             targets = self._any(attr.variant)
         else:
