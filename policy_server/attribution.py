@@ -10,7 +10,7 @@ variant: the tag is checked in constant time (``hmac.compare_digest``).
 Format (ASCII, URL- and JSON-safe)::
 
     r1.<base64url(payload)>.<base64url(tag, 16 bytes)>
-    payload = kind \\x1f variant \\x1f policy_version \\x1f decision_time_ms \\x1f ident
+    payload = kind \\x1f variant \\x1f policy_version \\x1f decision_time_ms \\x1f extras \\x1f ident
 
 ``kind`` is ``g`` for an id the server generated (``ident`` = a random per-process prefix and a
 sequence number: unique across replicas and restarts) or ``c`` for an id the client chose
@@ -46,6 +46,9 @@ __all__ = [
     "IdSigner",
     "RewardKeyError",
     "RewardKeys",
+    "encode_extras",
+    "is_signed",
+    "verify",
 ]
 
 ENV_VAR = "POLICY_SERVER_REWARD_KEY"
@@ -78,6 +81,10 @@ class Attribution:
     policy_version: str
     decision_time: float  # Unix seconds (millisecond resolution)
     client_chosen: bool
+    extras: tuple[tuple[str, str], ...] = ()  # what else the decision carried to its reward (encode_extras)
+
+    def extra(self, name: str) -> str | None:
+        return next((value for key, value in self.extras if key == name), None)
 
 
 def _b64(data: bytes) -> str:
@@ -137,22 +144,34 @@ class IdSigner:
         self._seq = 0
         self._head = f"{variant}{_SEP}{policy_version}{_SEP}"
 
-    def generate(self, decision_time: float) -> str:
-        """A fresh signed id for a decision made now by this process."""
+    def generate(self, decision_time: float, extras: str = "") -> str:
+        """A fresh signed id for a decision made now by this process (``extras``: from :func:`encode_extras`)."""
         self._seq += 1
-        return self._sign(GENERATED, decision_time, f"{self._process}{self._seq:x}")
+        return self._sign(GENERATED, decision_time, f"{self._process}{self._seq:x}", extras)
 
-    def bind(self, client_id: str, decision_time: float) -> str:
+    def bind(self, client_id: str, decision_time: float, extras: str = "") -> str:
         """The signed ``reward_id`` of a decision whose id the client chose."""
-        return self._sign(CLIENT, decision_time, client_id)
+        return self._sign(CLIENT, decision_time, client_id, extras)
 
-    def _sign(self, kind: str, decision_time: float, ident: str) -> str:
-        payload = f"{kind}{_SEP}{self._head}{int(decision_time * 1000)}{_SEP}{ident}".encode()
+    def _sign(self, kind: str, decision_time: float, ident: str, extras: str = "") -> str:
+        payload = f"{kind}{_SEP}{self._head}{int(decision_time * 1000)}{_SEP}{extras}{_SEP}{ident}".encode()
         return f"{PREFIX}{_b64(payload)}.{_b64(self.keys.tag(payload))}"
 
     def verify(self, signed_id: str) -> Attribution:
         """The attribution of a signed id; :class:`BadRequestId` if it is malformed or forged."""
         return verify(self.keys, signed_id)
+
+
+def encode_extras(fields: dict[str, str]) -> str:
+    """Small named values a decision hands to its reward through the id (e.g. a group, a predicted value).
+
+    Signed with the rest, so a reward cannot claim another group or prediction. Names and values must not
+    contain ``=``, ``;`` or the unit separator; keep them short: they travel in every id.
+    """
+    for key, value in fields.items():
+        if not key or any(c in f"{key}{value}" for c in ("=", ";", _SEP)):
+            raise ValueError(f"extra {key!r}={value!r} must not contain '=', ';' or the unit separator")
+    return ";".join(f"{key}={value}" for key, value in fields.items())
 
 
 def is_signed(request_id: str) -> bool:
@@ -173,8 +192,11 @@ def verify(keys: RewardKeys, signed_id: str) -> Attribution:
     if not keys.verifies(payload, tag):
         raise ForgedRequestId("request id was not issued by this rollout (its signature does not verify)")
     try:  # signed by us, so well formed unless the format changed: still refuse rather than crash
-        kind, variant, version, millis, ident = payload.decode().split(_SEP)
+        kind, variant, version, millis, extras, ident = payload.decode().split(_SEP, 5)  # a client id may hold SEP
         decision_time = int(millis) / 1000
+        fields = tuple(tuple(item.split("=", 1)) for item in extras.split(";")) if extras else ()
+        if any(len(f) != 2 for f in fields):
+            raise ValueError(extras)
     except ValueError as exc:
         raise BadRequestId("signed request id with an unknown payload layout") from exc
     if kind not in (GENERATED, CLIENT):
@@ -185,4 +207,5 @@ def verify(keys: RewardKeys, signed_id: str) -> Attribution:
         policy_version=version,
         decision_time=decision_time,
         client_chosen=kind == CLIENT,
+        extras=fields,  # type: ignore[arg-type]  # pairs, checked above
     )

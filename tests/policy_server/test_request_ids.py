@@ -132,3 +132,14 @@ def test_rotation_the_first_key_signs_and_every_key_verifies():
     assert during.reward(before, None, NOW).check is RewardCheck.ACCEPTED
     assert after.reward(during.generate(NOW), None, NOW).check is RewardCheck.ACCEPTED
     assert after.reward(before, None, NOW).check is RewardCheck.UNKNOWN
+
+
+def test_extras_travel_signed_with_the_id_and_client_ids_may_hold_any_character():
+    signer = attribution.IdSigner(KEY, variant="candidate", policy_version="v2")
+    extras = attribution.encode_extras({"g": "north", "v": "1.25"})
+    found = signer.verify(signer.generate(NOW, extras))
+    assert (found.extra("g"), found.extra("v"), found.extra("missing")) == ("north", "1.25", None)
+    odd = "order\x1f7;g=south"
+    assert signer.verify(signer.bind(odd, NOW)).request_id == odd
+    with pytest.raises(ValueError, match="must not contain"):
+        attribution.encode_extras({"g": "a;b"})
