@@ -81,6 +81,8 @@ def join_to_dataset(
 ) -> Summary:
     """Join every decision and reward segment under ``logs`` into the dataset at ``out``; the counts."""
     log = segments.open_log(logs, filesystem)
+    if not log.decisions and not log.rewards:
+        raise JoinError(f"no decision log segments under {logs!r}: --logs must hold decisions/ and rewards/")
     say = progress or (lambda _line: None)
     say(f"{len(log.decisions)} decision segments, {len(log.rewards)} reward segments")
     hours = sorted({h for s in log.decisions if s.lo is not None and s.hi is not None

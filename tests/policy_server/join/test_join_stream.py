@@ -122,3 +122,27 @@ def test_each_hour_opens_only_the_decision_segments_it_overlaps_and_rewards_are_
     for h in range(HOURS):
         opened = phases[f"hour {stream.hour_label(int(T0 // 3600) + h)}"]
         assert opened == {f"{url}/decisions/part-{h:04d}-{w}.parquet" for w in WRITERS}
+
+
+def test_the_output_can_be_any_fsspec_url(log: LogBuilder, tmp_path: Path) -> None:
+    url = build(log)
+    out = f"memory://joined-{tmp_path.name}"
+    stream.join_to_dataset(url, out, OPTIONS)
+    fs = fsspec.filesystem("memory")
+    try:
+        written = sorted(p.split("/joined-")[1].split("/", 1)[1] for p in fs.find(out))
+        local = _local(url, tmp_path)
+        assert written == sorted(str(p.relative_to(local)) for p in local.rglob("*.parquet"))
+    finally:
+        fs.rm(out, recursive=True)
+
+
+def _local(url: str, tmp_path: Path) -> Path:
+    """The same join written to a local directory, to compare with."""
+    stream.join_to_dataset(url, str(tmp_path / "local"), OPTIONS)
+    return tmp_path / "local"
+
+
+def test_a_log_url_without_segments_says_what_it_must_hold(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape("--logs must hold decisions/ and rewards/")):
+        stream.join_to_dataset(str(tmp_path / "nowhere"), str(tmp_path / "out"), OPTIONS)
