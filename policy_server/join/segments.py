@@ -34,6 +34,10 @@ class Segment:
     decision_lo: float | None = None  # reward segments: the range of decision_time, when every row has one
     decision_hi: float | None = None
 
+    def hours(self) -> range:
+        """The hour numbers its ``time`` range touches (none without statistics)."""
+        return range(0) if self.lo is None or self.hi is None else hours_between(self.lo, self.hi)
+
     def overlaps(self, start: float, end: float) -> bool:
         """Whether it can hold a row with the column's value in ``[start, end)`` (always, without statistics)."""
         if self.lo is None or self.hi is None:
@@ -98,6 +102,7 @@ def open_log(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> L
     # Arrow's own local filesystem is faster than fsspec's; a caller's filesystem is used as given.
     arrow_fs: Any = pafs.LocalFileSystem() if filesystem is None and "file" in _storage.protocols(fs) else fs
     decisions = [_segment(arrow_fs, p, "time") for p in _list(fs, _storage.join(root, DECISIONS_DIR))]
+    decisions = [s for s in decisions if s.rows]  # an empty segment has no statistics and nothing to join
     rewards = [_segment(arrow_fs, p, "time", True) for p in _list(fs, _storage.join(root, REWARDS_DIR))]
     return Log(arrow_fs, decisions, rewards)
 
