@@ -48,7 +48,8 @@ def options_from_args(
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("join", help="join decisions with their rewards into a Parquet dataset (hour x variant)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "join", help="join decisions with their rewards into a Parquet dataset (hour x variant)")
     p.add_argument("--logs", required=True, help="decision log URL (decisions/ and rewards/ of every writer)")
     p.add_argument("--out", required=True, help="output dataset URL (hour=YYYYMMDDHH/variant=NAME/ partitions)")
     add_reward_args(p, window_flag="--window", window_default=None)
