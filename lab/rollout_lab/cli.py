@@ -105,13 +105,14 @@ def demo_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     try:
-        result = pipeline.run_demo(out, fast=args.fast, seed=args.seed)
+        result = pipeline.run_demo(out, fast=args.fast, seed=args.seed, max_feedback_delay=args.max_feedback_delay)
     except (pipeline.DemoError, processes.ProcessError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     for s in result["scenarios"]:
         print(f"{s['candidate']:>16}: {s['outcome']}, {_where(s)}; "
-              f"{s['candidate_live_decisions']} decisions served to customers")
+              f"{s['candidate_live_decisions']} decisions served to customers; rewards posted "
+              f"{s.get('rewards_posted', 0)}, joined {s.get('rewards_joined', 0)}, lost {s.get('rewards_lost', 0)}")
         print(f"{'':>18}{s['message']}")
     print(f"report: {out / 'report.html'}  ({result['wallSeconds']} s)")
     return 0
@@ -157,6 +158,9 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--fast", action="store_true", help=f"short steps and small data ({FAST_DEMO_TIME})")
     parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and traffic (default: 0)")
+    parser.add_argument("--max-feedback-delay", type=float, default=None, metavar="SECONDS",
+                        help="longest delay of a customer's reward during the rollouts (default: 10 with --fast, "
+                        "75 without: longer than a canary step)")
     parser.set_defaults(handler=demo_command)
 
 
