@@ -71,7 +71,8 @@ def run_command(args: argparse.Namespace) -> int:
         local.register(rollout)
         env = pricing.PricingEnv()
         env.reset(seed=args.seed)
-        gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate)
+        # On stop, wait for the delayed rewards still due (the servers stop after them).
+        gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate, drain_s=env.max_delay_s + 2)
 
         def on_tick(current, sample) -> None:  # type: ignore[no-untyped-def]
             if args.rate > 0 and not gen.started and sample.actual_weight is not None \
@@ -91,6 +92,13 @@ def run_command(args: argparse.Namespace) -> int:
         local.close()
     status = result.rollout.status
     print(f"{rollout.metadata.name}: {status.phase.value}: {status.message or ''}")
+    if gen is not None and gen.started:
+        from rollout_lab.local import rewards
+
+        counts = rewards.summary(rewards.account(gen.reward_ledgers(), rewards.joined_request_ids(
+            local.workloads.decision_logs(rollout))))
+        print(f"rewards: posted {counts['rewards_posted']}, joined {counts['rewards_joined']}, "
+              f"lost {counts['rewards_lost']}")
     print(f"status, events and process logs: {workdir}")
     if result.timed_out:
         return 3
@@ -103,6 +111,9 @@ def demo_command(args: argparse.Namespace) -> int:
     from rollout_lab.local import processes
 
     logging.basicConfig(level=logging.WARNING)
+    if args.max_feedback_delay is not None and not args.max_feedback_delay > 0:
+        sys.stderr.write(f"error: --max-feedback-delay must be a number of seconds > 0, got {args.max_feedback_delay}\n")
+        return 2
     out = Path(args.out)
     try:
         result = pipeline.run_demo(out, fast=args.fast, seed=args.seed, max_feedback_delay=args.max_feedback_delay)
