@@ -112,7 +112,7 @@ def demo_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     if args.max_feedback_delay is not None and not args.max_feedback_delay > 0:
-        sys.stderr.write(f"error: --max-feedback-delay must be a number of seconds > 0, got {args.max_feedback_delay}\n")
+        sys.stderr.write(f"error: --max-feedback-delay must be seconds > 0, got {args.max_feedback_delay}\n")
         return 2
     out = Path(args.out)
     try:
