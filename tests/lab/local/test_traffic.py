@@ -6,9 +6,14 @@ routers with and without list support). Weights and shadow are written as the en
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from rollout_lab.local import traffic, workloads
 from rollout_operator import api
 from rollout_operator.engine.types import Weights
@@ -50,3 +55,51 @@ def test_endpoints_collapse_only_a_single_url() -> None:
     assert traffic.endpoints(["http://127.0.0.1:1"]) == "http://127.0.0.1:1"
     assert traffic.endpoints(["http://127.0.0.1:1", "http://127.0.0.1:2"]) == ["http://127.0.0.1:1",
                                                                                "http://127.0.0.1:2"]
+
+
+class _Router:
+    """Stands in for the router process: alive (its HTTP side is `_serving`)."""
+
+    alive = True
+
+
+@pytest.mark.parametrize("echo", ["as written", "always lists"])
+def test_weights_are_read_back_whether_the_router_echoes_a_url_or_a_list(tmp_path: Path, echo: str) -> None:
+    rollout = _rollout(stable_replicas=1, candidate_replicas=2)
+    table, local = _written(tmp_path, rollout, Weights(candidate=50))
+    if echo == "always lists":
+        table["stable"] = [table["stable"]]
+    router = traffic.LocalTraffic(tmp_path, local)
+    with _serving(router, rollout, table):
+        assert router.get_weights(rollout) == Weights(candidate=50)
+    table["candidate"] = table["candidate"][:1]  # a table naming other endpoints is not this rollout's split
+    with _serving(router, rollout, table):
+        assert router.get_weights(rollout) is None
+
+
+@contextlib.contextmanager
+def _serving(router: traffic.LocalTraffic, rollout: api.PolicyRollout, table: dict) -> Iterator[None]:
+    """Answer the router's config endpoint on the port local mode gave the rollout's router."""
+    body = json.dumps({"table": table}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", router.port(rollout)), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    router._routers[router._key(rollout)] = _Router()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        router._routers.clear()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
