@@ -36,12 +36,15 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def test_each_replica_serves_on_its_own_port_with_the_runs_reward_key(tmp_path: Path) -> None:
+def test_each_replica_serves_on_its_own_port_with_the_runs_reward_key_and_is_replaced_without_a_gap(
+    tmp_path: Path,
+) -> None:
     from policy_server.sim import pricing
 
     env = pricing.PricingEnv()
     env.reset(seed=0)
     artifact = artifacts.write_fallback(tmp_path / "fallback", env, samples=200)
+    newer = artifacts.write_fallback(tmp_path / "candidate", env, samples=200, version="v2", epsilon=0.2)
     rollout = _rollout(artifact, replicas=2)
     local = workloads.LocalWorkloads(tmp_path / "work", env={"POLICY_SERVER_REWARD_KEY": KEY})
     try:
@@ -63,6 +66,24 @@ def test_each_replica_serves_on_its_own_port_with_the_runs_reward_key(tmp_path: 
         assert len(procs) == 2
         assert {_environ(p.proc.pid)["POLICY_SERVER_REWARD_KEY"] for p in procs} == {KEY}
         assert {p.name for p in procs} == {"replicated-stable", "replicated-stable-1"}
+
+        # A promotion: both replicas are replaced, each port answering throughout, ready once both run v2.
+        promoted = rollout.spec.policy.model_copy(update={"artifact": str(newer)})
+        local.ensure(rollout, types.Workloads(stable=promoted, candidate=None))
+        answered = []
+        deadline = time.monotonic() + 120
+        while not local.observe(rollout).stable_ready and time.monotonic() < deadline:
+            assert not local.failed(), local.failed()[0].tail()
+            for url in urls:
+                obs = env.next_customer().tolist()
+                answered.append(httpx.post(f"{url}/v1/act", json={"observation": obs}, timeout=5).status_code)
+            time.sleep(0.1)
+        assert local.observe(rollout).stable_running_version == "v2"
+        assert answered and set(answered) == {200}, "no request failed during the handover"
+        for url in local.urls(rollout, "stable"):
+            assert "v2" in httpx.get(f"{url}/v1/model", timeout=5).text
+        assert [_environ(s.process.proc.pid)["POLICY_SERVER_REWARD_KEY"] for s in local._slots.values()
+                if s.process is not None] == [KEY, KEY]
     finally:
         local.close()
     assert all(not s.process for s in local._slots.values()), "every replica stopped"
