@@ -75,13 +75,13 @@ def _rollout(name: str, policies: dict[str, Path], guardrail: dict, steps: list[
     })
 
 
-def _drive(local: run.LocalPlatform, rollout: api.PolicyRollout, max_delay_s: float = 3.0,
+def _drive(local: run.LocalPlatform, rollout: api.PolicyRollout, mean_delay_s: float = 0.1, max_delay_s: float = 3.0,
            on_end: Callable[[loadgen.TrafficGenerator], None] | None = None,
            ) -> tuple[run.RunResult, loadgen.TrafficGenerator]:
     from policy_server.sim import pricing
 
     local.register(rollout)
-    env = pricing.PricingEnv(mean_delay_s=min(0.1, max_delay_s), max_delay_s=max_delay_s)
+    env = pricing.PricingEnv(mean_delay_s=mean_delay_s, max_delay_s=max_delay_s)
     env.reset(seed=1)
     gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=80, drain_s=max_delay_s + 5)
     ended = False
@@ -170,7 +170,7 @@ def _decisions_served(url: str) -> float:
 def test_with_replicas_delayed_rewards_of_a_rolled_back_candidate_are_accepted_and_joined(
     local: run.LocalPlatform, policies: dict[str, Path]
 ) -> None:
-    # 2 replicas per variant behind the router; outcomes reported up to 8 s late, through the router, so many
+    # 2 replicas per variant behind the router; outcomes reported 2 s late on average, up to 8 s, so many
     # arrive after the rollback stopped the candidate's processes: any live replica must take them.
     steps = [*STEPS[:2], {"pause": {"duration": "40s"}}]
     rollout = _rollout("replicas", policies, {"name": "margin", "template": "constraint-violation-rate",
@@ -184,7 +184,7 @@ def test_with_replicas_delayed_rewards_of_a_rolled_back_candidate_are_accepted_a
         served.extend(_decisions_served(url) for url in local.workloads.urls(rollout, "stable"))
         at_rollback.update(gen.reward_ledgers())
 
-    result, gen = _drive(local, rollout, max_delay_s=8.0, on_end=on_end)
+    result, gen = _drive(local, rollout, mean_delay_s=2.0, max_delay_s=8.0, on_end=on_end)
     local.stop_rollout(rollout)  # every server flushes its decision log
     assert result.rollout.status.phase is api.Phase.ROLLED_BACK, result.rollout.status.message
     assert len(served) == 2 and all(n > 0 for n in served), f"each stable replica served: {served}"
