@@ -170,8 +170,8 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and traffic (default: 0)")
     parser.add_argument("--max-feedback-delay", type=float, default=None, metavar="SECONDS",
-                        help="longest delay of a customer's reward during the rollouts (default: 10 with --fast, "
-                        "75 without: longer than a canary step)")
+                        help="longest delay of the late rewards (10 %% of them) during the rollouts (default: 10 "
+                        "with --fast, 75 without: longer than a canary step)")
     parser.set_defaults(handler=demo_command)
 
 

@@ -47,9 +47,10 @@ class Settings:
     train_steps: int
     timing: scenario.Timing
     rollout_timeout: float
-    # Feedback during the rollouts: exponential delay with this mean, capped at the max, which is longer
-    # than a canary step, so some rewards arrive after the step, the rollback or the promotion.
-    feedback_mean_s: float
+    # Feedback during the rollouts: this share of outcomes is reported late, after a uniform delay up to
+    # feedback_max_s (longer than a canary step), so some rewards arrive after the step, the rollback or
+    # the promotion; the others after the simulator's own delay (mean 0.5 s, at most 3 s).
+    late_share: float
     feedback_max_s: float
 
 
@@ -58,17 +59,14 @@ class Settings:
 # then undercut the margin floor once the rollout's traffic reached them, and whether it was
 # promoted depended on how fast the machine ran).
 SEASON_CUSTOMERS = 4000
-FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0, feedback_mean_s=1.5, feedback_max_s=10.0)
-FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0, feedback_mean_s=5.0, feedback_max_s=75.0)
+FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0, late_share=0.1, feedback_max_s=10.0)
+FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0, late_share=0.1, feedback_max_s=75.0)
 
 
-def _env(seed: int, settings: Settings | None = None):
-    """The simulated market; with `settings`, the rollouts' delayed feedback (else the simulator's default)."""
+def _env(seed: int):
     from policy_server.sim import pricing
 
-    delays = {} if settings is None else {"mean_delay_s": settings.feedback_mean_s,
-                                          "max_delay_s": settings.feedback_max_s}
-    env = pricing.PricingEnv(season_period=SEASON_CUSTOMERS, **delays)
+    env = pricing.PricingEnv(season_period=SEASON_CUSTOMERS)
     env.reset(seed=seed)
     return env
 
@@ -189,10 +187,11 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
     manifest_path.write_text(yaml.safe_dump(document, sort_keys=False))
     rollout = run.load_manifest(manifest_path)
     local.register(rollout)
-    env = _env(seed, settings)
+    env = _env(seed)
     # On stop, wait for every delayed reward: the servers stop only after the last one is posted.
     gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=settings.rate,
-                                   drain_s=settings.feedback_max_s + 5.0)
+                                   drain_s=settings.feedback_max_s + 5.0, late_share=settings.late_share,
+                                   late_max_s=settings.feedback_max_s, seed=seed)
     evidence = Evidence(rollout)
     live.print(f"rollout {name}: {plan.description}")
 
@@ -259,8 +258,7 @@ def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView |
              max_feedback_delay: float | None = None) -> dict[str, Any]:
     settings = FAST if fast else FULL
     if max_feedback_delay is not None:
-        settings = dataclasses.replace(settings, feedback_max_s=max_feedback_delay,
-                                       feedback_mean_s=min(settings.feedback_mean_s, max_feedback_delay))
+        settings = dataclasses.replace(settings, feedback_max_s=max_feedback_delay)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = out / "work"

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import random
 import threading
 import time
 from typing import Any
@@ -52,13 +53,18 @@ class TrafficGenerator:
     """Plays `env` against `url` at `rate` requests per second in a background thread."""
 
     def __init__(self, url: str, env: Any, rate: float = 150.0, concurrency: int = 32, cost: str = "margin_violation",
-                 drain_s: float = 0.0):
+                 drain_s: float = 0.0, late_share: float = 0.0, late_max_s: float = 0.0, seed: int = 0):
         self.url = url.rstrip("/")
         self.env = env
         self.rate = rate
         self.concurrency = concurrency
         self.cost = cost
         self.drain_s = drain_s  # on stop, wait this long for delayed rewards still to be posted
+        # Late feedback (a return, a churn): this share of outcomes is reported after a uniform random delay up
+        # to late_max_s instead of the environment's own delay.
+        self.late_share = late_share
+        self.late_max_s = late_max_s
+        self._rng = random.Random(seed)
         self.started_at = time.time()
         # second since start -> variant -> Bucket
         self.buckets: dict[int, dict[str, Bucket]] = collections.defaultdict(lambda: collections.defaultdict(Bucket))
@@ -192,9 +198,12 @@ class TrafficGenerator:
         with self._lock:
             self._bucket(variant, now).decisions += 1
         rid = str(body["request_id"])
+        delay = outcome["delay_s"]
+        if self.late_share > 0 and self._rng.random() < self.late_share:
+            delay = self._rng.uniform(0.0, self.late_max_s)
         ledger_ok, retried = False, 0
         try:
-            await asyncio.sleep(outcome["delay_s"])
+            await asyncio.sleep(delay)
             payload = {"request_id": rid, "reward": outcome["reward"], "costs": outcome["costs"]}
             ledger_ok, retried = await self._post_reward(session, payload)
         finally:  # a reward still waiting when the traffic stops was never delivered: refused, so counted lost

@@ -103,3 +103,18 @@ def test_every_reward_is_accepted_or_refused_and_retries_only_follow_5xx(server:
                                                             and int(r[1:]) % 5 != 4])
     # rewards still waiting for their delay when the traffic stopped were never delivered: refused
     assert sum(r.refused for r in ledgers.values()) > len([r for r in state.tries if int(r[1:]) % 5 == 4])
+
+
+def test_late_feedback_replaces_the_environments_delay(server: tuple[_Server, str]) -> None:
+    # every outcome is "late", with a delay drawn from [0, 0]: none waits for the environment's 60 s
+    state, url = server
+    gen = loadgen.TrafficGenerator(url, _Env(), rate=100, concurrency=8, drain_s=5.0, late_share=1.0, late_max_s=0.0)
+    gen.start()
+    deadline = time.monotonic() + 20
+    while gen.sent < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gen.stop()
+    ledgers = gen.reward_ledgers().values()
+    refused = [rid for rid in state.tries if int(rid[1:]) % 5 == 4]
+    assert sum(r.posted for r in ledgers) >= 20
+    assert sum(r.refused for r in ledgers) == len(refused), "only the ids no one issued were refused"
