@@ -10,7 +10,7 @@
    once it is live (rolled back by the margin-floor guardrail), with Prometheus scraping the
    servers and customers arriving all along.
    Each variant runs 2 server processes behind the router; customers report outcomes through the
-   router after a random delay, up to longer than a canary step.
+   router, 10 % of them late (a random delay up to longer than a canary step).
 4. Report: `report.json` (per scenario: outcome, `stopped_at`, `candidate_live_decisions`, the
    gate's criteria, every analysis, the judge's interval, the rewards posted, joined and lost per
    variant) and `report.html`.
