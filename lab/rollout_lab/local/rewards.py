@@ -19,17 +19,19 @@ __all__ = ["account", "joined_request_ids", "summary"]
 
 
 def _join(log_urls: Iterable[str]) -> pa.Table:
-    """Decisions joined with their rewards over all of the run's logs (inner join: rewarded decisions).
+    """Decisions joined with their rewards over all of the run's logs (the rewarded decisions only).
 
-    The one place that picks the joiner: today `decision_log.reader.join_rewards`; the reward joiner
-    (`policy_server.join`) replaces it here once it is on main.
+    The reward joiner (`policy_server.join`), as the offline-evaluation and training Jobs run it: every
+    writer's decisions (one row per served decision) and every writer's rewards, by request id.
     """
+    from policy_server import join
     from policy_server.decision_log import reader
 
     urls = list(log_urls)
     decisions = pa.concat_tables([reader.read_decisions(u) for u in urls])
     rewards = pa.concat_tables([reader.read_rewards(u) for u in urls])
-    return reader.join_rewards((decisions, rewards), how="inner")
+    joined, _ = join.join_tables(decisions, rewards, join.JoinOptions())  # no default: unrewarded left out
+    return joined
 
 
 def joined_request_ids(log_urls: Iterable[str]) -> set[str]:
