@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from policy_server.ope import trajectory as tr
+from tests.support.tiny_mdp import GAMMA, PI_B, PI_T, exact_value, simulate
 
 A, B = [1.0, 0.0], [0.0, 1.0]  # one-hot states
 PI_E = {0: [0.8, 0.2], 1: [0.5, 0.5]}  # evaluation policy by state
-GAMMA = 0.9
 
 
 def _hand_log() -> tr.Inputs:
@@ -69,43 +69,6 @@ def test_fqe_on_tabular_states_is_the_backward_recursion() -> None:
     q0_a0, q0_b0, q0_1 = 1 + GAMMA * v1_b, 4.0, (1 + GAMMA * v1_b + 4.0) / 2
     expected = [0.8 * q0_a0 + 0.2 * q0_1, 0.5 * q0_b0 + 0.5 * q0_1]
     assert tr.fqe(x, REWARDS, GAMMA).tolist() == pytest.approx(expected, abs=1e-5)
-
-
-# A 2-state, 2-action MDP of horizon 4 with delayed effects: action 1 pays less now and moves to state 1,
-# where action 0 pays most and mostly stays.
-H = 4
-MU0 = np.array([0.7, 0.3])
-P = np.array([[[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.6, 0.4]]])  # P[s, a] = next-state distribution
-R = np.array([[1.0, 0.0], [3.0, 2.5]])  # mean reward R[s, a]
-PI_B = np.array([[0.5, 0.5], [0.7, 0.3]])
-PI_T = np.array([[0.2, 0.8], [0.8, 0.2]])
-
-
-def exact_value(pi: np.ndarray, gamma: float = GAMMA) -> float:
-    """V = mu0 . V_0 with V_H = 0 and V_t(s) = sum_a pi(a|s) (R[s, a] + gamma sum_s' P[s, a, s'] V_{t+1}(s'))."""
-    v = np.zeros(2)
-    for _ in range(H):
-        v = (pi * (R + gamma * P @ v)).sum(axis=1)
-    return float(MU0 @ v)
-
-
-def simulate(n: int, seed: int) -> tuple[tr.Inputs, np.ndarray]:
-    """n trajectories under PI_B, rewards R + uniform noise in [-0.5, 0.5]."""
-    rng = np.random.default_rng(seed)
-    s = np.zeros((n, H), np.int64)
-    a = np.zeros((n, H), np.int64)
-    r = np.zeros((n, H))
-    s[:, 0] = rng.random(n) < MU0[1]
-    for t in range(H):
-        a[:, t] = rng.random(n) < PI_B[s[:, t], 1]
-        r[:, t] = R[s[:, t], a[:, t]] + rng.uniform(-0.5, 0.5, n)
-        if t + 1 < H:
-            s[:, t + 1] = rng.random(n) < P[s[:, t], a[:, t], 1]
-    done = np.zeros((n, H), bool)
-    done[:, -1] = True
-    x = tr.Inputs(observations=np.eye(2)[s], actions=a, propensities=PI_B[s, a], target=PI_T[s], done=done,
-                  mask=np.ones((n, H), bool))
-    return x, r
 
 
 def test_pdis_and_dr_are_unbiased_on_the_tiny_mdp() -> None:
