@@ -64,7 +64,7 @@ def test_the_logger_against_itself_matches_its_logged_return_and_passes(
     assert result["n"] == EPISODES and result["steps"] == EPISODES * STEPS and result["truncated"] == 0
     by_name = {e["estimator"]: e for e in result["estimates"]}
     assert set(by_name) == {"pdis", "wpdis", "dr", "fqe"}
-    assert by_name["pdis"]["value"] == pytest.approx(result["loggedValue"], rel=1e-6)  # every weight is 1 (up to float32 probabilities)
+    assert by_name["pdis"]["value"] == pytest.approx(result["loggedValue"], rel=1e-6)  # weights 1 (float32 probs)
     assert by_name["wpdis"]["value"] == pytest.approx(result["loggedValue"], rel=1e-6)
     assert result["ess"] == pytest.approx(EPISODES) and result["unsupportedMass"] == 0.0
     assert json.loads(result_file.read_text())["verdict"] == "pass"
