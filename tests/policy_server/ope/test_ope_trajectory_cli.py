@@ -1,12 +1,11 @@
 """`policy-server ope --trajectories` end to end, on a log written by a real policy server with episode keys.
 
-A server (tests/support/policy_server.py, the production PolicyServer on its own loop) serves the
-behaviour artifact of tests/support/decision_logs.py to 300 episodes of 3 steps whose observations
-follow the actions; rewards come from the known linear function, each with a cost ``risk`` (1 on the
-last action) and ``terminal: true`` on the last step. Specified: the logger judged against itself gets
-PDIS and WPDIS equal to its logged discounted return and passes with a margin; the argmin candidate is
-refused for too few effective trajectories; a budget of 0 on ``risk`` fails; the compact result file is
-written; a missing ``--gamma`` exits 2 with one line.
+A server (the production PolicyServer on its own loop) serves the behaviour artifact of
+tests/support/decision_logs.py to 300 episodes of 3 steps (tests/support/trajectory_logs.py).
+Specified: the logger judged against itself gets PDIS and WPDIS equal to its logged discounted
+return and passes with a margin; the argmin candidate is refused for too few effective
+trajectories; a budget below the logged cost ``risk`` fails; the compact result file is written;
+a missing ``--gamma`` exits 2 with one line.
 """
 
 from __future__ import annotations
@@ -14,12 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 import pytest
 
 from policy_server import cli
-from tests.support import decision_logs
-from tests.support.policy_server import running
+from tests.support import decision_logs, trajectory_logs
 
 pytestmark = pytest.mark.integration
 EPISODES, STEPS, GAMMA = 300, 3, 0.9
@@ -29,22 +26,8 @@ EPISODES, STEPS, GAMMA = 300, 3, 0.9
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("traj-cli")
     behaviour = decision_logs.behaviour(root / "behaviour")
-    rng = np.random.default_rng(0)
-    with running(behaviour, variant="stable", log_dir=str(root / "log")) as srv:
-        c = srv.client()
-        for episode in range(EPISODES):
-            obs = rng.standard_normal(decision_logs.OBS_DIM).astype(np.float32)
-            for step in range(STEPS):
-                last = step == STEPS - 1
-                answer = c.act(obs.tolist(), context={"episode_id": f"ep{episode}", "step": step})
-                action = answer["action"]
-                reward = float(decision_logs.expected_reward(obs)[action] + 0.1 * rng.standard_normal())
-                body = {"request_id": answer["request_id"], "reward": reward,
-                        "costs": {"risk": float(action == decision_logs.N_ACTIONS - 1)}, "terminal": last}
-                assert c.post("/v1/reward", body)[0] == 202
-                obs = (0.5 * obs + 0.3 * rng.standard_normal(obs.shape) + 0.2 * action).astype(np.float32)
-    return {"root": root, "log": str(root / "log"), "behaviour": behaviour,
-            "bad": decision_logs.candidate(root / "bad", "bad")}
+    log = trajectory_logs.serve_episodes(root / "log", behaviour, episodes=EPISODES, steps=STEPS)
+    return {"root": root, "log": log, "behaviour": behaviour, "bad": decision_logs.candidate(root / "bad", "bad")}
 
 
 def _ope(capsys: pytest.CaptureFixture[str], served: dict[str, Any], policy: str, *extra: str) -> tuple[int, Any]:
