@@ -11,7 +11,8 @@ This module parses the arguments and prints the result; the evaluation itself is
 `ope.evaluate` computes the candidate's (and the baseline artifact's) probabilities, the estimates,
 intervals and verdict. With `--trajectories` the log is read as episodes (`policy_server.join.trajectories`)
 and judged by `ope.trajectory_gate` (PDIS, WPDIS, DR, FQE; bootstrap by trajectory); `--bound`,
-`--reward-range`, `--weight-band` and `--min-ess` are the bandit gate's and are not used there.
+`--weight-band` and `--min-ess` are the bandit gate's and are not used there (`--reward-range` feeds the
+HCOPE bound reported beside PDIS).
 
 The result JSON is compact (`evaluate.RESULT_LIMIT` bytes at most) because the operator reads it
 back from the Job's termination message. Exit codes: 0 when a verdict was reached (pass, fail or
@@ -130,7 +131,7 @@ def run_trajectories(args: argparse.Namespace) -> dict[str, Any]:
         agreement_tolerance=args.agreement_tolerance, min_effective_trajectories=args.min_effective_trajectories,
         support_floor=args.support_floor, max_unsupported_mass=args.max_unsupported_mass,
         min_lower_bound_ratio=args.min_lower_bound_ratio, min_lower_bound_delta=args.min_lower_bound_delta,
-        n_resamples=args.resamples or 200, seed=args.seed,
+        n_resamples=args.resamples or 200, seed=args.seed, reward_range=_pair(args.reward_range),
     )
     try:
         result = trajectory_gate.evaluate_trajectories(traj, candidate, settings, baseline=baseline,

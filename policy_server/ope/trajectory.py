@@ -15,6 +15,10 @@ Q is fitted backwards in time (finite horizon, one Q_t per position t): Q_t(s, a
 r_t + gamma (1 - done_t) V_{t+1}(s_{t+1}) by ridge least squares on [1, s] per action, which is exact
 (tabular) for one-hot states. DR cross-fits it (two folds by trajectory), so a trajectory's Q never saw it.
 A cost is estimated like the reward, with the cost as the per-step signal (`signal`).
+
+`hcope_lower_bound` is Thomas, Theocharous & Ghavamzadeh (2015)'s high-confidence bound (their Theorem 1, one
+clipping level chosen on a fifth of the trajectories): it holds at its level whatever the weights do, given
+the rewards' range, and is much looser than the bootstrap.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "estimate",
     "fitted_q",
     "fqe",
+    "hcope_lower_bound",
     "pdis",
     "step_weights",
     "trajectory_weights",
@@ -219,3 +224,37 @@ def estimate(name: str, x: Inputs, signal: np.ndarray, gamma: float, *, confiden
     reps = reps[np.isfinite(reps)]
     lo2, hi2, lo1, hi1 = np.percentile(reps, [50 * alpha, 100 - 50 * alpha, 100 * alpha, 100 - 100 * alpha])
     return Estimate(name, value, float(lo2), float(hi2), float(lo1), float(hi1))
+
+
+def _thomas_bound(y: np.ndarray, c: float, n: int, log_term: float) -> float:
+    """Theorem 1 of Thomas et al. (2015) with one threshold c: mean(Y) - 7 c ln(2/d) / (3 (n-1)) - sqrt(ln(2/d)
+    var(Y) / (n-1)), var the biased sample variance of Y = min(X, c) (n may differ from len(y) when predicting)."""
+    return float(y.mean() - 7.0 * c * log_term / (3.0 * (n - 1)) - np.sqrt(log_term * y.var() / (n - 1)))
+
+
+def hcope_lower_bound(x: Inputs, signal: np.ndarray, gamma: float, signal_range: tuple[float, float], *,
+                      confidence_level: float = 0.95, split: float = 0.2, seed: int = 0) -> float:
+    """A lower bound on the discounted return holding with probability ``confidence_level`` for rewards within
+    ``signal_range``: trajectory-wise importance sampling X_i = W_i (G_i - G_min) >= 0 (G_min: the least return
+    any trajectory can have), clipped at a level c picked on a random ``split`` of the trajectories to maximise
+    the bound predicted for the rest, which then gives the bound (Thomas et al. 2015)."""
+    gamma = check_gamma(gamma)
+    lo, hi = signal_range
+    if not hi > lo:
+        raise OPEInputError(f"the reward range must be LO,HI with HI > LO, got {signal_range}")
+    n = x.mask.shape[0]
+    if n < 10:
+        return float("-inf")
+    discounts = gamma ** np.arange(x.mask.shape[1])
+    returns = np.where(x.mask, signal, 0.0) @ discounts
+    g_min = float(min(lo, 0.0) * discounts.sum())
+    weights = trajectory_weights(x)
+    xs = weights * np.maximum(returns - g_min, 0.0)
+    log_term = float(np.log(2.0 / (1.0 - confidence_level)))
+    order = np.random.default_rng(seed).permutation(n)
+    m = max(2, int(split * n))
+    pre, post = xs[order[:m]], xs[order[m:]]
+    levels = np.unique(np.quantile(pre, np.linspace(0.5, 1.0, 26)))
+    levels = levels[levels > 0] if (levels > 0).any() else np.array([1.0])
+    c = max(levels, key=lambda level: _thomas_bound(np.minimum(pre, level), level, post.size, log_term))
+    return g_min + _thomas_bound(np.minimum(post, c), float(c), post.size, log_term)

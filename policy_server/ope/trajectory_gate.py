@@ -56,6 +56,7 @@ class GateSettings:
     min_lower_bound_delta: float | None = None
     n_resamples: int = 200
     seed: int = 0
+    reward_range: tuple[float, float] | None = None  # for PDIS's reported HCOPE bound; default: logged min, max
 
 
 def _finite(x: float | None) -> float | None:
@@ -129,10 +130,23 @@ def _reward_entries(x: tr.Inputs, traj: Trajectories, baseline: np.ndarray | Non
         reason = (f"{s.confidence:.0%} lower bound {e.lower_bound:.6g} of the discounted return is "
                   f"{'at or above' if ok else 'below'} the required {required:.6g} (estimate {e.value:.6g}, "
                   f"baseline {base:.6g})")
-        entries.append({"estimator": name, "value": _finite(e.value), "lowerBound": _finite(e.lower_bound),
-                        "ciLow": _finite(e.ci_low), "ciHigh": _finite(e.ci_high), "baselineValue": _finite(base),
-                        "required": _finite(required), "verdict": "pass" if ok else "fail", "reason": reason})
+        entry = {"estimator": name, "value": _finite(e.value), "lowerBound": _finite(e.lower_bound),
+                 "ciLow": _finite(e.ci_low), "ciHigh": _finite(e.ci_high), "baselineValue": _finite(base),
+                 "required": _finite(required), "verdict": "pass" if ok else "fail", "reason": reason}
+        if name == "pdis":  # reported beside the bootstrap bound; the verdict uses the bootstrap
+            entry["hcopeLowerBound"] = _finite(tr.hcope_lower_bound(
+                x, traj.rewards, s.gamma, _reward_range(traj, s.reward_range), confidence_level=s.confidence,
+                seed=s.seed))
+        entries.append(entry)
     return entries
+
+
+def _reward_range(traj: Trajectories, given: tuple[float, float] | None) -> tuple[float, float]:
+    if given is not None:
+        return given
+    real = traj.rewards[traj.mask]
+    lo, hi = float(real.min()), float(real.max())
+    return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
 
 
 def _cost_entries(x: tr.Inputs, traj: Trajectories, baseline: np.ndarray | None, s: GateSettings,

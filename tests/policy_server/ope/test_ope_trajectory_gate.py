@@ -1,9 +1,10 @@
 """The trajectory gate (policy_server/ope/trajectory_gate.py) on the tiny MDP of tests/support/tiny_mdp.py.
 
-Specified: a candidate better than the logger passes and a worse one fails, by every estimator's lower bound;
-the gate refuses, naming the reason in one line, on unsupported actions, on too few effective trajectories
-and on estimators that disagree beyond the (relative) tolerance; a cost budget fails a candidate whose upper
-bound of the discounted cost is above it and passes one below it; a cost the log never reported refuses.
+Specified: a candidate better than the logger passes and a worse one fails, by every estimator's lower
+bound; PDIS also reports the (looser) HCOPE bound; the gate refuses, naming the reason in one line, on
+unsupported actions, on too few effective trajectories and on estimators that disagree beyond the
+(relative) tolerance; a cost budget fails a candidate whose upper bound of the discounted cost is above
+it and passes one below it; a cost the log never reported refuses.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def test_a_better_candidate_passes_by_every_estimator() -> None:
         assert e["ciLow"] <= e["lowerBound"] and e["value"] == pytest.approx(truth, abs=0.2)
     assert result["mode"] == "trajectories" and result["n"] == 3000 and result["steps"] == 3000 * tiny_mdp.H
     assert result["ess"] > 30 and result["unsupportedMass"] == 0.0
+    pdis = result["estimates"][0]
+    assert pdis["hcopeLowerBound"] < pdis["lowerBound"]  # Thomas et al.'s bound, reported beside the bootstrap's
 
 
 def test_a_worse_candidate_fails_on_its_lower_bound() -> None:
