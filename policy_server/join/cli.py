@@ -92,6 +92,10 @@ def _trajectories(args: argparse.Namespace) -> dict[str, Any]:
 
     from policy_server.join import trajectories
 
+    if _shard_text(args):
+        raise window.JoinError("--shard splits the hour-by-hour join; --trajectories joins the whole log in one "
+                               "process: drop --shard (and JOB_COMPLETION_INDEX/JOIN_SHARDS)")
+
     table, terminal_ids = trajectories.load_tables(args.logs, trajectory_options(args, args.window, args.as_of))
     steps = trajectories.step_table(table, terminal_ids)
     if steps.num_rows == 0:

@@ -122,3 +122,10 @@ def test_join_cli_writes_one_row_per_step(log_dir: Path, tmp_path: Path) -> None
     assert [(r["trajectory_id"], r["step"], r["done"]) for r in rows] == [
         ("a#0", 0, False), ("a#0", 1, True), ("a#1", 2, True), ("b#0", 0, False), ("b#0", 1, True), ("b#1", 3, True)]
     assert rows[0]["next_observation"] == rows[1]["observation"] and rows[0]["episode_id"] == "a"
+
+
+def test_join_cli_refuses_a_shard_for_trajectories(log_dir: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "policy_server.cli", "join", "--logs", str(log_dir), "--out", str(tmp_path / "o"),
+         "--trajectories", "--shard", "0/2"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "drop --shard" in proc.stderr and proc.stderr.count("\n") == 1
