@@ -218,8 +218,9 @@ def _trajectory_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str
     return [
         "ope", "--trajectories", "--gamma", repr(trajectory.gamma), "--logs", spec.dataset, "--policy", policy,
         "--baseline", baseline, "--estimators", ",".join(trajectory.estimators), "--confidence",
-        repr(spec.confidence), "--agreement-tolerance", repr(trajectory.agreement_tolerance), "--min-effective-trajectories",
-        repr(trajectory.min_effective_trajectories), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        repr(spec.confidence), "--agreement-tolerance", repr(trajectory.agreement_tolerance),
+        "--min-effective-trajectories", repr(trajectory.min_effective_trajectories),
+        "--max-unsupported-mass", repr(spec.max_unsupported_mass),
         "--support-floor", repr(spec.support_floor), "--write-result", RESULT_PATH, "--json",
     ]
 
