@@ -587,6 +587,39 @@ class CostConstraint(Model):
         return self
 
 
+class TrajectoryEstimator(enum.StrEnum):
+    """An off-policy estimator of the candidate's discounted return on logged episodes (docs/ope.md)."""
+
+    PDIS = "pdis"
+    WPDIS = "wpdis"
+    DR = "dr"
+    FQE = "fqe"
+
+
+class TrajectoryEvaluation(Model):
+    """Judge the candidate on logged episodes (`context.episode_id`/`step` on /v1/act) instead of single decisions.
+
+    The Job runs `policy-server ope --trajectories`: PDIS, weighted PDIS, per-decision doubly robust and fitted-Q
+    evaluation with bootstrap bounds by trajectory, for the reward and every constraint's cost. It refuses on
+    unsupported actions (`supportFloor`, `maxUnsupportedMass`), on too few effective trajectories, and when the
+    estimators disagree beyond `agreementTolerance`.
+    """
+
+    gamma: float = Field(ge=0.0, le=1.0, description="Discount of the return (1: the undiscounted episode return).")
+    estimators: list[Annotated[TrajectoryEstimator, _LAX]] = Field(
+        default_factory=lambda: list(TrajectoryEstimator), min_length=1, max_length=4,
+        description="Estimators of the discounted return; each must pass, and they must agree.",
+    )
+    agreement_tolerance: float = Field(
+        default=0.2, ge=0.0,
+        description="Refuse when max - min of the estimates exceeds this times the largest |estimate| (relative); "
+        "a large value (e.g. 1e9) turns the check off.",
+    )
+    min_effective_trajectories: float = Field(
+        default=30.0, ge=1.0, description="Refuse below this Kish effective number of trajectories."
+    )
+
+
 class OfflineEvaluationSpec(Model):
     """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.
 
@@ -654,10 +687,18 @@ class OfflineEvaluationSpec(Model):
         default_factory=list, max_length=8,
         description="Budgets on logged costs: each is a criterion of the gate beside the reward (docs/ope.md).",
     )
+    trajectory: TrajectoryEvaluation | None = Field(
+        default=None,
+        description="Evaluate logged episodes with trajectory estimators; estimators, bound, rewardRange, minEss and "
+        "weightBand above are then unused (docs/offline-gate-and-training.md).",
+    )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
     @pydantic.model_validator(mode="after")
     def _one_margin(self) -> OfflineEvaluationSpec:
+        if self.trajectory is not None and any(c.estimators for c in self.constraints):
+            raise ValueError("with offlineEvaluation.trajectory, constraints use trajectory.estimators: "
+                             "remove constraints[].estimators")
         if self.min_lower_bound_ratio is not None and self.min_lower_bound_delta is not None:
             raise ValueError("set at most one of minLowerBoundRatio and minLowerBoundDelta")
         if self.reward_range is not None and not self.reward_range[0] < self.reward_range[1]:

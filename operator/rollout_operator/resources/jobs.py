@@ -196,15 +196,10 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         raise ValueError(f"PolicyRollout {rollout.metadata.name!r} has no spec.offlineEvaluation")
     policy = rollout.spec.policy
     baseline = rollout.spec.fallback.artifact if spec.baseline == "fallback" else "logged"
-    args = [
-        "ope", "--logs", spec.dataset, "--policy", policy.artifact, "--baseline", baseline,
-        "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
-        "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
-        "--support-floor", repr(spec.support_floor), "--weight-band", repr(spec.weight_band),
-        "--write-result", RESULT_PATH, "--json",
-    ]
-    if spec.reward_range is not None:  # one argument: a negative lower end would read as an option
-        args.append(f"--reward-range={spec.reward_range[0]!r},{spec.reward_range[1]!r}")
+    if spec.trajectory is not None:
+        args = _trajectory_args(spec, policy.artifact, baseline)
+    else:
+        args = _bandit_args(spec, policy.artifact, baseline)
     if spec.min_lower_bound_ratio is not None:
         args += ["--min-lower-bound-ratio", repr(spec.min_lower_bound_ratio)]
     if spec.min_lower_bound_delta is not None:
@@ -214,6 +209,34 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
     args += reward_args(rollout)
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
+
+
+def _trajectory_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str) -> list[str]:
+    """`policy-server ope --trajectories` (spec.offlineEvaluation.trajectory): the episodes' gate."""
+    trajectory = spec.trajectory
+    assert trajectory is not None
+    return [
+        "ope", "--trajectories", "--gamma", repr(trajectory.gamma), "--logs", spec.dataset, "--policy", policy,
+        "--baseline", baseline, "--estimators", ",".join(trajectory.estimators), "--confidence",
+        repr(spec.confidence), "--agreement-tolerance", repr(trajectory.agreement_tolerance),
+        "--min-effective-trajectories", repr(trajectory.min_effective_trajectories),
+        "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--support-floor", repr(spec.support_floor), "--write-result", RESULT_PATH, "--json",
+    ]
+
+
+def _bandit_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str) -> list[str]:
+    """`policy-server ope` on single decisions: the bandit gate's flags."""
+    args = [
+        "ope", "--logs", spec.dataset, "--policy", policy, "--baseline", baseline,
+        "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
+        "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--support-floor", repr(spec.support_floor), "--weight-band", repr(spec.weight_band),
+        "--write-result", RESULT_PATH, "--json",
+    ]
+    if spec.reward_range is not None:  # one argument: a negative lower end would read as an option
+        args.append(f"--reward-range={spec.reward_range[0]!r},{spec.reward_range[1]!r}")
+    return args
 
 
 def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
