@@ -19,7 +19,7 @@ from tests.support.policy_server import running
 def serve_episodes(log_dir: Path, artifact: Path, *, episodes: int, steps: int, seed: int = 0) -> str:
     """Serve ``episodes`` episodes of ``steps`` steps with their rewards; returns the log's URL."""
     rng = np.random.default_rng(seed)
-    with running(artifact, variant="stable", log_dir=str(log_dir)) as srv:
+    with running(artifact, variant="stable", log_dir=str(log_dir), seed=seed) as srv:  # the exploration draws too
         c = srv.client()
         for episode in range(episodes):
             obs = rng.standard_normal(decision_logs.OBS_DIM).astype(np.float32)
