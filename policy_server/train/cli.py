@@ -86,7 +86,9 @@ def add_constrained_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", default=None, metavar="URL", help="fsspec URL (default {out}/checkpoints)")
     g.add_argument("--resume", action="store_true", help="continue from the newest checkpoint, if there is one")
     g.add_argument("--tensorboard", default=None, metavar="DIR", help="write learning curves as TensorBoard events")
-    g.add_argument("--eval-every", type=int, default=200, help="steps between held-out OPE points of the curves")
+    g.add_argument("--log-every", type=int, default=50, help="steps between points of the curves")
+    g.add_argument("--eval-every", type=int, default=200,
+                   help="steps between held-out OPE points of the curves (a multiple of --log-every)")
 
 
 def _exploration(args: argparse.Namespace) -> artifact_types.Exploration:

@@ -37,7 +37,8 @@ def _config(args: argparse.Namespace, exploration: artifact.Exploration) -> Any:
         batch_size=args.batch_size, hidden=args.hidden, lr=args.learning_rate, alpha=args.cql_alpha,
         lambda_lr=args.lambda_lr, target_every=args.target_every, exploration=exploration, seed=args.seed,
         device=args.device, checkpoint_every=args.checkpoint_every, checkpoint_dir=checkpoint_dir,
-        resume=args.resume, tensorboard=args.tensorboard, eval_every=args.eval_every, held_out=args.held_out,
+        resume=args.resume, tensorboard=args.tensorboard, log_every=args.log_every,
+        eval_every=args.eval_every, held_out=args.held_out,
     )
 
 
