@@ -265,6 +265,7 @@ def train(data: episodes.TrajectoryLike, cfg: Config) -> Result:
                 if cfg.checkpoint_every and cfg.checkpoint_dir and run.step % cfg.checkpoint_every == 0 \
                         and run.step < cfg.steps and world.main:
                     checkpoint.save(cfg.checkpoint_dir, run.step, run.state(cfg))
+                    writer.sync()
         finally:
             writer.close()
         module = LagrangianQ(copy.deepcopy(run.critics).cpu(), run.lambdas.cpu()).eval()

@@ -9,6 +9,8 @@ after its last checkpoint are superseded, not doubled. `read_curves` turns the e
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +18,52 @@ __all__ = ["CurveWriter", "read_curves"]
 
 
 class CurveWriter:
-    """A TensorBoard SummaryWriter that is a no-op without a directory (and on ranks other than 0)."""
+    """A TensorBoard SummaryWriter that is a no-op without a directory (and on ranks other than 0).
+
+    An fsspec URL (s3://, gs://) is written to a local directory and copied there by `sync` (at
+    each checkpoint and at the end), so a killed pod's curves survive up to its last checkpoint.
+    """
 
     def __init__(self, log_dir: str | None, purge_step: int | None = None) -> None:
         self._writer: Any = None
-        if log_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:
-                raise ImportError(f"--tensorboard needs tensorboard: pip install 'policy-rollouts[train]' ({exc})") \
-                    from None
-            self._writer = SummaryWriter(log_dir=log_dir, purge_step=purge_step or None)
+        self._remote: str | None = None
+        self._local: str | None = None
+        if not log_dir:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ImportError(f"--tensorboard needs tensorboard: pip install 'policy-rollouts[train]' ({exc})") \
+                from None
+        if "://" in log_dir and not log_dir.startswith("file://"):
+            self._remote, self._local = log_dir.rstrip("/"), tempfile.mkdtemp(prefix="policy-curves-")
+        self._writer = SummaryWriter(log_dir=self._local or log_dir.removeprefix("file://"),
+                                     purge_step=purge_step or None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer is not None:
             for tag, value in values.items():
                 self._writer.add_scalar(tag, float(value), global_step=step)
 
+    def sync(self) -> None:
+        """Copy the event files to the remote directory (nothing to do for a local one)."""
+        if self._writer is None or self._remote is None or self._local is None:
+            return
+        import fsspec
+
+        self._writer.flush()
+        fs, root = fsspec.core.url_to_fs(self._remote)
+        fs.makedirs(root, exist_ok=True)
+        for path in Path(self._local).iterdir():
+            fs.put_file(str(path), f"{root}/{path.name}")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self.sync()
+            if self._local is not None:
+                shutil.rmtree(self._local, ignore_errors=True)
+            self._writer = None
 
 
 def read_curves(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

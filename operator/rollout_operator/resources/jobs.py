@@ -247,7 +247,7 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
             "train", "--logs", spec.dataset, "--out", output, "--version", version,
             "--algorithm", spec.algorithm, "--steps", str(spec.steps),
             "--device", "cuda" if spec.gpus else "cpu", "--write-result", RESULT_PATH, *reward_args(rollout),
-            *_constrained_args(spec), *spec.args,
+            *_constrained_args(spec, output), *spec.args,
         ]
     workers = spec.workers if spec.algorithm == "constrained-cql" or spec.command else 1
     if workers > 1 and not spec.command:
@@ -258,11 +258,13 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
     return job
 
 
-def _constrained_args(spec: api.TrainingSpec) -> list[str]:
-    """Budgets, discount, checkpoints; `--resume` always, so a pod the Job's backoff restarts continues its run."""
+def _constrained_args(spec: api.TrainingSpec, output: str) -> list[str]:
+    """Budgets, discount, checkpoints and curves (under the version's output); `--resume` always, so a pod
+    the Job's backoff restarts continues its run."""
     if spec.algorithm != "constrained-cql":
         return []
-    args = ["--gamma", repr(spec.gamma), "--checkpoint-every", str(spec.checkpoint_every), "--resume"]
+    args = ["--gamma", repr(spec.gamma), "--checkpoint-every", str(spec.checkpoint_every), "--resume",
+            "--tensorboard", f"{output}/tensorboard"]
     for budget in spec.cost_budgets:  # one argument each: a name starting with '-' would read as an option
         args += [f"--cost={budget.cost}", f"--cost-budget={budget.max!r}"]
     return args

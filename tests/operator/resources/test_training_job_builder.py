@@ -51,6 +51,7 @@ def test_one_worker_trains_within_the_budgets_and_resumes_from_its_checkpoints()
     assert "--cost=overheat" in args and "--cost-budget=1.5" in args
     assert args.index("--cost=energy") < args.index("--cost-budget=20.0")  # budgets pair with costs by position
     assert _value(args, "--out") == "s3://models/cooling/train-abc"  # checkpoints go under it, per version
+    assert _value(args, "--tensorboard") == "s3://models/cooling/train-abc/tensorboard"
     assert "completionMode" not in job["spec"]
     assert job_resources.companions(_rollout(**CONSTRAINED), REQUEST) == []
 
