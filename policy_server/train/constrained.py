@@ -32,6 +32,8 @@ from policy_server.train import checkpoint, curves, distributed, episodes
 
 __all__ = ["Config", "LagrangianQ", "Result", "policy_probabilities", "train"]
 
+INITIAL_STATES_PER_DUAL_STEP = 4096  # more episodes than this: each dual step estimates costs on a sample
+
 
 @dataclass(frozen=True)
 class Config:
@@ -190,7 +192,11 @@ def _update(run: _Run, model: torch.nn.Module, t: dict[str, torch.Tensor], cfg: 
     run.step += 1
     if run.step % cfg.target_every == 0:
         run.target.load_state_dict(run.critics.state_dict())
-    estimates = _estimates(run, t, cfg)
+    first = t["initial_obs"]
+    if first.shape[0] > INITIAL_STATES_PER_DUAL_STEP:  # the same sample on every rank: one generator
+        pick = torch.randint(0, first.shape[0], (INITIAL_STATES_PER_DUAL_STEP,), generator=run.generator)
+        first = first[pick.to(first.device)]
+    estimates = _estimates(run, first, cfg)
     if cfg.costs:
         gap = torch.tensor([estimates[f"cost/{c}"] for c in cfg.costs], device=run.lambdas.device)
         run.lambdas = (run.lambdas + cfg.lambda_lr * (gap - torch.tensor(cfg.budgets, device=gap.device)))
@@ -199,10 +205,10 @@ def _update(run: _Run, model: torch.nn.Module, t: dict[str, torch.Tensor], cfg: 
             "q/mean_reward": float(q_sa[:, 0].detach().mean()), **estimates}
 
 
-def _estimates(run: _Run, t: dict[str, torch.Tensor], cfg: Config) -> dict[str, float]:
+def _estimates(run: _Run, first: torch.Tensor, cfg: Config) -> dict[str, float]:
     """The current policy's expected discounted reward and costs per episode, by the critics at first states."""
     with torch.no_grad():
-        q0 = run.critics(t["initial_obs"])
+        q0 = run.critics(first)
         v0 = (q0 * policy_probabilities(_lagrangian(q0, run.lambdas), cfg.exploration)[:, None, :]).sum(-1).mean(0)
     return {"reward": float(v0[0]), **{f"cost/{c}": float(v0[1 + j]) for j, c in enumerate(cfg.costs)}}
 
@@ -272,7 +278,8 @@ def train(data: episodes.TrajectoryLike, cfg: Config) -> Result:
         return Result(module=module, steps=run.step, resumed_from=resumed_from,
                       seconds=time.perf_counter() - started,
                       lambdas={c: float(run.lambdas[j]) for j, c in enumerate(cfg.costs)},
-                      estimates=_estimates(run, t, cfg), held_out=_held_out(run, held_out, cfg, world.device),
+                      estimates=_estimates(run, t["initial_obs"], cfg),
+                      held_out=_held_out(run, held_out, cfg, world.device),
                       world_size=world.size)
     finally:
         distributed.teardown(world)

@@ -116,3 +116,12 @@ def test_training_errors_say_what_to_fix(tmp_path: Path, capsys: pytest.CaptureF
     assert "cannot read trajectory arrays" in capsys.readouterr().err
     assert cli.main(["train", "--trajectory-arrays", arrays, "--out", str(tmp_path / "m"), "--version", "x"]) == 2
     assert "use --algorithm constrained-cql" in capsys.readouterr().err
+
+
+def test_many_episodes_estimate_the_cost_on_a_sample_of_first_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constrained, "INITIAL_STATES_PER_DUAL_STEP", 8)
+    data = mdp.logged_episodes(40, seed=2)
+    result = constrained.train(data, constrained.Config(costs=("overheat",), budgets=(-1.0,), gamma=mdp.GAMMA,
+                                                        steps=5, batch_size=16, lambda_lr=1.0))
+    assert result.steps == 5 and result.lambdas["overheat"] > 0  # an unreachable budget: lambda only rises
+    assert np.isfinite(result.estimates["cost/overheat"])
