@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
 import pydantic
 import pytest
 from rollout_operator import api, kube
@@ -118,3 +119,9 @@ def test_the_rendezvous_service_is_created_once_before_the_jobs(client: kube.Cli
     assert service["metadata"]["name"] == "cooling-train-rdzv" and service["spec"]["clusterIP"] == "None"
     for job in kube_api.objects("jobs", "default"):
         assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+
+
+def test_the_indexed_job_and_its_service_are_valid_kubernetes_objects() -> None:
+    rollout = _rollout(**CONSTRAINED, workers=4, gpus=1)
+    for obj in [job_resources.build(rollout, REQUEST), *job_resources.companions(rollout, REQUEST)]:
+        kubernetes_validate.validate(obj, "1.30", strict=True)
