@@ -9,6 +9,12 @@ starts it over. The Service is created before the Job and shared by the rollout'
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -19,6 +25,7 @@ from rollout_operator.engine import types
 from rollout_operator.resources import jobs as job_resources
 from rollout_operator.workloads import jobs as k8s_jobs
 
+from tests.policy_server.train import cooling_mdp
 from tests.support.kube import KubeAPI, policy_rollout_manifest
 
 CONSTRAINED = {"dataset": "s3://logs/cooling", "output": "s3://models/cooling", "algorithm": "constrained-cql",
@@ -125,3 +132,48 @@ def test_the_indexed_job_and_its_service_are_valid_kubernetes_objects() -> None:
     rollout = _rollout(**CONSTRAINED, workers=4, gpus=1)
     for obj in [job_resources.build(rollout, REQUEST), *job_resources.companions(rollout, REQUEST)]:
         kubernetes_validate.validate(obj, "1.30", strict=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pod_command(job: dict[str, Any], index: int, port: int, arrays: str, tmp: Path) -> list[str]:
+    """What a pod of the Job runs, with the kubelet's and the cluster's parts played on loopback."""
+    swap = {"$(JOB_COMPLETION_INDEX)": str(index), "cooling-train-abc-0.cooling-train-rdzv": "127.0.0.1",
+            str(job_resources.RENDEZVOUS_PORT): str(port), job_resources.RESULT_PATH: str(tmp / f"result-{index}"),
+            "s3://models/cooling/train-abc": str(tmp / "model"), "s3://models/cooling/train-abc/tensorboard":
+            str(tmp / "tb")}
+    args = [swap.get(a, a) for a in _container(job)["args"]]
+    logs = args.index("--logs")
+    args[logs:logs + 2] = ["--trajectory-arrays", arrays]
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+@pytest.mark.integration
+def test_the_pods_command_lines_train_together(tmp_path: Path) -> None:
+    """Two 'pods' run the Job's own torchrun command lines (rendezvous on loopback) and finish one run."""
+    training = {**CONSTRAINED, "workers": 2, "steps": 40, "checkpointEvery": 20,
+                "costBudgets": [{"cost": "overheat", "max": 1.0}], "args": ["--batch-size", "32"]}
+    job = job_resources.build(_rollout(**training), REQUEST)
+    arrays = cooling_mdp.save_logged(tmp_path / "episodes.npz", 40, seed=0)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    pods = [subprocess.Popen(_pod_command(job, i, port, arrays, tmp_path), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        errors = [pod.communicate(timeout=240)[1] for pod in pods]
+    finally:
+        for pod in pods:
+            if pod.poll() is None:
+                pod.kill()
+                pod.wait(timeout=30)
+    assert [pod.returncode for pod in pods] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    results = [json.loads((tmp_path / f"result-{i}").read_text()) for i in range(2)]
+    for result in results:
+        result.pop("seconds")  # each pod's own wall time
+    assert results[0] == results[1] and results[0]["workers"] == 2 and results[0]["steps"] == 40
+    assert (tmp_path / "model" / "checkpoints" / "ckpt-000000020.pt").exists()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
