@@ -4,13 +4,16 @@ A checkpoint is one `torch.save` blob (`ckpt-{step:09d}.pt`): model and optimise
 Lagrange multipliers, every RNG the loop draws from and the step, so `--resume` continues the same
 run (a killed pod restarted by its Job's backoff ends with the same total steps and, on CPU, the
 same weights). It is written under a temporary name and renamed: a pod killed mid-write leaves a
-`.tmp` that is never read, never a truncated checkpoint. Any fsspec URL works (a local directory,
-s3://, gs://); on object stores the rename is a copy then delete, still never a partial object.
+`.tmp` that is never read, never a truncated checkpoint. Read back with `weights_only=True`: a
+checkpoint is tensors and plain values, so one planted in the store cannot run code on load.
+Any fsspec URL works (a local directory, s3://, gs://); on object stores the rename is a copy then
+delete, still never a partial object.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
 import re
 from typing import Any
 
@@ -26,6 +29,12 @@ KEEP = 2  # the newest and one before it, in case the store lost the newest's re
 
 class CheckpointError(PolicyServerError):
     """A checkpoint cannot be written or read; the message says where and what to do."""
+
+
+def _brief(exc: BaseException) -> str:
+    """The first line of an error (torch's unpickling errors run to a page)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -50,7 +59,7 @@ def save(url: str, step: int, state: dict[str, Any]) -> str:
             fs.rm(f"{root}/ckpt-{old:09d}.pt")
     except OSError as exc:
         raise CheckpointError(
-            f"cannot write checkpoint {final!r} ({exc}); check --checkpoint-dir and its credentials"
+            f"cannot write checkpoint {final!r} ({_brief(exc)}); check --checkpoint-dir and its credentials"
         ) from None
     return final
 
@@ -72,8 +81,8 @@ def latest(url: str) -> dict[str, Any] | None:
         path = f"{root}/ckpt-{steps[-1]:09d}.pt"
         with fs.open(path, "rb") as f:
             blob = io.BytesIO(f.read())
-        return torch.load(blob, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
-    except (OSError, RuntimeError, EOFError) as exc:
+        return torch.load(blob, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(
-            f"cannot read the newest checkpoint under {url!r} ({exc}); delete it to restart"
+            f"cannot read the newest checkpoint under {url!r} ({_brief(exc)}); delete it to restart"
         ) from None

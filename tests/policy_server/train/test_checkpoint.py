@@ -105,3 +105,15 @@ def test_resuming_another_configuration_is_refused(tmp_path: Path) -> None:
     assert longer.resumed_from == 5 and longer.steps == 12  # a longer run may continue a shorter one
     with pytest.raises(PolicyServerError, match="different training configuration"):
         constrained.train(data, constrained.Config(steps=12, **{**base, "gamma": 0.5}))
+
+
+def test_a_checkpoint_that_is_not_plain_tensors_is_refused_not_run(tmp_path: Path) -> None:
+    import pickle
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "ckpt-000000010.pt").write_bytes(pickle.dumps(print, protocol=2))  # would call code on a full unpickle
+    with pytest.raises(checkpoint.CheckpointError) as refused:
+        checkpoint.latest(str(tmp_path / "ckpt"))
+    message = str(refused.value)
+    assert message.startswith("cannot read the newest checkpoint") and message.endswith("delete it to restart")
+    assert "\n" not in message
