@@ -66,7 +66,9 @@ class Transitions:
 
 def n_actions_of(data: TrajectoryLike) -> int:
     declared = getattr(data, "n_actions", None)
-    behaviour = getattr(data, "behavior_probabilities", None)
+    # (N, T, K) behaviour probabilities when logged; the joiner's name for them is not settled yet.
+    names = ("behavior_probabilities", "behaviour_probabilities", "action_probabilities")
+    behaviour = next((getattr(data, n) for n in names if getattr(data, n, None) is not None), None)
     mask = np.asarray(data.mask, dtype=bool)
     seen = int(np.asarray(data.actions)[mask].max()) + 1
     if behaviour is not None:
