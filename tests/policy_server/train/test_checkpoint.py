@@ -111,7 +111,8 @@ def test_a_checkpoint_that_is_not_plain_tensors_is_refused_not_run(tmp_path: Pat
     import pickle
 
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "ckpt-000000010.pt").write_bytes(pickle.dumps(print, protocol=2))  # would call code on a full unpickle
+    planted = pickle.dumps(print, protocol=2)  # a full unpickle would call code
+    (tmp_path / "ckpt" / "ckpt-000000010.pt").write_bytes(planted)
     with pytest.raises(checkpoint.CheckpointError) as refused:
         checkpoint.latest(str(tmp_path / "ckpt"))
     message = str(refused.value)
