@@ -88,6 +88,7 @@ __all__ = [
     "Toleration",
     "TrafficProvider",
     "TrafficSpec",
+    "TrainingCostBudget",
     "TrainingJobStatus",
     "TrainingSpec",
     "Verdict",
@@ -717,16 +718,60 @@ def _check_cron(text: str) -> str:
     return text
 
 
+class TrainingCostBudget(Model):
+    """A cost budget `constrained-cql` trains within (`policy-server train --cost NAME --cost-budget MAX`)."""
+
+    cost: str = Field(min_length=1, max_length=63, description="The cost's name, as posted with the rewards.")
+    max: float = Field(ge=0, description="Expected discounted cost per episode (discount spec.training.gamma).")
+
+
 class TrainingSpec(JobTemplate):
     """Retraining as GPU Jobs: on a cron schedule and on demand (the `policy.rollouts.io/train` annotation)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "(self.algorithm == 'constrained-cql' || has(self.command)) || "
+                "((!has(self.workers) || self.workers == 1) && "
+                "(!has(self.costBudgets) || size(self.costBudgets) == 0))",
+                "workers > 1 and costBudgets need algorithm constrained-cql",
+            ),
+        )
+    )
+
     dataset: str = Field(min_length=1, description="Decision log URL to train on.")
     output: str = Field(min_length=1, description="Base URL of artifacts; each Job writes {output}/{version}.")
-    algorithm: Literal["reward-model", "discrete-cql", "discrete-bc"] = "reward-model"
+    algorithm: Literal["reward-model", "discrete-cql", "discrete-bc", "constrained-cql"] = Field(
+        default="reward-model",
+        description="constrained-cql: offline RL on trajectories within costBudgets (checkpoints, resume, workers).",
+    )
     steps: int = Field(default=2000, ge=1, le=10_000_000, description="Gradient steps.")
     command: list[str] | None = Field(default=None, description="Replace `policy-server train ...` entirely.")
     args: list[str] = Field(default_factory=list, description="Extra arguments for the training command.")
-    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu limit; > 0 trains on CUDA.")
+    gpus: int = Field(
+        default=0, ge=0, le=16,
+        description="nvidia.com/gpu limit per worker; > 0 trains on CUDA with one torchrun process per GPU.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="constrained-cql: > 1 runs an Indexed Job of this many pods (torchrun, data-parallel) and a "
+        "headless Service for their rendezvous.",
+    )
+    checkpoint_every: int = Field(
+        default=500, ge=0, le=10_000_000,
+        description="constrained-cql: checkpoint every N steps under {output}/{version}/checkpoints (0: never); "
+        "a restarted pod resumes from the newest.",
+    )
+    gamma: float = Field(default=0.99, ge=0, le=1, description="constrained-cql: discount of returns and budgets.")
+    cost_budgets: list[TrainingCostBudget] = Field(
+        default_factory=list, max_length=8, description="constrained-cql: cost budgets the policy is trained within."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _constrained_only(self) -> TrainingSpec:
+        if self.algorithm != "constrained-cql" and self.command is None and (self.workers > 1 or self.cost_budgets):
+            raise ValueError("workers > 1 and costBudgets need algorithm constrained-cql")
+        return self
     schedule: Annotated[str, pydantic.AfterValidator(_check_cron)] | None = Field(
         default=None, json_schema_extra={"pattern": CRON_PATTERN}, description="Cron schedule (UTC)."
     )
