@@ -298,7 +298,8 @@ def test_undo_rolls_out_the_previous_revision(kube_api: KubeAPI, capsys: Any) ->
     code, out, _ = run(kube_api, capsys, "undo", "pricing")
     assert code == 0
     policy = kube_api.get("PolicyRollout", "default", "pricing")["spec"]["policy"]
-    assert policy == _revision("v2")["policy"], "every field comes from the revision; resources is cleared"
+    # every field comes from the revision (resources is cleared); `workers`, newer than this revision, is defaulted
+    assert policy == {**_revision("v2")["policy"], "workers": 1}
     assert "spec.policy of pricing is back to v2 (promoted 2026-01-01T12:00:00Z)" in out
     assert "replaces stable v3" in out
 
