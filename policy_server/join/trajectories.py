@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from policy_server.errors import PolicyServerError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Trajectories", "TrajectoryError", "build_trajectories", "load_trajectories", "step_table"]
 
 
-class TrajectoryError(ValueError):
+class TrajectoryError(PolicyServerError, ValueError):
     """The log holds no usable trajectories; the message says what to fix."""
 
 

@@ -15,10 +15,12 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from policy_server.errors import PolicyServerError
+
 __all__ = ["JoinError", "JoinOptions", "RewardFunction", "parse_as_of", "parse_duration"]
 
 
-class JoinError(ValueError):
+class JoinError(PolicyServerError, ValueError):
     """The join cannot run as asked; the message says what to change (one line, no traceback)."""
 
 

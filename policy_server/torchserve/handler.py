@@ -14,8 +14,9 @@ carries ``shield.intervened`` and ``shield.reasons``. Bodies are checked by the 
 
 Not available here (use ``policy-server serve`` for these): the decision log, the policy server's Prometheus
 metrics, the latency-budget fallback (TorchServe does not tell the handler when a request arrived),
-``max_delta`` across workers (each worker remembers only the entities it served) and the 409 for a reused
-``request_id``.
+``max_delta`` across workers unless the caller sends ``context.current_action`` (each worker remembers only
+the entities it served), the 409 for a reused ``request_id``, and rewards (no ``/v1/reward``, so no signed
+``reward_id`` in the replies).
 
 Settings come from the archive's model-config YAML (``handler:`` section, written by
 `policy_server.torchserve.archive`): ``seed`` for the exploration RNG (reproducible draws; default random)
