@@ -63,7 +63,9 @@ POWER = np.array([0.0, 1.0, 2.1, 3.3])  # kW: the chiller's efficiency drops at 
 LIMIT_C = 27.0
 COST_NAME = "overheat"
 HOURS = 24
-PEAK = (12, 19)  # tariff 1.0 in [12, 19), 0.4 otherwise
+PEAK = (12, 19)
+SETPOINT_C = 21.0  # the fallback thermostat's
+EPSILON = 0.3  # the fallback's exploration  # tariff 1.0 in [12, 19), 0.4 otherwise
 
 
 @dataclass
@@ -130,16 +132,16 @@ def dynamics(state: State, actions: np.ndarray, rng: np.random.Generator) -> tup
     return nxt, reward, cost
 
 
-def thermostat_action(obs: np.ndarray) -> np.ndarray:
-    """The rule the fallback serves: one cooling level per 1.5 °C above 21 °C (room, as observed)."""
+def thermostat_action(obs: np.ndarray, setpoint: float = SETPOINT_C) -> np.ndarray:
+    """The rule the fallback serves: one cooling level per 1.5 °C above `setpoint` (room, as observed)."""
     room_c = 24.0 + 4.0 * np.asarray(obs, dtype=np.float64)[..., 0]
-    return np.clip(np.round((room_c - 21.0) / 1.5), 0, len(COOLING_LEVELS) - 1).astype(np.int64)
+    return np.clip(np.round((room_c - setpoint) / 1.5), 0, len(COOLING_LEVELS) - 1).astype(np.int64)
 
 
-def thermostat_probabilities(obs: np.ndarray, epsilon: float = 0.3) -> np.ndarray:
+def thermostat_probabilities(obs: np.ndarray, epsilon: float = EPSILON, setpoint: float = SETPOINT_C) -> np.ndarray:
     """The fallback's action probabilities: the thermostat's level, uniform with probability `epsilon`."""
     k = len(COOLING_LEVELS)
-    greedy = thermostat_action(obs)
+    greedy = thermostat_action(obs, setpoint)
     probs = np.full((*greedy.shape, k), epsilon / k)
     np.put_along_axis(probs, greedy[..., None], 1.0 - epsilon + epsilon / k, axis=-1)
     return probs
