@@ -18,6 +18,7 @@ One episode is one day of ``hours`` steps (default 24), from midnight; the last 
 ``hour_cos``       cos(2 pi hour / 24)
 ``load``           IT load (heat), 0..1.5
 ``tariff``         this hour's energy price, 0.4 (off-peak) or 1.0 (12:00-19:00)
+``warm``           degrees above 25 °C (0 below): the alarm panel's reading, which linear value models need
 =================  ==========================================================
 
 Actions: ``COOLING_LEVELS`` (off, low, medium, high). Reward: ``1 - tariff * power / max power``
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 ENV_ID = "policy_rollouts/Cooling-v0"
-FEATURES = ("room", "water", "outside", "hour_sin", "hour_cos", "load", "tariff")
+FEATURES = ("room", "water", "outside", "hour_sin", "hour_cos", "load", "tariff", "warm")
 COOLING_LEVELS = ("off", "low", "medium", "high")
 COOLING_C = np.array([0.0, 0.9, 1.8, 2.7])  # °C per hour the chiller takes out of the tank
 POWER = np.array([0.0, 1.0, 2.1, 3.3])  # kW: the chiller's efficiency drops at high output
@@ -89,7 +90,7 @@ def outside(state: State) -> np.ndarray:
 
 
 def observe(state: State) -> np.ndarray:
-    """The (B, 7) float32 observations of `FEATURES`."""
+    """The (B, 8) float32 observations of `FEATURES`."""
     b = state.room.shape[0]
     angle = 2.0 * math.pi * state.hour / 24.0
     cols = [
@@ -100,6 +101,7 @@ def observe(state: State) -> np.ndarray:
         np.full(b, math.cos(angle)),
         state.load,
         np.full(b, tariff(state.hour)),
+        np.maximum(0.0, state.room - 25.0),
     ]
     return np.stack(cols, axis=1).astype(np.float32)
 
@@ -164,7 +166,7 @@ class Rollouts:
 
 def simulate(policy: Callable[[np.ndarray], np.ndarray], episodes: int, seed: int = 0,
              hours: int = HOURS) -> Rollouts:
-    """Play `episodes` days at once; `policy` maps (B, 7) observations to (B, K) action probabilities."""
+    """Play `episodes` days at once; `policy` maps (B, 8) observations to (B, K) action probabilities."""
     rng = np.random.default_rng(seed)
     state = initial(rng, episodes)
     rewards, costs, actions, temps = [], [], [], []
