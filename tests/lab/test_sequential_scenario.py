@@ -30,6 +30,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     quiet = view.LiveView(Console(file=io.StringIO(), width=120))
     result = sequential.run_sequential(out, fast=True, seed=0, live=quiet)
     assert json.loads((Path(out) / "report.json").read_text())["scenario"] == "sequential"
+    result["html"] = (Path(out) / "report.html").read_text()
     return result
 
 
@@ -82,3 +83,10 @@ def test_the_simulator_agrees_with_the_gate(report: dict) -> None:
     truth = report["simulated"]
     assert truth["unconstrained"]["overheat"] > report["gateMax"] > truth["constrained"]["overheat"]
     assert truth["unconstrained"]["reward"] > truth["fallback"]["reward"]  # it saves energy by overheating
+
+
+def test_the_html_report_shows_the_gate_the_truth_and_the_curves(report: dict) -> None:
+    page = report["html"]
+    assert "cooling-unconstrained: Failed" in page and "cooling-constrained: Promoted" in page
+    assert "Truth in the simulator" in page and "Kish effective trajectories" in page
+    assert page.count("data:image/png;base64,") >= 3  # training curves, gate charts, weights

@@ -9,7 +9,7 @@
 3. Roll both out in local mode with the operator's engine: the offline gate (`ope --trajectories`
    with a constraint on `overheat`) refuses the unconstrained one on its cost budget; the constrained
    one passes, is shadowed, canaried under guardrails on Prometheus and promoted.
-4. Report: `sequential/report.json`: the gate's per-estimator values and intervals and per-cost upper
+4. Report: `report.json` and `report.html`: the gate's per-estimator values and intervals and per-cost upper
    bound vs budget, each candidate's true values in the simulator, training curves and times.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rollout_lab.demo import pipeline, scenario
+from rollout_lab.demo import pipeline, scenario, sequential_report
 from rollout_lab.local import episodes, processes, run, view
 
 __all__ = ["FAST", "FULL", "Settings", "manifest", "run_sequential", "write_fallback"]
@@ -314,7 +314,7 @@ def gate_summary(workdir: Path, rollout: str) -> dict[str, Any] | None:
 
 
 def run_sequential(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView | None = None) -> dict[str, Any]:
-    """The whole scenario; writes `out/report.json` and returns it."""
+    """The whole scenario; writes `out/report.json` and `out/report.html` and returns the report."""
     settings = FAST if fast else FULL
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -359,4 +359,5 @@ def run_sequential(out: Path, fast: bool = False, seed: int = 0, live: view.Live
         "events": [dataclasses.asdict(e) for e in local.store.events],
     }
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
+    sequential_report.write_html(json.loads((out / "report.json").read_text()), out / "report.html")
     return result
