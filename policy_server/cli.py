@@ -6,6 +6,7 @@
     policy-server sign --artifact DIR --key PRIVATE.pem
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--json]   (policy_server.ope.cli)
     policy-server train --logs URL --out DIR --version V [--algorithm ...]              (policy_server.train.cli)
+    policy-server join --logs URL --out URL [--window 1h] [--json]                      (policy_server.join.cli)
 
 Exit codes of ``serve``: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the artifact cannot be
 served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use) and

@@ -44,6 +44,12 @@ _SCHEMAS: dict[str, Any] = {
                         "type": ["string", "integer"],
                         "description": "key for the max-delta shield (last action per entity)",
                     },
+                    "episode_id": {
+                        "type": ["string", "integer"],
+                        "description": "a sequential decision's episode (with step); logged as column episode_id",
+                    },
+                    "step": {"type": "integer", "minimum": 0, "description": "the decision's step in its episode"},
+                    "terminal": {"type": "boolean", "description": "true on the episode's last step"},
                     "current_action": {
                         "oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "number"}}],
                         "description": "the entity's action now, as the caller's world has it; the max-delta shield "
@@ -117,6 +123,7 @@ _SCHEMAS: dict[str, Any] = {
                 "a retry with the same one is a duplicate",
             },
             "reward": {"type": "number"},
+            "terminal": {"type": "boolean", "description": "true: the episode ended at this reward's decision"},
             "costs": {
                 "type": "object",
                 "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$"},

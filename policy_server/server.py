@@ -573,6 +573,7 @@ class PolicyServer:
                     "decision_time": found.decision_time,
                     "received_by": self.config.variant,
                     "event_id": req.event_id,
+                    "terminal": req.terminal,
                 }
             )
         self._reply([(conn, seq, 202, b'{"status":"accepted"}')])

@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 ACT_FIELDS = ("observation", "request_id", "context", "shadow_of")
-REWARD_FIELDS = ("request_id", "reward", "costs", "event_id")
+REWARD_FIELDS = ("request_id", "reward", "costs", "event_id", "terminal")
+TRAJECTORY_KEYS = frozenset(("episode_id", "step", "terminal"))  # context keys of a sequential decision
+MAX_STEP = 2**31 - 1
 MAX_ID_LEN = 128
 MAX_SIGNED_ID_LEN = 512  # a reward_id signs the client's id, its variant, version and time (attribution.py)
 MAX_ENTITY_LEN = 256
@@ -83,6 +85,7 @@ class RewardRequest:
     reward: float
     costs: dict[str, float] | None
     event_id: str | None = None
+    terminal: bool | None = None  # the episode ended with this decision's step
 
 
 def _type(x: Any) -> str:
@@ -196,6 +199,8 @@ def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> Act
                     f"'context.entity' must be a non-empty string (or integer) of at most {MAX_ENTITY_LEN} characters"
                 )
             entity = e
+        if not TRAJECTORY_KEYS.isdisjoint(context):  # one C call when the context has no trajectory keys
+            _trajectory(context)
         current = context.get("current_action")
         if current is not None:
             current = _current_action(current, n_actions)
@@ -207,6 +212,24 @@ def parse_act(body: bytes, shape: tuple[int, ...], n_actions: int | None) -> Act
             ) from None
         return ActRequest(obs, rid, context, mask, entity, context_json, current, shadow_of)
     return ActRequest(obs, rid, context, mask, entity, shadow_of=shadow_of)
+
+
+def _trajectory(context: dict[str, Any]) -> None:
+    """``context.episode_id``, ``step`` and ``terminal``: checked here, logged as columns by the writer."""
+    episode, step = context.get("episode_id"), context.get("step")
+    if episode is None or step is None:
+        raise BadRequest("'context.episode_id' and 'context.step' go together: send both for a sequential decision")
+    if type(episode) is int:
+        episode = str(episode)
+    if type(episode) is not str or not 0 < len(episode) <= MAX_ENTITY_LEN:
+        raise BadRequest(
+            f"'context.episode_id' must be a non-empty string (or integer) of at most {MAX_ENTITY_LEN} characters"
+        )
+    if type(step) is not int or not 0 <= step <= MAX_STEP:
+        raise BadRequest(f"'context.step' must be an integer in [0, {MAX_STEP}] (the step within the episode)")
+    terminal = context.get("terminal")
+    if terminal is not None and type(terminal) is not bool:
+        raise BadRequest(f"'context.terminal' must be true or false (true on the last step), got {_type(terminal)}")
 
 
 def _current_action(value: Any, n_actions: int | None) -> int | list[float]:
@@ -266,5 +289,8 @@ def parse_reward(body: bytes, limits: Limits = Limits()) -> RewardRequest:
             if not _COST_NAME.fullmatch(name):
                 raise BadRequest(f"cost name {name!r} must match [A-Za-z_][A-Za-z0-9_]{{0,63}}")
             costs[name] = _number(value, f"costs.{name}", limits.max_cost_abs)
+    terminal = data.get("terminal")
+    if terminal is not None and type(terminal) is not bool:
+        raise BadRequest(f"'terminal' must be true or false (true: the episode ended here), got {_type(terminal)}")
     assert rid is not None
-    return RewardRequest(rid, reward, costs, event_id)
+    return RewardRequest(rid, reward, costs, event_id, terminal)

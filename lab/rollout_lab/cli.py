@@ -71,7 +71,8 @@ def run_command(args: argparse.Namespace) -> int:
         local.register(rollout)
         env = pricing.PricingEnv()
         env.reset(seed=args.seed)
-        gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate)
+        # On stop, wait for the delayed rewards still due (the servers stop after them).
+        gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate, drain_s=env.max_delay_s + 2)
 
         def on_tick(current, sample) -> None:  # type: ignore[no-untyped-def]
             if args.rate > 0 and not gen.started and sample.actual_weight is not None \
@@ -91,6 +92,13 @@ def run_command(args: argparse.Namespace) -> int:
         local.close()
     status = result.rollout.status
     print(f"{rollout.metadata.name}: {status.phase.value}: {status.message or ''}")
+    if gen is not None and gen.started:
+        from rollout_lab.local import rewards
+
+        counts = rewards.summary(rewards.account(gen.reward_ledgers(), rewards.joined_request_ids(
+            local.workloads.decision_logs(rollout))))
+        print(f"rewards: posted {counts['rewards_posted']}, joined {counts['rewards_joined']}, "
+              f"lost {counts['rewards_lost']}")
     print(f"status, events and process logs: {workdir}")
     if result.timed_out:
         return 3
@@ -103,15 +111,19 @@ def demo_command(args: argparse.Namespace) -> int:
     from rollout_lab.local import processes
 
     logging.basicConfig(level=logging.WARNING)
+    if args.max_feedback_delay is not None and not args.max_feedback_delay > 0:
+        sys.stderr.write(f"error: --max-feedback-delay must be seconds > 0, got {args.max_feedback_delay}\n")
+        return 2
     out = Path(args.out)
     try:
-        result = pipeline.run_demo(out, fast=args.fast, seed=args.seed)
+        result = pipeline.run_demo(out, fast=args.fast, seed=args.seed, max_feedback_delay=args.max_feedback_delay)
     except (pipeline.DemoError, processes.ProcessError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     for s in result["scenarios"]:
         print(f"{s['candidate']:>16}: {s['outcome']}, {_where(s)}; "
-              f"{s['candidate_live_decisions']} decisions served to customers")
+              f"{s['candidate_live_decisions']} decisions served to customers; rewards posted "
+              f"{s.get('rewards_posted', 0)}, joined {s.get('rewards_joined', 0)}, lost {s.get('rewards_lost', 0)}")
         print(f"{'':>18}{s['message']}")
     print(f"report: {out / 'report.html'}  ({result['wallSeconds']} s)")
     return 0
@@ -157,6 +169,9 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--fast", action="store_true", help=f"short steps and small data ({FAST_DEMO_TIME})")
     parser.add_argument("--out", default="demo-out", help="output directory (default: ./demo-out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, training and traffic (default: 0)")
+    parser.add_argument("--max-feedback-delay", type=float, default=None, metavar="SECONDS",
+                        help="longest delay of the late rewards (10 %% of them) during the rollouts (default: 10 "
+                        "with --fast, 75 without: longer than a canary step)")
     parser.set_defaults(handler=demo_command)
 
 

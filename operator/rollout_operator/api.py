@@ -88,6 +88,7 @@ __all__ = [
     "Toleration",
     "TrafficProvider",
     "TrafficSpec",
+    "TrainingCostBudget",
     "TrainingJobStatus",
     "TrainingSpec",
     "Verdict",
@@ -587,6 +588,39 @@ class CostConstraint(Model):
         return self
 
 
+class TrajectoryEstimator(enum.StrEnum):
+    """An off-policy estimator of the candidate's discounted return on logged episodes (docs/ope.md)."""
+
+    PDIS = "pdis"
+    WPDIS = "wpdis"
+    DR = "dr"
+    FQE = "fqe"
+
+
+class TrajectoryEvaluation(Model):
+    """Judge the candidate on logged episodes (`context.episode_id`/`step` on /v1/act) instead of single decisions.
+
+    The Job runs `policy-server ope --trajectories`: PDIS, weighted PDIS, per-decision doubly robust and fitted-Q
+    evaluation with bootstrap bounds by trajectory, for the reward and every constraint's cost. It refuses on
+    unsupported actions (`supportFloor`, `maxUnsupportedMass`), on too few effective trajectories, and when the
+    estimators disagree beyond `agreementTolerance`.
+    """
+
+    gamma: float = Field(ge=0.0, le=1.0, description="Discount of the return (1: the undiscounted episode return).")
+    estimators: list[Annotated[TrajectoryEstimator, _LAX]] = Field(
+        default_factory=lambda: list(TrajectoryEstimator), min_length=1, max_length=4,
+        description="Estimators of the discounted return; each must pass, and they must agree.",
+    )
+    agreement_tolerance: float = Field(
+        default=0.2, ge=0.0,
+        description="Refuse when max - min of the estimates exceeds this times the largest |estimate| (relative); "
+        "a large value (e.g. 1e9) turns the check off.",
+    )
+    min_effective_trajectories: float = Field(
+        default=30.0, ge=1.0, description="Refuse below this Kish effective number of trajectories."
+    )
+
+
 class OfflineEvaluationSpec(Model):
     """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.
 
@@ -654,10 +688,18 @@ class OfflineEvaluationSpec(Model):
         default_factory=list, max_length=8,
         description="Budgets on logged costs: each is a criterion of the gate beside the reward (docs/ope.md).",
     )
+    trajectory: TrajectoryEvaluation | None = Field(
+        default=None,
+        description="Evaluate logged episodes with trajectory estimators; estimators, bound, rewardRange, minEss and "
+        "weightBand above are then unused (docs/offline-gate-and-training.md).",
+    )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
     @pydantic.model_validator(mode="after")
     def _one_margin(self) -> OfflineEvaluationSpec:
+        if self.trajectory is not None and any(c.estimators for c in self.constraints):
+            raise ValueError("with offlineEvaluation.trajectory, constraints use trajectory.estimators: "
+                             "remove constraints[].estimators")
         if self.min_lower_bound_ratio is not None and self.min_lower_bound_delta is not None:
             raise ValueError("set at most one of minLowerBoundRatio and minLowerBoundDelta")
         if self.reward_range is not None and not self.reward_range[0] < self.reward_range[1]:
@@ -676,16 +718,60 @@ def _check_cron(text: str) -> str:
     return text
 
 
+class TrainingCostBudget(Model):
+    """A cost budget `constrained-cql` trains within (`policy-server train --cost NAME --cost-budget MAX`)."""
+
+    cost: str = Field(min_length=1, max_length=63, description="The cost's name, as posted with the rewards.")
+    max: float = Field(ge=0, description="Expected discounted cost per episode (discount spec.training.gamma).")
+
+
 class TrainingSpec(JobTemplate):
     """Retraining as GPU Jobs: on a cron schedule and on demand (the `policy.rollouts.io/train` annotation)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                "(self.algorithm == 'constrained-cql' || has(self.command)) || "
+                "((!has(self.workers) || self.workers == 1) && "
+                "(!has(self.costBudgets) || size(self.costBudgets) == 0))",
+                "workers > 1 and costBudgets need algorithm constrained-cql",
+            ),
+        )
+    )
+
     dataset: str = Field(min_length=1, description="Decision log URL to train on.")
     output: str = Field(min_length=1, description="Base URL of artifacts; each Job writes {output}/{version}.")
-    algorithm: Literal["reward-model", "discrete-cql", "discrete-bc"] = "reward-model"
+    algorithm: Literal["reward-model", "discrete-cql", "discrete-bc", "constrained-cql"] = Field(
+        default="reward-model",
+        description="constrained-cql: offline RL on trajectories within costBudgets (checkpoints, resume, workers).",
+    )
     steps: int = Field(default=2000, ge=1, le=10_000_000, description="Gradient steps.")
     command: list[str] | None = Field(default=None, description="Replace `policy-server train ...` entirely.")
     args: list[str] = Field(default_factory=list, description="Extra arguments for the training command.")
-    gpus: int = Field(default=0, ge=0, le=16, description="nvidia.com/gpu limit; > 0 trains on CUDA.")
+    gpus: int = Field(
+        default=0, ge=0, le=16,
+        description="nvidia.com/gpu limit per worker; > 0 trains on CUDA with one torchrun process per GPU.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="constrained-cql: > 1 runs an Indexed Job of this many pods (torchrun, data-parallel) and a "
+        "headless Service for their rendezvous.",
+    )
+    checkpoint_every: int = Field(
+        default=500, ge=0, le=10_000_000,
+        description="constrained-cql: checkpoint every N steps under {output}/{version}/checkpoints (0: never); "
+        "a restarted pod resumes from the newest.",
+    )
+    gamma: float = Field(default=0.99, ge=0, le=1, description="constrained-cql: discount of returns and budgets.")
+    cost_budgets: list[TrainingCostBudget] = Field(
+        default_factory=list, max_length=8, description="constrained-cql: cost budgets the policy is trained within."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _constrained_only(self) -> TrainingSpec:
+        if self.algorithm != "constrained-cql" and self.command is None and (self.workers > 1 or self.cost_budgets):
+            raise ValueError("workers > 1 and costBudgets need algorithm constrained-cql")
+        return self
     schedule: Annotated[str, pydantic.AfterValidator(_check_cron)] | None = Field(
         default=None, json_schema_extra={"pattern": CRON_PATTERN}, description="Cron schedule (UTC)."
     )

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from policy_server.decision_log._trajectory import trajectory_columns
 from policy_server.decision_log.schema import DECISION_SCHEMA, FLOAT_LIST, SCHEMA_VERSION, DecisionBatch
 
 __all__ = ["BatchSlice", "slices_to_table"]
@@ -330,4 +331,5 @@ def slices_to_table(parts: list[BatchSlice], schema: pa.Schema) -> pa.Table:
         ),
         "served_by": _strings_per_batch(per_batch("served_by"), batch_of_row, "served_by", nullable=True),
     }
+    columns["episode_id"], columns["step"], columns["terminal"] = trajectory_columns(columns["context_json"])
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

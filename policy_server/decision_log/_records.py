@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from policy_server.decision_log._trajectory import COLUMNS as TRAJECTORY_COLUMNS
+from policy_server.decision_log._trajectory import trajectory_columns
 from policy_server.decision_log.schema import FLOAT_LIST, SCHEMA_VERSION
 
 __all__ = ["records_to_table"]
@@ -76,5 +78,10 @@ def records_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
         if reasons.null_count:  # an absent list means "no reason", not "unknown"
             reasons = pc.if_else(pc.is_null(reasons), pa.scalar([], reasons.type), reasons)
         columns["shield_reasons"] = reasons
+    if "episode_id" in schema.names and "context_json" in schema.names and not any(
+        TRAJECTORY_COLUMNS[0] in r for r in rows
+    ):  # given explicitly by the record, or derived from its context as the batch path does
+        derived = trajectory_columns(table.column("context_json").combine_chunks())
+        columns.update(zip(TRAJECTORY_COLUMNS, derived, strict=True))
     arrays = [columns[f.name] if f.name in columns else table.column(f.name) for f in schema]
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -29,7 +29,8 @@ __all__ = [
 SCHEMA_VERSION = 2
 """Bump on any change of the columns below (see docs/decision-log.md). 2: rewards carry their decision's
 attribution (``variant``, ``policy_version``, ``decision_time``), who accepted them (``received_by``) and the
-client's ``event_id``."""
+client's ``event_id``; decisions carry their trajectory keys (``episode_id``, ``step``, ``terminal``, from the
+request's context) and rewards may mark an episode's end (``terminal``): null for bandit decisions."""
 
 SCHEMA_VERSION_KEY = "policy_rollouts.schema_version"
 STREAM_KEY = "policy_rollouts.stream"
@@ -55,6 +56,11 @@ DECISION_SCHEMA = pa.schema(
         pa.field("context_json", pa.string()),
         pa.field("assignment_probability", pa.float64()),
         pa.field("served_by", pa.string()),
+        # v2: a sequential decision's trajectory keys, derived by the writer from ``context_json`` (context.episode_id,
+        # .step, .terminal; _trajectory.py); null for bandit decisions
+        pa.field("episode_id", pa.string()),
+        pa.field("step", pa.int64()),
+        pa.field("terminal", pa.bool_()),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: DECISIONS_DIR},
 )
@@ -75,6 +81,8 @@ REWARD_SCHEMA = pa.schema(
         # v2: the client's name for this reward event; several rewards of one decision need distinct ids, and a
         # retried post with the same (request_id, event_id) is a duplicate (the joiner counts it once)
         pa.field("event_id", pa.string()),
+        # v2: true when the episode ended at this reward's decision (the client may say so here or in context.terminal)
+        pa.field("terminal", pa.bool_()),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: REWARDS_DIR},
 )

@@ -117,13 +117,16 @@ def join_block(
     finally:
         con.unregister("jd")
         con.unregister("jr")
-        con.execute("DROP TABLE IF EXISTS jm")
+        con.execute("DROP TABLE IF EXISTS jm; DROP TABLE IF EXISTS jdd")
 
 
 def _run(
     con: duckdb.DuckDBPyConnection, decisions: pa.Table, options: JoinOptions, block: Block
 ) -> tuple[pa.Table, summary_mod.Summary]:
     as_of = repr(float(options.as_of))
+    # A decision row replayed from the write-ahead log after a crash may be logged twice: count it once.
+    con.execute("CREATE OR REPLACE TEMP TABLE jdd AS SELECT * FROM jd "
+                "QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY __d) = 1")
     late = "FALSE" if options.window is None else f"(r.time - d.d_time > {options.window!r})"
     # Every reward row of an owned decision, ranked within its (request_id, event_id): rank 1 is the event.
     con.execute(
@@ -131,7 +134,7 @@ def _run(
         CREATE OR REPLACE TEMP TABLE jm AS
         SELECT d.__d, d.variant, r.time, r.reward, r.costs, r.__r, {late} AS late,
                row_number() OVER (PARTITION BY r.request_id, r.event_id ORDER BY r.time, r.__r) AS k
-        FROM jr r JOIN jd d ON r.request_id = d.request_id
+        FROM jr r JOIN jdd d ON r.request_id = d.request_id
         WHERE r.time <= {as_of} AND {block.owns("d.d_time")}
         """
     )
@@ -157,7 +160,7 @@ def _run(
               GROUP BY __d)
         SELECT d.__d, d.variant, {status} AS status, coalesce(a.reward, {default}) AS reward, c.costs,
                coalesce(a.n, 0) AS reward_events, a.n IS NULL AS defaulted, a.first_time AS first_reward_time
-        FROM jd d LEFT JOIN a ON a.__d = d.__d LEFT JOIN c ON c.__d = d.__d
+        FROM jdd d LEFT JOIN a ON a.__d = d.__d LEFT JOIN c ON c.__d = d.__d
         WHERE {block.owns("d.d_time")}
         """
     )

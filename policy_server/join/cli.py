@@ -2,6 +2,7 @@
 
     policy-server join --logs URL --out URL [--window 1h] [--reward-function sum|first|last|mean|max]
                        [--default-reward X | --exclude-unrewarded] [--as-of ISO|epoch] [--shard I/N] [--json]
+    policy-server join --logs URL --out URL --trajectories [...]   # one row per step of each trajectory
 
 Argument parsing and printing only; the join is ``policy_server.join.stream``. In an Indexed Job,
 ``--shard`` defaults to ``$JOB_COMPLETION_INDEX/--shards``. Exit code 2 with one line on stderr when the
@@ -11,6 +12,7 @@ inputs cannot be joined.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +20,7 @@ from typing import Any
 
 from policy_server.join import window
 
-__all__ = ["add_parser", "add_reward_args", "main", "options_from_args"]
+__all__ = ["add_parser", "add_reward_args", "main", "options_from_args", "trajectory_options"]
 
 
 def add_reward_args(p: argparse.ArgumentParser, *, window_flag: str, window_default: str | None) -> None:
@@ -48,7 +50,8 @@ def options_from_args(
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("join", help="join decisions with their rewards into a Parquet dataset (hour x variant)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "join", help="join decisions with their rewards into a Parquet dataset (hour x variant)")
     p.add_argument("--logs", required=True, help="decision log URL (decisions/ and rewards/ of every writer)")
     p.add_argument("--out", required=True, help="output dataset URL (hour=YYYYMMDDHH/variant=NAME/ partitions)")
     add_reward_args(p, window_flag="--window", window_default=None)
@@ -57,6 +60,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="join only the hours with hash(hour) %% N == I (default: $JOB_COMPLETION_INDEX/$JOIN_SHARDS)")
     p.add_argument("--memory-limit", default="1GB", help="DuckDB's memory limit (it spills beyond it)")
     p.add_argument("--temp-dir", default=None, help="local directory for the regrouped rewards and spills")
+    p.add_argument("--trajectories", action="store_true",
+                   help="write one row per step of each trajectory (episode_id, step, next_observation, done; "
+                        "docs/decision-log.md); in memory, and a step without a reward counts 0 unless "
+                        "--default-reward or --exclude-unrewarded says otherwise")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -69,8 +76,52 @@ def _shard_text(args: argparse.Namespace) -> str | None:
     return f"{index}/{count}" if index is not None and count else None
 
 
+def trajectory_options(
+    args: argparse.Namespace, window_text: str | None, as_of: str | None = None
+) -> window.JoinOptions:
+    """The join for trajectories: as for decisions, but a step without a reward counts 0 unless told otherwise."""
+    options = options_from_args(args, window_text, as_of)
+    if args.default_reward is None and not args.exclude_unrewarded:
+        options = dataclasses.replace(options, default_reward=0.0)
+    return options
+
+
+def _trajectories(args: argparse.Namespace) -> dict[str, Any]:
+    """`--trajectories`: the joined steps, in memory, written as one Parquet file under --out."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from policy_server.join import trajectories
+
+    if _shard_text(args):
+        raise window.JoinError("--shard splits the hour-by-hour join; --trajectories joins the whole log in one "
+                               "process: drop --shard (and JOB_COMPLETION_INDEX/JOIN_SHARDS)")
+
+    table, terminal_ids = trajectories.load_tables(args.logs, trajectory_options(args, args.window, args.as_of))
+    steps = trajectories.step_table(table, terminal_ids)
+    if steps.num_rows == 0:
+        raise window.JoinError(f"the log at {args.logs!r} has no joined decisions with context.episode_id and "
+                               "context.step; send them with /v1/act or join without --trajectories")
+    fs, root = fsspec.core.url_to_fs(args.out)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root.rstrip('/')}/trajectories-0000.parquet", "wb") as f:
+        pq.write_table(steps, f)
+    done = steps.filter(steps["done"])
+    return {"trajectories": done.num_rows, "steps": steps.num_rows,
+            "truncated": int(sum(done["truncated"].to_pylist())), "out": args.out}
+
+
 def main(args: argparse.Namespace) -> int:
     from policy_server.join import stream
+
+    if args.trajectories:
+        try:
+            result = _trajectories(args)
+        except (window.JoinError, OSError, ValueError) as exc:
+            print(f"policy-server join: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+        return 0
 
     def progress(line: str) -> None:
         if not args.quiet:

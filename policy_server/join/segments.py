@@ -31,6 +31,12 @@ class Segment:
     rows: int
     lo: float | None
     hi: float | None
+    decision_lo: float | None = None  # reward segments: the range of decision_time, when every row has one
+    decision_hi: float | None = None
+
+    def hours(self) -> range:
+        """The hour numbers its ``time`` range touches (none without statistics)."""
+        return range(0) if self.lo is None or self.hi is None else hours_between(self.lo, self.hi)
 
     def overlaps(self, start: float, end: float) -> bool:
         """Whether it can hold a row with the column's value in ``[start, end)`` (always, without statistics)."""
@@ -69,10 +75,15 @@ def column_range(meta: pq.FileMetaData, name: str) -> tuple[float | None, float 
     return lo, hi, nulls
 
 
-def _segment(fs: Any, path: str, column: str) -> Segment:
+def _segment(fs: Any, path: str, column: str, attribution: bool = False) -> Segment:
     meta = pq.read_metadata(path, filesystem=fs)
     lo, hi, _ = column_range(meta, column)
-    return Segment(path, meta.num_rows, lo, hi)
+    if not attribution:
+        return Segment(path, meta.num_rows, lo, hi)
+    d_lo, d_hi, nulls = column_range(meta, "decision_time")
+    if nulls:  # schema-1 rows (or rows without attribution): any decision hour
+        d_lo = d_hi = None
+    return Segment(path, meta.num_rows, lo, hi, d_lo, d_hi)
 
 
 def open_log(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> Log:
@@ -84,7 +95,8 @@ def open_log(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> L
     arrow_fs: Any = pafs.LocalFileSystem() if filesystem is None and "file" in _storage.protocols(fs) else fs
     # every writer: <url>/decisions, or one directory per variant and the router (<url>/<variant>/decisions)
     decisions = [_segment(arrow_fs, p, "time") for p in _storage.segments(fs, root, DECISIONS_DIR)]
-    rewards = [_segment(arrow_fs, p, "time") for p in _storage.segments(fs, root, REWARDS_DIR)]
+    decisions = [s for s in decisions if s.rows]  # an empty segment has no statistics and nothing to join
+    rewards = [_segment(arrow_fs, p, "time", True) for p in _storage.segments(fs, root, REWARDS_DIR)]
     return Log(arrow_fs, decisions, rewards)
 
 

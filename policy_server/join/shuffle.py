@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from policy_server.decision_log.schema import REWARD_SCHEMA
-from policy_server.join.segments import HOUR, Log, Segment
+from policy_server.join.segments import HOUR, Log, Segment, hours_between
 
 __all__ = ["EDGE", "REWARD_COLUMNS", "Buckets", "shuffle_rewards"]
 
@@ -62,9 +62,14 @@ def _write(buckets: Buckets, key: str, table: pa.Table) -> str:
 def shuffle_rewards(
     log: Log, spill: str, wanted: Callable[[int], bool], progress: Callable[[int, int], None] | None = None
 ) -> Buckets:
-    """Read each reward segment once; keep the rows of hours ``wanted`` says this shard joins."""
+    """Read each reward segment once; keep the rows of hours ``wanted`` says this shard joins.
+
+    A segment whose footer's ``decision_time`` range (every row attributed) holds no such hour is skipped.
+    """
     buckets = Buckets(spill)
     for i, segment in enumerate(log.rewards):
+        if not _may_hold(segment, wanted):  # its footer says no row can belong to an hour of this shard
+            continue
         table = ds.dataset([segment.path], schema=REWARD_SCHEMA, format="parquet", filesystem=log.filesystem)
         rows = table.to_table(columns=REWARD_COLUMNS)
         buckets.rows += rows.num_rows
@@ -81,6 +86,12 @@ def shuffle_rewards(
         if progress is not None:
             progress(i + 1, len(log.rewards))
     return buckets
+
+
+def _may_hold(segment: Segment, wanted: Callable[[int], bool]) -> bool:
+    if segment.decision_lo is None or segment.decision_hi is None:
+        return True
+    return any(wanted(h) for h in hours_between(segment.decision_lo - EDGE, segment.decision_hi + EDGE))
 
 
 def _bucket(buckets: Buckets, rows: pa.Table, wanted: Callable[[int], bool]) -> None:

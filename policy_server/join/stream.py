@@ -81,12 +81,15 @@ def join_to_dataset(
 ) -> Summary:
     """Join every decision and reward segment under ``logs`` into the dataset at ``out``; the counts."""
     log = segments.open_log(logs, filesystem)
+    if not log.decisions and not log.rewards:
+        raise JoinError(f"no decision log segments under {logs!r}: --logs must hold decisions/ and rewards/")
     say = progress or (lambda _line: None)
     say(f"{len(log.decisions)} decision segments, {len(log.rewards)} reward segments")
-    hours = sorted({h for s in log.decisions if s.lo is not None and s.hi is not None
-                    for h in segments.hours_between(s.lo, s.hi) if shard.owns(h)})
-    if any(s.lo is None for s in log.decisions):
-        raise JoinError("a decision segment has no time statistics; rewrite it with statistics (pyarrow's default)")
+    missing = [s.path for s in log.decisions if s.lo is None or s.hi is None]
+    if missing:
+        raise JoinError(f"decision segment {missing[0]} has no `time` statistics in its footer; rewrite it with "
+                        "statistics (pyarrow's default)")
+    hours = sorted({h for s in log.decisions for h in s.hours() if shard.owns(h)})
     out_fs, out_root = _storage.resolve(out, None)
     summary = Summary(shard=f"{shard.index}/{shard.count}" if shard.count > 1 else None)
     with tempfile.TemporaryDirectory(prefix="policy-join-", dir=temp_dir) as tmp, \
@@ -146,8 +149,7 @@ def _count_loose_orphans(log: segments.Log, buckets: shuffle.Buckets, options: J
     for segment in log.decisions:
         table = ds.dataset([segment.path], schema=DECISION_SCHEMA, format="parquet", filesystem=log.filesystem)
         seen = pc.or_(seen, pc.is_in(ids, value_set=table.to_table(columns=["request_id"])["request_id"]))
-    orphans = loose.filter(pc.invert(seen))
-    for variant in set(orphans["variant"].to_pylist()):
-        n = len([v for v in orphans["variant"].to_pylist() if v == variant])
-        summary.variant(variant or "unknown").orphans += n
-        summary.total.orphans += n
+    orphans = loose.filter(pc.invert(seen))["variant"].fill_null("unknown")
+    for entry in pc.value_counts(orphans).to_pylist():
+        summary.variant(entry["values"]).orphans += entry["counts"]
+        summary.total.orphans += entry["counts"]

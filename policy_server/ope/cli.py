@@ -3,11 +3,16 @@
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--estimators snips,dr] [--json]
                       [--bound bernstein --reward-range 0,1] [--write-result /dev/termination-log]
                       [--reward-window 1h] [--reward-function first] [--default-reward X | --exclude-unrewarded]
+    policy-server ope --trajectories --gamma G --logs URL --policy ARTIFACT [--estimators pdis,wpdis,dr,fqe]
+                      [--agreement-tolerance X] [--min-effective-trajectories N] [--constraint cost=NAME,max=B]
 
 This module parses the arguments and prints the result; the evaluation itself is library code:
 `ope.logged` reads the log's rewarded, served, discrete decisions (joined by `policy_server.join`) and
 `ope.evaluate` computes the candidate's (and the baseline artifact's) probabilities, the estimates,
-intervals and verdict.
+intervals and verdict. With `--trajectories` the log is read as episodes (`policy_server.join.trajectories`)
+and judged by `ope.trajectory_gate` (PDIS, WPDIS, DR, FQE; bootstrap by trajectory); `--bound`,
+`--weight-band` and `--min-ess` are the bandit gate's and are not used there (`--reward-range` feeds the
+HCOPE bound reported beside PDIS).
 
 The result JSON is compact (`evaluate.RESULT_LIMIT` bytes at most) because the operator reads it
 back from the Job's termination message. Exit codes: 0 when a verdict was reached (pass, fail or
@@ -35,7 +40,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--logs", required=True, help="decision log URL (directory with decisions/ and rewards/)")
     p.add_argument("--policy", required=True, help="candidate artifact directory or fsspec URL")
     p.add_argument("--baseline", default="logged", help="baseline artifact, or 'logged' for the logged rewards")
-    p.add_argument("--estimators", default="snips,dr", help=f"comma-separated, from {','.join(evaluate.ESTIMATORS)}")
+    p.add_argument("--estimators", default=None,
+                   help=f"comma-separated, from {','.join(evaluate.ESTIMATORS)} (default snips,dr); "
+                        "with --trajectories from pdis,wpdis,dr,fqe (default all four)")
+    p.add_argument("--trajectories", action="store_true",
+                   help="evaluate the log's episodes (context.episode_id/step) with trajectory estimators")
+    p.add_argument("--gamma", type=float, default=None, help="discount of the return, in [0, 1] (--trajectories)")
+    p.add_argument("--agreement-tolerance", type=float, default=0.2,
+                   help="refuse when max - min of the estimates exceeds this times the largest |estimate| (relative; "
+                        "inf disables; --trajectories)")
+    p.add_argument("--min-effective-trajectories", type=float, default=30.0,
+                   help="refuse when the Kish ESS of the trajectory weights is below this (--trajectories)")
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--bound", choices=["bernstein", "student_t", "bootstrap", "bootstrap_t"], default="bernstein",
                    help="lower bound; bernstein holds on any data within the reward range, the others are "
@@ -56,7 +71,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--min-lower-bound-delta", type=float, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the models' forward passes")
     p.add_argument("--batch-size", type=int, default=65536)
-    p.add_argument("--resamples", type=int, default=500, help="bootstrap resamples for the intervals")
+    p.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap resamples for the intervals (default 500; 200 with --trajectories)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--write-result", default=None, metavar="PATH",
@@ -82,9 +98,57 @@ def dataset_options(args: argparse.Namespace) -> join_window.JoinOptions:
         raise OPEError(str(exc)) from None
 
 
+def _estimators(text: str | None, default: str) -> list[str]:
+    return [e.strip() for e in (text or default).split(",") if e.strip()]
+
+
+def run_trajectories(args: argparse.Namespace) -> dict[str, Any]:
+    """`--trajectories`: the episodes of the log judged by the trajectory gate."""
+    from policy_server.join import trajectories
+    from policy_server.ope import trajectory_gate
+
+    if args.gamma is None:
+        raise OPEError("--trajectories needs --gamma, the discount of the return (e.g. --gamma 0.99)")
+    budgets = [constraints.parse_constraint(text) for text in args.constraint]
+    try:
+        options = join_cli.trajectory_options(args, args.reward_window)
+        traj = trajectories.load_trajectories(args.logs, options)
+    except join_window.JoinError as exc:
+        raise OPEError(str(exc)) from None
+    except (OSError, ValueError) as exc:  # TrajectoryError is a ValueError with its own one-line fix
+        raise OPEError(str(exc) if isinstance(exc, trajectories.TrajectoryError) else
+                       f"cannot read the decision log at {args.logs!r}: {exc}") from None
+    flat = traj.observations.reshape(traj.n * traj.horizon, -1)
+
+    def probabilities(url: str) -> tuple[Any, str]:
+        dist, version = evaluate.policy_probabilities(url, flat, device=args.device, batch_size=args.batch_size)
+        return dist.reshape(traj.n, traj.horizon, -1), version
+
+    candidate, version = probabilities(args.policy)
+    baseline, baseline_version = probabilities(args.baseline) if args.baseline != "logged" else (None, None)
+    settings = trajectory_gate.GateSettings(
+        gamma=args.gamma, estimators=_estimators(args.estimators, "pdis,wpdis,dr,fqe"), confidence=args.confidence,
+        agreement_tolerance=args.agreement_tolerance, min_effective_trajectories=args.min_effective_trajectories,
+        support_floor=args.support_floor, max_unsupported_mass=args.max_unsupported_mass,
+        min_lower_bound_ratio=args.min_lower_bound_ratio, min_lower_bound_delta=args.min_lower_bound_delta,
+        n_resamples=args.resamples or 200, seed=args.seed, reward_range=_pair(args.reward_range),
+    )
+    try:
+        result = trajectory_gate.evaluate_trajectories(traj, candidate, settings, baseline=baseline,
+                                                       constraints=budgets)
+    except OPEInputError as exc:
+        raise OPEError(str(exc)) from exc
+    result["candidate"] = version
+    if baseline_version is not None:
+        result["baselineVersion"] = baseline_version
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.min_lower_bound_ratio is not None and args.min_lower_bound_delta is not None:
         raise OPEError("give at most one of --min-lower-bound-ratio and --min-lower-bound-delta")
+    if args.trajectories:
+        return run_trajectories(args)
     budgets = [constraints.parse_constraint(text) for text in args.constraint]
     data = logged.load_logged(args.logs, options=dataset_options(args))
     candidate, version = evaluate.policy_probabilities(args.policy, data.observations, device=args.device,
@@ -96,10 +160,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                    device=args.device, batch_size=args.batch_size)
     try:
         result = evaluate.evaluate(
-            data, candidate, baseline=baseline, estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
+            data, candidate, baseline=baseline, estimators=_estimators(args.estimators, "snips,dr"),
             confidence=args.confidence, bound=args.bound, min_ess=args.min_ess,
             max_unsupported_mass=args.max_unsupported_mass, min_lower_bound_ratio=args.min_lower_bound_ratio,
-            min_lower_bound_delta=args.min_lower_bound_delta, n_resamples=args.resamples, seed=args.seed,
+            min_lower_bound_delta=args.min_lower_bound_delta, n_resamples=args.resamples or 500, seed=args.seed,
             support_floor=args.support_floor, weight_band=args.weight_band or None,
             rewards_range=_pair(args.reward_range), constraints=budgets,
         )
@@ -113,7 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_human(result: dict[str, Any]) -> None:
     print(f"verdict: {result['verdict'].upper()} ({result['reason']})")
-    print(f"n={result['n']} ESS={result['ess']:.1f} unsupported mass={result['unsupportedMass']}")
+    what = "trajectories" if result.get("mode") == "trajectories" else "decisions"
+    print(f"n={result['n']} {what} ESS={result['ess']:.1f} unsupported mass={result['unsupportedMass']}")
     for e in result["estimates"]:
         print(f"  {e['estimator']:>5}: {e['value']:.5g}  CI [{e['ciLow']:.5g}, {e['ciHigh']:.5g}]  "
               f"lower bound {e['lowerBound']}  baseline {e['baselineValue']:.5g}  -> {e['verdict']}")

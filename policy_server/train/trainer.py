@@ -175,12 +175,15 @@ def train(data: LoggedData, algorithm: str = "reward-model", *, steps: int = 200
     return TrainedModel(module, output, algorithm, steps, time.perf_counter() - started)
 
 
-def export_artifact(model: TrainedModel, data: LoggedData, out_dir: str | Path, *, version: str, name: str,
+def export_artifact(model: TrainedModel, data: LoggedData | Any, out_dir: str | Path, *, version: str, name: str,
                     exploration: artifact.Exploration) -> Path:
-    """Write a TorchScript artifact (manifest + program) that `policy-server serve` loads."""
+    """Write a TorchScript artifact (manifest + program) that `policy-server serve` loads.
+
+    `data` needs only `observations` (n, *shape: the example input and drift reference) and `n_actions`.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n = data.actions.shape[0]
+    n = data.observations.shape[0]
     obs_shape = list(data.observations.shape[1:])
     example = torch.from_numpy(data.observations[: min(n, 8)].astype(np.float32))
     buf = io.BytesIO()

@@ -122,3 +122,21 @@ def test_the_log_spans_a_whole_season() -> None:
     # otherwise the candidates meet seasons in the rollout that their training data never showed
     for settings in (pipeline.FAST, pipeline.FULL):
         assert settings.log_decisions >= pipeline.SEASON_CUSTOMERS
+
+
+def test_every_reward_posted_is_joined_across_replicas_swaps_and_the_rollback(demo: tuple[Path, dict, str]) -> None:
+    # 2 replicas per variant, feedback up to longer than a step: no reward may be lost on the way to the dataset
+    _, report, stdout = demo
+    for s in report["scenarios"]:
+        by_variant = s["rewards_by_variant"]
+        assert s["rewards_posted"] == s["rewards_joined"] + s["rewards_lost"], s["candidate"]
+        assert s["rewards_lost"] == 0, (s["candidate"], by_variant)
+        assert s["rewards_posted"] == sum(c["posted"] for c in by_variant.values()) > 0
+        for counts in by_variant.values():
+            assert counts["posted"] == counts["accepted"] == counts["joined"]
+        assert f"rewards posted {s['rewards_posted']}, joined {s['rewards_joined']}, lost 0" in stdout
+    scenarios = _scenarios(report)
+    # the promoted and the rolled-back candidates' rewards were posted and joined too
+    for name in ("constrained", "drift"):
+        assert scenarios[name]["rewards_by_variant"]["candidate"]["joined"] > 0
+    assert "rewards lost" in (demo[0] / "report.html").read_text()

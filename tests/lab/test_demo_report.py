@@ -111,6 +111,14 @@ def _judge_series(t0: float, times: list[int], decision: str) -> list[dict[str, 
              "decision": decision if i == len(times) - 1 else "Collecting"} for i, at in enumerate(times)]
 
 
+def _rewards(**posted_joined: tuple[int, int]) -> dict[str, Any]:
+    """report.json's reward counts from (posted, joined) per variant; lost = posted - joined, all accepted."""
+    by_variant = {v: {"posted": p, "accepted": p, "joined": j, "lost": p - j} for v, (p, j) in posted_joined.items()}
+    total = {k: sum(c[k] for c in by_variant.values()) for k in ("posted", "accepted", "joined", "lost")}
+    return {"rewards_posted": total["posted"], "rewards_accepted": total["accepted"],
+            "rewards_joined": total["joined"], "rewards_lost": total["lost"], "rewards_by_variant": by_variant}
+
+
 def _hacker(t0: float) -> dict[str, Any]:
     reason = ("cost:margin_violation (snips): 95% upper bound 0.31 of cost 'margin_violation' is above its budget "
               "0.05 (estimate 0.27, baseline 0.02, bernstein bound)")
@@ -130,7 +138,7 @@ def _hacker(t0: float) -> dict[str, Any]:
         "timeline": _timeline(t0, [("Pending", 1, 0, False), ("OfflineEvaluation", 5, 0, False),
                                    ("Failed", 1, 0, False)]),
         "trafficSeries": _traffic(t0, 7, None, 0.0), "analyses": [], "judgeSeries": [], "shadowAnalysis": None,
-        "manifest": "/tmp/demo/manifests/pricing-conversion-only.yaml",
+        "manifest": "/tmp/demo/manifests/pricing-conversion-only.yaml", **_rewards(stable=(140, 140)),
     }
 
 
@@ -157,6 +165,7 @@ def _honest(t0: float) -> dict[str, Any]:
         "trafficSeries": _traffic(t0, 35, 9, 0.02), "analyses": _analyses(t0, [3, 6], live, {}),
         "judgeSeries": _judge_series(t0, live, "NoWorseThanMargin"), "shadowAnalysis": _shadow(True),
         "manifest": "/tmp/demo/manifests/pricing-constrained.yaml",
+        **_rewards(candidate=(2300, 2300), stable=(1800, 1800)),
     }
 
 
@@ -182,7 +191,7 @@ def _drift(t0: float) -> dict[str, Any]:
         "trafficSeries": _traffic(t0, 20, 9, 0.28),
         "analyses": _analyses(t0, [3, 6], [12, 15, 18], {12: 0.03, 15: 0.29, 18: 0.29}),
         "judgeSeries": _judge_series(t0, [12, 15, 18], "Collecting"), "shadowAnalysis": _shadow(True),
-        "manifest": "/tmp/demo/manifests/pricing-drift.yaml",
+        "manifest": "/tmp/demo/manifests/pricing-drift.yaml", **_rewards(candidate=(400, 397), stable=(900, 900)),
     }
 
 
@@ -295,11 +304,21 @@ def _section(text: str, candidate: str) -> str:
 
 def test_summary_table_gives_each_candidate_its_outcome_stop_and_live_decisions(rendered: Any) -> None:
     page, _, _ = rendered
-    assert page.tables[0] == [
+    assert [row[:5] for row in page.tables[0]] == [
         ["candidate", "outcome", "stopped at", "live decisions", "guardrail"],
         ["conversion-only", "Failed", "offline-gate", "0", ""],
         ["constrained", "Promoted", "— (promoted)", "2480", ""],
         ["drift", "RolledBack", "step-3", "412", "margin-floor"],
+    ]
+
+
+def test_summary_table_gives_rewards_posted_joined_and_lost_with_their_split_per_variant(rendered: Any) -> None:
+    page, _, _ = rendered
+    assert [row[5:] for row in page.tables[0]] == [
+        ["rewards posted", "rewards joined", "rewards lost"],
+        ["140 (stable 140)", "140 (stable 140)", "0 (stable 0)"],
+        ["4100 (candidate 2300, stable 1800)", "4100 (candidate 2300, stable 1800)", "0 (candidate 0, stable 0)"],
+        ["1300 (candidate 400, stable 900)", "1297 (candidate 397, stable 900)", "3 (candidate 3, stable 0)"],
     ]
 
 
@@ -395,7 +414,8 @@ def test_guardrail_conditions_parse_into_threshold_lines(text: str | None, parse
 
 def test_old_report_without_the_new_fields_still_renders(tmp_path: Path) -> None:
     old = _drift(T0)
-    for key in ("started_at", "stopped_at", "candidate_live_decisions", "analyses", "judgeSeries", "shadowAnalysis"):
+    for key in ("started_at", "stopped_at", "candidate_live_decisions", "analyses", "judgeSeries", "shadowAnalysis",
+                "rewards_posted", "rewards_accepted", "rewards_joined", "rewards_lost", "rewards_by_variant"):
         del old[key]
     old["offlineEvaluation"] = {k: v for k, v in old["offlineEvaluation"].items() if k != "constraints"}
     gate_only = {"candidate": "gated", "rollout": "pricing-gated", "outcome": "Failed", "message": "refused",
@@ -403,8 +423,8 @@ def test_old_report_without_the_new_fields_still_renders(tmp_path: Path) -> None
                  "history": [], "trafficSeries": [], "trafficWhileLive": {}}
     page, _ = _render({"scenarios": [old, gate_only]}, tmp_path)
     text = "".join(page.text)
-    assert page.tables[0][1:] == [["drift", "RolledBack", "—", "n/a", "margin-floor"],
-                                  ["gated", "Failed", "offline-gate", "n/a", ""]]
+    assert page.tables[0][1:] == [["drift", "RolledBack", "—", "n/a", "margin-floor", "n/a", "n/a", "n/a"],
+                                  ["gated", "Failed", "offline-gate", "n/a", "", "n/a", "n/a", "n/a"]]
     assert ("drift was rolled back at 20 % at t = 19 s after guardrail margin-floor measured 0.29 with 2 failures in a "
             "row; it had served 412 customers.") in text
     assert "gated was stopped by the offline gate before serving any customer: the gate refused to judge it: " \

@@ -75,3 +75,11 @@ def test_every_invalid_manifest_is_refused_naming_the_field_as_cel_python_says(
     assert field in output, f"{case}: the server's message does not name {field}: {output}"
     offline = cv.validate(manifest, yaml.safe_load(CRD.read_text()))
     assert any(e.startswith(field) for e in offline), f"{case}: cel-python disagrees with the server: {offline}"
+
+
+@pytest.mark.parametrize("path", sorted((test_crd.EXAMPLES[0].parent / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_job_example_is_accepted(path: Path, control_plane: ControlPlane, namespaces: None) -> None:
+    """The Kubernetes objects beside the rollouts (e.g. the sharded reward joiner's Indexed Job) are valid too."""
+    for manifest in (d for d in yaml.safe_load_all(path.read_text()) if d):
+        code, output = _dry_run(control_plane, manifest)
+        assert code == 0, f"{path.name}: the API server refused it: {output}"

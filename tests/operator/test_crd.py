@@ -202,8 +202,8 @@ def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> 
     rules = _rules(schema)
     # spec (2), steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
     # offlineEvaluation margin and reward range, a cost constraint's budget, rewards (window, default xor exclude,
-    # keeping unrewarded decisions needs a default)
-    assert len(rules) == 14
+    # keeping unrewarded decisions needs a default), training (workers and costBudgets need constrained-cql)
+    assert len(rules) == 15
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -333,6 +333,8 @@ INVALID = [
      "spec.training.schedule"),
     ("training-negative-gpus", _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "gpus": -1}),
      "spec.training.gpus"),
+    ("training-workers-without-constrained-cql",
+     _set("spec.training", {"dataset": "s3://logs", "output": "s3://models", "workers": 2}), "spec.training"),
     (
         "condition-in-words",
         _set("spec.analysis.guardrails.0.condition", "below 1%"),

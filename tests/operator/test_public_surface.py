@@ -85,6 +85,7 @@ EXPECTED: dict[str, set[str]] = {
         "Toleration",
         "TrafficProvider",
         "TrafficSpec",
+        "TrainingCostBudget",
         "TrainingJobStatus",
         "TrainingSpec",
         "Verdict",

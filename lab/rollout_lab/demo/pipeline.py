@@ -9,8 +9,11 @@
    templates and the sequential judge, promoted) and the honest candidate in a market that shifts
    once it is live (rolled back by the margin-floor guardrail), with Prometheus scraping the
    servers and customers arriving all along.
+   Each variant runs 2 server processes behind the router; customers report outcomes through the
+   router, 10 % of them late (a random delay up to longer than a canary step).
 4. Report: `report.json` (per scenario: outcome, `stopped_at`, `candidate_live_decisions`, the
-   gate's criteria, every analysis, the judge's interval) and `report.html`.
+   gate's criteria, every analysis, the judge's interval, the rewards posted, joined and lost per
+   variant) and `report.html`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from rollout_operator import api
 
 from rollout_lab.demo import artifacts, report, scenario
 from rollout_lab.errors import RolloutLabError
-from rollout_lab.local import loadgen, processes, run, view
+from rollout_lab.local import loadgen, processes, rewards, run, view
 
 __all__ = ["DemoError", "run_demo"]
 
@@ -44,6 +47,11 @@ class Settings:
     train_steps: int
     timing: scenario.Timing
     rollout_timeout: float
+    # Feedback during the rollouts: this share of outcomes is reported late, after a uniform delay up to
+    # feedback_max_s (longer than a canary step), so some rewards arrive after the step, the rollback or
+    # the promotion; the others after the simulator's own delay (mean 0.5 s, at most 3 s).
+    late_share: float
+    feedback_max_s: float
 
 
 # Customers per season of the simulated market. The logged data must span a whole season: a
@@ -51,8 +59,8 @@ class Settings:
 # then undercut the margin floor once the rollout's traffic reached them, and whether it was
 # promoted depended on how fast the machine ran).
 SEASON_CUSTOMERS = 4000
-FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0)
-FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0)
+FAST = Settings(True, 4500, 250.0, 1500, scenario.FAST, 200.0, late_share=0.1, feedback_max_s=10.0)
+FULL = Settings(False, 15000, 250.0, 4000, scenario.FULL, 700.0, late_share=0.1, feedback_max_s=75.0)
 
 
 def _env(seed: int):
@@ -180,7 +188,10 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
     rollout = run.load_manifest(manifest_path)
     local.register(rollout)
     env = _env(seed)
-    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=settings.rate)
+    # On stop, wait for every delayed reward: the servers stop only after the last one is posted.
+    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=settings.rate,
+                                   drain_s=settings.feedback_max_s + 5.0, late_share=settings.late_share,
+                                   late_max_s=settings.feedback_max_s, seed=seed)
     evidence = Evidence(rollout)
     live.print(f"rollout {name}: {plan.description}")
 
@@ -197,7 +208,10 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
         result = run.run_rollout(local, rollout, timeout=settings.rollout_timeout, tick=0.5, on_tick=on_tick)
     finally:
         gen.stop()
-        local.stop_rollout(rollout)
+        local.stop_rollout(rollout)  # SIGTERM: every server writes what its decision log buffered
+    # Joined after the run, from every log of the rollout (a reward may be logged by the other variant's servers).
+    reward_counts = rewards.account(gen.reward_ledgers(),
+                                    rewards.joined_request_ids(local.workloads.decision_logs(rollout)))
     final = result.rollout
     s = final.status
     traffic = {}
@@ -227,6 +241,7 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
         "history": [h.wire() for h in s.history],
         "trafficWhileLive": traffic,
         "errors": sum(b.errors for b in gen.totals().values()),
+        **rewards.summary(reward_counts),
         "timeline": [dataclasses.asdict(x) for x in result.samples],
         "trafficSeries": gen.series(),
         "analyses": evidence.analyses,
@@ -239,8 +254,11 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
     return entry
 
 
-def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView | None = None) -> dict[str, Any]:
+def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView | None = None,
+             max_feedback_delay: float | None = None) -> dict[str, Any]:
     settings = FAST if fast else FULL
+    if max_feedback_delay is not None:
+        settings = dataclasses.replace(settings, feedback_max_s=max_feedback_delay)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     workdir = out / "work"

@@ -285,6 +285,17 @@ def _section(result: dict[str, Any], s: dict[str, Any]) -> list[str]:
     return parts
 
 
+def _reward_cells(s: dict[str, Any]) -> list[str]:
+    """Posted, joined and lost rewards, each total followed by its split per variant (n/a in older reports)."""
+    by_variant = s.get("rewards_by_variant") or {}
+    cells = []
+    for key, field in (("rewards_posted", "posted"), ("rewards_joined", "joined"), ("rewards_lost", "lost")):
+        total = s.get(key)
+        split = ", ".join(f"{v} {c.get(field, 0)}" for v, c in sorted(by_variant.items()))
+        cells.append("n/a" if total is None else f"{total} ({split})" if split else str(total))
+    return cells
+
+
 def write_html(result: dict[str, Any], path: Path) -> None:
     """Write the report of the demo's `result` (report.json) to `path` as one self-contained page."""
     logging = result.get("logging") or {}
@@ -306,8 +317,9 @@ def write_html(result: dict[str, Any], path: Path) -> None:
         stop = _stop(s)
         rows.append([s.get("candidate"), s.get("outcome"), "— (promoted)" if stop is None and
                      s.get("outcome") == "Promoted" else stop or "—", s.get("candidate_live_decisions", "n/a"),
-                     s.get("guardrail") or ""])
-    parts.append(_table(["candidate", "outcome", "stopped at", "live decisions", "guardrail"], rows, "summary"))
+                     s.get("guardrail") or "", *_reward_cells(s)])
+    parts.append(_table(["candidate", "outcome", "stopped at", "live decisions", "guardrail", "rewards posted",
+                         "rewards joined", "rewards lost"], rows, "summary"))
     for s in result["scenarios"]:
         parts += _section(result, s)
     parts.append("</body></html>")

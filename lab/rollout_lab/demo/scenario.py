@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DRIFT_MIN_MARGIN", "FAST", "FULL", "MARGIN_BUDGET_INCREASE", "Timing", "manifest"]
+__all__ = ["DRIFT_MIN_MARGIN", "FAST", "FULL", "MARGIN_BUDGET_INCREASE", "REPLICAS", "Timing", "manifest"]
 
 # The offline gate's budget on margin violations: at most 4 points above the fallback's rate on the same logs.
 MARGIN_BUDGET_INCREASE = 0.04
 # The third scenario's market shift once the canary starts: supplier costs rise, the margin floor with them
 # (the simulator's default minimum margin is 0.10).
 DRIFT_MIN_MARGIN = 0.25
+# Server processes per variant: more than one, as in production, so a reward often reaches a replica
+# (or, after a swap, a process) other than the one that decided.
+REPLICAS = 2
 
 
 class Timing:
@@ -24,7 +27,7 @@ FULL = Timing(shadow="30s", pauses=("60s", "60s", "30s"), interval="5s", window=
 
 
 def manifest(name: str, candidate_artifact: Path, candidate_version: str, fallback_artifact: Path,
-             logs: Path, timing: Timing) -> dict[str, Any]:
+             logs: Path, timing: Timing, replicas: int = REPLICAS) -> dict[str, Any]:
     """A rollout with the offline gate (reward and a margin-violation budget), a judged shadow, three canary
     steps, guardrail templates and the judge.
 
@@ -37,8 +40,10 @@ def manifest(name: str, candidate_artifact: Path, candidate_version: str, fallba
         "kind": "PolicyRollout",
         "metadata": {"name": name, "namespace": "demo"},
         "spec": {
-            "policy": {"image": "local", "artifact": str(candidate_artifact), "version": candidate_version},
-            "fallback": {"image": "local", "artifact": str(fallback_artifact), "version": "list-price-v1"},
+            "policy": {"image": "local", "artifact": str(candidate_artifact), "version": candidate_version,
+                       "replicas": replicas},
+            "fallback": {"image": "local", "artifact": str(fallback_artifact), "version": "list-price-v1",
+                         "replicas": replicas},
             "offlineEvaluation": {
                 "dataset": str(logs),
                 # Bernstein bounds (the gate's default) hold whatever the weights do but are loose: on the fast

@@ -5,6 +5,11 @@ Each customer is drawn from a Gymnasium environment of `policy_server.sim`, sent
 `POST /v1/reward` after the environment's feedback delay, as a real client would report a
 purchase seconds later. Requests leave at a fixed rate (an open loop, so a slow variant does not
 slow the traffic down); what each variant served and earned is kept per second for the report.
+
+Rewards go to the router, as a client posts them to the Service, whichever replica decided; a
+5xx or a connection error is retried (a 409 on a retry means an earlier try was logged), a 4xx
+is a refusal. ``rewards`` counts per variant what was posted, accepted (2xx) and refused, and
+keeps the accepted request ids, so the run's decision log can say which were joined.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import random
 import threading
 import time
 from typing import Any
 
-__all__ = ["Bucket", "TrafficGenerator"]
+__all__ = ["Bucket", "RewardLedger", "TrafficGenerator"]
+
+RETRIES = 5  # tries of one reward post on a 5xx or connection error
+RETRY_BACKOFF_S = 0.2  # doubled after each failed try
 
 
 @dataclasses.dataclass
@@ -29,21 +38,38 @@ class Bucket:
     errors: int = 0
 
 
+@dataclasses.dataclass
+class RewardLedger:
+    """What the client reported for one variant: every reward it had to post ends as accepted or refused."""
+
+    posted: int = 0
+    accepted: int = 0
+    refused: int = 0  # a 4xx, tries used up, or still waiting for its delay when the traffic stopped
+    retried: int = 0  # extra tries after a 5xx or connection error
+    accepted_ids: list[str] = dataclasses.field(default_factory=list)
+
+
 class TrafficGenerator:
     """Plays `env` against `url` at `rate` requests per second in a background thread."""
 
     def __init__(self, url: str, env: Any, rate: float = 150.0, concurrency: int = 32, cost: str = "margin_violation",
-                 drain_s: float = 0.0):
+                 drain_s: float = 0.0, late_share: float = 0.0, late_max_s: float = 0.0, seed: int = 0):
         self.url = url.rstrip("/")
         self.env = env
         self.rate = rate
         self.concurrency = concurrency
         self.cost = cost
         self.drain_s = drain_s  # on stop, wait this long for delayed rewards still to be posted
+        # Late feedback (a return, a churn): this share of outcomes is reported after a uniform random delay up
+        # to late_max_s instead of the environment's own delay.
+        self.late_share = late_share
+        self.late_max_s = late_max_s
+        self._rng = random.Random(seed)
         self.started_at = time.time()
         # second since start -> variant -> Bucket
         self.buckets: dict[int, dict[str, Bucket]] = collections.defaultdict(lambda: collections.defaultdict(Bucket))
         self.sent = 0
+        self.rewards: dict[str, RewardLedger] = collections.defaultdict(RewardLedger)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -60,7 +86,7 @@ class TrafficGenerator:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=15)
+            self._thread.join(timeout=self.drain_s + 15)
 
     def totals(self, since: float = 0.0) -> dict[str, Bucket]:
         """Per variant sums over the buckets from `since` (epoch seconds) on."""
@@ -125,6 +151,32 @@ class TrafficGenerator:
                 with contextlib.suppress(BaseException):
                     await task
 
+    def reward_ledgers(self) -> dict[str, RewardLedger]:
+        """Per variant: rewards posted, accepted and refused (a copy, safe to read while traffic runs)."""
+        with self._lock:
+            return {v: dataclasses.replace(r, accepted_ids=list(r.accepted_ids)) for v, r in self.rewards.items()}
+
+    async def _post_reward(self, session: Any, payload: dict[str, Any]) -> tuple[bool, int]:
+        """(accepted, extra tries): retried on 5xx/connection errors; a 409 after a failed try was logged."""
+        for attempt in range(RETRIES):
+            try:
+                async with session.post(f"{self.url}/v1/reward", json=payload) as resp:
+                    await resp.read()
+                    status = resp.status
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                status = None
+            if status is not None and 200 <= status < 300:
+                return True, attempt
+            if status == 409 and attempt > 0:  # the earlier try reached a server before its answer was lost
+                return True, attempt
+            if status is not None and status < 500:
+                return False, attempt
+            if attempt + 1 < RETRIES:
+                await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
+        return False, RETRIES - 1
+
     async def _one(self, session: Any, semaphore: asyncio.Semaphore) -> None:
         obs = self.env.next_customer()
         try:
@@ -145,14 +197,26 @@ class TrafficGenerator:
         outcome = self.env.outcome(obs, int(body["action"]))
         with self._lock:
             self._bucket(variant, now).decisions += 1
-        await asyncio.sleep(outcome["delay_s"])
-        payload = {"request_id": body["request_id"], "reward": outcome["reward"], "costs": outcome["costs"]}
+        rid = str(body["request_id"])
+        delay = outcome["delay_s"]
+        if self.late_share > 0 and self._rng.random() < self.late_share:
+            delay = self._rng.uniform(0.0, self.late_max_s)
+        ledger_ok, retried = False, 0
         try:
-            async with session.post(f"{self.url}/v1/reward", json=payload) as resp:
-                await resp.read()
-                ok = resp.status in (200, 202)
-        except Exception:
-            ok = False
+            await asyncio.sleep(delay)
+            payload = {"request_id": rid, "reward": outcome["reward"], "costs": outcome["costs"]}
+            ledger_ok, retried = await self._post_reward(session, payload)
+        finally:  # a reward still waiting when the traffic stops was never delivered: refused, so counted lost
+            with self._lock:
+                ledger = self.rewards[variant]
+                ledger.posted += 1
+                ledger.retried += retried
+                if ledger_ok:
+                    ledger.accepted += 1
+                    ledger.accepted_ids.append(rid)
+                else:
+                    ledger.refused += 1
+        ok = ledger_ok
         now = time.time()
         with self._lock:
             bucket = self._bucket(variant, now)

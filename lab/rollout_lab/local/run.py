@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -81,8 +82,12 @@ class LocalPlatform:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.prometheus = prometheus.LocalPrometheus(workdir, scrape_interval)
-        self.workloads = workloads.LocalWorkloads(workdir, seed=seed)
-        self.traffic = traffic.LocalTraffic(workdir, self.workloads)
+        # One reward key per run, shared by every server and router (as the operator's per-rollout Secret):
+        # a reward for any decision is verified by any replica, a replaced or stopped one's included.
+        self.reward_key = secrets.token_urlsafe(32)
+        key_env = {"POLICY_SERVER_REWARD_KEY": self.reward_key}
+        self.workloads = workloads.LocalWorkloads(workdir, seed=seed, env=key_env)
+        self.traffic = traffic.LocalTraffic(workdir, self.workloads, env=key_env)
         self.jobs = jobs.LocalJobs(workdir)
         self.store = store.LocalStore(workdir / "rollouts", on_event)
         self._metrics = None
@@ -108,7 +113,7 @@ class LocalPlatform:
 
     def register(self, rollout: api.PolicyRollout) -> None:
         """Declare the rollout's servers and router to Prometheus before they start (so scrapes begin early)."""
-        targets = [f"127.0.0.1:{self.workloads.port(rollout, v)}" for v in ("stable", "candidate")]
+        targets = [f"127.0.0.1:{port}" for v in ("stable", "candidate") for port in self.workloads.ports(rollout, v)]
         targets.append(f"127.0.0.1:{self.traffic.port(rollout)}")
         self.prometheus.set_targets(rollout.metadata.name, targets,
                                     {"rollout": rollout.metadata.name, "namespace": rollout.metadata.namespace})

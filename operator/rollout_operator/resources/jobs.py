@@ -8,6 +8,11 @@ at all (no ServiceAccount token is mounted), and the operator needs only `get/li
 Both build their dataset with the reward joiner (`policy-server join`): `spec.rewards` becomes
 `--reward-window`, `--reward-function` and `--default-reward` / `--exclude-unrewarded`.
 
+Training with `spec.training.workers > 1` (constrained-cql) is an Indexed Job of that many pods, one
+torchrun node each, plus the rollout's headless Service `{rollout}-train-rdzv` (`companions`) whose DNS names the
+pods (`<job>-<index>.<service>`): rank 0's pod is the static rendezvous. Every pod runs with `--resume`,
+so the pods the Job's backoff restarts continue from the newest checkpoint.
+
 Names are `{rollout}-{kind}-{id}` with `id` from `engine.types.JobRequest`: the same request
 always names the same Job, so a Job is created at most once whatever the operator's restarts.
 """
@@ -26,12 +31,15 @@ __all__ = [
     "LABEL_JOB_KIND",
     "RESULT_PATH",
     "build",
+    "companions",
     "job_image",
     "job_name",
     "job_templates",
     "offline_evaluation_job",
+    "rendezvous_service_name",
     "reward_args",
     "training_job",
+    "training_service",
 ]
 
 LABEL_JOB_KIND = f"{api.GROUP}/job-kind"
@@ -44,6 +52,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
     "limits": {"memory": "4Gi"},
 }
+RENDEZVOUS_PORT = 29500  # torchrun's static rendezvous (rank 0's pod) of multi-worker training
 _NAME_PREFIX_MAX = 40  # rollout part of the name: the Job name becomes a label value (<= 63)
 
 
@@ -196,15 +205,10 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         raise ValueError(f"PolicyRollout {rollout.metadata.name!r} has no spec.offlineEvaluation")
     policy = rollout.spec.policy
     baseline = rollout.spec.fallback.artifact if spec.baseline == "fallback" else "logged"
-    args = [
-        "ope", "--logs", spec.dataset, "--policy", policy.artifact, "--baseline", baseline,
-        "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
-        "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
-        "--support-floor", repr(spec.support_floor), "--weight-band", repr(spec.weight_band),
-        "--write-result", RESULT_PATH, "--json",
-    ]
-    if spec.reward_range is not None:  # one argument: a negative lower end would read as an option
-        args.append(f"--reward-range={spec.reward_range[0]!r},{spec.reward_range[1]!r}")
+    if spec.trajectory is not None:
+        args = _trajectory_args(spec, policy.artifact, baseline)
+    else:
+        args = _bandit_args(spec, policy.artifact, baseline)
     if spec.min_lower_bound_ratio is not None:
         args += ["--min-lower-bound-ratio", repr(spec.min_lower_bound_ratio)]
     if spec.min_lower_bound_delta is not None:
@@ -214,6 +218,34 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
     args += reward_args(rollout)
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
+
+
+def _trajectory_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str) -> list[str]:
+    """`policy-server ope --trajectories` (spec.offlineEvaluation.trajectory): the episodes' gate."""
+    trajectory = spec.trajectory
+    assert trajectory is not None
+    return [
+        "ope", "--trajectories", "--gamma", repr(trajectory.gamma), "--logs", spec.dataset, "--policy", policy,
+        "--baseline", baseline, "--estimators", ",".join(trajectory.estimators), "--confidence",
+        repr(spec.confidence), "--agreement-tolerance", repr(trajectory.agreement_tolerance),
+        "--min-effective-trajectories", repr(trajectory.min_effective_trajectories),
+        "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--support-floor", repr(spec.support_floor), "--write-result", RESULT_PATH, "--json",
+    ]
+
+
+def _bandit_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str) -> list[str]:
+    """`policy-server ope` on single decisions: the bandit gate's flags."""
+    args = [
+        "ope", "--logs", spec.dataset, "--policy", policy, "--baseline", baseline,
+        "--estimators", ",".join(spec.estimators), "--confidence", repr(spec.confidence), "--bound", spec.bound,
+        "--min-ess", repr(spec.min_ess), "--max-unsupported-mass", repr(spec.max_unsupported_mass),
+        "--support-floor", repr(spec.support_floor), "--weight-band", repr(spec.weight_band),
+        "--write-result", RESULT_PATH, "--json",
+    ]
+    if spec.reward_range is not None:  # one argument: a negative lower end would read as an option
+        args.append(f"--reward-range={spec.reward_range[0]!r},{spec.reward_range[1]!r}")
+    return args
 
 
 def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:
@@ -238,9 +270,85 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
             "train", "--logs", spec.dataset, "--out", output, "--version", version,
             "--algorithm", spec.algorithm, "--steps", str(spec.steps),
             "--device", "cuda" if spec.gpus else "cpu", "--write-result", RESULT_PATH, *reward_args(rollout),
-            *spec.args,
+            *_constrained_args(spec, output), *spec.args,
         ]
-    return _job(rollout, request, spec, command, args, env, gpus=spec.gpus)
+    workers = spec.workers if spec.algorithm == "constrained-cql" or spec.command else 1
+    if workers > 1 and not spec.command:
+        command, args = _torchrun(rollout, request, spec, args)
+    job = _job(rollout, request, spec, command, args, env, gpus=spec.gpus)
+    if workers > 1:
+        _make_indexed(job, workers, rendezvous_service_name(rollout))
+    return job
+
+
+def _constrained_args(spec: api.TrainingSpec, output: str) -> list[str]:
+    """Budgets, discount, checkpoints and curves (under the version's output); `--resume` always, so a pod
+    the Job's backoff restarts continues its run."""
+    if spec.algorithm != "constrained-cql":
+        return []
+    args = ["--gamma", repr(spec.gamma), "--checkpoint-every", str(spec.checkpoint_every), "--resume",
+            "--tensorboard", f"{output}/tensorboard"]
+    for budget in spec.cost_budgets:  # one argument each: a name starting with '-' would read as an option
+        args += [f"--cost={budget.cost}", f"--cost-budget={budget.max!r}"]
+    return args
+
+
+def _torchrun(rollout: api.PolicyRollout, request: types.JobRequest, spec: api.TrainingSpec,
+              train_args: list[str]) -> tuple[list[str], list[str]]:
+    """One torchrun node per pod, rank 0's pod the static rendezvous (`<job>-0.<service>`, DNS of the Service)."""
+    address = f"{job_name(rollout, request)}-0.{rendezvous_service_name(rollout)}"
+    args = [
+        "--nnodes", str(spec.workers), "--nproc-per-node", str(max(1, spec.gpus)),
+        "--node-rank", "$(JOB_COMPLETION_INDEX)", "--master-addr", address,
+        "--master-port", str(RENDEZVOUS_PORT), "-m", "policy_server.cli", *train_args,
+    ]
+    return ["torchrun"], args
+
+
+def _make_indexed(job: dict[str, Any], workers: int, service: str) -> None:
+    """An Indexed Job of `workers` pods, all at once (a rank waits for every other at the rendezvous)."""
+    spec = job["spec"]
+    spec.update({"completions": workers, "parallelism": workers, "completionMode": "Indexed"})
+    pod = spec["template"]["spec"]
+    pod["subdomain"] = service  # pod DNS: <job>-<index>.<service>
+    pod["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+
+
+def rendezvous_service_name(rollout: api.PolicyRollout) -> str:
+    return f"{rollout.metadata.name[:_NAME_PREFIX_MAX].rstrip('-.')}-train-rdzv"
+
+
+def training_service(rollout: api.PolicyRollout) -> dict[str, Any] | None:
+    """The headless Service naming multi-worker training pods (`<job>-<index>.<service>`), or None without one.
+
+    One per rollout, shared by its training Jobs (pod hostnames differ by Job), owned by the rollout:
+    nothing is left behind when Jobs are deleted after their TTL.
+    """
+    spec = rollout.spec.training
+    if spec is None or spec.workers <= 1 or (spec.algorithm != "constrained-cql" and not spec.command):
+        return None
+    labels = meta.labels(rollout)
+    labels["app.kubernetes.io/name"] = "policy-training"
+    selector = {api.LABEL_ROLLOUT: rollout.metadata.name, LABEL_JOB_KIND: types.JobKind.TRAINING.value}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta.object_meta(rollout, rendezvous_service_name(rollout), labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # rank 0 is reachable before any readiness
+            "selector": selector,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
+def companions(rollout: api.PolicyRollout, request: types.JobRequest) -> list[dict[str, Any]]:
+    """Objects a Job needs before it starts (the headless Service of a multi-worker training Job)."""
+    if request.kind is not types.JobKind.TRAINING:
+        return []
+    service = training_service(rollout)
+    return [] if service is None else [service]
 
 
 def build(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[str, Any]:

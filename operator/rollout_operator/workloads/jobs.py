@@ -7,6 +7,7 @@ the kubelet copies into the Pod's status; this module reads it from the Job's Po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any, Protocol
@@ -119,6 +120,9 @@ class KubernetesJobs:
             return
         for request in missing:
             job = job_resources.build(rollout, request)
+            for companion in job_resources.companions(rollout, request):  # the rendezvous Service of workers > 1
+                with contextlib.suppress(kube.Conflict):  # the rollout's, made for an earlier training Job
+                    self.client.create(companion)
             try:
                 self.client.create(job)
                 log.info("created Job %s for %s", job["metadata"]["name"], rollout.metadata.name)

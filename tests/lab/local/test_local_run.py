@@ -2,18 +2,21 @@
 
 One rollout is promoted (the router's table follows every step and the stable server ends up
 running the candidate's version); one breaks a guardrail and is rolled back, with the router
-back at 0% and the guardrail named in status.
+back at 0% and the guardrail named in status. At production topology (2 replicas per variant
+behind the router, feedback delayed past the rollback) every reward the client posts is
+accepted and joined, the rolled-back candidate's included.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from rollout_lab.demo import artifacts
-from rollout_lab.local import loadgen, processes, run
+from rollout_lab.local import loadgen, processes, rewards, run
 from rollout_operator import api
 
 from policy_server import decision_log
@@ -72,17 +75,24 @@ def _rollout(name: str, policies: dict[str, Path], guardrail: dict, steps: list[
     })
 
 
-def _drive(local: run.LocalPlatform, rollout: api.PolicyRollout) -> tuple[run.RunResult, loadgen.TrafficGenerator]:
+def _drive(local: run.LocalPlatform, rollout: api.PolicyRollout, mean_delay_s: float = 0.1, max_delay_s: float = 3.0,
+           on_end: Callable[[loadgen.TrafficGenerator], None] | None = None,
+           ) -> tuple[run.RunResult, loadgen.TrafficGenerator]:
     from policy_server.sim import pricing
 
     local.register(rollout)
-    env = pricing.PricingEnv(mean_delay_s=0.1)
+    env = pricing.PricingEnv(mean_delay_s=mean_delay_s, max_delay_s=max_delay_s)
     env.reset(seed=1)
-    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=80)
+    gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=80, drain_s=max_delay_s + 5)
+    ended = False
 
     def on_tick(current: api.PolicyRollout, sample: run.Sample) -> None:
+        nonlocal ended
         if not gen.started and sample.actual_weight is not None and local.workloads.observe(current).stable_ready:
             gen.start()
+        if on_end is not None and current.status.phase.terminal and not ended:
+            ended = True
+            on_end(gen)
 
     try:
         return run.run_rollout(local, rollout, timeout=150, tick=0.5, on_tick=on_tick), gen
@@ -147,6 +157,42 @@ def test_rolls_back_on_a_breaking_guardrail(local: run.LocalPlatform, policies: 
     assert margin.verdict is api.Verdict.FAIL and margin.value is not None and margin.value > 0
     assert result.samples[-1].actual_weight == 0
     assert any(s.actual_weight == 50 for s in result.samples)
+
+
+def _decisions_served(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=2).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "policy_decisions"
+               for s in f.samples if s.name == "policy_decisions_total")
+
+
+def test_with_replicas_delayed_rewards_of_a_rolled_back_candidate_are_accepted_and_joined(
+    local: run.LocalPlatform, policies: dict[str, Path]
+) -> None:
+    # 2 replicas per variant behind the router; outcomes reported 2 s late on average, up to 8 s, so many
+    # arrive after the rollback stopped the candidate's processes: any live replica must take them.
+    steps = [*STEPS[:2], {"pause": {"duration": "40s"}}]
+    rollout = _rollout("replicas", policies, {"name": "margin", "template": "constraint-violation-rate",
+                                              "params": {"window": "4s"}, "condition": "<= 0",
+                                              "failureLimit": 1, "inconclusiveLimit": 10}, steps=steps)
+    rollout.spec.policy.replicas = rollout.spec.fallback.replicas = 2
+    at_rollback: dict[str, loadgen.RewardLedger] = {}
+    served: list[float] = []
+
+    def on_end(gen: loadgen.TrafficGenerator) -> None:  # the first reconcile that sees the rollback
+        served.extend(_decisions_served(url) for url in local.workloads.urls(rollout, "stable"))
+        at_rollback.update(gen.reward_ledgers())
+
+    result, gen = _drive(local, rollout, mean_delay_s=2.0, max_delay_s=8.0, on_end=on_end)
+    local.stop_rollout(rollout)  # every server flushes its decision log
+    assert result.rollout.status.phase is api.Phase.ROLLED_BACK, result.rollout.status.message
+    assert len(served) == 2 and all(n > 0 for n in served), f"each stable replica served: {served}"
+    ledgers = gen.reward_ledgers()
+    counts = rewards.account(ledgers, rewards.joined_request_ids(local.workloads.decision_logs(rollout)))
+    assert ledgers["candidate"].accepted > at_rollback["candidate"].accepted, "rewards came in after the rollback"
+    for variant, c in counts.items():
+        assert c["posted"] > 0 and c["lost"] == 0 and c["joined"] == c["accepted"] == c["posted"], (variant, c)
 
 
 def test_a_shadow_divergence_rolls_back_before_the_candidate_serves_anyone(

@@ -175,3 +175,13 @@ def test_a_decision_a_millisecond_before_the_hour_keeps_its_reward(engine: str, 
     rows, summary = run(engine, log.write(), tmp_path)
     assert rows["edge"]["reward"] == 1.0
     assert summary["orphans"] == 0 and summary["rewarded"] == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_decision_logged_twice_by_a_replay_counts_once(engine: str, log: LogBuilder, tmp_path: Path) -> None:
+    log.decision("a", T0 + 10, segment=0)
+    log.decision("a", T0 + 10, segment=1)  # the write-ahead log replayed a segment that had been written
+    log.reward("a", T0 + 11, 1.0)
+    rows, summary = run(engine, log.write(), tmp_path)
+    assert rows["a"]["reward"] == 1.0
+    assert (summary["decisions"], summary["rewarded"], summary["duplicates"]) == (1, 1, 0)

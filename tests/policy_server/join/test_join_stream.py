@@ -14,6 +14,7 @@ from typing import Any
 
 import fsspec.implementations.local
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from policy_server.join import JoinOptions, join_log, stream
@@ -106,6 +107,41 @@ class CountingFS(fsspec.implementations.local.LocalFileSystem):
 def test_each_hour_opens_only_the_decision_segments_it_overlaps_and_rewards_are_read_once(
         log: LogBuilder, tmp_path: Path) -> None:
     url = build(log)
+    phases = spied_join(url, tmp_path / "out")
+    reward_segments = {str(p) for p in Path(url, "rewards").iterdir()}
+    assert phases["rewards regrouped by decision hour"] == reward_segments  # every reward segment, in one pass
+    assert all(not (opened & reward_segments) for name, opened in phases.items() if name.startswith("hour "))
+    for h in range(HOURS):
+        opened = phases[f"hour {stream.hour_label(int(T0 // 3600) + h)}"]
+        assert opened == {f"{url}/decisions/part-{h:04d}-{w}.parquet" for w in WRITERS}
+
+
+def test_the_output_can_be_any_fsspec_url(log: LogBuilder, tmp_path: Path) -> None:
+    url = build(log)
+    out = f"memory://joined-{tmp_path.name}"
+    stream.join_to_dataset(url, out, OPTIONS)
+    fs = fsspec.filesystem("memory")
+    try:
+        written = sorted(p.split("/joined-")[1].split("/", 1)[1] for p in fs.find(out))
+        local = _local(url, tmp_path)
+        assert written == sorted(str(p.relative_to(local)) for p in local.rglob("*.parquet"))
+    finally:
+        fs.rm(out, recursive=True)
+
+
+def _local(url: str, tmp_path: Path) -> Path:
+    """The same join written to a local directory, to compare with."""
+    stream.join_to_dataset(url, str(tmp_path / "local"), OPTIONS)
+    return tmp_path / "local"
+
+
+def test_a_log_url_without_segments_says_what_it_must_hold(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape("--logs must hold decisions/ and rewards/")):
+        stream.join_to_dataset(str(tmp_path / "nowhere"), str(tmp_path / "out"), OPTIONS)
+
+
+def spied_join(url: str, out: Path, **kwargs: Any) -> dict[str, set[str]]:
+    """Run the join through a CountingFS; the files opened in each phase, keyed by its progress line."""
     fs = CountingFS(skip_instance_cache=True)
     phases: dict[str, set[str]] = {}
     mark = 0
@@ -115,10 +151,18 @@ def test_each_hour_opens_only_the_decision_segments_it_overlaps_and_rewards_are_
         phases[line.split(":")[0].split(" (")[0]] = set(fs.opened[mark:])
         mark = len(fs.opened)
 
-    stream.join_to_dataset(url, str(tmp_path / "out"), OPTIONS, filesystem=fs, progress=progress)
-    reward_segments = {p for p in fs.opened if "/rewards/" in p}
-    assert phases["rewards regrouped by decision hour"] == reward_segments  # every reward segment, in one pass
-    assert fs.opened.count(next(iter(reward_segments))) <= 2  # its footer at planning, its rows once
-    for h in range(HOURS):
-        opened = phases[f"hour {stream.hour_label(int(T0 // 3600) + h)}"]
-        assert opened == {f"{url}/decisions/part-{h:04d}-{w}.parquet" for w in WRITERS}
+    stream.join_to_dataset(url, str(out), OPTIONS, filesystem=fs, progress=progress, **kwargs)
+    return phases
+
+
+def test_a_shard_reads_only_the_reward_segments_whose_footers_can_hold_its_hours(log: LogBuilder,
+                                                                               tmp_path: Path) -> None:
+    url = build(log)
+    hours_in = {p.name: {int(t // 3600) for t in pq.read_table(p)["decision_time"].to_pylist()}
+                for p in Path(url, "rewards").iterdir()}
+    for i in range(3):
+        shard = stream.Shard(i, 3)
+        phases = spied_join(url, tmp_path / "out", shard=shard)
+        read = {p.rsplit("/", 1)[1] for p in phases["rewards regrouped by decision hour"]}
+        assert read == {name for name, hours in hours_in.items() if any(shard.owns(h) for h in hours)}
+        assert read != set(hours_in)  # some segments were skipped
