@@ -100,8 +100,10 @@ def test_every_step_carries_the_episode_in_its_context_and_its_sticky_header(scr
 
 
 def test_each_step_posts_its_reward_and_overheat_cost_under_its_request_id(scripted: Scripted) -> None:
-    _play(scripted, days=2)
+    gen = _play(scripted, days=2)
     ids = sorted(r["request_id"] for r in scripted.rewards)
+    ledger = gen.reward_ledgers()["stable"]
+    assert ledger.posted == ledger.accepted == 2 * HOURS and sorted(ledger.accepted_ids) == ids
     assert ids == sorted(f"d-{i}/{s}" for i in range(2) for s in range(HOURS))
     assert all(set(r["costs"]) == {cooling.COST_NAME} and 0.0 <= r["reward"] <= 1.0 for r in scripted.rewards)
 

@@ -8,8 +8,8 @@ environment and posts the step's reward and costs to `POST /v1/reward` after the
 feedback delay, without holding the next step back (a meter reading arrives late; the room goes on).
 Steps leave at most `rate` per second across all episodes; an episode whose request fails ends
 there (its remaining steps are not played, so the log holds a shorter trajectory, not a gap).
-The per-variant, per-second counters are `loadgen.TrafficGenerator`'s, so the live view and the
-demo report read either generator.
+The per-variant, per-second counters, the reward ledgers and the retried reward posts are
+`loadgen.TrafficGenerator`'s, so the live view, `rewards.account` and the reports read either generator.
 """
 
 from __future__ import annotations
@@ -133,15 +133,22 @@ class EpisodeGenerator(loadgen.TrafficGenerator):
         return body  # type: ignore[no-any-return]
 
     async def _reward(self, session: Any, variant: str, request_id: str, reward: float, info: dict[str, Any]) -> None:
-        await asyncio.sleep(float(info.get("delay_s", 0.0)))
         costs = dict(info.get("costs") or {})
-        payload = {"request_id": request_id, "reward": reward, "costs": costs}
+        ok, retried = False, 0
         try:
-            async with session.post(f"{self.url}/v1/reward", json=payload) as resp:
-                await resp.read()
-                ok = resp.status in (200, 202)
-        except Exception:
-            ok = False
+            await asyncio.sleep(float(info.get("delay_s", 0.0)))
+            payload = {"request_id": request_id, "reward": reward, "costs": costs}
+            ok, retried = await self._post_reward(session, payload)  # retried on 5xx, as loadgen's customers
+        finally:  # a reward still waiting when the traffic stops was never delivered: refused, so counted lost
+            with self._lock:
+                ledger = self.rewards[variant]
+                ledger.posted += 1
+                ledger.retried += retried
+                if ok:
+                    ledger.accepted += 1
+                    ledger.accepted_ids.append(request_id)
+                else:
+                    ledger.refused += 1
         with self._lock:
             bucket = self._bucket(variant, time.time())
             if ok:
