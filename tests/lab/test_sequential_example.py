@@ -25,3 +25,18 @@ def test_the_gate_judges_episodes_with_an_overheat_budget() -> None:
     assert gate.trajectory is not None and gate.trajectory.gamma == sequential.FULL.gamma
     assert [str(e) for e in gate.trajectory.estimators] == list(sequential.ESTIMATORS)
     assert [(c.cost, c.max) for c in gate.constraints] == [("overheat", sequential.FULL.gate_max)]
+
+
+def test_the_commands_take_the_sequential_scenario_and_the_cooling_traffic() -> None:
+    """`demo --scenario sequential` and `run --env cooling` parse; the pricing demo stays the default."""
+    import argparse
+
+    from rollout_lab import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    demo = parser.parse_args(["demo", "--scenario", "sequential", "--fast"])
+    assert demo.scenario == "sequential" and demo.handler is cli.demo_command
+    assert parser.parse_args(["demo"]).scenario == "pricing"
+    run = parser.parse_args(["run", "-f", str(EXAMPLE), "--env", "cooling"])
+    assert run.env == "cooling" and run.handler is cli.run_command

@@ -29,7 +29,7 @@ import yaml
 from rollout_lab.demo import pipeline, scenario, sequential_report
 from rollout_lab.local import episodes, processes, run, view
 
-__all__ = ["FAST", "FULL", "Settings", "manifest", "run_sequential", "write_fallback"]
+__all__ = ["FAST", "FULL", "Settings", "episode_traffic", "main", "manifest", "run_sequential", "write_fallback"]
 
 COST = "overheat"
 
@@ -361,3 +361,30 @@ def run_sequential(out: Path, fast: bool = False, seed: int = 0, live: view.Live
     (out / "report.json").write_text(json.dumps(result, indent=2, default=str))
     sequential_report.write_html(json.loads((out / "report.json").read_text()), out / "report.html")
     return result
+
+
+def episode_traffic(url: str, rate: float, seed: int = 0) -> episodes.EpisodeGenerator:
+    """Days of the cooling environment against `url` (`policy-rollouts run --env cooling`)."""
+    env = _env()
+    return episodes.EpisodeGenerator(url, _env, rate=rate, seed=seed, prefix="day", drain_s=env.max_delay_s + 2)
+
+
+def main(out: Path, fast: bool, seed: int) -> int:
+    """`policy-rollouts demo --scenario sequential`: run it, print one line per rollout, exit 0 or 1."""
+    import sys
+
+    from rollout_lab.local import processes as local_processes
+
+    try:
+        result = run_sequential(out, fast=fast, seed=seed)
+    except (pipeline.DemoError, local_processes.ProcessError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    for s in result["scenarios"]:
+        gate = s.get("gate") or {}
+        print(f"{s['rollout']:>22}: {s['outcome']} ({'promoted' if s['stopped_at'] is None else s['stopped_at']}); "
+              f"gate {gate.get('verdict')}: {gate.get('reason')}")
+    truth = ", ".join(f"{k} {v['overheat']:.3g}" for k, v in result["simulated"].items())
+    print(f"simulated discounted overheat per day: {truth} (gate max {result['gateMax']})")
+    print(f"report: {out / 'report.html'}  ({result['wallSeconds']} s)")
+    return 0
