@@ -44,10 +44,10 @@ class Settings:
     timing: scenario.Timing
     rollout_timeout: float
     gamma: float = 0.95
-    # The constrained candidate trains for `budget` degree-hours of discounted overheat per day; the gate allows
-    # `gate_max`: a margin for the estimators' error (the unconstrained candidate overheats 0.4-0.9 in simulation).
+    # The constrained candidate trains within `budget` degree-hours of discounted overheat per day; the gate allows
+    # `gate_max` at its 95 % upper bound (stricter than the thermostat's own 0.13: the new policy must be safer).
     budget: float = 0.05
-    gate_max: float = 0.1
+    gate_max: float = 0.05
     temperature: float = 0.5  # the candidates' softmax exploration
     # constrained-cql's conservative weight and dual step: the overheat cost is small per step (degrees, mostly
     # 0), and the default CQL weight (0.5) buries it under the conservative terms, so the multiplier never moves.
@@ -55,16 +55,19 @@ class Settings:
     lambda_lr: float = 0.5
 
 
-# Measured on simulated logs (400 days, 3 seeds): the Kish effective number of trajectories of a candidate over
-# 24 steps is 3-40, so the fast form asks for 2 (a refusal below); the full form logs 3x the days.
-FAST = Settings(400, 400.0, 48, 2000, 2.0, scenario.FAST, 240.0)
+# The Kish effective number of trajectories of a candidate over 24 steps was 2.9-40 of 400 logged days (19
+# candidates, simulated logs and end-to-end runs), so the fast form logs 500 days and refuses below 2; the
+# full form logs 1,200 and refuses below 5.
+FAST = Settings(500, 400.0, 48, 2000, 2.0, scenario.FAST, 240.0)
 FULL = Settings(1200, 400.0, 64, 3000, 5.0, scenario.FULL, 700.0)
 FALLBACK_EPSILON = 0.6
 FALLBACK_SETPOINT_C = 23.5
-# The trajectory gate's estimators. FQE is left out: its per-hour linear Q over-states the constrained
-# candidate's overheat (0.13 against a simulated 0.002 on one seed of three) and under-states the unconstrained
-# one's (0.05 against 0.4); WPDIS and per-decision DR agreed with the simulator's ordering on every seed.
-ESTIMATORS = ("wpdis", "dr")
+# The trajectory gate's estimator: weighted PDIS alone. Measured on simulated logs (400 days, 6 seeds), its
+# 95 % upper bound of the overheat was at most 0.011 for every constrained candidate (simulated truth <= 0.01)
+# and at least 0.075 for every unconstrained one (truth 0.28-0.92). Per-decision DR and FQE, whose fitted Q is
+# linear per hour, put the constrained candidates' upper bound at 0.15-0.74 on 3 seeds of 6 (truth <= 0.004):
+# with them in the gate the candidate that is within budget was refused half the time.
+ESTIMATORS = ("wpdis",)
 
 
 def _env():
