@@ -82,7 +82,7 @@ def test_the_simulator_agrees_with_the_gate(report: dict) -> None:
     """True discounted overheat per day, from days the gate never saw: above the budget and within it."""
     truth = report["simulated"]
     assert truth["unconstrained"]["overheat"] > report["gateMax"] > truth["constrained"]["overheat"]
-    assert truth["unconstrained"]["reward"] > truth["fallback"]["reward"]  # it saves energy by overheating
+    assert truth["unconstrained"]["overheat"] > truth["fallback"]["overheat"]  # hotter than the thermostat, too
 
 
 def test_the_html_report_shows_the_gate_the_truth_and_the_curves(report: dict) -> None:
