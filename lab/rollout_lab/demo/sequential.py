@@ -4,8 +4,8 @@
    real `policy-server serve`; every step carries `context.episode_id`/`step`/`terminal`, and its
    energy reward and overheat cost are posted late, as meter readings are.
 2. Train: two candidates with `policy-server train --algorithm constrained-cql` on those episodes: one
-   without a cost budget (it learns that cooling costs energy and lets the room overheat in the
-   afternoon) and one within `budget` degree-hours per day.
+   without a cost budget (it sees only the energy bill and cools at the wrong hours: it overheats more
+   than the thermostat) and one within `budget` degree-hours per day.
 3. Roll both out in local mode with the operator's engine: the offline gate (`ope --trajectories`
    with a constraint on `overheat`) refuses the unconstrained one on its cost budget; the constrained
    one passes, is shadowed, canaried under guardrails on Prometheus and promoted.
