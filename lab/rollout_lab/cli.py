@@ -73,6 +73,10 @@ def run_command(args: argparse.Namespace) -> int:
         env.reset(seed=args.seed)
         # On stop, wait for the delayed rewards still due (the servers stop after them).
         gen = loadgen.TrafficGenerator(local.traffic.url(rollout), env, rate=args.rate, drain_s=env.max_delay_s + 2)
+        if args.env == "cooling":  # days of the cooling environment (episodes) instead of pricing customers
+            from rollout_lab.demo import sequential
+
+            gen = sequential.episode_traffic(local.traffic.url(rollout), rate=args.rate, seed=args.seed)
 
         def on_tick(current, sample) -> None:  # type: ignore[no-untyped-def]
             if args.rate > 0 and not gen.started and sample.actual_weight is not None \
@@ -111,6 +115,10 @@ def demo_command(args: argparse.Namespace) -> int:
     from rollout_lab.local import processes
 
     logging.basicConfig(level=logging.WARNING)
+    if args.scenario == "sequential":
+        from rollout_lab.demo import sequential
+
+        return sequential.main(Path(args.out), fast=args.fast, seed=args.seed)
     if args.max_feedback_delay is not None and not args.max_feedback_delay > 0:
         sys.stderr.write(f"error: --max-feedback-delay must be seconds > 0, got {args.max_feedback_delay}\n")
         return 2
@@ -155,6 +163,8 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--rate", type=float, default=150.0, help="simulated requests per second (0: no traffic)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated customers (default: 0)")
+    parser.add_argument("--env", choices=["pricing", "cooling"], default="pricing",
+                        help="simulated traffic: pricing customers, or days of the cooling environment (episodes)")
     parser.set_defaults(handler=run_command)
 
 
@@ -172,6 +182,9 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.add_argument("--max-feedback-delay", type=float, default=None, metavar="SECONDS",
                         help="longest delay of the late rewards (10 %% of them) during the rollouts (default: 10 "
                         "with --fast, 75 without: longer than a canary step)")
+    parser.add_argument("--scenario", choices=["pricing", "sequential"], default="pricing",
+                        help="pricing (default), or sequential: cooling episodes, constrained-cql candidates and the "
+                        "trajectory gate (docs/local-mode.md; about 3 minutes with --fast)")
     parser.set_defaults(handler=demo_command)
 
 
