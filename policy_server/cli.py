@@ -1,7 +1,7 @@
 """``policy-server``: serve a policy artifact, or write an example one.
 
     policy-server example-model --out DIR [--kind discrete|continuous] [--format torchscript|export]
-    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] [--wal-dir DIR] ...
+    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] [--workers N] ...
     policy-server keygen --out DIR          (an Ed25519 key pair for signing artifacts)
     policy-server sign --artifact DIR --key PRIVATE.pem
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--json]   (policy_server.ope.cli)
@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "serve_process"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the port with the server this one replaces (SO_REUSEPORT) and bind only once the model is "
         "warm: start the new server, wait for its 'listening' line, then stop the old one (no refused requests)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT; the kernel balances connections); "
+        "each logs its own segments and /metrics answers the sum of all (docs/policy-server.md#workers)",
     )
     s.add_argument("--log-level", default="INFO")
     _exploration_args(s, override=True)
@@ -196,6 +205,31 @@ def _example_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print(f"policy-server: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:  # a supervisor that imports no torch; each worker runs serve_process
+        from policy_server import workers
+
+        return workers.supervise(args)
+    return serve_process(args)
+
+
+def _announce(host: str, port: int) -> None:
+    print(f"policy-server listening on http://{host}:{port}", flush=True)
+
+
+def serve_process(
+    args: argparse.Namespace,
+    *,
+    announce: Callable[[str, int], None] = _announce,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """One server process: the whole of ``serve`` with one worker, or one worker of several.
+
+    ``announce`` is called once the socket is bound; ``overrides`` replace ServerConfig fields
+    (workers.py sets the shared port, SO_REUSEPORT, the worker's WAL and metrics directories).
+    """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
     import uvloop
@@ -242,6 +276,8 @@ def _serve(args: argparse.Namespace) -> int:
         timeouts=protocol.Timeouts(args.header_timeout_s, args.body_timeout_s, args.idle_timeout_s),
         trusted_keys=_trusted_keys(args),
     )
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
 
     async def run() -> int:
         app = server.PolicyServer(config)
@@ -252,7 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
         if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
-            print(f"policy-server listening on http://{args.host}:{port}", flush=True)
+            announce(args.host, port)
         stopping: list[asyncio.Future] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(app.shutdown())))
