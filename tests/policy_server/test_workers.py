@@ -9,6 +9,7 @@ going backwards, and SIGTERM drains every acknowledged decision into the log exa
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from policy_server import workers as workers_module
 from tests.support.policy_server import Client, parse_metrics, start_cli
 
 OBS = [0.1, -0.2, 0.3, 0.0, 0.5, -0.1, 0.2, 0.4]
@@ -227,3 +229,21 @@ def test_a_port_in_use_is_refused_at_once_with_code_1(models) -> None:
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in err
     assert out == ""
+
+
+def test_a_worker_that_keeps_dying_makes_the_supervisor_give_up_with_one_line(models) -> None:
+    with workers("--model", str(models())) as srv:
+        killed: set[int] = set()
+        deadline = time.monotonic() + 90
+        while srv.proc.poll() is None and time.monotonic() < deadline:
+            pid = srv.pids().get(0)
+            if pid is not None and pid not in killed:
+                killed.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        assert srv.proc.wait(60) == 1
+    assert len(killed) == workers_module.MAX_CRASHES
+    err = "".join(srv.stderr)
+    assert err.count("giving up") == 1
+    assert f"exited unexpectedly {workers_module.MAX_CRASHES} times" in err
