@@ -287,11 +287,11 @@ def serve_process(
         except OSError as exc:
             print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
-        if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
-            announce(args.host, port)
         stopping: list[asyncio.Future] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(app.shutdown())))
+        if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
+            announce(args.host, port)  # after the handlers: a SIGTERM right after this line drains
         try:
             await app.wait_ready()
         except artifact.ArtifactError as exc:

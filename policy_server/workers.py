@@ -29,6 +29,8 @@ What the supervisor does:
   worker takes connections only when it can answer them), its own write-ahead log directory
   ``<wal-dir>/worker-<i>`` (a restarted worker replays its predecessor's WAL) and the shared
   metrics directory of worker_metrics.py (every /metrics answer is the sum of all workers);
+  WAL sessions that no worker would replay (left in ``<wal-dir>`` by a single-process server, or in
+  ``worker-<j>`` for j >= N after ``--workers`` was lowered) are first moved to ``worker-<j mod N>``;
 * prints ``policy-server listening on http://HOST:PORT`` once every worker is bound;
 * forwards SIGTERM/SIGINT to the workers as SIGTERM and waits for their graceful shutdowns
   (``--shutdown-timeout-s`` + ``--log-flush-timeout-s``, plus a margin), then SIGKILLs what is
@@ -46,6 +48,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import fcntl
 import gc
 import logging
 import multiprocessing
@@ -61,11 +64,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from policy_server import attribution, worker_metrics
 
-__all__ = ["CRASH_WINDOW_S", "MAX_CRASHES", "supervise"]
+__all__ = ["CRASH_WINDOW_S", "MAX_CRASHES", "adopt_orphan_wal_sessions", "supervise"]
 
 log = logging.getLogger("policy_server.workers")
 
@@ -117,6 +121,8 @@ def supervise(args: argparse.Namespace) -> int:
     except attribution.RewardKeyError as exc:
         print(f"policy-server: {exc}", file=sys.stderr)
         return 2
+    if args.wal_dir:
+        adopt_orphan_wal_sessions(Path(args.wal_dir), args.workers)
     metrics_dir = tempfile.mkdtemp(prefix="policy-server-metrics-")
     import torch  # noqa: F401  -- preloaded for every worker (see the module docstring: why fork)
 
@@ -128,6 +134,44 @@ def supervise(args: argparse.Namespace) -> int:
     finally:
         reserved.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def adopt_orphan_wal_sessions(wal_dir: Path, workers: int) -> int:
+    """Move dead WAL sessions no worker would replay into a worker's directory; returns how many.
+
+    A session is ``<session>.lock`` + ``<session>.ckpt`` + ``<session>-NNNNNN.wal`` (decision_log/wal.py);
+    it is dead when nobody holds its lock (recover() uses the same test). Done before any worker
+    starts, and the lock is held while the files move, so no replay sees half a session.
+    """
+    sources = [(wal_dir, 0)]
+    for sub in wal_dir.glob("worker-*"):
+        index = sub.name.removeprefix("worker-")
+        if index.isdigit() and int(index) >= workers and sub.is_dir():
+            sources.append((sub, int(index) % workers))
+    moved = 0
+    for source, target_index in sources:
+        target = wal_dir / f"worker-{target_index}"
+        for lock in sorted(source.glob("*.lock")):
+            fd = os.open(lock, os.O_WRONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a live server still owns it (another supervisor?): leave it
+                os.close(fd)
+                log.warning("WAL session %s is in use by a running server; not moved", lock)
+                continue
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                for path in sorted(source.glob(f"{lock.stem}*"), key=lambda f: f.suffix == ".lock"):
+                    os.replace(path, target / path.name)  # the lock file last
+                moved += 1
+            finally:
+                os.close(fd)
+        if source != wal_dir:
+            with contextlib.suppress(OSError):
+                source.rmdir()
+    if moved:
+        log.info("moved %d write-ahead log session(s) no worker would replay into %s/worker-*", moved, wal_dir)
+    return moved
 
 
 def _reserve(host: str, port: int) -> socket.socket:
