@@ -10,6 +10,8 @@
 Exit codes of ``serve``: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the artifact cannot be
 served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use) and
 after a shutdown that could not write every decision (counted on stderr; they stay in the WAL).
+With ``--workers N`` the supervisor exits with the worst of its workers' codes, or 1 when workers
+kept dying (policy_server/workers.py).
 """
 
 from __future__ import annotations
