@@ -109,21 +109,39 @@ def supervise(args: argparse.Namespace) -> int:
     if args.wal_dir and not args.log_dir:
         print("policy-server: --wal-dir needs --log-dir (where the log is replayed)", file=sys.stderr)
         return 2
-    try:
-        reserved = _reserve(args.host, args.port)
-    except OSError as exc:
-        print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
     if not os.environ.get(attribution.ENV_VAR, "").strip():
         os.environ[attribution.ENV_VAR] = secrets.token_urlsafe(32)  # inherited by every worker
+        log.warning(
+            "%s is unset: made one key for these %d workers; other replicas and the router cannot verify "
+            "their request ids (set the variable on every server of the rollout)",
+            attribution.ENV_VAR,
+            args.workers,
+        )
     try:  # say it once here rather than once per worker
         attribution.RewardKeys.from_env()
     except attribution.RewardKeyError as exc:
         print(f"policy-server: {exc}", file=sys.stderr)
         return 2
-    if args.wal_dir:
-        adopt_orphan_wal_sessions(Path(args.wal_dir), args.workers)
-    metrics_dir = tempfile.mkdtemp(prefix="policy-server-metrics-")
+    try:
+        if args.wal_dir:
+            adopt_orphan_wal_sessions(Path(args.wal_dir), args.workers)
+    except OSError as exc:
+        print(
+            f"policy-server: cannot prepare --wal-dir {args.wal_dir}: {exc}; make it a writable directory",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        metrics_dir = tempfile.mkdtemp(prefix="policy-server-metrics-")
+    except OSError as exc:
+        print(f"policy-server: cannot create the workers' metrics directory ({exc}); set TMPDIR", file=sys.stderr)
+        return 1
+    try:
+        reserved = _reserve(args.host, args.port)
+    except OSError as exc:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     import torch  # noqa: F401  -- preloaded for every worker (see the module docstring: why fork)
 
     gc.collect()
