@@ -113,7 +113,7 @@ def _cpu_seconds_tree(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_by_process(pid: int) -> list[dict[str, Any]]:
+def _rss_by_process(pid: int, workers: int) -> list[dict[str, Any]]:
     """RSS and PSS (MB, smaps_rollup) of each process: the supervisor (the root) and its forked workers.
 
     RSS counts pages shared with other processes in full (forked workers share torch's pages
@@ -126,7 +126,7 @@ def _rss_by_process(pid: int) -> list[dict[str, Any]]:
                 line.split()[0].rstrip(":"): int(line.split()[1])
                 for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()[1:]
             }
-            role = "worker" if p != pid else "supervisor"
+            role = "worker" if p != pid else "supervisor" if workers > 1 else "server"
             out.append(
                 {
                     "pid": p,
@@ -327,10 +327,10 @@ def bench_policy_server(
                 lambda: _rss_tree(pid),
                 lambda: _cpu_seconds_tree(pid),
             )
-        processes = _rss_by_process(pid)
+        processes = _rss_by_process(pid, workers)
         time.sleep(1.5)  # every worker's metrics snapshot (written each second) holds its last decisions
         counted = int(_metric_sum(metrics_url, "policy_decisions_total"))
-    worker_rss = [p["rss_mb"] for p in processes if p["role"] == ("worker" if workers > 1 else "supervisor")]
+    worker_rss = [p["rss_mb"] for p in processes if p["role"] in ("worker", "server")]
     result = {
         "workers": workers,
         "decision_log": decision_log,
