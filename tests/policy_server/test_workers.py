@@ -3,7 +3,9 @@
 Every request below opens a new connection, so the kernel (SO_REUSEPORT) picks a worker for
 each: two workers both serve, any single scrape counts every worker's decisions, a reward is
 accepted whichever worker made its decision, a SIGKILLed worker is restarted without counters
-going backwards, and SIGTERM drains every acknowledged decision into the log exactly once.
+going backwards, and SIGTERM drains every acknowledged decision into the log exactly once. The
+supervisor gives up on a worker that keeps dying, stops at once on an artifact it cannot serve or
+a port in use, and hands WAL sessions no worker owns (a single-process run's) to a worker.
 """
 
 from __future__ import annotations
