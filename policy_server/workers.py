@@ -14,8 +14,8 @@ no model, no tensor operation, no pyarrow, no event loop, no thread of its own; 
 loads its model after the fork (PyTorch's DataLoader forks its workers from the same state).
 What that buys, measured here with the CUDA build of torch 2.13 on the CPU: ``import torch``
 costs ~510 MB of RSS, mostly relocated library pages that a forked worker shares copy-on-write
-instead of making its own: ~325 MB RSS (~120 MB PSS) per worker instead of ~590 MB with spawn,
-and a restart that takes no interpreter start-up. The one thread the supervisor has is
+instead of making its own: ~390 MB RSS idle (~150 MB PSS) per worker instead of ~590 MB with
+spawn, and a restart that takes no interpreter start-up. The one thread the supervisor has is
 OpenBLAS's pool (numpy's), which shuts itself down around fork (pthread_atfork). ``gc.freeze()``
 before forking keeps the workers' garbage collectors from touching, hence copying, those pages.
 
