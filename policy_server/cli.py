@@ -1,7 +1,7 @@
 """``policy-server``: serve a policy artifact, or write an example one.
 
     policy-server example-model --out DIR [--kind discrete|continuous] [--format torchscript|export]
-    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] [--wal-dir DIR] ...
+    policy-server serve --model PATH_OR_URL --port P [--host 127.0.0.1] [--log-dir DIR] [--workers N] ...
     policy-server keygen --out DIR          (an Ed25519 key pair for signing artifacts)
     policy-server sign --artifact DIR --key PRIVATE.pem
     policy-server ope --logs URL --policy ARTIFACT --baseline ARTIFACT|logged [--json]   (policy_server.ope.cli)
@@ -11,6 +11,8 @@
 Exit codes of ``serve``: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the artifact cannot be
 served (the message says why and how to fix it), 1 on other start-up errors (e.g. port in use) and
 after a shutdown that could not write every decision (counted on stderr; they stay in the WAL).
+With ``--workers N`` the supervisor exits with the worst of its workers' codes, or 1 when workers
+kept dying (policy_server/workers.py).
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "serve_process"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the port with the server this one replaces (SO_REUSEPORT) and bind only once the model is "
         "warm: start the new server, wait for its 'listening' line, then stop the old one (no refused requests)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT; the kernel balances connections); "
+        "each logs its own segments and /metrics answers the sum of all (docs/policy-server.md#workers)",
     )
     s.add_argument("--log-level", default="INFO")
     _exploration_args(s, override=True)
@@ -206,6 +217,31 @@ def _example_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print(f"policy-server: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:  # a supervisor that imports no torch; each worker runs serve_process
+        from policy_server import workers
+
+        return workers.supervise(args)
+    return serve_process(args)
+
+
+def _announce(host: str, port: int) -> None:
+    print(f"policy-server listening on http://{host}:{port}", flush=True)
+
+
+def serve_process(
+    args: argparse.Namespace,
+    *,
+    announce: Callable[[str, int], None] = _announce,
+    overrides: dict[str, Any] | None = None,
+) -> int:
+    """One server process: the whole of ``serve`` with one worker, or one worker of several.
+
+    ``announce`` is called once the socket is bound; ``overrides`` replace ServerConfig fields
+    (workers.py sets the shared port, SO_REUSEPORT, the worker's WAL and metrics directories).
+    """
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
     import uvloop
@@ -259,6 +295,8 @@ def _serve(args: argparse.Namespace) -> int:
         reward_keys=reward_keys,
         max_reward_age_s=args.max_reward_age_s,
     )
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
 
     async def run() -> int:
         app = server.PolicyServer(config)
@@ -268,11 +306,11 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"policy-server: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 1
-        if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
-            print(f"policy-server listening on http://{args.host}:{port}", flush=True)
         stopping: list[asyncio.Future] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: stopping.append(asyncio.ensure_future(app.shutdown())))
+        if app.listening:  # with --reuse-port a model that failed to load leaves the port unbound
+            announce(args.host, port)  # after the handlers: a SIGTERM right after this line drains
         try:
             await app.wait_ready()
         except artifact.ArtifactError as exc:

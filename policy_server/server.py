@@ -64,6 +64,7 @@ from policy_server import (
     server_log,
     shield,
     validation,
+    worker_metrics,
 )
 from policy_server import policy as policy_mod
 
@@ -107,6 +108,7 @@ class ServerConfig:
     limits: validation.Limits = field(default_factory=validation.Limits)
     timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)
     trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
+    metrics_dir: str | None = None  # serve --workers: /metrics answers the sum of every worker (worker_metrics.py)
 
 
 @dataclass(slots=True)
@@ -162,6 +164,9 @@ class PolicyServer:
         self._stopped = asyncio.Event()
         self._openapi = orjson.dumps(openapi.document())
         self._model_body = b""
+        self._shared_metrics: worker_metrics.SharedMetrics | None = None
+        if config.metrics_dir:
+            self._shared_metrics = worker_metrics.SharedMetrics(config.metrics_dir)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,6 +188,8 @@ class PolicyServer:
             expected=lambda: len(self.connections),
         )
         self._sweeper = loop.call_later(SWEEP_S, self._sweep)
+        if self._shared_metrics is not None:
+            self._shared_metrics.start(loop, self._render_metrics)
         reuse = self.config.reuse_port
         if not reuse:
             port = await self._bind(host, port, reuse_port=False)
@@ -332,6 +339,8 @@ class PolicyServer:
         finally:
             if hasattr(self, "_sweeper"):
                 self._sweeper.cancel()
+            if self._shared_metrics is not None:  # the final counts, for the other workers' scrapes
+                self._shared_metrics.close()
             self._stopped.set()
 
     async def _drain_connections(self) -> None:
@@ -410,12 +419,16 @@ class PolicyServer:
             return self._not_ready(conn, seq)
         conn.respond(seq, 200, self._model_body)
 
+    def _render_metrics(self) -> bytes | None:
+        return self.metrics.render() if self.metrics is not None else None
+
     def _metrics(self, conn: protocol.HttpProtocol, seq: int) -> None:
         if self.metrics is None:
             return self._not_ready(conn, seq)
-        conn.respond(
-            seq, 200, self.metrics.render(), protocol.TEXT.replace(b"text/plain", b"text/plain; version=0.0.4")
-        )
+        body = self.metrics.render()
+        if self._shared_metrics is not None:  # one worker answers for all of them
+            body = self._shared_metrics.scrape(body)
+        conn.respond(seq, 200, body, protocol.TEXT.replace(b"text/plain", b"text/plain; version=0.0.4"))
 
     def _openapi_doc(self, conn: protocol.HttpProtocol, seq: int) -> None:
         conn.respond(seq, 200, self._openapi)
