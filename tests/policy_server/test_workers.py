@@ -180,9 +180,12 @@ def test_sigterm_under_load_logs_every_acknowledged_decision_exactly_once(models
 
     def client(port: int) -> None:
         conn = None
-        for _ in range(5_000):  # bounded; ends at the first refused or failed request after SIGTERM
+        for sent in range(5_000):  # bounded; ends at the first refused or failed request after SIGTERM
             if stop.is_set() and conn is None:
                 return
+            if conn is not None and sent % 20 == 0 and not stop.is_set():
+                conn.close()  # a fresh connection every 20 requests: the kernel spreads them over both workers
+                conn = None
             conn = conn or Client(port, timeout=10)
             try:
                 status, body = conn.post("/v1/act", {"observation": OBS})
