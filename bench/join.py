@@ -47,6 +47,10 @@ def _lists(values: np.ndarray, width: int, n: int, value_type: pa.DataType) -> p
     return pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
 
 
+# A bandit log: the trajectory columns of schema 2 (episode_id, step, terminal) are null, as the server logs them
+_BANDIT_NULLS = [name for name in ("episode_id", "step", "terminal") if name in DECISION_SCHEMA.names]
+
+
 def _decisions(rng: np.random.Generator, writer: int, seq: np.ndarray, times: np.ndarray) -> pa.Table:
     n = len(seq)
     ids = pc.binary_join_element_wise(f"r1.w{writer}.", pc.utf8_lpad(pa.array(seq).cast(pa.string()), 12, "0"), "")
@@ -69,6 +73,7 @@ def _decisions(rng: np.random.Generator, writer: int, seq: np.ndarray, times: np
             "context_json": pa.nulls(n, pa.string()),
             "assignment_probability": pa.nulls(n, pa.float64()),
             "served_by": pa.repeat(f"w{writer}", n),
+            **{name: pa.nulls(n, DECISION_SCHEMA.field(name).type) for name in _BANDIT_NULLS},
         }
     ).cast(DECISION_SCHEMA)
 
@@ -105,6 +110,8 @@ def _rewards(rng: np.random.Generator, decisions: pa.Table) -> pa.Table:
             "decision_time": pa.array(np.round(d_time * 1000) / 1000),
             "received_by": pa.repeat("stable", m),
             "event_id": pc.binary_join_element_wise("e", pa.array(event_no).cast(pa.string()), ""),
+            **{name: pa.nulls(m, REWARD_SCHEMA.field(name).type) for name in _BANDIT_NULLS
+               if name in REWARD_SCHEMA.names},
         }
     ).cast(REWARD_SCHEMA)
     return table.sort_by("time")
