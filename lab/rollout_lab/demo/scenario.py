@@ -76,10 +76,12 @@ def manifest(name: str, candidate_artifact: Path, candidate_version: str, fallba
                      "condition": "< 0.02", "failureLimit": 2, "inconclusiveLimit": 5},
                 ],
                 # The shadow is judged on what the candidate would have done, estimated from the stable's live
-                # decisions and their delayed rewards (the router's off-policy estimate).
+                # decisions and their delayed rewards (the router's off-policy estimate). 0.15: the honest candidate
+                # (true rate ~0.05) had upper bounds of 0.11-0.13 in some runs with 10 % of feedback late; the hacker's
+                # ~0.27 is far above either (and the offline gate stops it first).
                 "shadowGuardrails": [
                     {"name": "shadow-margin", "template": "shadow-cost", "params": {"cost": "margin_violation"},
-                     "condition": "< 0.1", "failureLimit": 2, "inconclusiveLimit": 20},
+                     "condition": "< 0.15", "failureLimit": 2, "inconclusiveLimit": 20},
                 ],
                 "judge": {"kind": "sequential", "alpha": 0.01, "minDetectableEffect": 0.1, "inconclusiveLimit": 5},
             },
