@@ -44,6 +44,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class _Pending:
     reward_id: str | None  # the signed id of a client-chosen request id
     current: int | list[float] | None  # context.current_action
     shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
+    decided: float = 0.0  # Unix time of the decision (signed into the id issued after the forward pass)
 
 
 def _error(message: str) -> bytes:
@@ -315,6 +317,9 @@ class PolicyServer:
             }
         )
         self._version = m.version
+        self._predicts_value = pol.discrete and m.output == "q_values"  # one check per batch, nothing else
+        if self._predicts_value:
+            self.metrics.init_value(cfg.variant)
         self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
@@ -449,13 +454,13 @@ class PolicyServer:
                 raise validation.BadRequest(problem)
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
-        rid, reward_id = req.request_id, None
+        rid, reward_id, now = req.request_id, None, time.time()
         if req.shadow_of is not None:  # the served decision is logged by its own server and the router
             rid = req.shadow_of
-        elif rid is None:
-            rid = self._ids.generate(time.time())
+        elif rid is None:  # a value-predicting policy signs its id after the forward pass (_sign_predictions)
+            rid = "" if self._predicts_value else self._ids.generate(now)
         else:
-            reward_id = self._ids.claim(rid, time.time())
+            reward_id = self._ids.claim(rid, now)
             if reward_id is None:
                 return self._fail(
                     conn,
@@ -478,6 +483,7 @@ class PolicyServer:
                 reward_id,
                 req.current_action,
                 req.shadow_of is not None,
+                now,
             )
         )
 
@@ -496,6 +502,7 @@ class PolicyServer:
                 waited_s=waited,
                 current=[it.current for it in items],
             )
+            predicted = self._sign_predictions(items, raw, res.decision.actions) if self._predicts_value else None
         except Exception as exc:
             log.exception("batch of %d failed", len(items))
             for it in items:
@@ -524,6 +531,8 @@ class PolicyServer:
             }
             if it.reward_id is not None:
                 answer["reward_id"] = it.reward_id
+            if predicted is not None:
+                answer["predicted_value"] = predicted[i]
             body = dumps(answer)
             replies.append((it.conn, it.seq, 200, body))
         self._reply(replies)
@@ -531,6 +540,23 @@ class PolicyServer:
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if self.drift is not None:
             self.drift.add(obs)
+
+    def _sign_predictions(self, items: list[_Pending], raw: np.ndarray, actions: np.ndarray) -> list[float | None]:
+        """Q of each served action; signed into its id (``v=``, 6 significant digits) so any replica's
+        /v1/reward knows the prediction without per-decision state. Non-finite values are not signed."""
+        q = raw[np.arange(len(items)), actions].astype(np.float64).tolist()
+        out: list[float | None] = []
+        for it, value in zip(items, q, strict=True):
+            finite = math.isfinite(value)
+            out.append(value if finite else None)
+            if it.shadow:
+                continue
+            extras = f"v={value:.6g}" if finite else ""
+            if it.request_id == "":
+                it.request_id = self._ids.generate(it.decided, extras)
+            elif it.reward_id is not None and extras:
+                it.reward_id = self._ids.rebind(it.request_id, it.decided, extras)
+        return out
 
     def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s) -> set[int]:
         """Log the batch's decisions, except shadow mirrors (never served: the router logs them as such)."""
@@ -574,6 +600,10 @@ class PolicyServer:
             return self._fail(conn, seq, status, reason, f"{what} {req.request_id[:80]!r}: {verdict.message}")
         found = verdict.attribution
         self.metrics.record_reward(req.reward, req.costs, variant=found.variant)
+        if found.extras:  # the decision's predicted value (critic-error metrics); none for most policies
+            predicted = found.extra("v")
+            if predicted is not None:
+                self.metrics.record_value(predicted, req.reward, variant=found.variant)
         if self.log is not None:
             self.log.log_reward(
                 {
