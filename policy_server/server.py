@@ -502,7 +502,7 @@ class PolicyServer:
                 waited_s=waited,
                 current=[it.current for it in items],
             )
-            predicted = self._sign_predictions(items, raw, res.decision.actions) if self._predicts_value else None
+            q, predicted = self._sign_predictions(items, raw, res.decision.actions) if self._predicts_value else _NO_Q
         except Exception as exc:
             log.exception("batch of %d failed", len(items))
             for it in items:
@@ -511,7 +511,7 @@ class PolicyServer:
         d = res.decision
         reasons = res.reasons
         latency_s = time.perf_counter() - started
-        failed = self._log_batch(items, obs, d, reasons, latency_s)
+        failed = self._log_batch(items, obs, d, reasons, latency_s, q)
         actions = d.actions.tolist()
         props = d.propensities.tolist()
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
@@ -541,12 +541,15 @@ class PolicyServer:
         if self.drift is not None:
             self.drift.add(obs)
 
-    def _sign_predictions(self, items: list[_Pending], raw: np.ndarray, actions: np.ndarray) -> list[float | None]:
-        """Q of each served action; signed into its id (``v=``, 6 significant digits) so any replica's
-        /v1/reward knows the prediction without per-decision state. Non-finite values are not signed."""
-        q = raw[np.arange(len(items)), actions].astype(np.float64).tolist()
+    def _sign_predictions(
+        self, items: list[_Pending], raw: np.ndarray, actions: np.ndarray
+    ) -> tuple[np.ndarray, list[float | None]]:
+        """Q of each served action (for the log, and for the responses); signed into its id (``v=``, 6 significant
+        digits) so any replica's /v1/reward knows the prediction without per-decision state. Non-finite values
+        are no prediction: not signed, null in the response and the log."""
+        q = raw[np.arange(len(items)), actions].astype(np.float64)
         out: list[float | None] = []
-        for it, value in zip(items, q, strict=True):
+        for it, value in zip(items, q.tolist(), strict=True):
             finite = math.isfinite(value)
             out.append(value if finite else None)
             if it.shadow:
@@ -556,19 +559,22 @@ class PolicyServer:
                 it.request_id = self._ids.generate(it.decided, extras)
             elif it.reward_id is not None and extras:
                 it.reward_id = self._ids.rebind(it.request_id, it.decided, extras)
-        return out
+        return q, out
 
-    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s) -> set[int]:
+    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s, q: np.ndarray | None) -> set[int]:
         """Log the batch's decisions, except shadow mirrors (never served: the router logs them as such)."""
         if self.log is None:
             return set()
         if not any(it.shadow for it in items):
-            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version)
+            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version, q)
         failed: set[int] = set()
         for i, it in enumerate(items):  # mixed batches are rare: shadow traffic comes alone in a shadow step
             if not it.shadow:
                 one = slice(i, i + 1)
-                if self.log.log_batch(items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version):
+                q_one = None if q is None else q[one]
+                if self.log.log_batch(
+                    items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version, q_one
+                ):
                     failed.add(i)
         return failed
 
@@ -633,6 +639,8 @@ def _rows(d: policy_mod.BatchDecision, rows: slice) -> policy_mod.BatchDecision:
         },
     )
 
+
+_NO_Q: tuple[None, None] = (None, None)  # a policy without a value: nothing to sign, respond or log
 
 _REWARD_REFUSALS = {
     request_ids.RewardCheck.UNKNOWN: (404, "unknown_request_id", "unknown request_id"),
