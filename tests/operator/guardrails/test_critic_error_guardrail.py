@@ -7,12 +7,17 @@ environment pays each decision the true value of its served action and posts it 
 a real Prometheus scrapes both servers with the `rollout`/`namespace` labels the scrape
 configuration adds in a cluster (docs/guardrails.md); the operator renders the template, queries
 it through its Prometheus provider and the threshold judge decides.
+
+The calibration ratio and the trend form are checked on exporter-published series, as
+test_templates.py checks the other templates.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,11 +26,14 @@ import pytest
 from rollout_operator import api, reconciler
 from rollout_operator.engine.judges.threshold import ThresholdJudge
 from rollout_operator.guardrails import prometheus as prometheus_provider
+from rollout_operator.guardrails import templates
 
 from policy_server import attribution
+from tests.operator.guardrails.test_templates import NAMESPACE as TEMPLATES_NAMESPACE
+from tests.operator.guardrails.test_templates import Publisher, measure, rollout_named
 from tests.support.critic_policy import true_values, write_q_artifact
 from tests.support.policy_server import Client, running
-from tests.support.prometheus import PrometheusServer, _require_binary
+from tests.support.prometheus import Exporter, PrometheusServer, _require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +41,12 @@ NAMESPACE = "critic"
 OFFSET = 2.0
 DECISIONS = 40
 KEY = attribution.RewardKeys.parse("critic-guardrail-" * 3)
+
+
+@pytest.fixture()
+def provider(prometheus: PrometheusServer) -> Iterator[prometheus_provider.PrometheusProvider]:
+    with prometheus_provider.PrometheusProvider(prometheus.url, timeout=5.0) as p:
+        yield p
 
 
 class LabelledPrometheus(PrometheusServer):
@@ -88,16 +102,16 @@ def serve_and_reward(port: int, rng: np.random.Generator) -> None:
         client.close()
 
 
-def judged(provider: prometheus_provider.PrometheusProvider, name: str) -> tuple[api.GuardrailStatus, bool]:
+def judged(metrics: prometheus_provider.PrometheusProvider, name: str) -> tuple[api.GuardrailStatus, bool]:
     """Measure until the guardrail has a value over every reward (bounded), then judge it once."""
     spec = rollout(name)
     for _ in range(120):
-        got = reconciler.measure_guardrails(spec, provider)
-        count = provider.query(
+        got = reconciler.measure_guardrails(spec, metrics)
+        count = metrics.query(
             f'sum(policy_value_abs_error_count{{rollout="{name}",namespace="{NAMESPACE}",variant="candidate"}})'
         )
         if got["critic"].value is not None and count.value == DECISIONS:
-            got = reconciler.measure_guardrails(spec, provider)
+            got = reconciler.measure_guardrails(spec, metrics)
             judgement = ThresholdJudge().judge(spec.spec, spec.status, got, datetime.now(UTC))
             return judgement.guardrails[0], judgement.rollback is not None
         time.sleep(0.25)
@@ -116,10 +130,48 @@ def test_critic_error_guardrail_fails_a_miscalibrated_value_head_and_passes_a_ca
         rng = np.random.default_rng(21)
         serve_and_reward(ok.port, rng)
         serve_and_reward(bad.port, rng)
-        with prometheus_provider.PrometheusProvider(prom.url, timeout=5.0) as provider:
-            fine, fine_rolls_back = judged(provider, "calibrated")
-            off, off_rolls_back = judged(provider, "miscalibrated")
+        with prometheus_provider.PrometheusProvider(prom.url, timeout=5.0) as metrics:
+            fine, fine_rolls_back = judged(metrics, "calibrated")
+            off, off_rolls_back = judged(metrics, "miscalibrated")
     assert fine.verdict is api.Verdict.PASS and fine.value == pytest.approx(0.0, abs=1e-4)
     assert not fine_rolls_back
     assert off.verdict is api.Verdict.FAIL and off.value == pytest.approx(OFFSET, rel=1e-4)
     assert off_rolls_back
+
+
+def test_critic_calibration_is_mean_predicted_over_mean_realised(
+    exporter: Exporter, prometheus: PrometheusServer, provider: prometheus_provider.PrometheusProvider
+) -> None:
+    pub = Publisher(exporter, prometheus)
+    for what, total in (("predicted", 150.0), ("realized", 100.0)):
+        pub.gauge_counter(f"policy_value_{what}_sum", total, "candidate")
+        pub.gauge_counter(f"policy_value_{what}_count", 50.0, "candidate")
+    pub.gauge_counter("policy_value_predicted_sum", 10.0, "stable")  # another variant's: not read
+    pub.gauge_counter("policy_value_predicted_count", 50.0, "stable")
+    pub.publish()
+    promql = templates.render_guardrail(rollout_named(pub.name), "critic-calibration", {"window": "5m"})
+    assert measure(provider, promql, 1.5) == pytest.approx(1.5)
+
+
+def test_critic_error_trend_is_the_error_now_minus_the_error_offset_ago(
+    exporter: Exporter, prometheus: PrometheusServer, provider: prometheus_provider.PrometheusProvider
+) -> None:
+    """An error of 1 per prediction for 12 s, then 3: the trend over 2 s windows 8 s apart reads 3 - 1."""
+    name = f"critic-trend-{time.monotonic_ns()}"
+    labels = {"rollout": name, "namespace": TEMPLATES_NAMESPACE, "variant": "candidate"}
+    promql = templates.render_guardrail(rollout_named(name), "critic-error-trend", {"window": "2s", "offset": "8s"})
+    total, count, switched, last = 0.0, 0.0, None, None
+    start = time.monotonic()
+    while time.monotonic() - start < 40:  # bounded: 160 steps of 0.25 s at most
+        error = 1.0 if switched is None else 3.0
+        total, count = total + error, count + 1
+        exporter.set("policy_value_abs_error_sum", total, **labels)
+        exporter.set("policy_value_abs_error_count", count, **labels)
+        if switched is None and time.monotonic() - start >= 12:
+            switched = time.monotonic()
+        if switched is not None and 3.5 <= time.monotonic() - switched < 7.5:
+            last = provider.query(promql)
+            if last.value is not None and math.isclose(last.value, 2.0, rel_tol=1e-6):
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"{promql}\n did not read 2; last {last}")
