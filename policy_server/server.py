@@ -25,6 +25,10 @@ accepted by this process among its last ``max_request_ids`` decisions. A second 
 same (request id, event id) seen by this process answers 409; the joiner de-duplicates across
 replicas.
 
+Critic error (docs/policy-server.md): a policy with ``output: q_values`` answers ``predicted_value``
+(the Q of the served action) and signs it into the id as the extra ``v``, so the id is issued after
+the forward pass; /v1/reward compares it with the reward (``policy_value_*`` metrics).
+
 Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
 logged *before* its responses are written, so a row that cannot be logged is answered 500, never
 acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
