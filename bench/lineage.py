@@ -29,6 +29,20 @@ from policy_server import join
 from policy_server.train import lineage
 
 
+def _synthesise(root: Path, total: int, segment_rows: int) -> dict[str, int]:
+    """bench/join.py's log, written without the trajectory columns its synthesiser predates (readers fill them)."""
+    import pyarrow as pa
+
+    full = join_bench.DECISION_SCHEMA, join_bench.REWARD_SCHEMA
+    newer = ("episode_id", "step", "terminal")
+    join_bench.DECISION_SCHEMA, join_bench.REWARD_SCHEMA = (pa.schema([f for f in s if f.name not in newer])
+                                                            for s in full)
+    try:
+        return join_bench.synthesise(root, total, segment_rows)
+    finally:
+        join_bench.DECISION_SCHEMA, join_bench.REWARD_SCHEMA = full
+
+
 def _best_of(repeats: int, fn: Any) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -48,7 +62,7 @@ def main() -> int:
     total = 200_000 if args.quick else args.decisions
     with tempfile.TemporaryDirectory(prefix="bench-lineage-") as tmp:
         root = Path(tmp) / "log"
-        counts = join_bench.synthesise(root, total, args.segment_rows // (4 if args.quick else 1))
+        counts = _synthesise(root, total, args.segment_rows // (4 if args.quick else 1))
         segments = len(list((root / "decisions").glob("*.parquet")))
         url = str(root)
         hash_s = _best_of(args.repeats, lambda: lineage.dataset_of_log(url, 0))
