@@ -81,14 +81,15 @@ def dataset_of_arrays(path: str, rows: int) -> artifact.DatasetLineage:
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The training arguments that shape the policy (paths, names and I/O switches left out)."""
+    """The training arguments that shape the policy (paths, names and I/O switches left out; unset ones too,
+    as the operator's status, like any Kubernetes object, drops null values)."""
     out: dict[str, Any] = {}
     for key, value in sorted(vars(args).items()):
         if key in _NOT_HYPERPARAMETERS or callable(value):
             continue
         if isinstance(value, list | tuple):
             value = list(value)
-        if value is None or isinstance(value, str | int | float | bool | list):
+        if isinstance(value, str | int | float | bool | list):
             out[key] = value
     return out
 

@@ -63,6 +63,7 @@ def test_training_writes_complete_lineage_into_the_manifest_and_the_result(
     assert found.hyperparameters is not None
     assert found.hyperparameters["algorithm"] == "reward-model" and found.hyperparameters["steps"] == 60
     assert found.hyperparameters["seed"] == 3 and "out" not in found.hyperparameters
+    assert None not in found.hyperparameters.values()  # unset arguments are left out, not null
     assert found.environment is not None and found.environment.torch == str(torch.__version__)
     assert (found.environment.simulator, found.environment.simulator_version) == ("cooling", "1.2")
     assert found.ope_report is not None and found.ope_report.uri == f"{out}/ope.json"
