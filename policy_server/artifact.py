@@ -40,11 +40,13 @@ import numpy as np
 import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
 
 from policy_server import artifact_safety
 from policy_server.errors import PolicyServerError
 
 __all__ = [
+    "LINEAGE_FIELDS",
     "SCHEMA_VERSION",
     "ActionSpec",
     "ArtifactError",
@@ -52,6 +54,7 @@ __all__ = [
     "DiscreteAction",
     "Exploration",
     "FeatureReference",
+    "Lineage",
     "LoadedArtifact",
     "Manifest",
     "ObservationSpec",
@@ -171,6 +174,78 @@ class ShieldConfig(_Model):
     latency_budget_ms: float | None = Field(default=None, gt=0)
 
 
+# --------------------------------------------------------------------------- lineage
+
+
+class _Wire(_Model):
+    """camelCase on the wire, like the PolicyRollout CRD: the operator stores the block as it is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class DatasetLineage(_Wire):
+    """What the policy learned from. ``sha256`` is over the sorted segment list (relative path, rows and
+    the footers' time range of every decision and reward segment, or the bytes of a trajectory file):
+    cheap on object stores, and any added, removed or rewritten segment changes it."""
+
+    uri: str = Field(min_length=1)
+    partitions: list[str] | None = None
+    from_: str | None = Field(default=None, alias="from", description="earliest decision time (ISO 8601)")
+    to: str | None = Field(default=None, description="latest decision time (ISO 8601)")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    hash_of: str | None = Field(default=None, description="what sha256 covers")
+    rows: int | None = Field(default=None, ge=0, description="decisions (or steps) trained on")
+
+
+class CodeLineage(_Wire):
+    """The training code: the image it ran (a ref or, better, a digest) and the source commit."""
+
+    image: str | None = None
+    commit: str | None = None
+
+
+class EnvironmentLineage(_Wire):
+    """Where it was trained: the simulator or environment id and version, and the library versions."""
+
+    simulator: str | None = None
+    simulator_version: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    policy_server: str | None = None
+
+
+class OPEReportLineage(_Wire):
+    """The offline evaluation the artifact passed: where the full report is, and its headline."""
+
+    uri: str | None = None
+    estimator: str | None = None
+    estimate: float | None = None
+    lower_bound: float | None = None
+    baseline_value: float | None = None
+    verdict: str | None = None
+
+
+class Lineage(_Wire):
+    """Provenance of a policy artifact (dataset, code, hyperparameters, environment, OPE report).
+
+    Inside the manifest, so a signed manifest signs its lineage too. Every part is optional: a
+    rollout says which parts it requires (``spec.requireLineage``).
+    """
+
+    dataset: DatasetLineage | None = None
+    code: CodeLineage | None = None
+    hyperparameters: dict[str, Any] | None = None
+    environment: EnvironmentLineage | None = None
+    ope_report: OPEReportLineage | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The block as JSON (camelCase, unset parts left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+LINEAGE_FIELDS = ("dataset", "code", "hyperparameters", "environment", "opeReport")
+
+
 class Manifest(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -185,6 +260,7 @@ class Manifest(_Model):
     shield: ShieldConfig | None = None
     costs: list[str] = Field(default_factory=list)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    lineage: Lineage | None = None
 
     @property
     def output_size(self) -> int:

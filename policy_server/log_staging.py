@@ -49,6 +49,7 @@ class DecisionStaging:
         shield_reasons: list[list[str]],
         latency_ms: np.ndarray,
         context_json: list[str | None] | None,
+        predicted_value: np.ndarray | None = None,
     ) -> None:
         """Copy one micro-batch in; hands a full batch to the log when ``capacity`` is reached."""
         b = len(request_ids)
@@ -77,6 +78,10 @@ class DecisionStaging:
             self._contexts.extend([None] * (start - len(self._contexts)))
             self._contexts.extend(context_json)
         self.rows = end
+        if predicted_value is not None:  # rows staged before without a prediction stay NaN (null)
+            if self._predicted is None:
+                self._predicted = np.full(len(self._time), np.nan)
+            self._predicted[start:end] = predicted_value
         if end >= self.capacity:
             self.flush()
 
@@ -101,6 +106,7 @@ class DecisionStaging:
                 shield_reasons=self._reasons,
                 latency_ms=self._latency[:n],
                 context_json=contexts or None,
+                predicted_value=None if self._predicted is None else self._predicted[:n],
             )
         )
         self.rows = 0
@@ -118,3 +124,4 @@ class DecisionStaging:
         self._request_ids: list[str] = []
         self._reasons: list[list[str]] = []
         self._contexts: list[str | None] = []
+        self._predicted: np.ndarray | None = None

@@ -55,6 +55,12 @@ ERROR_REASONS = (
 )
 MAX_COST_NAMES = 64  # undeclared cost names get label sets lazily, up to this many
 MAX_REWARD_VARIANTS = 16  # variants that decided rewarded decisions (a rollout has 2-3); beyond: "other"
+VALUE_SERIES = {  # policy_value_<what>_sum / _count: predicted vs realised, per rewarded prediction
+    "predicted": "Predicted values (Q of the served action) of rewarded decisions, by deciding variant",
+    "realized": "Rewards of those decisions (the realised one-step return), by deciding variant",
+    "abs_error": "Absolute error |predicted - realised| of those decisions, by deciding variant",
+    "squared_error": "Squared error (predicted - realised)^2 of those decisions, by deciding variant",
+}
 FOLD_EVERY = 256  # batches buffered before a fold into the metrics (folding 4,096 stalled the loop ~2 ms)
 
 
@@ -200,6 +206,10 @@ class ServerMetrics:
         )
         r.register(self.batch_size)
         self._pending: list[tuple[np.ndarray, np.ndarray, dict[str, int]]] = []
+        self.value = {
+            what: Summary(f"policy_value_{what}", doc, ["variant"], registry=r) for what, doc in VALUE_SERIES.items()
+        }
+        self._values: dict[str, tuple[Summary, ...]] = {}  # deciding variant -> its children, in VALUE_SERIES order
 
     def _cost_children(self, cost: str, variant: str | None = None) -> tuple[object, object] | None:
         variant = variant or self.variant
@@ -279,6 +289,30 @@ class ServerMetrics:
             summary.observe(value)
             if value > 0:
                 violations.inc()
+
+    def init_value(self, variant: str) -> None:
+        """Create the critic-error series of ``variant`` at 0 (a server whose policy predicts values)."""
+        if variant not in self._values:
+            self._values[variant] = tuple(s.labels(variant) for s in self.value.values())
+
+    def record_value(self, predicted: str | float, realized: float, variant: str | None = None) -> None:
+        """Compare a decision's predicted value (from its signed id) with its realised reward.
+
+        Labelled by the deciding variant like rewards. A prediction that does not parse or is not
+        finite, and a non-finite reward, are ignored: the sums must stay finite.
+        """
+        try:
+            v = float(predicted)
+        except ValueError:
+            return
+        if not (math.isfinite(v) and math.isfinite(realized)):
+            return
+        label = self._decided_by(variant or self.variant)
+        if label not in self._values:
+            self.init_value(label)
+        err = v - realized
+        for child, x in zip(self._values[label], (v, realized, abs(err), err * err), strict=True):
+            child.observe(x)
 
     def set_drift(self, psi: dict[str, float], window: int) -> None:
         for feature, value in psi.items():

@@ -86,6 +86,11 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "probability (discrete) or density (continuous) of the served action under the "
                 "shielded behaviour rule",
             },
+            "predicted_value": {
+                "type": ["number", "null"],
+                "description": "only for artifacts with output q_values: the model's Q-value of the served action "
+                "(null if not finite); the signed id carries it to the reward (docs/policy-server.md, critic error)",
+            },
             "policy_version": {"type": "string"},
             "variant": {"type": "string"},
             "shield": {

@@ -65,9 +65,13 @@ class RequestIds:
         """Ids held in memory (client-chosen and rewarded ones; generated ids take none)."""
         return len(self._chosen) + len(self._rewarded)
 
-    def generate(self, now: float) -> str:
-        """A fresh signed id for a request that came without one."""
-        return self._signer.generate(now)
+    def generate(self, now: float, extras: str = "") -> str:
+        """A fresh signed id for a request that came without one (``extras``: attribution.encode_extras)."""
+        return self._signer.generate(now, extras)
+
+    def rebind(self, client_id: str, decided: float, extras: str) -> str:
+        """The signed ``reward_id`` of a claimed client id, re-issued with ``extras`` known after the forward pass."""
+        return self._signer.bind(client_id, decided, extras)
 
     def claim(self, client_id: str, now: float) -> str | None:
         """Register a client-chosen id; its signed ``reward_id``, or None if the id cannot be used."""

@@ -25,6 +25,10 @@ accepted by this process among its last ``max_request_ids`` decisions. A second 
 same (request id, event id) seen by this process answers 409; the joiner de-duplicates across
 replicas.
 
+Critic error (docs/policy-server.md): a policy with ``output: q_values`` answers ``predicted_value``
+(the Q of the served action) and signs it into the id as the extra ``v``, so the id is issued after
+the forward pass; /v1/reward compares it with the reward (``policy_value_*`` metrics).
+
 Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
 logged *before* its responses are written, so a row that cannot be logged is answered 500, never
 acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
@@ -44,6 +48,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +129,7 @@ class _Pending:
     reward_id: str | None  # the signed id of a client-chosen request id
     current: int | list[float] | None  # context.current_action
     shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
+    decided: float = 0.0  # Unix time of the decision (signed into the id issued after the forward pass)
 
 
 def _error(message: str) -> bytes:
@@ -315,6 +321,9 @@ class PolicyServer:
             }
         )
         self._version = m.version
+        self._predicts_value = pol.discrete and m.output == "q_values"  # one check per batch, nothing else
+        if self._predicts_value:
+            self.metrics.init_value(cfg.variant)
         self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
@@ -449,13 +458,13 @@ class PolicyServer:
                 raise validation.BadRequest(problem)
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
-        rid, reward_id = req.request_id, None
+        rid, reward_id, now = req.request_id, None, time.time()
         if req.shadow_of is not None:  # the served decision is logged by its own server and the router
             rid = req.shadow_of
-        elif rid is None:
-            rid = self._ids.generate(time.time())
+        elif rid is None:  # a value-predicting policy signs its id after the forward pass (_sign_predictions)
+            rid = "" if self._predicts_value else self._ids.generate(now)
         else:
-            reward_id = self._ids.claim(rid, time.time())
+            reward_id = self._ids.claim(rid, now)
             if reward_id is None:
                 return self._fail(
                     conn,
@@ -478,6 +487,7 @@ class PolicyServer:
                 reward_id,
                 req.current_action,
                 req.shadow_of is not None,
+                now,
             )
         )
 
@@ -496,6 +506,7 @@ class PolicyServer:
                 waited_s=waited,
                 current=[it.current for it in items],
             )
+            q, predicted = self._sign_predictions(items, raw, res.decision.actions) if self._predicts_value else _NO_Q
         except Exception as exc:
             log.exception("batch of %d failed", len(items))
             for it in items:
@@ -504,7 +515,7 @@ class PolicyServer:
         d = res.decision
         reasons = res.reasons
         latency_s = time.perf_counter() - started
-        failed = self._log_batch(items, obs, d, reasons, latency_s)
+        failed = self._log_batch(items, obs, d, reasons, latency_s, q)
         actions = d.actions.tolist()
         props = d.propensities.tolist()
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
@@ -524,6 +535,8 @@ class PolicyServer:
             }
             if it.reward_id is not None:
                 answer["reward_id"] = it.reward_id
+            if predicted is not None:
+                answer["predicted_value"] = predicted[i]
             body = dumps(answer)
             replies.append((it.conn, it.seq, 200, body))
         self._reply(replies)
@@ -532,17 +545,40 @@ class PolicyServer:
         if self.drift is not None:
             self.drift.add(obs)
 
-    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s) -> set[int]:
+    def _sign_predictions(
+        self, items: list[_Pending], raw: np.ndarray, actions: np.ndarray
+    ) -> tuple[np.ndarray, list[float | None]]:
+        """Q of each served action (for the log, and for the responses); signed into its id (``v=``, 6 significant
+        digits) so any replica's /v1/reward knows the prediction without per-decision state. Non-finite values
+        are no prediction: not signed, null in the response and the log."""
+        q = raw[np.arange(len(items)), actions].astype(np.float64)
+        out: list[float | None] = []
+        for it, value in zip(items, q.tolist(), strict=True):
+            finite = math.isfinite(value)
+            out.append(value if finite else None)
+            if it.shadow:
+                continue
+            extras = f"v={value:.6g}" if finite else ""
+            if it.request_id == "":
+                it.request_id = self._ids.generate(it.decided, extras)
+            elif it.reward_id is not None and extras:
+                it.reward_id = self._ids.rebind(it.request_id, it.decided, extras)
+        return q, out
+
+    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s, q: np.ndarray | None) -> set[int]:
         """Log the batch's decisions, except shadow mirrors (never served: the router logs them as such)."""
         if self.log is None:
             return set()
         if not any(it.shadow for it in items):
-            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version)
+            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version, q)
         failed: set[int] = set()
         for i, it in enumerate(items):  # mixed batches are rare: shadow traffic comes alone in a shadow step
             if not it.shadow:
                 one = slice(i, i + 1)
-                if self.log.log_batch(items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version):
+                q_one = None if q is None else q[one]
+                if self.log.log_batch(
+                    items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version, q_one
+                ):
                     failed.add(i)
         return failed
 
@@ -574,6 +610,10 @@ class PolicyServer:
             return self._fail(conn, seq, status, reason, f"{what} {req.request_id[:80]!r}: {verdict.message}")
         found = verdict.attribution
         self.metrics.record_reward(req.reward, req.costs, variant=found.variant)
+        if found.extras:  # the decision's predicted value (critic-error metrics); none for most policies
+            predicted = found.extra("v")
+            if predicted is not None:
+                self.metrics.record_value(predicted, req.reward, variant=found.variant)
         if self.log is not None:
             self.log.log_reward(
                 {
@@ -603,6 +643,8 @@ def _rows(d: policy_mod.BatchDecision, rows: slice) -> policy_mod.BatchDecision:
         },
     )
 
+
+_NO_Q: tuple[None, None] = (None, None)  # a policy without a value: nothing to sign, respond or log
 
 _REWARD_REFUSALS = {
     request_ids.RewardCheck.UNKNOWN: (404, "unknown_request_id", "unknown request_id"),

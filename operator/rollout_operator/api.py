@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "ANNOTATION_ACTION",
+    "ANNOTATION_COMMIT",
     "ANNOTATION_TRAIN",
     "API_VERSION",
     "CONDITION_PATTERN",
@@ -46,10 +47,13 @@ __all__ = [
     "WITHOUT_PROMOTION_RULES",
     "AnalysisSpec",
     "ApprovalStep",
+    "CodeLineage",
     "Condition",
+    "DatasetLineage",
     "DecisionLogSpec",
     "Duration",
     "EnvVar",
+    "EnvironmentLineage",
     "EstimateStatus",
     "FallbackSpec",
     "GatewayAPISpec",
@@ -63,11 +67,14 @@ __all__ = [
     "JudgeMetric",
     "JudgeSpec",
     "JudgeStatus",
+    "Lineage",
+    "LineagePart",
     "Model",
     "NotificationEvent",
     "NotificationFormat",
     "NotificationSpec",
     "OPEEstimator",
+    "OPEReportLineage",
     "ObjectMeta",
     "OfflineEvaluationSpec",
     "OfflineEvaluationStatus",
@@ -117,6 +124,9 @@ ANNOTATION_ACTION = f"{GROUP}/action"
 # `kubectl policyrollout train` sets this to a unique id; the training controller starts one
 # Job per new id (and remembers it), the same once-per-id contract as ANNOTATION_ACTION.
 ANNOTATION_TRAIN = f"{GROUP}/train"
+# The source commit of the training code (a GitOps tool can stamp it): the training Job passes it on as
+# POLICY_ROLLOUTS_COMMIT, which `policy-server train` records in the artifact's lineage.
+ANNOTATION_COMMIT = f"{GROUP}/commit"
 # How many promoted policies status.revisions keeps (what `kubectl policyrollout undo` can go back to).
 REVISION_LIMIT = 10
 
@@ -226,6 +236,66 @@ class EnvVar(Model):
     value: str = ""
 
 
+class DatasetLineage(Model):
+    """What the policy learned from: the data's URI, partitions or decision time range, a content hash, rows."""
+
+    uri: str = Field(min_length=1)
+    partitions: list[str] | None = Field(default=None, max_length=1000)
+    from_: str | None = Field(default=None, alias="from", description="Earliest decision time (ISO 8601).")
+    to: str | None = Field(default=None, description="Latest decision time (ISO 8601).")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    hash_of: str | None = Field(default=None, description="What sha256 covers.")
+    rows: int | None = Field(default=None, ge=0)
+
+
+class CodeLineage(Model):
+    """The training code: the image it ran (a ref or a digest) and the source commit."""
+
+    image: str | None = None
+    commit: str | None = None
+
+
+class EnvironmentLineage(Model):
+    """The simulator or environment (id and version) and the library versions it was trained with."""
+
+    simulator: str | None = None
+    simulator_version: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    policy_server: str | None = None
+
+
+class OPEReportLineage(Model):
+    """The offline evaluation the artifact passed: where the report is and its headline."""
+
+    uri: str | None = None
+    estimator: str | None = None
+    estimate: float | None = None
+    lower_bound: float | None = None
+    baseline_value: float | None = None
+    verdict: str | None = None
+
+
+class Lineage(Model):
+    """Where a policy artifact came from: the `lineage` block of its manifest (docs/offline-gate-and-training.md)."""
+
+    dataset: DatasetLineage | None = None
+    code: CodeLineage | None = None
+    hyperparameters: dict[str, Any] | None = Field(default=None, description="The training arguments.")
+    environment: EnvironmentLineage | None = None
+    ope_report: OPEReportLineage | None = None
+
+
+class LineagePart(enum.StrEnum):
+    """A part of a lineage a rollout can require (`spec.requireLineage`)."""
+
+    DATASET = "dataset"
+    CODE = "code"
+    HYPERPARAMETERS = "hyperparameters"
+    ENVIRONMENT = "environment"
+    OPE_REPORT = "opeReport"
+
+
 class PolicySpec(Model):
     """A servable policy: the policy-server image and the artifact it loads."""
 
@@ -245,6 +315,11 @@ class PolicySpec(Model):
         default=None, description="Container resources (requests/limits), as in a Pod spec."
     )
     env: list[EnvVar] = Field(default_factory=list)
+    lineage: Lineage | None = Field(
+        default=None,
+        description="Where a hand-provided artifact came from (a trained version's lineage comes from its training "
+        "Job): kept in status.revisions, checked against spec.requireLineage.",
+    )
 
 
 class FallbackSpec(PolicySpec):
@@ -991,6 +1066,11 @@ class PolicyRolloutSpec(Model):
         description="How the offline-evaluation and training Jobs join rewards to decisions (reward window, "
         "reward function, default reward). Unset: no window, the first reward, unrewarded decisions left out.",
     )
+    require_lineage: list[Annotated[LineagePart, _LAX]] = Field(
+        default_factory=list, max_length=5,
+        description="Lineage parts a candidate must have (dataset, code, hyperparameters, environment, opeReport); "
+        "one without them fails before any traffic.",
+    )
     reward_key_secret: RewardKeySecretRef | None = Field(
         default=None,
         description="The Secret holding the key that signs request ids (POLICY_SERVER_REWARD_KEY, docs/security.md). "
@@ -1126,11 +1206,15 @@ class HistoryEntry(StatusModel):
 
 
 class Revision(StatusModel):
-    """A policy that was promoted: what `undo` can roll out again."""
+    """A policy that was promoted: what `undo` can roll out again, where it came from and the gate it passed."""
 
     version: str
     policy: PolicySpec
     promoted_at: str
+    lineage: Lineage | None = Field(default=None, description="The artifact's lineage (spec or training Job).")
+    offline_evaluation: OfflineEvaluationStatus | None = Field(
+        default=None, description="The offline gate's result for this version, if it ran."
+    )
 
 
 class EstimateStatus(StatusModel):
@@ -1191,6 +1275,7 @@ class TrainingJobStatus(StatusModel):
     baseline_value: float | None = None
     verdict: str | None = None
     message: str | None = None
+    lineage: Lineage | None = Field(default=None, description="The trained artifact's lineage, as the Job reported.")
 
 
 class PolicyRolloutStatus(StatusModel):

@@ -334,8 +334,10 @@ class Controller:
         self.client.patch_status(api.API_VERSION, api.KIND, rollout.metadata.name, rollout.metadata.namespace, patch)
 
     def write_policy(self, rollout: api.PolicyRollout, policy: api.PolicySpec) -> None:
+        # A merge patch keeps keys it does not mention: clear a lineage the previous version's spec had.
+        desired = {"lineage": None, **policy.wire()}
         self.client.patch(api.API_VERSION, api.KIND, rollout.metadata.name, rollout.metadata.namespace,
-                          {"spec": {"policy": policy.wire()}})
+                          {"spec": {"policy": desired}})
 
     def record_event(self, rollout: api.PolicyRollout, event: types.Event) -> None:
         involved = {

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from policy_server.decision_log._trajectory import trajectory_columns
 from policy_server.decision_log.schema import DECISION_SCHEMA, FLOAT_LIST, SCHEMA_VERSION, DecisionBatch
@@ -66,7 +67,7 @@ class BatchSlice:
 
 # Fields with one entry per row; the optional ones may be None for the whole batch.
 _ROW_FIELDS = ("request_ids", "observations", "actions", "propensities", "shield_reasons", "latency_ms")
-_OPTIONAL_ROW_FIELDS = ("probabilities", "context_json", "assignment_probability")
+_OPTIONAL_ROW_FIELDS = ("probabilities", "context_json", "assignment_probability", "predicted_value")
 _NUMERIC_KINDS = frozenset("iuf")  # numpy dtype kinds: signed, unsigned, float (not bool, not object)
 _MAX_OFFSET = int(np.iinfo(np.int32).max)
 _REASONS_LIST = pa.list_(pa.string())
@@ -158,6 +159,13 @@ def _float_column(values: list[Any], rows: list[int], name: str, *, optional: bo
     if flat.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional arrays (B,), one value per row")
     return pa.array(_as_float64(flat, name), mask=mask)
+
+
+def _nan_as_null(column: pa.Array) -> pa.Array:
+    """A non-finite prediction is no prediction: null, so readers' means skip it."""
+    if column.null_count == len(column):
+        return column
+    return pc.if_else(pc.is_finite(column), column, pa.scalar(None, pa.float64()))
 
 
 def _list_column(
@@ -330,6 +338,9 @@ def slices_to_table(parts: list[BatchSlice], schema: pa.Schema) -> pa.Table:
             field("assignment_probability"), rows, "assignment_probability", optional=True
         ),
         "served_by": _strings_per_batch(per_batch("served_by"), batch_of_row, "served_by", nullable=True),
+        "predicted_value": _nan_as_null(
+            _float_column(field("predicted_value"), rows, "predicted_value", optional=True)
+        ),
     }
     columns["episode_id"], columns["step"], columns["terminal"] = trajectory_columns(columns["context_json"])
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

@@ -30,7 +30,8 @@ SCHEMA_VERSION = 2
 """Bump on any change of the columns below (see docs/decision-log.md). 2: rewards carry their decision's
 attribution (``variant``, ``policy_version``, ``decision_time``), who accepted them (``received_by``) and the
 client's ``event_id``; decisions carry their trajectory keys (``episode_id``, ``step``, ``terminal``, from the
-request's context) and rewards may mark an episode's end (``terminal``): null for bandit decisions."""
+request's context) and rewards may mark an episode's end (``terminal``): null for bandit decisions; a decision of a
+value-predicting policy (``output: q_values``) carries its ``predicted_value`` (null otherwise)."""
 
 SCHEMA_VERSION_KEY = "policy_rollouts.schema_version"
 STREAM_KEY = "policy_rollouts.stream"
@@ -61,6 +62,9 @@ DECISION_SCHEMA = pa.schema(
         pa.field("episode_id", pa.string()),
         pa.field("step", pa.int64()),
         pa.field("terminal", pa.bool_()),
+        # v2: the policy's predicted value (Q) of the served action, for critic-error monitoring; null when the
+        # policy predicts none (output logits/mean) or the prediction was not finite
+        pa.field("predicted_value", pa.float64()),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: DECISIONS_DIR},
 )
@@ -110,3 +114,4 @@ class DecisionBatch:
     context_json: list[str | None] | None = None  # None: null for all rows
     assignment_probability: np.ndarray | None = None  # float64 (B,) or None -> null
     served_by: str | None = None  # one value for the batch, or null
+    predicted_value: np.ndarray | None = None  # float64 (B,) (NaN -> null) or None -> null

@@ -156,6 +156,7 @@ class WriteAheadLog:
                 "sr": batch.shield_reasons,
                 "lat": dense(batch.latency_ms),
                 "ctx": batch.context_json,
+                "pval": None if batch.predicted_value is None else dense(batch.predicted_value),
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -304,6 +305,7 @@ def _batch(payload: bytes, skip: int) -> DecisionBatch:
         shield_reasons=d["sr"][cut],
         latency_ms=np.asarray(d["lat"], np.float64)[cut],
         context_json=None if d["ctx"] is None else d["ctx"][cut],
+        predicted_value=None if d.get("pval") is None else np.asarray(d["pval"], np.float64)[cut],  # NaN: null
     )
 
 

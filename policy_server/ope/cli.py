@@ -38,7 +38,13 @@ __all__ = ["add_parser", "main", "run"]
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("ope", help="off-policy evaluation of a candidate artifact on the decision log")
     p.add_argument("--logs", required=True, help="decision log URL (directory with decisions/ and rewards/)")
-    p.add_argument("--policy", required=True, help="candidate artifact directory or fsspec URL")
+    p.add_argument("--policy", help="candidate artifact directory or fsspec URL (required unless --critic-calibration)")
+    p.add_argument(
+        "--critic-calibration",
+        action="store_true",
+        help="compare the logged predicted values (q_values artifacts) with the realised returns, discounted by "
+        "--gamma (default 0: the decision's own reward); needs no --policy",
+    )
     p.add_argument("--baseline", default="logged", help="baseline artifact, or 'logged' for the logged rewards")
     p.add_argument("--estimators", default=None,
                    help=f"comma-separated, from {','.join(evaluate.ESTIMATORS)} (default snips,dr); "
@@ -144,7 +150,26 @@ def run_trajectories(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_critic_calibration(args: argparse.Namespace) -> dict[str, Any]:
+    """`--critic-calibration`: the served critic's predictions against the returns that followed (ope/critic.py)."""
+    from policy_server.join import trajectories
+    from policy_server.ope import critic
+
+    try:
+        options = join_cli.trajectory_options(args, args.reward_window)
+        table, terminal_ids = trajectories.load_tables(args.logs, options)
+    except join_window.JoinError as exc:
+        raise OPEError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise OPEError(f"cannot read the decision log at {args.logs!r}: {exc}") from None
+    return critic.critic_calibration(table, terminal_ids, 0.0 if args.gamma is None else args.gamma)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.critic_calibration:
+        return run_critic_calibration(args)
+    if args.policy is None:
+        raise OPEError("give the candidate artifact with --policy (or --critic-calibration, which needs none)")
     if args.min_lower_bound_ratio is not None and args.min_lower_bound_delta is not None:
         raise OPEError("give at most one of --min-lower-bound-ratio and --min-lower-bound-delta")
     if args.trajectories:
@@ -176,6 +201,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_human(result: dict[str, Any]) -> None:
+    if result.get("kind") == "critic-calibration":
+        print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+        return
     print(f"verdict: {result['verdict'].upper()} ({result['reason']})")
     what = "trajectories" if result.get("mode") == "trajectories" else "decisions"
     print(f"n={result['n']} {what} ESS={result['ess']:.1f} unsupported mass={result['unsupportedMass']}")

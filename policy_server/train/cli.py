@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from policy_server.ope import cli as ope_cli
     from policy_server.ope import evaluate, logged
-    from policy_server.train import trainer
+    from policy_server.train import lineage, trainer
 
     torch.set_num_threads(max(1, args.threads))
     if args.algorithm == "constrained-cql":
@@ -139,9 +139,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    bound=args.bound, seed=args.seed)
         report["candidate"] = args.version
         (local / "ope.json").write_text(json.dumps(report, indent=2) + "\n")
+        dr = next(e for e in report["estimates"] if e["estimator"] == "dr")
+        record = lineage.build(args, lineage.dataset_of_log(args.logs, int(data.actions.shape[0])), _ope_lineage(
+            args.out, dr, report))
+        lineage.write_into(local, record)
         if remote:
             _upload(local, args.out)
-    dr = next(e for e in report["estimates"] if e["estimator"] == "dr")
     return {
         "v": RESULT_VERSION,
         "kind": "train",
@@ -153,7 +156,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n": int(data.actions.shape[0]),
         "ope": {"estimator": "dr", "estimate": dr["value"], "lowerBound": dr["lowerBound"],
                 "baselineValue": report["loggedValue"], "verdict": report["verdict"], "ess": report["ess"]},
+        "lineage": record.wire(),
     }
+
+
+def _ope_lineage(out: str, dr: dict[str, Any], report: dict[str, Any]) -> artifact_types.OPEReportLineage:
+    """The trainer's own OPE report (`ope.json` next to the manifest) as lineage."""
+    from policy_server import artifact
+
+    return artifact.OPEReportLineage(uri=f"{out.rstrip('/')}/ope.json", estimator="dr", estimate=dr["value"],
+                                     lower_bound=dr["lowerBound"], baseline_value=report["loggedValue"],
+                                     verdict=report["verdict"])
+
+
+def _fits(result: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The result within a termination message: without its hyperparameters, then its lineage, if too long
+    (the artifact's manifest keeps the whole lineage either way)."""
+    for drop in ((), ("hyperparameters",)):
+        slim = dict(result)
+        if "lineage" in result:
+            slim["lineage"] = {k: v for k, v in result["lineage"].items() if k not in drop}
+        if len(json.dumps(slim, separators=(",", ":")).encode()) <= limit:
+            return slim
+    return {k: v for k, v in result.items() if k != "lineage"}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -168,7 +193,7 @@ def main(args: argparse.Namespace) -> int:
             evaluate.write_result(args.write_result, {"v": RESULT_VERSION, "kind": "train", "error": str(exc)[:3500]})
         return 2
     if args.write_result:
-        evaluate.write_result(args.write_result, result)
+        evaluate.write_result(args.write_result, _fits(result, evaluate.RESULT_LIMIT))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, exploration: artifact.Exploration,
     import numpy as np
 
     from policy_server.ope import cli as ope_cli
-    from policy_server.train import constrained, episodes, trainer
+    from policy_server.train import constrained, episodes, lineage, trainer
 
     options = ope_cli.dataset_options(args) if args.logs else None
     data = episodes.load(args.logs, args.trajectory_arrays, options)
@@ -56,6 +56,15 @@ def run(args: argparse.Namespace, exploration: artifact.Exploration,
     mask = np.asarray(data.mask, dtype=bool)
     observations = np.asarray(data.observations, dtype=np.float32)[mask]
     n_actions = episodes.n_actions_of(data)
+    rewards = np.where(mask, np.nan_to_num(np.asarray(data.rewards, dtype=np.float64)), 0.0)
+    behaviour = float((rewards @ cfg.gamma ** np.arange(mask.shape[1])).mean())
+    wpdis = result.held_out.get("ope/held_out_reward_wpdis")
+    ope = artifact.OPEReportLineage(uri=f"{args.out.rstrip('/')}/training.json", estimator="wpdis", estimate=wpdis,
+                                    baseline_value=behaviour) if wpdis is not None else None
+    rows = int(mask.sum())
+    dataset = (lineage.dataset_of_log(args.logs, rows) if args.logs
+               else lineage.dataset_of_arrays(args.trajectory_arrays, rows))
+    record = lineage.build(args, dataset, ope)
     if int(os.environ.get("RANK", "0")) == 0:
         model = trainer.TrainedModel(result.module, "q_values", "constrained-cql", result.steps, result.seconds)
         remote = "://" in args.out and not args.out.startswith("file://")
@@ -67,16 +76,15 @@ def run(args: argparse.Namespace, exploration: artifact.Exploration,
                       "criticEstimates": result.estimates, "lambdas": result.lambdas,
                       "budgets": dict(zip(cfg.costs, cfg.budgets, strict=True))}
             (local / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+            lineage.write_into(local, record)
             if remote:
                 upload(local, args.out)
-    rewards = np.where(mask, np.nan_to_num(np.asarray(data.rewards, dtype=np.float64)), 0.0)
-    behaviour = float((rewards @ cfg.gamma ** np.arange(mask.shape[1])).mean())
     out: dict[str, Any] = {
         "v": RESULT_VERSION, "kind": "train", "artifact": args.out, "version": args.version,
         "algorithm": "constrained-cql", "steps": result.steps, "resumedFrom": result.resumed_from,
         "workers": result.world_size, "seconds": round(result.seconds, 3), "episodes": int(mask.shape[0]),
         "n": int(mask.sum()), "lambdas": result.lambdas, "costs": {c: result.estimates[f"cost/{c}"] for c in cfg.costs},
-        "budgets": dict(zip(cfg.costs, cfg.budgets, strict=True)),
+        "budgets": dict(zip(cfg.costs, cfg.budgets, strict=True)), "lineage": record.wire(),
     }
     if "ope/held_out_reward_wpdis" in result.held_out:
         out["ope"] = {"estimator": "wpdis", "estimate": result.held_out["ope/held_out_reward_wpdis"],

@@ -304,6 +304,9 @@ def _too_many_guardrails(manifest: dict[str, Any]) -> None:
 # (case id, mutation of pricing-canary.yaml, field path both validators must name)
 # pricing-canary steps: 0 shadow, 1 setWeight 5, 2 pause 30m, 3 setWeight 25, 4 approval, 5 setWeight 100.
 INVALID = [
+    ("require-lineage-unknown-part", _set("spec.requireLineage", ["datset"]), "spec.requireLineage[0]"),
+    ("lineage-dataset-without-uri", _set("spec.policy.lineage", {"dataset": {"rows": 3}}),
+     "spec.policy.lineage.dataset"),
     ("decision-log-url-with-spaces", _set("spec.decisionLog", {"url": "s3://logs/my rollout"}), "spec.decisionLog.url"),
     ("decision-log-without-url", _set("spec.decisionLog", {}), "spec.decisionLog.url"),
     ("two-actions-in-a-step", _set("spec.steps.1", {"setWeight": 5, "pause": {"duration": "1m"}}), "spec.steps[1]"),

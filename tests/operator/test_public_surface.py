@@ -19,6 +19,13 @@ import pytest
 EXPECTED: dict[str, set[str]] = {
     "rollout_operator.api": {
         "ANNOTATION_ACTION",
+        "ANNOTATION_COMMIT",
+        "CodeLineage",
+        "DatasetLineage",
+        "EnvironmentLineage",
+        "Lineage",
+        "LineagePart",
+        "OPEReportLineage",
         "ANNOTATION_TRAIN",
         "API_VERSION",
         "CONDITION_PATTERN",

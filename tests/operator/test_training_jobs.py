@@ -201,6 +201,10 @@ def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
                  what="the recorded training result", on_timeout=operator.log_tail)
     assert entry["version"] == trained["version"] and entry["artifact"] == trained["artifact"]
     assert entry["estimate"] > entry["baselineValue"], "the trained policy beats the behaviour policy offline"
+    # Lineage: what the trainer wrote into the manifest, with the image the Job ran, recorded as reported.
+    manifest_lineage = json.loads(Path(trained["artifact"], "manifest.json").read_text())["lineage"]
+    assert entry["lineage"] == trained["lineage"] == manifest_lineage
+    assert entry["lineage"]["code"]["image"] == c["image"] and entry["lineage"]["dataset"]["uri"] == log.url
     # autoRollout: the trained version is the next candidate, served from the produced artifact.
     poll(lambda: status().get("candidateVersion") == trained["version"], 30, what="the auto rollout",
          on_timeout=operator.log_tail)
@@ -212,6 +216,10 @@ def test_on_demand_gpu_training_once_per_id_across_restarts_then_rolled_out(
         30, what="a Deployment serving the trained artifact")
     assert deployments
     assert Path(trained["artifact"], "manifest.json").exists()
+    # Promoted, the trained version's revision keeps that lineage (kubectl policyrollout lineage prints it).
+    revision = poll(lambda: next((r for r in status().get("revisions", []) if r["version"] == trained["version"]),
+                                 None), 60, what="the trained version's revision", on_timeout=operator.log_tail)
+    assert revision["lineage"] == manifest_lineage and "lineage" not in spec["policy"]
 
     annotate("nightly-1")  # the same id again: nothing new
     annotate("nightly-2")

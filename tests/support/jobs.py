@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,25 @@ def run_job(job: dict[str, Any], replace: dict[str, str] | None = None) -> tuple
         args[position] = str(result)
         for flag, value in (replace or {}).items():
             args[args.index(flag) + 1] = value
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _lineage_env(c):
             code = policy_cli.main(args)
         return code, result.read_text() if result.exists() else ""
+
+
+@contextlib.contextmanager
+def _lineage_env(c: dict[str, Any]) -> Iterator[None]:
+    """The Job's POLICY_ROLLOUTS_* variables (what the trainer records as lineage), set while it runs here."""
+    wanted = {e["name"]: e.get("value", "") for e in c.get("env") or [] if e["name"].startswith("POLICY_ROLLOUTS_")}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def finish_job(cluster: ClusterAPI, job: dict[str, Any], exit_code: int, message: str, timeout: float = 60.0) -> None:

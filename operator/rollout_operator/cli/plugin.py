@@ -24,7 +24,8 @@ from rollout_operator.cli.session import JSON, PluginError, Session, new_id
 
 __all__ = ["main"]
 
-VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "train", "report")
+VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "lineage", "train",
+         "report")
 _ACTION_VERBS = ("promote", "approve", "abort", "retry")
 
 
@@ -132,6 +133,17 @@ def _cmd_history(session: Session, args: argparse.Namespace) -> int:
     from rollout_operator.cli import live
 
     _console(args).print(live.history_table(session.get(args.name), _now()))
+    return 0
+
+
+def _cmd_lineage(session: Session, args: argparse.Namespace) -> int:
+    from rollout_operator.cli import lineage
+
+    output = lineage.render(session.get(args.name), args.revision, args.json)
+    if isinstance(output, str):
+        print(output)
+    else:
+        _console(args).print(output)
     return 0
 
 
@@ -315,6 +327,10 @@ def _parser() -> argparse.ArgumentParser:
     p = add("undo", "roll out the previous policy version again (a new, fully guarded rollout)", _cmd_undo)
     p.add_argument("--to-version", help="a specific earlier version (default: the one before the stable)")
     add("history", "status transitions and promoted revisions", _cmd_history)
+    p = add("lineage", "dataset, code, hyperparameters, environment and OPE report of each promoted revision",
+            _cmd_lineage)
+    p.add_argument("--revision", type=int, help="one revision (1 = the oldest kept), printed as YAML")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table or YAML")
     add("train", "ask the operator to start a training Job for this rollout", _cmd_train)
     p = add("report", "write timeline.png and a self-contained report.html", _cmd_report)
     p.add_argument("--out", required=True, help="directory to write into (created if missing)")

@@ -11,7 +11,7 @@ import dataclasses
 from datetime import datetime
 
 from rollout_operator import api
-from rollout_operator.engine import analysis, steps, timeutil
+from rollout_operator.engine import analysis, lineage, steps, timeutil
 from rollout_operator.engine.types import Event, EventType, Observations, Weights
 
 __all__ = [
@@ -155,7 +155,7 @@ def start_promotion(ctx: Context, reason: str, message: str) -> None:
     ctx.status.stable_policy = api.PolicySpec.model_validate(ctx.spec.policy.model_dump())
     ctx.status.stable_version = ctx.version
     ctx.status.revisions.append(
-        api.Revision(version=ctx.version, policy=ctx.status.stable_policy, promoted_at=timeutil.to_iso(ctx.now))
+        lineage.revision(ctx.spec, ctx.status, ctx.status.stable_policy, timeutil.to_iso(ctx.now))
     )
     del ctx.status.revisions[: -api.REVISION_LIMIT]
     transition(

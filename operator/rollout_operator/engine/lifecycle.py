@@ -7,7 +7,7 @@ Argo's canary.go reconcilers return early; `core.decide` runs them in a fixed or
 from __future__ import annotations
 
 from rollout_operator import api
-from rollout_operator.engine import context, offline, steps, timeutil
+from rollout_operator.engine import context, lineage, offline, steps, timeutil
 from rollout_operator.engine.context import Context
 
 __all__ = [
@@ -68,6 +68,11 @@ def reconcile_pending(ctx: Context) -> bool:
     status = ctx.status
     if status.phase is not api.Phase.PENDING:
         return False
+    refusal = lineage.refusal(ctx.spec, status)
+    if refusal is not None:
+        context.transition(ctx, api.Phase.FAILED, "LineageMissing", f"{refusal}; the candidate got no traffic",
+                           warning=True)
+        return True
     if ctx.observations.candidate_ready:
         if offline.wanted(ctx):
             offline.start(ctx)

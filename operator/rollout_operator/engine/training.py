@@ -17,6 +17,7 @@ import math
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from croniter import croniter
 
 from rollout_operator import api
@@ -107,10 +108,21 @@ def _update(ctx: Context, entry: api.TrainingJobStatus, observed: JobObservation
     entry.estimate = _number(ope.get("estimate"))
     entry.baseline_value = _number(ope.get("baselineValue"))
     entry.verdict = verdict if isinstance(verdict, str) else None
-    entry.message = f"trained {version} at {artifact}"
+    entry.lineage, problem = _lineage(result.get("lineage"))
+    entry.message = f"trained {version} at {artifact}" + (f" ({problem})" if problem else "")
     if entry.estimate is not None and entry.baseline_value is not None:
         entry.message += f" (OPE estimate {entry.estimate:.4g} vs behaviour {entry.baseline_value:.4g})"
     _event(ctx, EventType.NORMAL, "TrainingSucceeded", f"training Job {entry.job_id}: {entry.message}")
+
+
+def _lineage(reported: object) -> tuple[api.Lineage | None, str | None]:
+    """The lineage the Job reported, or None and why not (a trainer without lineage, or a newer schema)."""
+    if reported is None:  # a custom command, or a trainer older than lineage
+        return None, None
+    try:
+        return api.Lineage.model_validate(reported, strict=False), None
+    except pydantic.ValidationError as exc:
+        return None, f"its lineage is unreadable here ({exc.error_count()} problems): see the artifact's manifest"
 
 
 def _next_policy(spec: api.PolicyRolloutSpec, entry: api.TrainingJobStatus) -> api.PolicySpec | None:
@@ -120,7 +132,8 @@ def _next_policy(spec: api.PolicyRolloutSpec, entry: api.TrainingJobStatus) -> a
         return None
     if entry.version == spec.policy.version:
         return None
-    return spec.policy.model_copy(update={"artifact": entry.artifact, "version": entry.version})
+    # lineage=None: the trained version's lineage is its Job's (status.trainingJobs), not the previous version's
+    return spec.policy.model_copy(update={"artifact": entry.artifact, "version": entry.version, "lineage": None})
 
 
 def reconcile(ctx: Context) -> api.PolicySpec | None:

@@ -77,8 +77,17 @@ def _js_divergence() -> str:
     return f"0.5 * sum(({p} > 0) * log2(({p} > 0) / {m})) + 0.5 * sum(({q} > 0) * log2(({q} > 0) / {m}))"
 
 
+def _value_mean(what: str, shifted: bool = False) -> str:
+    """Mean of `policy_value_<what>` per rewarded prediction of `params.variant` over the window
+    (`shifted`: the window `params.offset` ago). A variant without rewarded predictions gives 0/0: no data."""
+    span = "[{{ params.window }}]" + (" offset {{ params.offset }}" if shifted else "")
+    sel = {part: _sel(f"policy_value_{what}_{part}", "{{ params.variant }}") for part in ("sum", "count")}
+    return f"(sum(increase({sel['sum']}{span})) / sum(increase({sel['count']}{span})))"
+
+
 INTERVAL = "<analysis interval>"
 WINDOW: dict[str, str | None] = {"window": INTERVAL}
+CRITIC: dict[str, str | None] = {"window": INTERVAL, "variant": "candidate"}
 
 TEMPLATES: dict[str, GuardrailTemplate] = {
     t.name: t
@@ -148,6 +157,30 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             f"max({_estimate('cost:{{ params.cost }}', 'upper')})",
             {"cost": None},
             "< 0.05",
+        ),
+        GuardrailTemplate(
+            "critic-error",
+            "Mean absolute error between the value the variant's policy predicted for its served actions (Q of the "
+            "action, output q_values) and the reward each decision then received, over the window (reward units).",
+            _value_mean("abs_error"),
+            CRITIC,
+            "< 0.5",
+        ),
+        GuardrailTemplate(
+            "critic-calibration",
+            "Variant's mean predicted value over its mean realised reward for the same decisions (1 = calibrated; "
+            "for rewards that stay positive, like reward-ratio).",
+            f"{_value_mean('predicted')} / {_value_mean('realized')}",
+            CRITIC,
+            "< 1.25",
+        ),
+        GuardrailTemplate(
+            "critic-error-trend",
+            "How much the variant's critic error (mean absolute error) grew: its value over the window minus its "
+            "value over the same window `offset` ago (no data until the variant has predictions that old).",
+            f"{_value_mean('abs_error')} - {_value_mean('abs_error', shifted=True)}",
+            {**CRITIC, "offset": "1h"},
+            "< 0.2",
         ),
         GuardrailTemplate(
             "error-rate",

@@ -35,6 +35,7 @@ __all__ = [
     "job_image",
     "job_name",
     "job_templates",
+    "lineage_env",
     "offline_evaluation_job",
     "rendezvous_service_name",
     "reward_args",
@@ -261,6 +262,7 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
         "POLICY_TRAIN_OUTPUT": output,
         "POLICY_TRAIN_VERSION": version,
         "POLICY_RESULT_PATH": RESULT_PATH,
+        **lineage_env(rollout, spec),
     }
     if spec.command:
         command, args = list(spec.command), list(spec.args)
@@ -279,6 +281,16 @@ def training_job(rollout: api.PolicyRollout, request: types.JobRequest) -> dict[
     if workers > 1:
         _make_indexed(job, workers, rendezvous_service_name(rollout))
     return job
+
+
+def lineage_env(rollout: api.PolicyRollout, spec: api.TrainingSpec) -> dict[str, str]:
+    """What `policy-server train` records as the code of its artifact's lineage: the image this Job runs and,
+    when the rollout's `policy.rollouts.io/commit` annotation names it, the commit (else the template's env may)."""
+    env = {"POLICY_ROLLOUTS_IMAGE": job_image(rollout, spec)}
+    commit = rollout.metadata.annotations.get(api.ANNOTATION_COMMIT)
+    if commit:
+        env["POLICY_ROLLOUTS_COMMIT"] = commit
+    return env
 
 
 def _constrained_args(spec: api.TrainingSpec, output: str) -> list[str]:

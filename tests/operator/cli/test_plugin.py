@@ -11,6 +11,7 @@ authorizer (ServiceAccounts with too few rights), a missing CRD from deleting ou
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -37,7 +38,8 @@ from tests.support.kube import policy_rollout_manifest
 
 pytestmark = pytest.mark.integration
 
-VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "train", "report")
+VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "lineage", "train",
+         "report")
 GUARDRAILS = {"guardrails": [{"name": "error-rate", "query": "max(errors)", "condition": "< 0.05"}]}
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition", f"{api.PLURAL}.{api.GROUP}")
 
@@ -244,6 +246,32 @@ def test_history_lists_transitions_and_revisions(kube_api: KubeAPI, rollout: Any
     paused = next(line for line in out.splitlines() if "StepCompleted" in line)
     assert "Paused" in paused and "30%" in paused and " 2 " in paused
     assert "s3://p/v1.pt2" in out
+
+
+LINEAGE = {"dataset": {"uri": "s3://logs/pricing", "from": "2026-01-01T00:00:00Z", "to": "2026-01-01T06:00:00Z",
+                       "sha256": "ab" * 32, "rows": 900},
+           "code": {"image": "server:1", "commit": "0123abcd"}, "hyperparameters": {"algorithm": "reward-model"},
+           "environment": {"torch": "2.13.0"}, "opeReport": {"uri": "s3://models/v2/ope.json", "verdict": "pass"}}
+
+
+def test_lineage_prints_each_revisions_provenance(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
+    gate = {"jobId": "ope-1", "candidateVersion": "v2", "phase": "Passed"}
+    kube_api.set_status("PolicyRollout", "default", "pricing", {"revisions": [
+        {"version": "v1", "policy": {"image": "i", "artifact": "s3://p/v1", "version": "v1"},
+         "promotedAt": "2025-12-01T00:00:00Z"},
+        {"version": "v2", "policy": {"image": "i", "artifact": "s3://p/v2", "version": "v2"},
+         "promotedAt": "2025-12-02T00:00:00Z", "lineage": LINEAGE, "offlineEvaluation": gate}]})
+    code, out, _ = run(kube_api, capsys, "lineage", "pricing")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "s3://logs/pricing" in line)
+    assert "v2" in row and "900" in row and "0123abcd" in row and "Passed" in row
+    code, out, _ = run(kube_api, capsys, "lineage", "pricing", "--revision", "2")
+    assert code == 0 and yaml.safe_load(out)["lineage"] == LINEAGE  # the server kept every field
+    code, out, _ = run(kube_api, capsys, "lineage", "pricing", "--revision", "2", "--json")
+    assert code == 0 and json.loads(out)["offlineEvaluation"]["phase"] == "Passed"
+    code, _, err = run(kube_api, capsys, "lineage", "pricing", "--revision", "3")
+    assert code == 1 and err.count("\n") == 1
+    assert "revision 3 is not recorded for pricing (it keeps revisions 1-2)" in err
 
 
 # --------------------------------------------------------------------------- actions

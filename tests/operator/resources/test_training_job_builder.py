@@ -64,6 +64,17 @@ def test_one_worker_trains_within_the_budgets_and_resumes_from_its_checkpoints()
     assert job_resources.companions(_rollout(**CONSTRAINED), REQUEST) == []
 
 
+def test_the_job_tells_the_trainer_its_image_and_the_commit_for_the_artifacts_lineage() -> None:
+    rollout = _rollout(**CONSTRAINED, image="registry.local/trainer@sha256:" + "cd" * 32)
+    env = {e["name"]: e["value"] for e in _container(job_resources.build(rollout, REQUEST))["env"]}
+    assert env["POLICY_ROLLOUTS_IMAGE"] == "registry.local/trainer@sha256:" + "cd" * 32
+    assert "POLICY_ROLLOUTS_COMMIT" not in env  # unknown: none is made up
+    rollout.metadata.annotations[api.ANNOTATION_COMMIT] = "0123abcd"
+    env = {e["name"]: e["value"] for e in _container(job_resources.build(rollout, REQUEST))["env"]}
+    assert env["POLICY_ROLLOUTS_COMMIT"] == "0123abcd"
+    assert env["POLICY_ROLLOUTS_IMAGE"] == job_resources.job_image(rollout, rollout.spec.training)  # type: ignore[arg-type]
+
+
 def test_workers_make_an_indexed_job_of_torchrun_nodes_with_gpus_per_pod() -> None:
     rollout = _rollout(**CONSTRAINED, workers=3, gpus=2)
     job = job_resources.build(rollout, REQUEST)
