@@ -134,26 +134,4 @@ class EpisodeGenerator(loadgen.TrafficGenerator):
 
     async def _reward(self, session: Any, variant: str, request_id: str, reward: float, info: dict[str, Any]) -> None:
         costs = dict(info.get("costs") or {})
-        ok, retried = False, 0
-        try:
-            await asyncio.sleep(float(info.get("delay_s", 0.0)))
-            payload = {"request_id": request_id, "reward": reward, "costs": costs}
-            ok, retried = await self._post_reward(session, payload)  # retried on 5xx, as loadgen's customers
-        finally:  # a reward still waiting when the traffic stops was never delivered: refused, so counted lost
-            with self._lock:
-                ledger = self.rewards[variant]
-                ledger.posted += 1
-                ledger.retried += retried
-                if ok:
-                    ledger.accepted += 1
-                    ledger.accepted_ids.append(request_id)
-                else:
-                    ledger.refused += 1
-        with self._lock:
-            bucket = self._bucket(variant, time.time())
-            if ok:
-                bucket.rewards += 1
-                bucket.reward_sum += reward
-                bucket.violations += int(costs.get(self.cost, 0.0) > 0)
-            else:
-                bucket.errors += 1
+        await self._deliver_reward(session, variant, request_id, reward, costs, float(info.get("delay_s", 0.0)))

@@ -177,6 +177,35 @@ class TrafficGenerator:
                 await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
         return False, RETRIES - 1
 
+    async def _deliver_reward(self, session: Any, variant: str, request_id: str, reward: float,
+                              costs: dict[str, float], delay_s: float) -> None:
+        """Post one decision's feedback after `delay_s` and account for it in the ledger and the series.
+
+        A reward still waiting when the traffic stops was never delivered: refused, so counted lost."""
+        ok, retried = False, 0
+        try:
+            await asyncio.sleep(delay_s)
+            payload = {"request_id": request_id, "reward": reward, "costs": costs}
+            ok, retried = await self._post_reward(session, payload)
+        finally:
+            with self._lock:
+                ledger = self.rewards[variant]
+                ledger.posted += 1
+                ledger.retried += retried
+                if ok:
+                    ledger.accepted += 1
+                    ledger.accepted_ids.append(request_id)
+                else:
+                    ledger.refused += 1
+        with self._lock:
+            bucket = self._bucket(variant, time.time())
+            if ok:
+                bucket.rewards += 1
+                bucket.reward_sum += reward
+                bucket.violations += int(costs.get(self.cost, 0.0) > 0)
+            else:
+                bucket.errors += 1
+
     async def _one(self, session: Any, semaphore: asyncio.Semaphore) -> None:
         obs = self.env.next_customer()
         try:
@@ -201,28 +230,4 @@ class TrafficGenerator:
         delay = outcome["delay_s"]
         if self.late_share > 0 and self._rng.random() < self.late_share:
             delay = self._rng.uniform(0.0, self.late_max_s)
-        ledger_ok, retried = False, 0
-        try:
-            await asyncio.sleep(delay)
-            payload = {"request_id": rid, "reward": outcome["reward"], "costs": outcome["costs"]}
-            ledger_ok, retried = await self._post_reward(session, payload)
-        finally:  # a reward still waiting when the traffic stops was never delivered: refused, so counted lost
-            with self._lock:
-                ledger = self.rewards[variant]
-                ledger.posted += 1
-                ledger.retried += retried
-                if ledger_ok:
-                    ledger.accepted += 1
-                    ledger.accepted_ids.append(rid)
-                else:
-                    ledger.refused += 1
-        ok = ledger_ok
-        now = time.time()
-        with self._lock:
-            bucket = self._bucket(variant, now)
-            if ok:
-                bucket.rewards += 1
-                bucket.reward_sum += outcome["reward"]
-                bucket.violations += int(outcome["costs"].get(self.cost, 0.0) > 0)
-            else:
-                bucket.errors += 1
+        await self._deliver_reward(session, variant, rid, outcome["reward"], outcome["costs"], delay)
