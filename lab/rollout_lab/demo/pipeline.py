@@ -19,9 +19,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +256,23 @@ def _scenario(live: view.LiveView, local: run.LocalPlatform, plan: Plan, fallbac
     return entry
 
 
+@contextlib.contextmanager
+def local_platform(workdir: Path, seed: int, live: view.LiveView, what: str) -> Iterator[run.LocalPlatform]:
+    """A started local platform (Prometheus; the rollouts add their processes) inside the live view, closed on
+    the way out whatever happens; a missing binary is one line (DemoError), not a traceback."""
+    local = run.LocalPlatform(workdir, scrape_interval="500ms", seed=seed, on_event=live.event)
+    try:
+        with live:
+            live.set_stage("0/4 starting", f"{what} in {workdir}")
+            try:
+                local.start()
+            except FileNotFoundError as exc:
+                raise DemoError(str(exc)) from None
+            yield local
+    finally:
+        local.close()
+
+
 def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView | None = None,
              max_feedback_delay: float | None = None) -> dict[str, Any]:
     settings = FAST if fast else FULL
@@ -264,35 +283,26 @@ def run_demo(out: Path, fast: bool = False, seed: int = 0, live: view.LiveView |
     workdir = out / "work"
     live = live or view.LiveView()
     began = time.time()
-    local = run.LocalPlatform(workdir, scrape_interval="500ms", seed=seed, on_event=live.event)
-    try:
-        with live:
-            live.set_stage("0/4 starting", f"Prometheus and the fallback policy in {workdir}")
-            try:
-                local.start()
-            except FileNotFoundError as exc:
-                raise DemoError(str(exc)) from None
-            fallback = artifacts.write_fallback(out / "artifacts" / "fallback", _env(seed + 100))
-            logs = out / "decision-log"
-            logging = _log_fallback(live, workdir, fallback, logs, settings, seed)
-            live.set_stage("2/4 training", f"two candidates on {logging['rewards']} logged decisions "
-                           f"({settings.train_steps} steps each, CPU)")
-            trained_at = time.time()
-            candidates = artifacts.train_candidates(str(logs), out / "artifacts", settings.train_steps, seed)
-            training = {"seconds": round(time.time() - trained_at, 1), "steps": settings.train_steps,
-                        "algorithm": "reward-model", "candidates": [
-                            {"name": c.name, "version": c.version, "artifact": str(c.artifact),
-                             "description": c.description} for c in candidates]}
-            # Every rollout at once, as an operator runs many: each has its own servers, router and traffic.
-            plans = _plans(candidates)
-            live.set_stage("3/4 rollouts", ", ".join(f"pricing-{p.name}" for p in plans))
-            with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
-                futures = [pool.submit(_scenario, live, local, p, fallback, logs, out, settings, seed + 1 + i)
-                           for i, p in enumerate(plans)]
-                scenarios = [f.result() for f in futures]
-            live.set_stage("4/4 report", str(out / "report.html"))
-    finally:
-        local.close()
+    with local_platform(workdir, seed, live, "Prometheus and the fallback policy") as local:
+        fallback = artifacts.write_fallback(out / "artifacts" / "fallback", _env(seed + 100))
+        logs = out / "decision-log"
+        logging = _log_fallback(live, workdir, fallback, logs, settings, seed)
+        live.set_stage("2/4 training", f"two candidates on {logging['rewards']} logged decisions "
+                       f"({settings.train_steps} steps each, CPU)")
+        trained_at = time.time()
+        candidates = artifacts.train_candidates(str(logs), out / "artifacts", settings.train_steps, seed)
+        training = {"seconds": round(time.time() - trained_at, 1), "steps": settings.train_steps,
+                    "algorithm": "reward-model", "candidates": [
+                        {"name": c.name, "version": c.version, "artifact": str(c.artifact),
+                         "description": c.description} for c in candidates]}
+        # Every rollout at once, as an operator runs many: each has its own servers, router and traffic.
+        plans = _plans(candidates)
+        live.set_stage("3/4 rollouts", ", ".join(f"pricing-{p.name}" for p in plans))
+        with concurrent.futures.ThreadPoolExecutor(len(plans)) as pool:
+            futures = [pool.submit(_scenario, live, local, p, fallback, logs, out, settings, seed + 1 + i)
+                       for i, p in enumerate(plans)]
+            scenarios = [f.result() for f in futures]
+        live.set_stage("4/4 report", str(out / "report.html"))
     result = {
         "fast": fast,
         "seed": seed,

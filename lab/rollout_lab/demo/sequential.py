@@ -325,35 +325,26 @@ def run_sequential(out: Path, fast: bool = False, seed: int = 0, live: view.Live
     workdir = out / "work"
     live = live or view.LiveView()
     began = time.time()
-    local = run.LocalPlatform(workdir, scrape_interval="500ms", seed=seed, on_event=live.event)
-    try:
-        with live:
-            live.set_stage("0/4 starting", f"Prometheus in {workdir}")
-            try:
-                local.start()
-            except FileNotFoundError as exc:
-                raise pipeline.DemoError(str(exc)) from None
-            fallback = write_fallback(out / "artifacts" / "fallback")
-            logs = out / "decision-log"
-            logging = log_episodes(live, workdir, fallback, logs, settings, seed)
-            live.set_stage("2/4 training", f"two constrained-cql candidates on {logging['episodes']} logged days")
-            trained_at = time.time()
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                futures = [pool.submit(train, logs, out / "artifacts", name, budget, settings, seed)
-                           for name, budget in (("unconstrained", None), ("constrained", settings.budget))]
-                candidates = [f.result() for f in futures]
-            training = {"seconds": round(time.time() - trained_at, 1), "steps": settings.train_steps,
-                        "algorithm": "constrained-cql", "candidates": candidates}
-            truth = {"fallback": simulated(fallback, settings.gamma),
-                     **{c["name"]: simulated(Path(c["artifact"]), settings.gamma) for c in candidates}}
-            live.set_stage("3/4 rollouts", "cooling-unconstrained, cooling-constrained")
-            with concurrent.futures.ThreadPoolExecutor(len(candidates)) as pool:
-                futures = [pool.submit(_rollout, live, local, f"cooling-{c['name']}", c, fallback, logs, out,
-                                       settings, seed + 1 + i) for i, c in enumerate(candidates)]
-                rollouts = [f.result() for f in futures]
-            live.set_stage("4/4 report", str(out / "report.json"))
-    finally:
-        local.close()
+    with pipeline.local_platform(workdir, seed, live, "Prometheus") as local:
+        fallback = write_fallback(out / "artifacts" / "fallback")
+        logs = out / "decision-log"
+        logging = log_episodes(live, workdir, fallback, logs, settings, seed)
+        live.set_stage("2/4 training", f"two constrained-cql candidates on {logging['episodes']} logged days")
+        trained_at = time.time()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(train, logs, out / "artifacts", name, budget, settings, seed)
+                       for name, budget in (("unconstrained", None), ("constrained", settings.budget))]
+            candidates = [f.result() for f in futures]
+        training = {"seconds": round(time.time() - trained_at, 1), "steps": settings.train_steps,
+                    "algorithm": "constrained-cql", "candidates": candidates}
+        truth = {"fallback": simulated(fallback, settings.gamma),
+                 **{c["name"]: simulated(Path(c["artifact"]), settings.gamma) for c in candidates}}
+        live.set_stage("3/4 rollouts", "cooling-unconstrained, cooling-constrained")
+        with concurrent.futures.ThreadPoolExecutor(len(candidates)) as pool:
+            futures = [pool.submit(_rollout, live, local, f"cooling-{c['name']}", c, fallback, logs, out,
+                                   settings, seed + 1 + i) for i, c in enumerate(candidates)]
+            rollouts = [f.result() for f in futures]
+        live.set_stage("4/4 report", str(out / "report.json"))
     result = {
         "scenario": "sequential", "fast": fast, "seed": seed, "wallSeconds": round(time.time() - began, 1),
         "environment": "policy_rollouts/Cooling-v0 (energy reward, overheat cost in degree-hours, delayed effects)",
