@@ -47,8 +47,11 @@ class Example:
 
 
 def promql(name: str, namespace: str, since: str) -> str:
-    sel = f'rollout="{name}",namespace="{namespace}"'
-    return f"sum by (variant, proposed) (increase(policy_envelope_proposals_total{{{sel}}}[{since}]))"
+    """Proposals per (variant, proposed) in the window, exactly: each series (one per pod) is a counter that
+    starts at 0 and never goes down (workers are merged, worker_metrics.py), so its growth in the window is
+    max - min; ``increase()`` would extrapolate to the window's edges and print 31.5 for 30."""
+    series = f'policy_envelope_proposals_total{{rollout="{name}",namespace="{namespace}"}}[{since}]'
+    return f"sum by (variant, proposed) (max_over_time({series}) - min_over_time({series}))"
 
 
 def query_counts(url: str, query: str) -> dict[tuple[str, str], float]:
