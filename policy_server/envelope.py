@@ -288,8 +288,8 @@ class Envelope:
             fits = ~(s[:, None] + self.weights[None, :] > self.budget.limit)  # NaN spend: no budget
             env = env & fits
         rows = np.arange(b)
-        inside = (p * env).sum(axis=1)
-        need = (inside < 1.0) & d.finite
+        outside = (p * ~env).sum(axis=1)  # exactly 0 where the envelope allows every action with mass
+        need = (outside > 0.0) & d.finite
         flagged = need & ~env[rows, d.actions]
         if not need.any():
             return None
@@ -309,7 +309,7 @@ class Envelope:
         else:
             fb_action = last
         q[np.arange(len(idx)), last] += np.clip(1.0 - q.sum(axis=1), 0.0, 1.0)
-        out = np.clip(1.0 - inside[idx], 0.0, 1.0)
+        out = np.clip(outside[idx], 0.0, 1.0)
         served_dist = p[idx] * e + out[:, None] * q
         proposed = np.full((b, 1), np.nan)
         labels: dict[str, int] = {}

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy_server import artifact, envelope, policy, shield
+from policy_server import artifact, envelope, metrics, policy, shield, worker_metrics
 from policy_server.decision_log import read_decisions
 from tests.support.envelope_policy import OBS, write_preferring
-from tests.support.policy_server import metric, running, start_cli
+from tests.support.policy_server import metric, parse_metrics, running, start_cli
 
 PREFERS_3 = [0.0, 0.5, 1.0, 4.0]  # greedy: action 3, outside the envelope {0, 1, 2}
 FALLBACK_PREFERS_1 = [0.0, 3.0, 0.0, 0.0]
@@ -148,3 +148,18 @@ def test_an_envelope_that_does_not_fit_the_policy_is_refused_at_start(tmp_path: 
     assert proc.returncode == 2
     lines = [line for line in err.splitlines() if line.startswith("policy-server:")]
     assert len(lines) == 1 and says in lines[0], err
+
+
+def test_proposals_add_up_across_workers() -> None:
+    """serve --workers N: /metrics answers the sum of every worker's proposals (worker_metrics.py)."""
+
+    def worker(counts: dict[str, int]) -> tuple[str, bool]:
+        m = metrics.ServerMetrics(variant="candidate", name="n", version="1", actions=["0", "1", "2", "3"], features=[])
+        m.init_envelope(["0", "1", "2", "3"])
+        m.record_proposals(counts)
+        return m.render().decode(), True
+
+    merged = parse_metrics(worker_metrics.merge([worker({"3": 4}), worker({"3": 2, "2": 1})]).decode())
+    assert metric(merged, "policy_envelope_proposals_total", variant="candidate", proposed="3") == 6
+    assert metric(merged, "policy_envelope_proposals_total", variant="candidate", proposed="2") == 1
+    assert metric(merged, "policy_envelope_proposals_total", variant="candidate", proposed="0") == 0
