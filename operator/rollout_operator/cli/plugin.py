@@ -158,6 +158,10 @@ def _cmd_proposals(session: Session, args: argparse.Namespace) -> int:
         print(f"rejected proposals {', '.join(args.reject)} of policyrollout {args.name} (annotation "
               f"{proposals.ANNOTATION_REJECTED}; the envelope stays as it is)")
         return 0
+    try:
+        window_s = max(api.parse_duration(args.since).total_seconds(), 1.0)
+    except ValueError as exc:
+        raise PluginError(f"--since: {exc}") from None
     obj = session.get(args.name)
     spec = obj.get("spec") or {}
     since = args.since
@@ -167,7 +171,7 @@ def _cmd_proposals(session: Session, args: argparse.Namespace) -> int:
     if not url:
         notes.append("counts unavailable: no Prometheus URL; pass --prometheus-url")
     else:
-        query = proposals.promql(args.name, session.namespace, since)
+        query = proposals.promql(args.name, session.namespace, f"{round(window_s)}s")
         try:
             counts = proposals.query_counts(url, query)
         except Exception as exc:
@@ -176,7 +180,7 @@ def _cmd_proposals(session: Session, args: argparse.Namespace) -> int:
     if not log_url:
         notes.append("examples unavailable: no decision log; pass --decision-log URL")
     else:
-        start = _now().timestamp() - api.parse_duration(since).total_seconds()
+        start = _now().timestamp() - window_s
         try:
             examples = proposals.read_examples(log_url, start, args.examples)
         except Exception as exc:

@@ -3,10 +3,12 @@ cluster, a Prometheus and a decision log: test_proposals.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from rollout_operator.cli import proposals
+from rollout_operator.cli import plugin, proposals
 
 EXAMPLE = proposals.Example(1_765_000_000.0, "candidate", "shop-1", "r1.abc", "3", "1")
 
@@ -41,3 +43,22 @@ def test_continuous_proposals_are_listed_by_limit_without_a_suggested_change() -
 
 def test_nothing_proposed_says_so() -> None:
     assert "no proposals" in proposals.render(obj({"actions": [0]}), {}, {}, [], "24h")
+
+
+def test_a_bad_window_is_one_line_before_any_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kubeconfig = tmp_path / "config"  # an API server nobody listens on: the window is checked first
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "default"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    code = plugin.main(["proposals", "pricing", "--since", "1day", "--kubeconfig", str(kubeconfig)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--since" in err
