@@ -94,10 +94,13 @@ def read_examples(url: str, since_ts: float, per_action: int = 3) -> dict[str, l
     found: dict[str, list[Example]] = {}
     for path in paths:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
-        if "proposed_action" not in table.column_names:
-            continue
-        table = table.select(columns).filter(pc.is_valid(table["proposed_action"]))
+            segment = pq.ParquetFile(f)
+            if "proposed_action" not in segment.schema_arrow.names:  # written before the column existed
+                break
+            table = segment.read(columns=columns)
+        if table.num_rows and pc.max(table["time"]).as_py() < since_ts:
+            break  # this segment and every older one ended before the window
+        table = table.filter(pc.is_valid(table["proposed_action"]))
         for row in reversed(table.to_pylist()):
             if row["time"] < since_ts:
                 continue
