@@ -47,8 +47,13 @@ def _lists(values: np.ndarray, width: int, n: int, value_type: pa.DataType) -> p
     return pa.ListArray.from_arrays(offsets, pa.array(values, value_type))
 
 
-# A bandit log: the trajectory columns of schema 2 (episode_id, step, terminal) are null, as the server logs them
-_BANDIT_NULLS = [name for name in ("episode_id", "step", "terminal") if name in DECISION_SCHEMA.names]
+# A bandit log: the trajectory columns of schema 2 (episode_id, step, terminal) are null, as the server logs them,
+# and so are the columns of a policy without a value (predicted_value) or an envelope (proposed_action)
+_BANDIT_NULLS = [
+    name
+    for name in ("episode_id", "step", "terminal", "predicted_value", "proposed_action")
+    if name in DECISION_SCHEMA.names
+]
 
 
 def _decisions(rng: np.random.Generator, writer: int, seq: np.ndarray, times: np.ndarray) -> pa.Table:

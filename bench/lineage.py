@@ -34,7 +34,7 @@ def _synthesise(root: Path, total: int, segment_rows: int) -> dict[str, int]:
     import pyarrow as pa
 
     full = join_bench.DECISION_SCHEMA, join_bench.REWARD_SCHEMA
-    newer = ("episode_id", "step", "terminal")
+    newer = ("episode_id", "step", "terminal", "predicted_value", "proposed_action")
     join_bench.DECISION_SCHEMA, join_bench.REWARD_SCHEMA = (pa.schema([f for f in s if f.name not in newer])
                                                             for s in full)
     try:

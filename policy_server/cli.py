@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         "each logs its own segments and /metrics answers the sum of all (docs/policy-server.md#workers)",
     )
     s.add_argument("--log-level", default="INFO")
+    s.add_argument(
+        "--envelope",
+        default=None,
+        help="serve only actions inside this envelope (JSON: actions, low/high, budget); others are replaced by "
+        "the fallback's action and recorded as proposals (docs/policy-server.md#action-envelope)",
+    )
+    s.add_argument(
+        "--envelope-fallback-model",
+        default=None,
+        help="the rollout's fallback artifact: its action replaces an out-of-envelope one (unset: the shield's "
+        "fallback action)",
+    )
     _exploration_args(s, override=True)
     _durability_args(s)
     _hardening_args(s)
@@ -262,7 +274,17 @@ def serve_process(
     if args.wal_dir and not args.log_dir:
         print("policy-server: --wal-dir needs --log-dir (where the log is replayed)", file=sys.stderr)
         return 2
-    from policy_server import attribution, protocol, validation
+    from policy_server import attribution, envelope, protocol, validation
+
+    if args.envelope is not None:
+        try:
+            envelope.parse_spec(args.envelope)
+        except envelope.EnvelopeError as exc:
+            print(f"policy-server: {exc}", file=sys.stderr)
+            return 2
+    elif args.envelope_fallback_model:
+        print("policy-server: --envelope-fallback-model needs --envelope (what it stands in for)", file=sys.stderr)
+        return 2
 
     try:
         reward_keys = attribution.RewardKeys.from_env()
@@ -294,6 +316,8 @@ def serve_process(
         trusted_keys=_trusted_keys(args),
         reward_keys=reward_keys,
         max_reward_age_s=args.max_reward_age_s,
+        envelope=args.envelope,
+        envelope_fallback_model=args.envelope_fallback_model,
     )
     if overrides:
         config = dataclasses.replace(config, **overrides)
@@ -315,6 +339,10 @@ def serve_process(
             await app.wait_ready()
         except artifact.ArtifactError as exc:
             print(f"policy-server: cannot serve the artifact: {exc}", file=sys.stderr)
+            await app.shutdown()
+            return 2
+        except envelope.EnvelopeError as exc:
+            print(f"policy-server: {exc}", file=sys.stderr)
             await app.shutdown()
             return 2
         except Exception as exc:

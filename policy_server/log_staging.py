@@ -50,6 +50,7 @@ class DecisionStaging:
         latency_ms: np.ndarray,
         context_json: list[str | None] | None,
         predicted_value: np.ndarray | None = None,
+        proposed_action: np.ndarray | None = None,
     ) -> None:
         """Copy one micro-batch in; hands a full batch to the log when ``capacity`` is reached."""
         b = len(request_ids)
@@ -82,6 +83,10 @@ class DecisionStaging:
             if self._predicted is None:
                 self._predicted = np.full(len(self._time), np.nan)
             self._predicted[start:end] = predicted_value
+        if proposed_action is not None:  # rows staged before without a proposal stay NaN (null)
+            if self._proposed is None:
+                self._proposed = np.full((len(self._time), proposed_action.shape[1]), np.nan)
+            self._proposed[start:end] = proposed_action
         if end >= self.capacity:
             self.flush()
 
@@ -107,6 +112,7 @@ class DecisionStaging:
                 latency_ms=self._latency[:n],
                 context_json=contexts or None,
                 predicted_value=None if self._predicted is None else self._predicted[:n],
+                proposed_action=None if self._proposed is None else self._proposed[:n],
             )
         )
         self.rows = 0
@@ -125,3 +131,4 @@ class DecisionStaging:
         self._reasons: list[list[str]] = []
         self._contexts: list[str | None] = []
         self._predicted: np.ndarray | None = None
+        self._proposed: np.ndarray | None = None

@@ -314,6 +314,23 @@ class ServerMetrics:
         for child, x in zip(self._values[label], (v, realized, abs(err), err * err), strict=True):
             child.observe(x)
 
+    def init_envelope(self, labels: Sequence[str]) -> None:
+        """Create ``policy_envelope_proposals_total`` at 0 for every ``proposed`` label (a server with an envelope).
+
+        Bounded: the action indices (discrete) or ``dim<i>_low|dim<i>_high|budget`` (continuous).
+        """
+        self.proposals = Counter(
+            "policy_envelope_proposals",
+            "Proposed actions outside the envelope, replaced by the fallback's, by proposed action",
+            ["variant", "proposed"],
+            registry=self.registry,
+        )
+        self._proposals = {label: self.proposals.labels(self.variant, label) for label in labels}
+
+    def record_proposals(self, counts: dict[str, int]) -> None:
+        for label, n in counts.items():
+            self._proposals[label].inc(n)
+
     def set_drift(self, psi: dict[str, float], window: int) -> None:
         for feature, value in psi.items():
             self._drift[feature].set(value)

@@ -55,6 +55,12 @@ _SCHEMAS: dict[str, Any] = {
                         "description": "the entity's action now, as the caller's world has it; the max-delta shield "
                         "bounds the new action around it on any replica (else: this process's memory of the entity)",
                     },
+                    "envelope_spent": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "the entity's spend within the envelope budget's window, as the caller's "
+                        "world has it; makes the budget exact on any replica (else: this process's memory)",
+                    },
                     "action_mask": {
                         "type": "array",
                         "items": {"type": "boolean"},
@@ -101,7 +107,14 @@ _SCHEMAS: dict[str, Any] = {
                     "reasons": {
                         "type": "array",
                         "items": {
-                            "enum": ["action_mask", "bounds", "max_delta", "non_finite_output", "latency_budget"]
+                            "enum": [
+                                "action_mask",
+                                "bounds",
+                                "max_delta",
+                                "non_finite_output",
+                                "latency_budget",
+                                "envelope",
+                            ]
                         },
                     },
                 },

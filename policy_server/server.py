@@ -29,6 +29,11 @@ Critic error (docs/policy-server.md): a policy with ``output: q_values`` answers
 (the Q of the served action) and signs it into the id as the extra ``v``, so the id is issued after
 the forward pass; /v1/reward compares it with the reward (``policy_value_*`` metrics).
 
+Action envelope (envelope.py, docs/policy-server.md "Action envelope"): with ``envelope`` the shield serves only
+actions inside it and replaces the rest by the fallback artifact's action (``envelope_fallback_model``); the
+response says ``shield.reasons: ["envelope"]`` but not the proposal, which is logged (``proposed_action``) and
+counted (``policy_envelope_proposals_total``) for a person to review.
+
 Decision durability (docs/decision-log.md, "Durability contract"; server_log.py): a batch's decisions are
 logged *before* its responses are written, so a row that cannot be logged is answered 500, never
 acknowledged and then dropped, and one bad row never takes its batch with it. With ``wal_dir``
@@ -62,6 +67,7 @@ from policy_server import (
     attribution,
     batching,
     drift,
+    envelope,
     metrics,
     openapi,
     protocol,
@@ -114,6 +120,8 @@ class ServerConfig:
     timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)
     trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
     metrics_dir: str | None = None  # serve --workers: /metrics answers the sum of every worker (worker_metrics.py)
+    envelope: str | None = None  # the action envelope as JSON (envelope.py); None: no envelope
+    envelope_fallback_model: str | None = None  # the rollout's fallback artifact, serving out-of-envelope rows
 
 
 @dataclass(slots=True)
@@ -130,6 +138,7 @@ class _Pending:
     current: int | list[float] | None  # context.current_action
     shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
     decided: float = 0.0  # Unix time of the decision (signed into the id issued after the forward pass)
+    spent: float | None = None  # context.envelope_spent (only with an envelope)
 
 
 def _error(message: str) -> bytes:
@@ -154,6 +163,8 @@ class PolicyServer:
         self.policy: policy_mod.Policy | None = None
         self.metrics: metrics.ServerMetrics | None = None
         self.shield: shield.Shield | None = None
+        self._envelope_on = False
+        self._envelope_fallback: policy_mod.Policy | None = None
         self.drift: drift.DriftMonitor | None = None
         self.log: server_log.ServerLog | None = None  # with log_dir: decisions and rewards (server_log.py)
         keys = config.reward_keys if config.reward_keys is not None else attribution.RewardKeys.from_env()
@@ -244,6 +255,9 @@ class PolicyServer:
                 artifact.verify_signature(cfg.model, cfg.trusted_keys)
             loaded = self.loader(cfg.model, cfg.device)
         pol = policy_mod.Policy.from_artifact(loaded, cfg.exploration)
+        if cfg.envelope is not None and cfg.envelope_fallback_model:  # verified like the served artifact
+            fb = artifact.load_artifact(cfg.envelope_fallback_model, cfg.device, trusted_keys=cfg.trusted_keys)
+            self._envelope_fallback = policy_mod.Policy.from_artifact(fb)
         if cfg.log_dir:  # pyarrow is imported there: ~45 MB of RSS, only worth it when logging
             opened = server_log.ServerLog(cfg)
             opened.open()
@@ -286,6 +300,8 @@ class PolicyServer:
         self.shape = pol.obs_shape
         self.n_actions = pol.n_outputs if pol.discrete else None
         self.shield = shield.Shield(pol, latency_budget_ms=cfg.latency_budget_ms)
+        if cfg.envelope is not None:
+            self._setup_envelope(pol)
         features = m.observation.feature_names() if m.observation.reference else []
         actions = [str(i) for i in range(pol.n_outputs)] if pol.discrete else ["continuous"]
         self.metrics = metrics.ServerMetrics(
@@ -324,10 +340,24 @@ class PolicyServer:
         self._predicts_value = pol.discrete and m.output == "q_values"  # one check per batch, nothing else
         if self._predicts_value:
             self.metrics.init_value(cfg.variant)
+        if self._envelope_on:
+            self.metrics.init_envelope(self._envelope_labels(pol))
         self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
             self.log.start(self.loop, policy_version=m.version, variant=cfg.variant)
+
+    def _setup_envelope(self, pol: policy_mod.Policy) -> None:
+        """The envelope must fit the served policy's actions (and the fallback its observations): else no start."""
+        spec = envelope.parse_spec(self.config.envelope)
+        self.shield.envelope = envelope.Envelope(spec, pol, self._envelope_fallback)
+        self._envelope_on = True
+
+    @staticmethod
+    def _envelope_labels(pol: policy_mod.Policy) -> list[str]:
+        if pol.discrete:
+            return [str(i) for i in range(pol.n_outputs)]
+        return [f"dim{i}_{side}" for i in range(pol.n_outputs) for side in ("low", "high")] + ["budget"]
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close the decision log. Idempotent; never hangs.
@@ -454,6 +484,11 @@ class PolicyServer:
                 problem = self.shield.check_request_mask(req.mask)
             if req.current_action is not None and problem is None:
                 problem = self.shield.check_current_action(req.current_action)
+            spent = None
+            if self._envelope_on and req.context is not None and problem is None:
+                spent = req.context.get("envelope_spent")
+                if spent is not None:
+                    problem = envelope.Envelope.check_spent(spent)
             if problem:
                 raise validation.BadRequest(problem)
         except validation.BadRequest as exc:
@@ -488,6 +523,7 @@ class PolicyServer:
                 req.current_action,
                 req.shadow_of is not None,
                 now,
+                spent,
             )
         )
 
@@ -505,6 +541,7 @@ class PolicyServer:
                 entities=[it.entity for it in items],
                 waited_s=waited,
                 current=[it.current for it in items],
+                **({"obs": obs, "spent": [it.spent for it in items]} if self._envelope_on else {}),
             )
             q, predicted = self._sign_predictions(items, raw, res.decision.actions) if self._predicts_value else _NO_Q
         except Exception as exc:
@@ -515,7 +552,7 @@ class PolicyServer:
         d = res.decision
         reasons = res.reasons
         latency_s = time.perf_counter() - started
-        failed = self._log_batch(items, obs, d, reasons, latency_s, q)
+        failed = self._log_batch(items, obs, d, reasons, latency_s, q, res.proposed)
         actions = d.actions.tolist()
         props = d.propensities.tolist()
         version, variant, dumps = self._version, self.config.variant, orjson.dumps
@@ -542,6 +579,8 @@ class PolicyServer:
         self._reply(replies)
         latency = time.perf_counter() - started
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
+        if res.proposals:
+            self.metrics.record_proposals(res.proposals)
         if self.drift is not None:
             self.drift.add(obs)
 
@@ -565,19 +604,22 @@ class PolicyServer:
                 it.reward_id = self._ids.rebind(it.request_id, it.decided, extras)
         return q, out
 
-    def _log_batch(self, items: list[_Pending], obs, d, reasons, latency_s, q: np.ndarray | None) -> set[int]:
+    def _log_batch(
+        self, items: list[_Pending], obs, d, reasons, latency_s, q: np.ndarray | None, proposed=None
+    ) -> set[int]:
         """Log the batch's decisions, except shadow mirrors (never served: the router logs them as such)."""
         if self.log is None:
             return set()
         if not any(it.shadow for it in items):
-            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version, q)
+            return self.log.log_batch(items, obs, d, reasons, latency_s, self._version, q, proposed)
         failed: set[int] = set()
         for i, it in enumerate(items):  # mixed batches are rare: shadow traffic comes alone in a shadow step
             if not it.shadow:
                 one = slice(i, i + 1)
                 q_one = None if q is None else q[one]
+                p_one = None if proposed is None else proposed[one]
                 if self.log.log_batch(
-                    items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version, q_one
+                    items[one], obs[one], _rows(d, one), reasons[one], latency_s[one], self._version, q_one, p_one
                 ):
                     failed.add(i)
         return failed

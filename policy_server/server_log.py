@@ -168,6 +168,7 @@ class ServerLog:
         latency_s: np.ndarray,
         policy_version: str,
         predicted: np.ndarray | None = None,
+        proposed: np.ndarray | None = None,
     ) -> set[int]:
         """Log the batch before any of it is answered; returns the rows that could not be logged.
 
@@ -176,14 +177,14 @@ class ServerLog:
         neighbours are still logged and answered 200.
         """
         try:
-            self._log_rows(items, obs, d, reasons, latency_s, policy_version, slice(None), predicted)
+            self._log_rows(items, obs, d, reasons, latency_s, policy_version, slice(None), predicted, proposed)
             return set()
         except Exception:
             log.exception("decision log: a batch of %d could not be logged; logging its rows one by one", len(items))
         failed = set()
         for i in range(len(items)):
             try:
-                self._log_rows(items, obs, d, reasons, latency_s, policy_version, slice(i, i + 1), predicted)
+                self._log_rows(items, obs, d, reasons, latency_s, policy_version, slice(i, i + 1), predicted, proposed)
             except Exception:
                 failed.add(i)
         self.row_errors += len(failed)
@@ -199,6 +200,7 @@ class ServerLog:
         policy_version: str,
         rows: slice,
         predicted: np.ndarray | None = None,
+        proposed: np.ndarray | None = None,
     ) -> None:
         from policy_server.decision_log.schema import DecisionBatch
 
@@ -219,6 +221,7 @@ class ServerLog:
             latency_ms=latency_s[rows] * 1000.0,
             context_json=None if contexts.count(None) == len(contexts) else contexts,
             predicted_value=None if predicted is None else predicted[rows],
+            proposed_action=None if proposed is None else proposed[rows],
         )
         # Encode for the WAL, hand the rows to the staging area, then append: a failure in either of
         # the first two leaves both untouched, so the WAL's row numbers stay the Parquet writer's.
@@ -235,6 +238,7 @@ class ServerLog:
             latency_ms=batch.latency_ms,
             context_json=batch.context_json,
             predicted_value=batch.predicted_value,
+            proposed_action=batch.proposed_action,
         )
         if wal_ is not None and encoded is not None:
             wal_.append_encoded(DECISIONS, *encoded)

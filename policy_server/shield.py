@@ -30,6 +30,11 @@ reported propensity is always the probability of the served action under the shi
     ``fallback_action`` if configured and allowed by the row's mask / within the static bounds,
     else the lowest allowed index (discrete) or 0 clipped into the bounds (continuous). The
     fallback ignores ``max_delta`` on purpose: it is the known-safe action.
+``envelope`` (optional, envelope.py; ``--envelope``)
+    an action outside the pre-approved envelope (allow-list, bounds, per-entity budget) is
+    replaced by the fallback policy's action (``--envelope-fallback-model``), else by the rule
+    above restricted to the envelope; the proposal is kept in :attr:`ShieldResult.proposed`
+    for the decision log and the metrics, and the propensity stays exact (see envelope.py).
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policy_server import artifact, policy
+from policy_server import artifact, envelope, policy
 
 __all__ = ["REASONS", "Shield", "ShieldResult"]
 
-REASONS = ("action_mask", "bounds", "max_delta", "non_finite_output", "latency_budget")
+REASONS = ("action_mask", "bounds", "max_delta", "non_finite_output", "latency_budget", "envelope")
 
 
 @dataclass
@@ -52,6 +57,8 @@ class ShieldResult:
     decision: policy.BatchDecision
     reasons: list[tuple[str, ...]]  # per row; rows the shield left alone share the empty tuple (no list each)
     counts: dict[str, int]  # per reason that occurred in this batch, for metrics
+    proposed: np.ndarray | None = None  # envelope: float64 (B, D) proposed actions of replaced rows, NaN elsewhere
+    proposals: dict[str, int] | None = None  # envelope: replaced rows per ``proposed`` metric label
 
 
 class Shield:
@@ -72,6 +79,7 @@ class Shield:
         self.entity_capacity = entity_capacity
         self._last: OrderedDict[str, object] = OrderedDict()
         self.max_delta = cfg.max_delta
+        self.envelope: envelope.Envelope | None = None  # set by the server with --envelope
         k = pol.n_outputs
         if pol.discrete:
             self.static_mask = None if cfg.action_mask is None else np.asarray(cfg.action_mask, dtype=bool)
@@ -118,6 +126,8 @@ class Shield:
         entities: Sequence[str | None],
         waited_s: np.ndarray | None = None,
         current: Sequence[object | None] | None = None,
+        obs: np.ndarray | None = None,
+        spent: Sequence[float | None] | None = None,
     ) -> ShieldResult:
         """Choose shielded actions for model outputs ``raw`` (B, K).
 
@@ -125,7 +135,9 @@ class Shield:
         :meth:`check_request_mask`) and entity key (or None);
         ``waited_s``: per-row seconds since the request arrived, for the latency budget;
         ``current``: per-row ``context.current_action`` (or None; each must have passed
-        :meth:`check_current_action`), which takes precedence over this process's memory.
+        :meth:`check_current_action`), which takes precedence over this process's memory;
+        ``obs``/``spent``: the observations (the envelope's fallback policy runs on them) and per-row
+        ``context.envelope_spent`` (or None), used only with an envelope.
         """
         b = raw.shape[0]
         found: dict[int, list[str]] = {}  # row -> reasons, for the few rows the shield changed
@@ -142,6 +154,15 @@ class Shield:
             decision, base = self._discrete(raw, rng, masks, last, found)
         else:
             decision, base = self._continuous(raw, rng, last, found)
+        applied = None
+        if self.envelope is not None:
+            rule = self._fallback_index if self.policy.discrete else self.fallback_vec
+            applied = self.envelope.apply(decision, base, obs, rng, entities, spent, rule)
+            if applied is not None:
+                for i in applied.flagged.tolist():
+                    found.setdefault(i, []).append("envelope")
+                if applied.allowed is not None:
+                    base = applied.allowed  # the shield's own fallback stays inside the envelope
         all_finite = bool(decision.finite.all())
         late = None
         if self.latency_budget_s is not None and waited_s is not None and waited_s.max() > self.latency_budget_s:
@@ -151,12 +172,16 @@ class Shield:
             self._fallback(decision, base, ~decision.finite, late, found)
         if has_entity:
             self._remember(decision.actions, entities)
+            if self.envelope is not None:
+                self.envelope.remember(decision.actions, entities)
         reasons: list[tuple[str, ...]] = [()] * b
         counts: dict[str, int] = {}
         for i, row in found.items():
             reasons[i] = tuple(row)
             for reason in row:
                 counts[reason] = counts.get(reason, 0) + 1
+        if applied is not None:
+            return ShieldResult(decision, reasons, counts, applied.proposed, applied.labels)
         return ShieldResult(decision=decision, reasons=reasons, counts=counts)
 
     def _discrete(self, raw, rng, masks, last, found):
@@ -218,7 +243,7 @@ class Shield:
                 for reason, hit in (("bounds", by_bounds[i]), ("max_delta", by_delta[i])):
                     if hit:
                         found.setdefault(i, []).append(reason)
-        return decision, None
+        return decision, (row_lo, row_hi)
 
     def _fallback(self, decision, base, bad, late, found):
         for i in np.nonzero(bad | late)[0]:
@@ -226,15 +251,19 @@ class Shield:
             found.setdefault(i, []).append(reason)
             decision.propensities[i] = 1.0
             if self.policy.discrete:
-                allowed = base[i] if base is not None else None
-                a = self.fallback
-                if a is None or (allowed is not None and not allowed[a]):
-                    a = int(np.argmax(allowed)) if allowed is not None else 0
+                a = self._fallback_index(base[i] if base is not None else None)
                 decision.actions[i] = a
                 decision.probabilities[i] = 0.0
                 decision.probabilities[i, a] = 1.0
             else:
                 decision.actions[i] = self.fallback_vec
+
+    def _fallback_index(self, allowed: np.ndarray | None) -> int:
+        """``fallback_action`` if ``allowed`` (a row's mask) allows it, else the lowest allowed index."""
+        a = self.fallback
+        if a is None or (allowed is not None and not allowed[a]):
+            a = int(np.argmax(allowed)) if allowed is not None else 0
+        return a
 
     def _remember(self, actions: np.ndarray, entities: Sequence[str | None]) -> None:
         store = self._last

@@ -1004,6 +1004,42 @@ class ArtifactVerification(Model):
     )
 
 
+class EnvelopeBudget(Model):
+    """An entity's cumulative weighted actions within ``window`` may not exceed ``limit``."""
+
+    limit: float = Field(ge=0, description="Most weighted actions an entity may receive within the window.")
+    window: Duration = Field(default="24h", description="The window the spend is summed over, e.g. 24h.")
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None,
+        max_length=1024,
+        description="Weight of each discrete action (one per action). Unset: the sum of |a| (continuous actions).",
+    )
+
+
+class Envelope(Model):
+    """Actions the RL variants may serve without a person; any other is replaced by the fallback's (a proposal).
+
+    Widen it here, through GitOps: the servers roll to the new envelope (docs/policy-server.md#action-envelope).
+    """
+
+    actions: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, min_length=1, max_length=1024, description="Allowed action indices (discrete actions)."
+    )
+    low: list[float] | None = Field(
+        default=None, min_length=1, max_length=64, description="Lower bound per action dimension (continuous)."
+    )
+    high: list[float] | None = Field(
+        default=None, min_length=1, max_length=64, description="Upper bound per action dimension (continuous)."
+    )
+    budget: EnvelopeBudget | None = Field(default=None, description="A per-entity budget of weighted actions.")
+
+    @pydantic.model_validator(mode="after")
+    def _not_empty(self) -> Envelope:
+        if self.actions is None and self.low is None and self.high is None and self.budget is None:
+            raise ValueError("envelope is empty; set actions (discrete), low/high (continuous) and/or budget")
+        return self
+
+
 class PolicyRolloutSpec(Model):
     """What to roll out, what to fall back to, and how: traffic, steps, guardrails, gates, training."""
 
@@ -1070,6 +1106,11 @@ class PolicyRolloutSpec(Model):
         default_factory=list, max_length=5,
         description="Lineage parts a candidate must have (dataset, code, hyperparameters, environment, opeReport); "
         "one without them fails before any traffic.",
+    )
+    envelope: Envelope | None = Field(
+        default=None,
+        description="Serve only actions inside this envelope on the RL variants; others are replaced by the "
+        "fallback's action and recorded as proposals (kubectl policyrollout proposals).",
     )
     reward_key_secret: RewardKeySecretRef | None = Field(
         default=None,

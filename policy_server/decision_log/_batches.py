@@ -67,7 +67,7 @@ class BatchSlice:
 
 # Fields with one entry per row; the optional ones may be None for the whole batch.
 _ROW_FIELDS = ("request_ids", "observations", "actions", "propensities", "shield_reasons", "latency_ms")
-_OPTIONAL_ROW_FIELDS = ("probabilities", "context_json", "assignment_probability", "predicted_value")
+_OPTIONAL_ROW_FIELDS = ("probabilities", "context_json", "assignment_probability", "predicted_value", "proposed_action")
 _NUMERIC_KINDS = frozenset("iuf")  # numpy dtype kinds: signed, unsigned, float (not bool, not object)
 _MAX_OFFSET = int(np.iinfo(np.int32).max)
 _REASONS_LIST = pa.list_(pa.string())
@@ -166,6 +166,27 @@ def _nan_as_null(column: pa.Array) -> pa.Array:
     if column.null_count == len(column):
         return column
     return pc.if_else(pc.is_finite(column), column, pa.scalar(None, pa.float64()))
+
+
+def _proposed_column(values: list[Any], rows: list[int]) -> pa.Array:
+    """``proposed_action``: list<float64> per row from (B, D) arrays; a row of NaN (nothing proposed) is null."""
+    n = sum(rows)
+    present = _present(values)
+    if not any(present):
+        return pa.nulls(n, FLOAT_LIST)
+    _require_arrays(list(itertools.compress(values, present)), "proposed_action")
+    width = next(itertools.compress(values, present)).reshape(rows[present.index(True)], -1).shape[1]
+    parts = [
+        np.full((k, width), np.nan) if v is None else v.reshape(k, -1).astype(np.float64, copy=False)
+        for v, k in zip(values, rows, strict=True)
+    ]
+    try:
+        stacked = _concatenate(parts)
+    except ValueError:
+        raise ValueError("proposed_action must have the same width in every batch of a segment") from None
+    offsets = pa.array((np.arange(n + 1, dtype=np.int64) * width).astype(np.int32))
+    null = pa.array(np.isnan(stacked).all(axis=1))
+    return pa.ListArray.from_arrays(offsets, pa.array(stacked.reshape(-1)), type=FLOAT_LIST, mask=null)
 
 
 def _list_column(
@@ -341,6 +362,7 @@ def slices_to_table(parts: list[BatchSlice], schema: pa.Schema) -> pa.Table:
         "predicted_value": _nan_as_null(
             _float_column(field("predicted_value"), rows, "predicted_value", optional=True)
         ),
+        "proposed_action": _proposed_column(field("proposed_action"), rows),
     }
     columns["episode_id"], columns["step"], columns["terminal"] = trajectory_columns(columns["context_json"])
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)

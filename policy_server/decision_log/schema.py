@@ -31,7 +31,8 @@ SCHEMA_VERSION = 2
 attribution (``variant``, ``policy_version``, ``decision_time``), who accepted them (``received_by``) and the
 client's ``event_id``; decisions carry their trajectory keys (``episode_id``, ``step``, ``terminal``, from the
 request's context) and rewards may mark an episode's end (``terminal``): null for bandit decisions; a decision of a
-value-predicting policy (``output: q_values``) carries its ``predicted_value`` (null otherwise)."""
+value-predicting policy (``output: q_values``) carries its ``predicted_value`` (null otherwise); a decision whose
+proposed action was outside the action envelope carries it in ``proposed_action`` (null otherwise)."""
 
 SCHEMA_VERSION_KEY = "policy_rollouts.schema_version"
 STREAM_KEY = "policy_rollouts.stream"
@@ -65,6 +66,9 @@ DECISION_SCHEMA = pa.schema(
         # v2: the policy's predicted value (Q) of the served action, for critic-error monitoring; null when the
         # policy predicts none (output logits/mean) or the prediction was not finite
         pa.field("predicted_value", pa.float64()),
+        # v2: the action the policy proposed when it was outside the action envelope and the fallback's was served
+        # instead (``action``; shield reason "envelope"), like ``action``: [index] or the vector; null otherwise
+        pa.field("proposed_action", FLOAT_LIST),
     ],
     metadata={SCHEMA_VERSION_KEY: str(SCHEMA_VERSION), STREAM_KEY: DECISIONS_DIR},
 )
@@ -115,3 +119,4 @@ class DecisionBatch:
     assignment_probability: np.ndarray | None = None  # float64 (B,) or None -> null
     served_by: str | None = None  # one value for the batch, or null
     predicted_value: np.ndarray | None = None  # float64 (B,) (NaN -> null) or None -> null
+    proposed_action: np.ndarray | None = None  # float64 (B, D) (a row of NaN -> null; D = 1 discrete) or None -> null

@@ -157,6 +157,7 @@ class WriteAheadLog:
                 "lat": dense(batch.latency_ms),
                 "ctx": batch.context_json,
                 "pval": None if batch.predicted_value is None else dense(batch.predicted_value),
+                "prop": None if batch.proposed_action is None else dense(batch.proposed_action),
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
@@ -306,6 +307,7 @@ def _batch(payload: bytes, skip: int) -> DecisionBatch:
         latency_ms=np.asarray(d["lat"], np.float64)[cut],
         context_json=None if d["ctx"] is None else d["ctx"][cut],
         predicted_value=None if d.get("pval") is None else np.asarray(d["pval"], np.float64)[cut],  # NaN: null
+        proposed_action=None if d.get("prop") is None else np.asarray(d["prop"], np.float64)[cut],  # NaN row: null
     )
 
 

@@ -42,6 +42,7 @@ class _Slot:
     process: processes.LocalProcess | None = None
     policy: api.PolicySpec | None = None
     retiring: processes.LocalProcess | None = None  # the replaced process, serving until its successor listens
+    envelope: tuple[str, ...] = ()  # its --envelope flags: a changed spec.envelope replaces it, as a pod rolls
 
 
 def max_replicas(rollout: api.PolicyRollout) -> int:
@@ -113,8 +114,9 @@ class LocalWorkloads:
         if policy is None:
             self._stop(slot)
             return
-        if running and slot.policy is not None and (slot.policy.artifact, slot.policy.version) == (
-            policy.artifact, policy.version
+        envelope = tuple(workload.envelope_args(rollout, policy))
+        if running and slot.policy is not None and (slot.policy.artifact, slot.policy.version, slot.envelope) == (
+            policy.artifact, policy.version, envelope
         ):
             self._settle(slot)
             return
@@ -128,6 +130,7 @@ class LocalWorkloads:
             "serve", "--model", policy.artifact, "--port", str(slot.port), "--variant", variant,
             "--log-dir", self.decision_log(rollout, variant), "--seed", str(self.seed + replica),
             "--threads", "1", "--drift-interval-s", "2", "--reuse-port", *workload.trusted_key_args(rollout),
+            *envelope,
         )
         # Replica 0 keeps the single-process name (its log file, the errors that name it).
         name = f"{rollout.metadata.name}-{variant}" + (f"-{replica}" if replica else "")
@@ -136,7 +139,7 @@ class LocalWorkloads:
             **self.env, "POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VARIANT": variant,
             "POLICY_VERSION": policy.version,
         })
-        slot.policy = policy
+        slot.policy, slot.envelope = policy, envelope
 
     def _stop(self, slot: _Slot) -> None:
         # Out of the slot before stopping: another rollout's thread calling failed() must not take a

@@ -25,7 +25,7 @@ from rollout_operator.cli.session import JSON, PluginError, Session, new_id
 __all__ = ["main"]
 
 VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "lineage", "train",
-         "report")
+         "report", "proposals")
 _ACTION_VERBS = ("promote", "approve", "abort", "retry")
 
 
@@ -144,6 +144,48 @@ def _cmd_lineage(session: Session, args: argparse.Namespace) -> int:
         print(output)
     else:
         _console(args).print(output)
+    return 0
+
+
+def _cmd_proposals(session: Session, args: argparse.Namespace) -> int:
+    from rollout_operator.cli import proposals
+
+    if args.reject:
+        obj = session.get(args.name)
+        done = proposals.rejected(obj)
+        value = ",".join([*done, *(r for r in args.reject if r not in done)])
+        session.annotate(args.name, proposals.ANNOTATION_REJECTED, value)
+        print(f"rejected proposals {', '.join(args.reject)} of policyrollout {args.name} (annotation "
+              f"{proposals.ANNOTATION_REJECTED}; the envelope stays as it is)")
+        return 0
+    try:
+        window_s = max(api.parse_duration(args.since).total_seconds(), 1.0)
+    except ValueError as exc:
+        raise PluginError(f"--since: {exc}") from None
+    obj = session.get(args.name)
+    spec = obj.get("spec") or {}
+    since = args.since
+    notes: list[str] = []
+    counts = examples = None
+    url = args.prometheus_url or (spec.get("analysis") or {}).get("prometheusUrl")
+    if not url:
+        notes.append("counts unavailable: no Prometheus URL; pass --prometheus-url")
+    else:
+        query = proposals.promql(args.name, session.namespace, f"{round(window_s)}s")
+        try:
+            counts = proposals.query_counts(url, query)
+        except Exception as exc:
+            notes.append(f"counts unavailable: Prometheus {url} answered {exc}; pass --prometheus-url")
+    log_url = args.decision_log or (spec.get("decisionLog") or {}).get("url")
+    if not log_url:
+        notes.append("examples unavailable: no decision log; pass --decision-log URL")
+    else:
+        start = _now().timestamp() - window_s
+        try:
+            examples = proposals.read_examples(log_url, start, args.examples)
+        except Exception as exc:
+            notes.append(f"examples unavailable: decision log {log_url}: {exc}; pass --decision-log URL")
+    print(proposals.render(obj, counts, examples, notes, since))
     return 0
 
 
@@ -336,6 +378,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write into (created if missing)")
     p.add_argument("--prometheus-url", help="Prometheus to read the guardrails' series from "
                    "(default: spec.analysis.prometheusUrl; without one only last values are plotted)")
+    p = add("proposals", "actions proposed outside the envelope: counts, examples, the spec change to admit them",
+            _cmd_proposals)
+    p.add_argument("--since", default="24h", help="window, e.g. 24h (default), 30m")
+    p.add_argument("--prometheus-url", help="Prometheus with the servers' metrics "
+                   "(default: spec.analysis.prometheusUrl)")
+    p.add_argument("--decision-log", help="decision log URL (default: spec.decisionLog.url)")
+    p.add_argument("--examples", type=int, default=3, help="examples per proposed action (default 3)")
+    p.add_argument("--reject", action="append", metavar="ACTION",
+                   help="record a person's rejection of a proposed action (an audited annotation)")
     return parser
 
 

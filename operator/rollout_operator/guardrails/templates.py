@@ -183,6 +183,15 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             "< 0.2",
         ),
         GuardrailTemplate(
+            "envelope-proposal-rate",
+            "Variant's proposals outside the action envelope (replaced by the fallback's action, all proposed "
+            "actions) per decision over the window: how often the policy wants what a person has not approved.",
+            f"({_increase('policy_envelope_proposals_total', '{{ params.variant }}')} or vector(0)) / "
+            f"{_increase('policy_decisions_total', '{{ params.variant }}')}",
+            {"window": INTERVAL, "variant": "candidate"},
+            "< 0.05",
+        ),
+        GuardrailTemplate(
             "error-rate",
             "Candidate's requests answered with an error, as a share of all its requests.",
             f"({_increase('policy_errors_total')} or vector(0)) / "

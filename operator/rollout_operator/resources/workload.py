@@ -7,6 +7,7 @@ running the fallback while the candidate is judged.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rollout_operator import api
@@ -93,6 +94,24 @@ def trusted_key_args(rollout: api.PolicyRollout) -> list[str]:
     return [] if verification is None else [a for key in verification.trusted_keys for a in ("--trusted-key", key)]
 
 
+def envelope_args(rollout: api.PolicyRollout, policy: api.PolicySpec) -> list[str]:
+    """``--envelope`` (and the fallback artifact that replaces what it refuses) for an RL policy's server.
+
+    Not for the fallback itself (the known-safe rule). The JSON is part of the pod template, so a change
+    of ``spec.envelope`` rolls the pods to the new envelope (that is how a person widens it, audited).
+    """
+    env = rollout.spec.envelope
+    fallback = rollout.spec.fallback
+    if env is None or policy.artifact == fallback.artifact:
+        return []
+    data = env.model_dump(exclude_none=True, mode="json")
+    if env.budget is not None:
+        data["budget"]["window"] = api.parse_duration(env.budget.window).total_seconds()
+        data["budget"].setdefault("weights", "abs")
+    text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return ["--envelope", text, "--envelope-fallback-model", fallback.artifact]
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -114,7 +133,7 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
                  "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant),
-                 *trusted_key_args(rollout), *workers_args(policy)],
+                 *trusted_key_args(rollout), *workers_args(policy), *envelope_args(rollout, policy)],
         # The server's one-line reason to refuse (an unsigned artifact, a bad manifest) becomes the pod's
         # termination message, where `kubectl describe` and the operator's readiness report find it.
         "terminationMessagePolicy": "FallbackToLogsOnError",

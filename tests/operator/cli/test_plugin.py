@@ -39,7 +39,7 @@ from tests.support.kube import policy_rollout_manifest
 pytestmark = pytest.mark.integration
 
 VERBS = ("list", "get", "status", "promote", "approve", "abort", "retry", "undo", "history", "lineage", "train",
-         "report")
+         "report", "proposals")
 GUARDRAILS = {"guardrails": [{"name": "error-rate", "query": "max(errors)", "condition": "< 0.05"}]}
 CRD = ("apiextensions.k8s.io/v1", "CustomResourceDefinition", f"{api.PLURAL}.{api.GROUP}")
 
