@@ -62,6 +62,8 @@ from policy_server import (
     attribution,
     batching,
     drift,
+    group_metrics,
+    groups,
     metrics,
     openapi,
     protocol,
@@ -114,6 +116,7 @@ class ServerConfig:
     timeouts: protocol.Timeouts = field(default_factory=protocol.Timeouts)
     trusted_keys: tuple[str, ...] = ()  # Ed25519 public keys: the artifact must be signed by one
     metrics_dir: str | None = None  # serve --workers: /metrics answers the sum of every worker (worker_metrics.py)
+    groups: groups.GroupKey | None = None  # fairness groups: policy_group_* metrics and g= in ids (groups.py)
 
 
 @dataclass(slots=True)
@@ -130,6 +133,7 @@ class _Pending:
     current: int | list[float] | None  # context.current_action
     shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
     decided: float = 0.0  # Unix time of the decision (signed into the id issued after the forward pass)
+    group: str | None = None  # fairness group (folded, groups.py): signed into the id, counted by group
 
 
 def _error(message: str) -> bytes:
@@ -170,6 +174,8 @@ class PolicyServer:
         self._stopped = asyncio.Event()
         self._openapi = orjson.dumps(openapi.document())
         self._model_body = b""
+        self._groups = config.groups
+        self._group_metrics: group_metrics.GroupMetrics | None = None
         self._shared_metrics: worker_metrics.SharedMetrics | None = None
         if config.metrics_dir:
             self._shared_metrics = worker_metrics.SharedMetrics(config.metrics_dir)
@@ -324,6 +330,11 @@ class PolicyServer:
         self._predicts_value = pol.discrete and m.output == "q_values"  # one check per batch, nothing else
         if self._predicts_value:
             self.metrics.init_value(cfg.variant)
+        if cfg.groups is not None:
+            self._group_metrics = group_metrics.GroupMetrics(
+                cfg.groups, variant=cfg.variant, actions=actions if pol.discrete else None, costs=m.costs
+            )
+            self.metrics.registry.register(self._group_metrics)
         self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
@@ -459,12 +470,13 @@ class PolicyServer:
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
         rid, reward_id, now = req.request_id, None, time.time()
+        group = None if self._groups is None else self._groups.fold(req.context)
         if req.shadow_of is not None:  # the served decision is logged by its own server and the router
             rid = req.shadow_of
         elif rid is None:  # a value-predicting policy signs its id after the forward pass (_sign_predictions)
-            rid = "" if self._predicts_value else self._ids.generate(now)
+            rid = "" if self._predicts_value else self._ids.generate(now, groups.id_extras(group, None))
         else:
-            reward_id = self._ids.claim(rid, now)
+            reward_id = self._ids.claim(rid, now, "" if group is None else groups.id_extras(group, None))
             if reward_id is None:
                 return self._fail(
                     conn,
@@ -488,6 +500,7 @@ class PolicyServer:
                 req.current_action,
                 req.shadow_of is not None,
                 now,
+                group,
             )
         )
 
@@ -542,6 +555,8 @@ class PolicyServer:
         self._reply(replies)
         latency = time.perf_counter() - started
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
+        if self._group_metrics is not None:
+            self._group_metrics.record_batch([it.group for it in items], d.actions if pol.discrete else None)
         if self.drift is not None:
             self.drift.add(obs)
 
@@ -550,7 +565,8 @@ class PolicyServer:
     ) -> tuple[np.ndarray, list[float | None]]:
         """Q of each served action (for the log, and for the responses); signed into its id (``v=``, 6 significant
         digits) so any replica's /v1/reward knows the prediction without per-decision state. Non-finite values
-        are no prediction: not signed, null in the response and the log."""
+        are no prediction: not signed, null in the response and the log. The id's one extras string, with the
+        decision's group beside the value, comes from groups.id_extras."""
         q = raw[np.arange(len(items)), actions].astype(np.float64)
         out: list[float | None] = []
         for it, value in zip(items, q.tolist(), strict=True):
@@ -558,7 +574,7 @@ class PolicyServer:
             out.append(value if finite else None)
             if it.shadow:
                 continue
-            extras = f"v={value:.6g}" if finite else ""
+            extras = groups.id_extras(it.group, value if finite else None)
             if it.request_id == "":
                 it.request_id = self._ids.generate(it.decided, extras)
             elif it.reward_id is not None and extras:
@@ -614,6 +630,9 @@ class PolicyServer:
             predicted = found.extra("v")
             if predicted is not None:
                 self.metrics.record_value(predicted, req.reward, variant=found.variant)
+            group = found.extra("g")
+            if group is not None and self._group_metrics is not None:
+                self._group_metrics.record_reward(group, req.reward, req.costs, found.variant)
         if self.log is not None:
             self.log.log_reward(
                 {
