@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from rollout_operator import api, engine, kube
 from rollout_operator.engine import offline, types
-from rollout_operator.resources import httproute
+from rollout_operator.resources import httproute, workload
 from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
@@ -361,10 +361,9 @@ def test_fairness_reaches_the_servers_and_the_job_and_its_failure_stops_the_roll
     args = c["args"]
     assert args[args.index("--fairness-group-key") + 1] == "region"
     assert args[args.index("--fairness-groups") + 1] == "north,south"  # from spec.fairness
-    assert args[args.index("--fairness-metric") + 1] == "action-rate" and args[args.index("--fairness-action") + 1] == "2"
+    assert args[args.index("--fairness-metric") + 1] == "action-rate"
+    assert args[args.index("--fairness-action") + 1] == "2"
     assert args[args.index("--fairness-mode") + 1] == "ratio" and args[args.index("--fairness-max") + 1] == "1.5"
-    from rollout_operator.resources import workload
-
     for variant in ("stable", "candidate"):
         [server] = workload.deployment(rollout, variant, rollout.spec.policy)["spec"]["template"]["spec"]["containers"]
         assert server["args"][-4:] == ["--group-key", "region", "--groups", "north,south"]

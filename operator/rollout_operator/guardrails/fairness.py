@@ -22,7 +22,7 @@ __all__ = ["METRICS", "MODES", "PARAMS", "group_disparity"]
 
 METRICS = ("reward", "cost", "action-rate")
 MODES = ("difference", "ratio")
-PARAMS: dict[str, str | None] = {
+PARAMS: dict[str, str] = {
     "window": "<analysis interval>",  # templates.INTERVAL (imported there, not here: no import cycle)
     "variant": "candidate",
     "metric": "reward",

@@ -189,7 +189,7 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             "(mode difference) or max / min (ratio) of each group's mean reward, mean cost `cost` or rate of action "
             "`action` (metric); groups with fewer than min_support decisions or no rewards are left out.",
             fairness.group_disparity(fairness.PARAMS),
-            {**fairness.PARAMS, "window": INTERVAL},
+            {**fairness.PARAMS, "window": INTERVAL},  # every parameter has a default: none is required
             "< 0.1",
             fairness.group_disparity,
         ),
