@@ -12,6 +12,7 @@ they must not count. The ratio form and the NaN guards are checked on exporter-p
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +29,9 @@ from policy_server import attribution, groups
 from tests.operator.guardrails.test_critic_error_guardrail import NAMESPACE, LabelledPrometheus
 from tests.operator.guardrails.test_templates import Publisher, measure, rollout_named
 from tests.support import fair_policy
+from tests.support.cluster import ClusterAPI
+from tests.support.kube import policy_rollout_manifest
+from tests.support.operator_process import OperatorProcess, poll
 from tests.support.policy_server import Client, running
 from tests.support.prometheus import Exporter, PrometheusServer, _require_binary
 
@@ -175,3 +179,81 @@ def test_the_template_checks_its_choices_and_escapes_its_values() -> None:
     ):
         with pytest.raises(templating.TemplateError, match=message):
             templates.render_guardrail(r, "group-disparity", params)
+
+
+# ------------------------------------------------------------------ a whole rollout
+
+
+class RolloutPrometheus(LabelledPrometheus):
+    """Scrapes the policy servers as the cluster's relabelling would, for one namespace of our choosing."""
+
+    def __init__(self, targets: dict[str, str], namespace: str) -> None:
+        self.namespace = namespace
+        super().__init__(targets)
+
+    def _write_config(self) -> None:
+        static = [
+            {"targets": [t], "labels": {"rollout": r, "namespace": self.namespace}} for t, r in self.rollouts.items()
+        ]
+        config = {
+            "global": {k: self.scrape_interval for k in ("scrape_interval", "scrape_timeout", "evaluation_interval")},
+            "scrape_configs": [{"job_name": "policy", "static_configs": static}],
+        }
+        self.config_path.write_text(json.dumps(config))
+
+
+def test_the_operator_rolls_back_a_candidate_that_favours_one_group(cluster: ClusterAPI, tmp_path: Path) -> None:
+    """The real operator process on a real control plane judges the template on a real Prometheus scraping real
+    servers (the pods kwok runs serve nothing; these servers play them): Paused at 20 %, users of both regions
+    arrive, rewards go to either variant's server, and the rollout goes RolledBack naming the guardrail."""
+    _require_binary()
+    name, namespace = "fair-live-rollback", "default"
+    spec = groups.parse(fair_policy.GROUP_KEY, fair_policy.GROUPS)
+    fair, unfair = fair_policy.write(tmp_path / "fair", "fair"), fair_policy.write(tmp_path / "unfair", "unfair")
+    guardrail = {**GUARDRAIL, "params": {**GUARDRAIL["params"], "window": "1m"}, "inconclusiveLimit": 100}
+    manifest = policy_rollout_manifest(
+        name=name,
+        namespace=namespace,
+        steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}],
+        fairness={"groupKey": fair_policy.GROUP_KEY, "groups": list(fair_policy.GROUPS)},
+        analysis={"interval": "1s", "guardrails": [guardrail]},
+    )
+    with (
+        running(fair, reward_keys=KEY, variant="stable", groups=spec) as stable,
+        running(unfair, reward_keys=KEY, variant="candidate", groups=spec) as candidate,
+        RolloutPrometheus(
+            {f"127.0.0.1:{stable.port}": name, f"127.0.0.1:{candidate.port}": name}, namespace=namespace
+        ) as prom,
+    ):
+        operator = OperatorProcess(cluster.operator_kubeconfig, prom.url, tmp_path / "operator.log").start()
+        try:
+            prom.wait_for(f'count(policy_group_decisions_total{{rollout="{name}"}} == 0)', lambda v: v == 6, 40)
+            cluster.client.create(manifest)
+
+            def status() -> dict:
+                return cluster.client.get(api.API_VERSION, api.KIND, name, namespace).get("status") or {}
+
+            poll(lambda: status().get("phase") == "Paused", 60, what="the pause at 20 %",
+                 on_timeout=lambda: f"{status()}\n{operator.log_tail()}")  # fmt: skip
+            for variant in ("stable", "candidate"):  # every variant's server gets the group flags
+                deployment = cluster.get("deployments", namespace, f"{name}-{variant}")
+                assert deployment is not None
+                args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                assert args[-4:] == ["--group-key", "region", "--groups", "a,b"]
+            serve_and_reward(candidate.port, stable.port, np.random.default_rng(5))
+
+            def rolled_back() -> dict | None:
+                now = status()
+                return now if now.get("phase") == "RolledBack" else None
+
+            final = poll(
+                rolled_back,
+                60,
+                what="RolledBack",
+                on_timeout=lambda: f"{status()}\n{operator.log_tail()}",
+            )
+        finally:
+            operator.stop()
+    judged = next(g for g in final["guardrails"] if g["name"] == "fairness")
+    assert judged["verdict"] == "Fail" and judged["value"] == pytest.approx(1.0, abs=0.1)
+    assert "fairness" in final["message"] and final["canaryWeight"] == 0
