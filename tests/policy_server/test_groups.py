@@ -196,3 +196,18 @@ def test_a_value_predicting_policy_signs_its_group_and_its_value_in_one_id(tmp_p
         assert attribution.verify(KEY, chosen["reward_id"]).extra("g") == "7"
     with running(write_q_artifact(tmp_path / "q2"), reward_keys=KEY) as srv:  # no groups: the critic's v only
         assert [k for k, _ in attribution.verify(KEY, srv.client().act([0.0, 0.0])["request_id"]).extras] == ["v"]
+
+
+@pytest.mark.integration
+def test_a_continuous_policy_served_with_groups_counts_decisions_and_rewards_by_group(tmp_path, models) -> None:
+    with running(models(kind="continuous"), reward_keys=KEY, groups=REGION) as srv:
+        c = srv.client()
+        body = c.act([0.0] * 8, context={"region": "eu"})
+        assert isinstance(body["action"], list)
+        status, _ = c.post("/v1/reward", {"request_id": body["request_id"], "reward": 0.5, "costs": {"risk": 2.0}})
+        assert status == 202
+        got = c.metrics()
+    assert metric(got, "policy_group_decisions_total", group="eu") == 1
+    assert metric(got, "policy_group_reward_sum", group="eu") == 0.5
+    assert metric(got, "policy_group_cost_sum", group="eu", cost="risk") == 2.0
+    assert not any(k.startswith("policy_group_actions") for k in got)
