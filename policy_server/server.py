@@ -471,12 +471,13 @@ class PolicyServer:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
         rid, reward_id, now = req.request_id, None, time.time()
         group = None if self._groups is None else self._groups.fold(req.context)
+        extras = "" if group is None else groups.id_extras(group, None)  # without groups: as cheap as before
         if req.shadow_of is not None:  # the served decision is logged by its own server and the router
             rid = req.shadow_of
         elif rid is None:  # a value-predicting policy signs its id after the forward pass (_sign_predictions)
-            rid = "" if self._predicts_value else self._ids.generate(now, groups.id_extras(group, None))
+            rid = "" if self._predicts_value else self._ids.generate(now, extras)
         else:
-            reward_id = self._ids.claim(rid, now, "" if group is None else groups.id_extras(group, None))
+            reward_id = self._ids.claim(rid, now, extras)
             if reward_id is None:
                 return self._fail(
                     conn,
