@@ -701,9 +701,13 @@ GROUP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"  # policy_server.groups.K
 MAX_FAIRNESS_GROUPS = 32
 
 
+GROUPS_DISTINCT = "groups must be distinct and must not list 'other' (it holds every unlisted value)"
+_GROUPS_RULE = "!self.groups.exists(g, g == 'other') && self.groups.all(g, self.groups.filter(x, x == g).size() == 1)"
+
+
 def _distinct_groups(groups: list[str] | None) -> list[str] | None:
     if groups is not None and ("other" in groups or len(set(groups)) != len(groups)):
-        raise ValueError("groups must be distinct and must not list 'other' (it holds every unlisted value)")
+        raise ValueError(GROUPS_DISTINCT)
     return groups
 
 
@@ -715,8 +719,10 @@ class FairnessSpec(Model):
     cardinality: values not listed (or missing) count as `other`.
     """
 
+    model_config = ConfigDict(json_schema_extra=_validations(_cel(_GROUPS_RULE, GROUPS_DISTINCT, ".groups")))
+
     group_key: str = Field(pattern=GROUP_KEY_PATTERN, description="Request-context key holding the group.")
-    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN)]], pydantic.AfterValidator(
+    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN, max_length=40)]], pydantic.AfterValidator(
         _distinct_groups)] = Field(
         min_length=1, max_length=MAX_FAIRNESS_GROUPS,
         description="The groups worth a label of their own (at most 32); other values fold into `other`.",
@@ -736,11 +742,12 @@ class FairnessCriterion(Model):
         json_schema_extra=_validations(
             _cel("self.metric != 'cost' || has(self.cost)", "metric cost needs cost (the cost's name)"),
             _cel("self.metric != 'action-rate' || has(self.action)", "metric action-rate needs action (its index)"),
+            _cel(f"!has(self.groups) || ({_GROUPS_RULE})", GROUPS_DISTINCT, ".groups"),
         )
     )
 
     group_key: str = Field(pattern=GROUP_KEY_PATTERN, description="Request-context key holding the group.")
-    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN)]], pydantic.AfterValidator(
+    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN, max_length=40)]], pydantic.AfterValidator(
         _distinct_groups)] | None = Field(
         default=None, min_length=1, max_length=MAX_FAIRNESS_GROUPS,
         description="Groups to judge (the rest count as `other`); default spec.fairness.groups, else the log's "
