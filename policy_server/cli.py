@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from policy_server import groups
+
 __all__ = ["build_parser", "main", "serve_process"]
 
 
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _exploration_args(s, override=True)
     _durability_args(s)
     _hardening_args(s)
+    groups.add_args(s)
 
     kg = sub.add_parser("keygen", help="write an Ed25519 key pair for signing artifacts")
     kg.add_argument("--out", required=True, help="directory for signing-key.pem and signing-key.pub.pem")
@@ -229,6 +232,11 @@ def _example_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        groups.from_args(args)  # checked once here, before any worker starts
+    except groups.GroupConfigError as exc:
+        print(f"policy-server: {exc}", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print(f"policy-server: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
@@ -318,6 +326,7 @@ def serve_process(
         max_reward_age_s=args.max_reward_age_s,
         envelope=args.envelope,
         envelope_fallback_model=args.envelope_fallback_model,
+        groups=groups.from_args(args),
     )
     if overrides:
         config = dataclasses.replace(config, **overrides)

@@ -73,8 +73,8 @@ class RequestIds:
         """The signed ``reward_id`` of a claimed client id, re-issued with ``extras`` known after the forward pass."""
         return self._signer.bind(client_id, decided, extras)
 
-    def claim(self, client_id: str, now: float) -> str | None:
-        """Register a client-chosen id; its signed ``reward_id``, or None if the id cannot be used."""
+    def claim(self, client_id: str, now: float, extras: str = "") -> str | None:
+        """Register a client-chosen id; its signed ``reward_id`` (with ``extras``), or None if it cannot be used."""
         if attribution.is_signed(client_id) or client_id in self._chosen:
             return None
         self._seq += 1
@@ -83,7 +83,7 @@ class RequestIds:
         oldest = self._seq - self.window
         while next(iter(chosen.values()))[0] <= oldest:
             chosen.popitem(last=False)
-        return self._signer.bind(client_id, now)
+        return self._signer.bind(client_id, now, extras)
 
     def reward(self, request_id: str, event_id: str | None, now: float) -> RewardVerdict:
         """Check a reward for ``request_id`` and, when accepted, remember it against duplicates."""

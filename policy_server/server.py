@@ -68,6 +68,8 @@ from policy_server import (
     batching,
     drift,
     envelope,
+    group_metrics,
+    groups,
     metrics,
     openapi,
     protocol,
@@ -122,6 +124,7 @@ class ServerConfig:
     metrics_dir: str | None = None  # serve --workers: /metrics answers the sum of every worker (worker_metrics.py)
     envelope: str | None = None  # the action envelope as JSON (envelope.py); None: no envelope
     envelope_fallback_model: str | None = None  # the rollout's fallback artifact, serving out-of-envelope rows
+    groups: groups.GroupKey | None = None  # fairness groups: policy_group_* metrics and g= in ids (groups.py)
 
 
 @dataclass(slots=True)
@@ -139,6 +142,7 @@ class _Pending:
     shadow: bool = False  # a mirror of another variant's served decision: answered and counted, not logged
     decided: float = 0.0  # Unix time of the decision (signed into the id issued after the forward pass)
     spent: float | None = None  # context.envelope_spent (only with an envelope)
+    group: str | None = None  # fairness group (folded, groups.py): signed into the id, counted by group
 
 
 def _error(message: str) -> bytes:
@@ -181,6 +185,8 @@ class PolicyServer:
         self._stopped = asyncio.Event()
         self._openapi = orjson.dumps(openapi.document())
         self._model_body = b""
+        self._groups = config.groups
+        self._group_metrics: group_metrics.GroupMetrics | None = None
         self._shared_metrics: worker_metrics.SharedMetrics | None = None
         if config.metrics_dir:
             self._shared_metrics = worker_metrics.SharedMetrics(config.metrics_dir)
@@ -342,6 +348,11 @@ class PolicyServer:
             self.metrics.init_value(cfg.variant)
         if self._envelope_on:
             self.metrics.init_envelope(self._envelope_labels(pol))
+        if cfg.groups is not None:
+            self._group_metrics = group_metrics.GroupMetrics(
+                cfg.groups, variant=cfg.variant, actions=actions if pol.discrete else None, costs=m.costs
+            )
+            self.metrics.registry.register(self._group_metrics)
         self._ids.serve(cfg.variant, m.version)
         self._zeros = np.zeros(cfg.max_batch, dtype=np.int64)
         if self.log is not None:
@@ -494,12 +505,14 @@ class PolicyServer:
         except validation.BadRequest as exc:
             return self._fail(conn, seq, exc.status, exc.reason, str(exc))
         rid, reward_id, now = req.request_id, None, time.time()
+        group = None if self._groups is None else self._groups.fold(req.context)
+        extras = "" if group is None else groups.id_extras(group, None)  # without groups: as cheap as before
         if req.shadow_of is not None:  # the served decision is logged by its own server and the router
             rid = req.shadow_of
         elif rid is None:  # a value-predicting policy signs its id after the forward pass (_sign_predictions)
-            rid = "" if self._predicts_value else self._ids.generate(now)
+            rid = "" if self._predicts_value else self._ids.generate(now, extras)
         else:
-            reward_id = self._ids.claim(rid, now)
+            reward_id = self._ids.claim(rid, now, extras)
             if reward_id is None:
                 return self._fail(
                     conn,
@@ -524,6 +537,7 @@ class PolicyServer:
                 req.shadow_of is not None,
                 now,
                 spent,
+                group,
             )
         )
 
@@ -581,6 +595,8 @@ class PolicyServer:
         self.metrics.record_batch(d.actions if pol.discrete else self._zeros[: len(items)], latency, res.counts)
         if res.proposals:
             self.metrics.record_proposals(res.proposals)
+        if self._group_metrics is not None:
+            self._group_metrics.record_batch([it.group for it in items], d.actions if pol.discrete else None)
         if self.drift is not None:
             self.drift.add(obs)
 
@@ -589,7 +605,8 @@ class PolicyServer:
     ) -> tuple[np.ndarray, list[float | None]]:
         """Q of each served action (for the log, and for the responses); signed into its id (``v=``, 6 significant
         digits) so any replica's /v1/reward knows the prediction without per-decision state. Non-finite values
-        are no prediction: not signed, null in the response and the log."""
+        are no prediction: not signed, null in the response and the log. The id's one extras string, with the
+        decision's group beside the value, comes from groups.id_extras."""
         q = raw[np.arange(len(items)), actions].astype(np.float64)
         out: list[float | None] = []
         for it, value in zip(items, q.tolist(), strict=True):
@@ -597,7 +614,7 @@ class PolicyServer:
             out.append(value if finite else None)
             if it.shadow:
                 continue
-            extras = f"v={value:.6g}" if finite else ""
+            extras = groups.id_extras(it.group, value if finite else None)
             if it.request_id == "":
                 it.request_id = self._ids.generate(it.decided, extras)
             elif it.reward_id is not None and extras:
@@ -656,6 +673,9 @@ class PolicyServer:
             predicted = found.extra("v")
             if predicted is not None:
                 self.metrics.record_value(predicted, req.reward, variant=found.variant)
+            group = found.extra("g")
+            if group is not None and self._group_metrics is not None:
+                self._group_metrics.record_reward(group, req.reward, req.costs, found.variant)
         if self.log is not None:
             self.log.log_reward(
                 {

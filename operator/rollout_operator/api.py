@@ -696,6 +696,84 @@ class TrajectoryEvaluation(Model):
     )
 
 
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$"  # policy_server.groups.NAME_PATTERN
+GROUP_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"  # policy_server.groups.KEY_PATTERN
+MAX_FAIRNESS_GROUPS = 32
+
+
+GROUPS_DISTINCT = "groups must be distinct and must not list 'other' (it holds every unlisted value)"
+_GROUPS_RULE = "!self.groups.exists(g, g == 'other') && self.groups.all(g, self.groups.filter(x, x == g).size() == 1)"
+
+
+def _distinct_groups(groups: list[str] | None) -> list[str] | None:
+    if groups is not None and ("other" in groups or len(set(groups)) != len(groups)):
+        raise ValueError(GROUPS_DISTINCT)
+    return groups
+
+
+class FairnessSpec(Model):
+    """Fairness groups of the live servers: each decision's group is the request-context value `groupKey`.
+
+    Every variant's server gets `--group-key`/`--groups`: it exports decisions, actions, rewards and costs by
+    group (`policy_group_*`, docs/metrics.md) for the `group-disparity` guardrail. The list bounds label
+    cardinality: values not listed (or missing) count as `other`.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_validations(_cel(_GROUPS_RULE, GROUPS_DISTINCT, ".groups")))
+
+    group_key: str = Field(pattern=GROUP_KEY_PATTERN, description="Request-context key holding the group.")
+    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN, max_length=40)]], pydantic.AfterValidator(
+        _distinct_groups)] = Field(
+        min_length=1, max_length=MAX_FAIRNESS_GROUPS,
+        description="The groups worth a label of their own (at most 32); other values fold into `other`.",
+    )
+
+
+class FairnessCriterion(Model):
+    """The offline gate's fairness criterion: the candidate's reward (or cost, or action rate) may not differ
+    between groups by more than `max` (docs/ope.md#fairness).
+
+    Each group's value is estimated on its own logged decisions with a confidence interval; the disparity is
+    judged on its upper bound (largest upper bound minus smallest lower bound, or their ratio). A group whose
+    effective sample size is below `minGroupEss` refuses the candidate: too little support never passes.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("self.metric != 'cost' || has(self.cost)", "metric cost needs cost (the cost's name)"),
+            _cel("self.metric != 'action-rate' || has(self.action)", "metric action-rate needs action (its index)"),
+            _cel(f"!has(self.groups) || ({_GROUPS_RULE})", GROUPS_DISTINCT, ".groups"),
+        )
+    )
+
+    group_key: str = Field(pattern=GROUP_KEY_PATTERN, description="Request-context key holding the group.")
+    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME_PATTERN, max_length=40)]], pydantic.AfterValidator(
+        _distinct_groups)] | None = Field(
+        default=None, min_length=1, max_length=MAX_FAIRNESS_GROUPS,
+        description="Groups to judge (the rest count as `other`); default spec.fairness.groups, else the log's "
+        "most frequent values.",
+    )
+    metric: Literal["reward", "cost", "action-rate"] = Field(default="reward", description="What is compared.")
+    cost: str | None = Field(default=None, min_length=1, max_length=63, description="metric cost: the cost's name.")
+    action: int | None = Field(default=None, ge=0, description="metric action-rate: the action's index.")
+    mode: Literal["difference", "ratio"] = Field(default="difference", description="max - min, or max / min.")
+    max: float = Field(ge=0, description="The largest disparity bound allowed.")
+    min_group_ess: float = Field(
+        default=30.0, ge=1.0, description="Refuse when a group's effective sample size is below this."
+    )
+    estimator: Annotated[OPEEstimator, _LAX] = Field(
+        default=OPEEstimator.SNIPS, description="Estimator of each group's reward or cost."
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _needs(self) -> FairnessCriterion:
+        if self.metric == "cost" and self.cost is None:
+            raise ValueError("metric cost needs cost (the cost's name)")
+        if self.metric == "action-rate" and self.action is None:
+            raise ValueError("metric action-rate needs action (its index)")
+        return self
+
+
 class OfflineEvaluationSpec(Model):
     """Off-policy evaluation of the candidate on logged decisions, before it gets any traffic.
 
@@ -712,6 +790,10 @@ class OfflineEvaluationSpec(Model):
             _cel(
                 "!has(self.rewardRange) || self.rewardRange[0] < self.rewardRange[1]",
                 "rewardRange must be [lo, hi] with lo < hi",
+            ),
+            _cel(
+                "!(has(self.trajectory) && has(self.fairness))",
+                "offlineEvaluation.fairness judges single decisions: remove it or trajectory",
             ),
         )
     )
@@ -768,10 +850,15 @@ class OfflineEvaluationSpec(Model):
         description="Evaluate logged episodes with trajectory estimators; estimators, bound, rewardRange, minEss and "
         "weightBand above are then unused (docs/offline-gate-and-training.md).",
     )
+    fairness: FairnessCriterion | None = Field(
+        default=None, description="Refuse or fail a candidate whose value differs too much between groups."
+    )
     job: JobTemplate = Field(default_factory=JobTemplate)
 
     @pydantic.model_validator(mode="after")
     def _one_margin(self) -> OfflineEvaluationSpec:
+        if self.trajectory is not None and self.fairness is not None:
+            raise ValueError("offlineEvaluation.fairness judges single decisions: remove it or trajectory")
         if self.trajectory is not None and any(c.estimators for c in self.constraints):
             raise ValueError("with offlineEvaluation.trajectory, constraints use trajectory.estimators: "
                              "remove constraints[].estimators")
@@ -1112,6 +1199,10 @@ class PolicyRolloutSpec(Model):
         description="Serve only actions inside this envelope on the RL variants; others are replaced by the "
         "fallback's action and recorded as proposals (kubectl policyrollout proposals).",
     )
+    fairness: FairnessSpec | None = Field(
+        default=None,
+        description="Fairness groups: every variant's server exports its metrics by group (group-disparity guardrail).",
+    )
     reward_key_secret: RewardKeySecretRef | None = Field(
         default=None,
         description="The Secret holding the key that signs request ids (POLICY_SERVER_REWARD_KEY, docs/security.md). "
@@ -1281,6 +1372,30 @@ class ConstraintStatus(StatusModel):
     verdict: str | None = None
 
 
+class FairnessGroupStatus(StatusModel):
+    """One group's estimate in the offline gate's fairness criterion."""
+
+    group: str
+    n: int | None = None
+    ess: float | None = None
+    value: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+class FairnessStatus(StatusModel):
+    """The offline gate's fairness criterion, as judged."""
+
+    group_key: str
+    metric: str | None = None
+    mode: str | None = None
+    disparity: float | None = None
+    bound: float | None = Field(default=None, description="Upper confidence bound of the disparity.")
+    max: float | None = None
+    verdict: str | None = None
+    groups: list[FairnessGroupStatus] = Field(default_factory=list)
+
+
 class OfflineEvaluationStatus(StatusModel):
     """The offline gate of the current candidate: its Job and, once done, what it found."""
 
@@ -1294,6 +1409,7 @@ class OfflineEvaluationStatus(StatusModel):
     required: float | None = None
     estimates: list[EstimateStatus] = Field(default_factory=list)
     constraints: list[ConstraintStatus] = Field(default_factory=list, description="Cost budgets, as judged.")
+    fairness: FairnessStatus | None = Field(default=None, description="The fairness criterion, as judged.")
     ess: float | None = None
     n: int | None = None
     unsupported_mass: float | None = None

@@ -29,7 +29,7 @@ from typing import Any
 
 from policy_server.join import cli as join_cli
 from policy_server.join import window as join_window
-from policy_server.ope import constraints, evaluate, logged
+from policy_server.ope import constraints, evaluate, fairness, logged
 from policy_server.ope._checks import OPEError, OPEInputError
 
 __all__ = ["add_parser", "main", "run"]
@@ -73,6 +73,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--constraint", action="append", default=[], metavar="cost=NAME,max=B",
                    help="a budget on a cost posted with the rewards (repeatable): cost=NAME and max=B (absolute) or "
                         "maxIncrease=B (over the baseline); optional estimators=snips+dr, confidence=0.9")
+    fairness.add_args(p)
     p.add_argument("--min-lower-bound-ratio", type=float, default=None)
     p.add_argument("--min-lower-bound-delta", type=float, default=None)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the models' forward passes")
@@ -172,10 +173,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise OPEError("give the candidate artifact with --policy (or --critic-calibration, which needs none)")
     if args.min_lower_bound_ratio is not None and args.min_lower_bound_delta is not None:
         raise OPEError("give at most one of --min-lower-bound-ratio and --min-lower-bound-delta")
+    fair = fairness.criterion_from_args(args)
     if args.trajectories:
+        if fair is not None:
+            raise OPEError("the fairness criterion (--fairness-group-key) judges single decisions; "
+                           "drop it or --trajectories")
         return run_trajectories(args)
     budgets = [constraints.parse_constraint(text) for text in args.constraint]
-    data = logged.load_logged(args.logs, options=dataset_options(args))
+    data = logged.load_logged(args.logs, options=dataset_options(args), with_contexts=fair is not None)
     candidate, version = evaluate.policy_probabilities(args.policy, data.observations, device=args.device,
                                                        batch_size=args.batch_size)
     baseline = None
@@ -194,6 +199,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     except OPEInputError as exc:
         raise OPEError(str(exc)) from exc
+    if fair is not None:
+        assert data.contexts is not None
+        labels, spec = fairness.group_labels(data.contexts, fair)
+        result = fairness.apply(result, fairness.evaluate_fairness(data, candidate, labels, spec, fair, seed=args.seed))
     result["candidate"] = version
     if baseline_version is not None:
         result["baselineVersion"] = baseline_version
@@ -216,6 +225,12 @@ def _print_human(result: dict[str, Any]) -> None:
             continue
         print(f"  {c['criterion']} {c['estimator']:>5}: {c['value']}  upper bound {c['upperBound']}  "
               f"budget {c['budget']}  baseline {c['baselineValue']}  -> {c['verdict']}")
+    if result.get("fairness"):
+        f = result["fairness"]
+        print(f"  fairness {f['metric']} {f['mode']} by {f['groupKey']}: bound {f['bound']} (max {f['max']}) "
+              f"-> {f['verdict']}")
+        for g in f.get("groups", []):
+            print(f"    {g['group']:>12}: {g['value']}  [{g['lower']}, {g['upper']}]  n={g['n']} ESS={g['ess']}")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -36,13 +36,15 @@ class LoggedData:
     behavior_dist: np.ndarray | None  # float64 (n, K) when every row logged its probabilities
     n_actions: int
     costs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # name -> float64 (n,), NaN: not reported
+    contexts: list[str | None] | None = None  # each decision's request context (JSON), when asked for (fairness)
 
 
-def load_logged(url: str, obs_shape: Sequence[int] | None = None, options: JoinOptions | None = None) -> LoggedData:
+def load_logged(url: str, obs_shape: Sequence[int] | None = None, options: JoinOptions | None = None,
+                *, with_contexts: bool = False) -> LoggedData:
     """The joined (rewarded, or defaulted), served, discrete decisions of the log at `url`, as arrays.
 
     ``options`` are the join rules; the default is an unbounded window, the first reward of a decision,
-    and decisions without a reward left out.
+    and decisions without a reward left out. ``with_contexts`` also reads each decision's request context.
     """
     import pyarrow.compute as pc
 
@@ -87,7 +89,11 @@ def load_logged(url: str, obs_shape: Sequence[int] | None = None, options: JoinO
             behavior = probs.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
             behavior = behavior.reshape(n, k)
             n_actions = max(n_actions, k)
-    return LoggedData(observations, actions, propensities, rewards, behavior, n_actions, _costs(table["costs"]))
+    contexts = None
+    if with_contexts:
+        contexts = table["context_json"].to_pylist() if "context_json" in table.column_names else [None] * n
+    return LoggedData(observations, actions, propensities, rewards, behavior, n_actions, _costs(table["costs"]),
+                      contexts)
 
 
 def _costs(column: object) -> dict[str, np.ndarray]:

@@ -202,8 +202,10 @@ def test_rules_are_kubernetes_cel_within_cost_bounds(schema: dict[str, Any]) -> 
     rules = _rules(schema)
     # spec (2), steps, guardrails (names, query xor template), shadowGuardrails (the same two), judge cost,
     # offlineEvaluation margin and reward range, a cost constraint's budget, rewards (window, default xor exclude,
-    # keeping unrewarded decisions needs a default), training (workers and costBudgets need constrained-cql)
-    assert len(rules) == 15
+    # keeping unrewarded decisions needs a default), training (workers and costBudgets need constrained-cql),
+    # offlineEvaluation.fairness (not with trajectory; metric cost needs cost; metric action-rate needs action;
+    # distinct groups, none named other), spec.fairness (the same for its groups)
+    assert len(rules) == 20
     env = celpy.Environment()
     for path, entry in rules:
         env.compile(entry["rule"])  # parses in cel-python
@@ -328,6 +330,20 @@ INVALID = [
     ("progress-deadline-forever", _set("spec.progressDeadline", "forever"), "spec.progressDeadline"),
     ("ope-ratio-and-delta", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "minLowerBoundRatio": 0.9,
                                                             "minLowerBoundDelta": 0.1}), "spec.offlineEvaluation"),
+    ("fairness-with-trajectory", _set("spec.offlineEvaluation", {
+        "dataset": "s3://logs", "trajectory": {"gamma": 0.9}, "fairness": {"groupKey": "region", "max": 0.1}}),
+     "spec.offlineEvaluation"),
+    ("fairness-cost-without-name", _set("spec.offlineEvaluation", {
+        "dataset": "s3://logs", "fairness": {"groupKey": "region", "metric": "cost", "max": 0.1}}),
+     "spec.offlineEvaluation.fairness"),
+    ("fairness-action-rate-without-action", _set("spec.offlineEvaluation", {
+        "dataset": "s3://logs", "fairness": {"groupKey": "region", "metric": "action-rate", "max": 0.1}}),
+     "spec.offlineEvaluation.fairness"),
+    ("fairness-group-other", _set("spec.fairness", {"groupKey": "region", "groups": ["a", "other"]}),
+     "spec.fairness.groups"),
+    ("fairness-group-twice", _set("spec.offlineEvaluation", {
+        "dataset": "s3://logs", "fairness": {"groupKey": "region", "groups": ["a", "a"], "max": 0.1}}),
+     "spec.offlineEvaluation.fairness.groups"),
     ("ope-confidence-one", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "confidence": 1}),
      "spec.offlineEvaluation.confidence"),
     ("ope-reward-range-reversed", _set("spec.offlineEvaluation", {"dataset": "s3://logs", "rewardRange": [1, 0]}),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from rollout_operator import api, engine, kube
 from rollout_operator.engine import offline, types
-from rollout_operator.resources import httproute
+from rollout_operator.resources import httproute, workload
 from rollout_operator.resources import jobs as job_resources
 
 from tests.support import decision_logs
@@ -348,3 +348,44 @@ def test_results_are_read_from_the_latest_terminated_pod() -> None:
     assert k8s_jobs.job_state({"status": {"active": 1}}) == (types.JobState.RUNNING, None)
     complete = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     assert k8s_jobs.job_state(complete) == (types.JobState.SUCCEEDED, None)
+
+
+def test_fairness_reaches_the_servers_and_the_job_and_its_failure_stops_the_rollout_naming_the_groups() -> None:
+    manifest = policy_rollout_manifest("lending", steps=[{"setWeight": 50}], fairness={
+        "groupKey": "region", "groups": ["north", "south"]}, offlineEvaluation={
+        "dataset": "s3://logs", "fairness": {"groupKey": "region", "metric": "action-rate", "action": 2,
+                                             "mode": "ratio", "max": 1.5, "minGroupEss": 50}})
+    rollout = _rollout(manifest)
+    job = job_resources.build(rollout, types.JobRequest(types.JobKind.OFFLINE_EVALUATION, "abc123"))
+    [c] = job["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert args[args.index("--fairness-group-key") + 1] == "region"
+    assert args[args.index("--fairness-groups") + 1] == "north,south"  # from spec.fairness
+    assert args[args.index("--fairness-metric") + 1] == "action-rate"
+    assert args[args.index("--fairness-action") + 1] == "2"
+    assert args[args.index("--fairness-mode") + 1] == "ratio" and args[args.index("--fairness-max") + 1] == "1.5"
+    for variant in ("stable", "candidate"):
+        [server] = workload.deployment(rollout, variant, rollout.spec.policy)["spec"]["template"]["spec"]["containers"]
+        assert server["args"][-4:] == ["--group-key", "region", "--groups", "north,south"]
+    waiting = _decide(rollout, candidate_ready=True)
+    reason = ("fairness: 95% upper bound 2.4 of the ratio in rate of action 2 between groups of region (estimate 2: "
+              "'south' 0.2 vs 'north' 0.1; ...) exceeds the allowed 1.5")
+    result = {"verdict": "fail", "reason": reason, "estimates": [{"estimator": "snips", "value": 0.5}],
+              "fairness": {"groupKey": "region", "metric": "action-rate", "mode": "ratio", "disparity": 2.0,
+                           "bound": 2.4, "max": 1.5, "verdict": "fail",
+                           "groups": [{"group": "north", "n": 900, "ess": 900.0, "value": 0.1, "lower": 0.08,
+                                       "upper": 0.12}, {"group": "south", "value": 0.2, "upper": 0.24}]}}
+    job_id = waiting.status.offline_evaluation.job_id  # type: ignore[union-attr]
+    done = _decide(_rollout(manifest, waiting.status), candidate_ready=True,
+                   jobs={job_id: types.JobObservation(types.JobState.SUCCEEDED, result)})
+    assert done.status.phase is api.Phase.FAILED and done.weights.candidate == 0
+    fairness = done.status.offline_evaluation.fairness  # type: ignore[union-attr]
+    assert fairness is not None and fairness.bound == 2.4 and [g.group for g in fairness.groups] == ["north", "south"]
+    [event] = [e for e in done.events if e.reason == "OfflineEvaluationFailed"]
+    assert "'south'" in event.message and "fairness action-rate ratio by region: bound 2.4 (max 1.5) fail" in (
+        event.message)
+    for bad, message in (({"metric": "cost"}, "metric cost needs cost"), ({"max": 1, "groups": ["other"]}, "other")):
+        with pytest.raises(ValueError, match=message):
+            api.FairnessCriterion.model_validate({"groupKey": "region", "max": 1, **bad})
+    with pytest.raises(ValueError, match="at most 32"):
+        api.FairnessSpec.model_validate({"groupKey": "region", "groups": [f"g{i}" for i in range(33)]})

@@ -131,6 +131,7 @@ class LocalWorkloads:
             "--log-dir", self.decision_log(rollout, variant), "--seed", str(self.seed + replica),
             "--threads", "1", "--drift-interval-s", "2", "--reuse-port", *workload.trusted_key_args(rollout),
             *envelope,
+            *workload.fairness_args(rollout),
         )
         # Replica 0 keeps the single-process name (its log file, the errors that name it).
         name = f"{rollout.metadata.name}-{variant}" + (f"-{replica}" if replica else "")

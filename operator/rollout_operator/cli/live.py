@@ -183,6 +183,12 @@ def offline_summary(status: JSON) -> str | None:
             text += (f" {cost['estimator']}={_num(cost.get('value'))} (upper bound {_num(cost.get('upperBound'))},"
                      f" budget {_num(cost.get('budget'))})")
         parts.append(f"{text} {cost.get('verdict') or ''}".rstrip())
+    fair = evaluation.get("fairness")
+    if fair:
+        spread = ", ".join(f"{g.get('group', '?')}={_num(g.get('value'))}" for g in fair.get("groups") or [])
+        parts.append(f"fairness {fair.get('metric', '?')} {fair.get('mode', '?')} by {fair.get('groupKey', '?')} "
+                     f"(bound {_num(fair.get('bound'))}, max {_num(fair.get('max'))}; {spread}) "
+                     f"{fair.get('verdict') or ''}".rstrip())
     if evaluation.get("message"):
         parts.append(str(evaluation["message"]))
     return "; ".join(parts)

@@ -324,6 +324,12 @@ def render_html(obj: JSON, data: Timeline, png: bytes, now: datetime) -> str:
                 [(c.get("cost"), c.get("estimator"), c.get("value"), c.get("upperBound"), c.get("budget"),
                   c.get("baselineValue"), c.get("verdict")) for c in evaluation["constraints"]],
             )
+        if evaluation.get("fairness"):
+            offline += "<p><b>Fairness by group</b></p>" + _table(
+                ("GROUP", "DECISIONS", "ESS", "VALUE", "LOWER", "UPPER"),
+                [(g.get("group"), g.get("n"), g.get("ess"), g.get("value"), g.get("lower"), g.get("upper"))
+                 for g in evaluation["fairness"].get("groups") or []],
+            )
     else:
         offline = "<p>No offline evaluation in this rollout's status (spec.offlineEvaluation not set).</p>"
     revisions = _table(("VERSION", "ARTIFACT", "PROMOTED AT"), [

@@ -100,6 +100,7 @@ def parse_result(result: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | No
         ))
     n = result.get("n")
     fields = {
+        "fairness": _fairness(result.get("fairness")),
         "constraints": constraints,
         "baseline_value": _number(result.get("baselineValue")),
         "required": _number(result.get("required")),
@@ -111,6 +112,26 @@ def parse_result(result: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | No
         "bound": result.get("bound") if isinstance(result.get("bound"), str) else None,
     }
     return str(verdict), str(result.get("reason") or verdict), fields
+
+
+def _fairness(entry: Any) -> api.FairnessStatus | None:
+    """The fairness criterion's part of the result (policy_server/ope/fairness.py), or None without one."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("groupKey"), str):
+        return None
+    groups = [
+        api.FairnessGroupStatus(
+            group=g["group"],
+            n=g.get("n") if isinstance(g.get("n"), int) and not isinstance(g.get("n"), bool) else None,
+            **{k: _number(g.get(k)) for k in ("ess", "value", "lower", "upper")},
+        )
+        for g in entry.get("groups") or []
+        if isinstance(g, dict) and isinstance(g.get("group"), str)
+    ]
+    text = {k: entry.get(k) if isinstance(entry.get(k), str) else None for k in ("metric", "mode", "verdict")}
+    return api.FairnessStatus(
+        group_key=entry["groupKey"], disparity=_number(entry.get("disparity")), bound=_number(entry.get("bound")),
+        max=_number(entry.get("max")), groups=groups, **text,
+    )
 
 
 def _summary(evaluation: api.OfflineEvaluationStatus) -> str:
@@ -127,6 +148,12 @@ def _summary(evaluation: api.OfflineEvaluationStatus) -> str:
         upper = "n/a" if c.upper_bound is None else f"{c.upper_bound:.4g}"
         budget = "n/a" if c.budget is None else f"{c.budget:.4g}"
         parts.append(f"cost {c.cost} {c.estimator} {value} (upper bound {upper}, budget {budget})")
+    fair = evaluation.fairness
+    if fair is not None:
+        bound = "n/a" if fair.bound is None else f"{fair.bound:.4g}"
+        limit = "n/a" if fair.max is None else f"{fair.max:.4g}"
+        parts.append(f"fairness {fair.metric} {fair.mode} by {fair.group_key}: bound {bound} (max {limit}) "
+                     f"{fair.verdict}")
     baseline = "n/a" if evaluation.baseline_value is None else f"{evaluation.baseline_value:.4g}"
     required = "n/a" if evaluation.required is None else f"{evaluation.required:.4g}"
     ess = "n/a" if evaluation.ess is None else f"{evaluation.ess:.0f}"

@@ -17,10 +17,10 @@ still divides 0 by 0 and stays inconclusive.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from rollout_operator import api
-from rollout_operator.guardrails import templating
+from rollout_operator.guardrails import fairness, templating
 
 __all__ = ["INTERVAL", "SERIES", "TEMPLATES", "GuardrailTemplate", "render_guardrail", "render_series"]
 
@@ -35,6 +35,7 @@ class GuardrailTemplate:
     query: str
     params: Mapping[str, str | None]
     example_condition: str
+    build: Callable[[Mapping[str, str]], str] | None = None  # the query from the parameters (its shape varies)
 
 
 def _sel(metric: str, variant: str = "candidate", extra: str = "") -> str:
@@ -192,6 +193,16 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
             "< 0.05",
         ),
         GuardrailTemplate(
+            "group-disparity",
+            "Largest disparity between the variant's fairness groups (spec.fairness) over the window: max - min "
+            "(mode difference) or max / min (ratio) of each group's mean reward, mean cost `cost` or rate of action "
+            "`action` (metric); groups with fewer than min_support decisions or no rewards are left out.",
+            fairness.group_disparity(fairness.PARAMS),
+            {**fairness.PARAMS, "window": INTERVAL},  # every parameter has a default: none is required
+            "< 0.1",
+            fairness.group_disparity,
+        ),
+        GuardrailTemplate(
             "error-rate",
             "Candidate's requests answered with an error, as a share of all its requests.",
             f"({_increase('policy_errors_total')} or vector(0)) / "
@@ -249,7 +260,8 @@ def _render(template: GuardrailTemplate, rollout: api.PolicyRollout, variant: st
     interval = templating.promql_duration(rollout.spec.analysis.interval)
     values = {k: (interval if d == INTERVAL else d) for k, d in template.params.items() if d is not None}
     values.update(params)
-    return templating.render(template.query, templating.guardrail_variables(rollout, variant, values))
+    query = template.query if template.build is None else template.build(values)
+    return templating.render(query, templating.guardrail_variables(rollout, variant, values))
 
 
 def render_guardrail(rollout: api.PolicyRollout, name: str, params: Mapping[str, str]) -> str:

@@ -216,9 +216,31 @@ def offline_evaluation_job(rollout: api.PolicyRollout, request: types.JobRequest
         args += ["--min-lower-bound-delta", repr(spec.min_lower_bound_delta)]
     for constraint in spec.constraints:  # one argument each: a negative budget would read as an option
         args.append(f"--constraint={_constraint_argument(constraint)}")
+    args += fairness_args(rollout)
     args += reward_args(rollout)
     env = {"POLICY_ROLLOUT": rollout.metadata.name, "POLICY_VERSION": policy.version}
     return _job(rollout, request, spec.job, ["policy-server"], args, env)
+
+
+def fairness_args(rollout: api.PolicyRollout) -> list[str]:
+    """`policy-server ope --fairness-*` (spec.offlineEvaluation.fairness; groups default to spec.fairness's)."""
+    spec = rollout.spec.offline_evaluation
+    criterion = None if spec is None else spec.fairness
+    if criterion is None:
+        return []
+    groups = criterion.groups
+    if groups is None and rollout.spec.fairness is not None and rollout.spec.fairness.group_key == criterion.group_key:
+        groups = rollout.spec.fairness.groups
+    args = ["--fairness-group-key", criterion.group_key, "--fairness-metric", criterion.metric,
+            "--fairness-mode", criterion.mode, "--fairness-max", repr(criterion.max),
+            "--fairness-min-group-ess", repr(criterion.min_group_ess), "--fairness-estimator", criterion.estimator]
+    if groups:
+        args += ["--fairness-groups", ",".join(groups)]
+    if criterion.cost is not None:
+        args += ["--fairness-cost", criterion.cost]
+    if criterion.action is not None:
+        args += ["--fairness-action", str(criterion.action)]
+    return args
 
 
 def _trajectory_args(spec: api.OfflineEvaluationSpec, policy: str, baseline: str) -> list[str]:

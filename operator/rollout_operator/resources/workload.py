@@ -112,6 +112,12 @@ def envelope_args(rollout: api.PolicyRollout, policy: api.PolicySpec) -> list[st
     return ["--envelope", text, "--envelope-fallback-model", fallback.artifact]
 
 
+def fairness_args(rollout: api.PolicyRollout) -> list[str]:
+    """``--group-key``/``--groups`` of ``spec.fairness``: every variant's server exports its metrics by group."""
+    fairness = rollout.spec.fairness
+    return [] if fairness is None else ["--group-key", fairness.group_key, "--groups", ",".join(fairness.groups)]
+
+
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -133,7 +139,8 @@ def deployment(rollout: api.PolicyRollout, variant: meta.Variant, policy: api.Po
         # --host: the server binds loopback by default; kubelet probes and the Service reach the pod IP.
         "args": ["serve", "--model", policy.artifact, "--host", "0.0.0.0", "--port", str(policy.port),
                  "--variant", variant, *decision_log_args(rollout, variant), *_durability_args(rollout, variant),
-                 *trusted_key_args(rollout), *workers_args(policy), *envelope_args(rollout, policy)],
+                 *trusted_key_args(rollout), *workers_args(policy), *envelope_args(rollout, policy),
+                 *fairness_args(rollout)],
         # The server's one-line reason to refuse (an unsigned artifact, a bad manifest) becomes the pod's
         # termination message, where `kubectl describe` and the operator's readiness report find it.
         "terminationMessagePolicy": "FallbackToLogsOnError",

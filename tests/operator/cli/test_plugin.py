@@ -193,6 +193,18 @@ def test_status_shows_a_breached_cost_budget(kube_api: KubeAPI, rollout: Any, ca
     assert "cost margin_violation snips=0.27 (upper bound 0.31, budget 0.05) fail" in " ".join(out.split())
 
 
+def test_status_shows_the_fairness_criterion_by_group(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
+    kube_api.set_status("PolicyRollout", "default", "pricing", {"offlineEvaluation": {
+        "jobId": "abc", "candidateVersion": "v2", "phase": "Failed", "required": 0.5,
+        "estimates": [{"estimator": "snips", "value": 0.74, "lowerBound": 0.7, "verdict": "pass"}],
+        "fairness": {"groupKey": "region", "metric": "reward", "mode": "difference", "bound": 1.09, "max": 0.3,
+                     "verdict": "fail", "groups": [{"group": "b", "value": 0.02}, {"group": "a", "value": 0.98}]},
+    }})
+    code, out, _ = run(kube_api, capsys, "status", "pricing")
+    assert code == 0
+    assert "fairness reward difference by region (bound 1.09, max 0.3; b=0.02, a=0.98) fail" in " ".join(out.split())
+
+
 def test_status_watch_follows_the_rollout_until_it_ends(kube_api: KubeAPI, rollout: Any, capsys: Any) -> None:
     def finish() -> None:
         time.sleep(1.5)
@@ -493,6 +505,8 @@ def test_report_from_status_alone(kube_api: KubeAPI, rollout: Any, tmp_path: Pat
     kube_api.set_status("PolicyRollout", "default", "pricing", {"offlineEvaluation": {
         "jobId": "abc", "candidateVersion": "v2", "phase": "Passed", "required": 0.5,
         "estimates": [{"estimator": "snips", "value": 0.61, "lowerBound": 0.55, "verdict": "pass"}],
+        "fairness": {"groupKey": "region", "metric": "reward", "mode": "difference", "bound": 0.1, "max": 0.3,
+                     "verdict": "pass", "groups": [{"group": "north", "n": 300, "value": 0.6}]},
     }})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -504,6 +518,7 @@ def test_report_from_status_alone(kube_api: KubeAPI, rollout: Any, tmp_path: Pat
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     html = (tmp_path / "r" / "report.html").read_text()
     assert "<td>snips</td><td>0.61</td><td>0.55</td>" in html and "Verdict:</b> Passed" in html
+    assert "Fairness by group" in html and "<td>north</td><td>300</td>" in html
     assert f"series unavailable from {dead}" in html, "an unreachable Prometheus is reported, not fatal"
     assert '<td>error-rate</td><td>&lt; 0.05</td><td>0.0123</td><td class="Pass">Pass</td>' in html
     assert "GuardrailFailing" in html and "<td>2</td><td>30%</td><td>current</td>" in html

@@ -72,6 +72,12 @@ class Publisher:
         self.exporter.set(metric, 0, **labels)
         self._later.append(lambda: self.exporter.set(metric, total, **labels))
 
+    def gauge_counter_labelled(self, metric: str, total: float, variant: str = "candidate", **extra: str) -> None:
+        """A labelled Summary's `_sum`/`_count` (e.g. by `group`), as the policy server exposes them."""
+        labels = self.labels(variant, **extra)
+        self.exporter.set(metric, 0, **labels)
+        self._later.append(lambda: self.exporter.set(metric, total, **labels))
+
     def publish(self) -> None:
         self.prometheus.wait_for(f'count({{rollout="{self.name}"}})', lambda v: v > 0, timeout=40)
         for apply in self._later:
