@@ -14,17 +14,14 @@ test_templates.py checks the other templates.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rollout_operator import api, reconciler
-from rollout_operator.engine.judges.threshold import ThresholdJudge
+from rollout_operator import api
 from rollout_operator.guardrails import prometheus as prometheus_provider
 from rollout_operator.guardrails import templates
 
@@ -32,12 +29,12 @@ from policy_server import attribution
 from tests.operator.guardrails.test_templates import NAMESPACE as TEMPLATES_NAMESPACE
 from tests.operator.guardrails.test_templates import Publisher, measure, rollout_named
 from tests.support.critic_policy import true_values, write_q_artifact
+from tests.support.live_guardrails import NAMESPACE, LabelledPrometheus, judge_when_scraped
 from tests.support.policy_server import Client, running
 from tests.support.prometheus import Exporter, PrometheusServer, _require_binary
 
 pytestmark = pytest.mark.integration
 
-NAMESPACE = "critic"
 OFFSET = 2.0
 DECISIONS = 40
 KEY = attribution.RewardKeys.parse("critic-guardrail-" * 3)
@@ -47,24 +44,6 @@ KEY = attribution.RewardKeys.parse("critic-guardrail-" * 3)
 def provider(prometheus: PrometheusServer) -> Iterator[prometheus_provider.PrometheusProvider]:
     with prometheus_provider.PrometheusProvider(prometheus.url, timeout=5.0) as p:
         yield p
-
-
-class LabelledPrometheus(PrometheusServer):
-    """Scrapes each target with its own `rollout` and `namespace` labels, as the cluster's relabelling does."""
-
-    def __init__(self, targets: dict[str, str]) -> None:
-        self.rollouts = targets  # target -> rollout name
-        super().__init__(list(targets))
-
-    def _write_config(self) -> None:
-        static = [{"targets": [t], "labels": {"rollout": r, "namespace": NAMESPACE}} for t, r in self.rollouts.items()]
-        config = {
-            "global": {
-                key: self.scrape_interval for key in ("scrape_interval", "scrape_timeout", "evaluation_interval")
-            },
-            "scrape_configs": [{"job_name": "policy", "static_configs": static}],
-        }
-        self.config_path.write_text(json.dumps(config))
 
 
 def rollout(name: str) -> api.PolicyRollout:
@@ -103,19 +82,9 @@ def serve_and_reward(port: int, rng: np.random.Generator) -> None:
 
 
 def judged(metrics: prometheus_provider.PrometheusProvider, name: str) -> tuple[api.GuardrailStatus, bool]:
-    """Measure until the guardrail has a value over every reward (bounded), then judge it once."""
-    spec = rollout(name)
-    for _ in range(120):
-        got = reconciler.measure_guardrails(spec, metrics)
-        count = metrics.query(
-            f'sum(policy_value_abs_error_count{{rollout="{name}",namespace="{NAMESPACE}",variant="candidate"}})'
-        )
-        if got["critic"].value is not None and count.value == DECISIONS:
-            got = reconciler.measure_guardrails(spec, metrics)
-            judgement = ThresholdJudge().judge(spec.spec, spec.status, got, datetime.now(UTC))
-            return judgement.guardrails[0], judgement.rollback is not None
-        time.sleep(0.25)
-    raise AssertionError(f"no critic-error measurement for {name}; last {got}")
+    """Judge once Prometheus holds every reward (bounded)."""
+    count = f'sum(policy_value_abs_error_count{{rollout="{name}",namespace="{NAMESPACE}",variant="candidate"}})'
+    return judge_when_scraped(rollout(name), metrics, "critic", count, DECISIONS, timeout=30)
 
 
 def test_critic_error_guardrail_fails_a_miscalibrated_value_head_and_passes_a_calibrated_one(tmp_path: Path) -> None:

@@ -10,18 +10,15 @@ rollout (fails `< 0.05`), none for the other (passes).
 from __future__ import annotations
 
 import json
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import torch
-from rollout_operator import api, reconciler
-from rollout_operator.engine.judges.threshold import ThresholdJudge
+from rollout_operator import api
 from rollout_operator.guardrails import prometheus as prometheus_provider
 
-from tests.operator.guardrails.test_critic_error_guardrail import NAMESPACE as LABELLED_NAMESPACE
-from tests.operator.guardrails.test_critic_error_guardrail import LabelledPrometheus
+from tests.support.live_guardrails import NAMESPACE as LABELLED_NAMESPACE
+from tests.support.live_guardrails import LabelledPrometheus, judge_when_scraped
 from tests.support.policy_server import Client, running, write_custom_artifact
 from tests.support.prometheus import _require_binary
 
@@ -63,19 +60,9 @@ def decide(port: int, positive: int) -> None:
 
 
 def judged(metrics: prometheus_provider.PrometheusProvider, name: str) -> api.GuardrailStatus:
-    """Measure until every decision is scraped (bounded), then judge once."""
-    spec = rollout(name)
-    deadline = time.monotonic() + 60
-    while True:
-        got = reconciler.measure_guardrails(spec, metrics)
-        count = metrics.query(
-            f'sum(policy_decisions_total{{rollout="{name}",namespace="{LABELLED_NAMESPACE}",variant="candidate"}})'
-        )
-        if got["proposals"].value is not None and count.value == DECISIONS:
-            got = reconciler.measure_guardrails(spec, metrics)
-            return ThresholdJudge().judge(spec.spec, spec.status, got, datetime.now(UTC)).guardrails[0]
-        assert time.monotonic() < deadline, f"no envelope-proposal-rate measurement for {name}; last {got}"
-        time.sleep(0.25)
+    """Judge once every decision is scraped (bounded)."""
+    count = f'sum(policy_decisions_total{{rollout="{name}",namespace="{LABELLED_NAMESPACE}",variant="candidate"}})'
+    return judge_when_scraped(rollout(name), metrics, "proposals", count, DECISIONS)[0]
 
 
 def test_envelope_proposal_rate_fails_a_policy_that_proposes_too_often(tmp_path: Path) -> None:

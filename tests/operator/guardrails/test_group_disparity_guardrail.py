@@ -13,24 +13,21 @@ they must not count. The ratio form and the NaN guards are checked on exporter-p
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rollout_operator import api, reconciler
-from rollout_operator.engine.judges.threshold import ThresholdJudge
+from rollout_operator import api
 from rollout_operator.guardrails import prometheus as prometheus_provider
 from rollout_operator.guardrails import templates, templating
 
 from policy_server import attribution, groups
-from tests.operator.guardrails.test_critic_error_guardrail import NAMESPACE, LabelledPrometheus
 from tests.operator.guardrails.test_templates import Publisher, measure, rollout_named
 from tests.support import fair_policy
 from tests.support.cluster import ClusterAPI
 from tests.support.kube import policy_rollout_manifest
+from tests.support.live_guardrails import NAMESPACE, LabelledPrometheus, judge_when_scraped
 from tests.support.operator_process import OperatorProcess, poll
 from tests.support.policy_server import Client, running
 from tests.support.prometheus import Exporter, PrometheusServer, _require_binary
@@ -88,19 +85,10 @@ def serve_and_reward(candidate: int, stable: int, rng: np.random.Generator) -> N
 
 
 def judged(metrics: prometheus_provider.PrometheusProvider, name: str) -> tuple[api.GuardrailStatus, bool]:
-    """Measure until Prometheus holds every reward (bounded), then judge the guardrail once."""
-    spec = rollout(name)
+    """Judge once Prometheus holds every reward (bounded)."""
     expected = len(fair_policy.GROUPS) * PER_GROUP + STRAYS
-    count_query = f'sum(policy_group_reward_count{{rollout="{name}",namespace="{NAMESPACE}",variant="candidate"}})'
-    got: dict = {}
-    for _ in range(160):
-        got = reconciler.measure_guardrails(spec, metrics)
-        if got["fairness"].value is not None and metrics.query(count_query).value == expected:
-            got = reconciler.measure_guardrails(spec, metrics)
-            judgement = ThresholdJudge().judge(spec.spec, spec.status, got, datetime.now(UTC))
-            return judgement.guardrails[0], judgement.rollback is not None
-        time.sleep(0.25)
-    raise AssertionError(f"no group-disparity measurement for {name}; last {got}")
+    count = f'sum(policy_group_reward_count{{rollout="{name}",namespace="{NAMESPACE}",variant="candidate"}})'
+    return judge_when_scraped(rollout(name), metrics, "fairness", count, expected, timeout=40)
 
 
 def test_group_disparity_rolls_back_a_candidate_that_favours_one_group_and_passes_a_fair_one(tmp_path: Path) -> None:
