@@ -42,6 +42,7 @@ import orjson
 import torch
 
 from policy_server import policy
+from policy_server.errors import PolicyServerError
 
 __all__ = ["Budget", "Envelope", "EnvelopeError", "EnvelopeSpec", "parse_spec", "parse_window"]
 
@@ -50,7 +51,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 MAX_ENTITY_SPENDS = 1_000  # per entity: actions remembered within the window (the oldest are folded together)
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(PolicyServerError, ValueError):
     """An envelope that cannot be applied; the message says what to fix."""
 
 

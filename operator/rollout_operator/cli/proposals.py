@@ -80,15 +80,27 @@ def _label(values: Sequence[float] | None) -> str:
 
 
 def read_examples(url: str, since_ts: float, per_action: int = 3) -> dict[str, list[Example]]:
-    """Newest replaced decisions per proposed action (at most ``per_action`` each), from the newest segments."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Newest replaced decisions per proposed action (at most ``per_action`` each), from the newest segments.
 
-    from policy_server.decision_log import _storage
-    from policy_server.decision_log.schema import DECISIONS_DIR
+    Reads the decision log's documented layout (docs/decision-log.md: ``<writer>/decisions/*.parquet`` at any
+    depth under the rollout's URL) with pyarrow and fsspec rather than through ``policy_server``: the operator
+    package never imports the data plane (tests/test_package_boundaries.py), and the plugin needs neither torch
+    nor the server's writer, only the format."""
+    try:
+        import fsspec
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        needs = "reading the decision log needs pyarrow and fsspec: pip install 'policy-rollouts[server]'"
+        raise ValueError(needs) from None
 
-    fs, root = _storage.resolve(url, None)
-    paths = _storage.segments(fs, root, DECISIONS_DIR)
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        found = fs.find(root)
+    except FileNotFoundError:
+        found = []
+    paths = [p for p in found if p.endswith(".parquet") and p.rsplit("/", 2)[-2:-1] == ["decisions"]
+             and not p.rsplit("/", 1)[-1].startswith(("_", "."))]
     paths = sorted(paths, key=lambda p: p.rsplit("/", 1)[-1], reverse=True)[:MAX_SEGMENTS]
     columns = ["time", "variant", "request_id", "context_json", "action", "proposed_action"]
     found: dict[str, list[Example]] = {}
