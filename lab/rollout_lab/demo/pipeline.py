@@ -73,24 +73,32 @@ def _env(seed: int):
     return env
 
 
-def _log_fallback(live: view.LiveView, workdir: Path, fallback: Path, logs: Path, settings: Settings,
-                  seed: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def logging_server(name: str, model: Path, logs: Path, workdir: Path, seed: int) -> Iterator[str]:
+    """A real `policy-server serve` of `model` logging to `logs` (the fallback's traffic a candidate learns
+    from); yields its URL once ready, then stops it with SIGTERM so the log writes what it buffered."""
     port = processes.free_port()
-    server = processes.LocalProcess("fallback-logging", processes.policy_server_command(
-        "serve", "--model", str(fallback), "--port", str(port), "--variant", "stable", "--log-dir", str(logs),
+    server = processes.LocalProcess(name, processes.policy_server_command(
+        "serve", "--model", str(model), "--port", str(port), "--variant", "stable", "--log-dir", str(logs),
         "--seed", str(seed), "--threads", "1"), workdir / "logs")
-    started = time.time()
     try:
         server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
-        gen = loadgen.TrafficGenerator(f"http://127.0.0.1:{port}", _env(seed), rate=settings.rate, drain_s=4.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=30)
+
+
+def _log_fallback(live: view.LiveView, workdir: Path, fallback: Path, logs: Path, settings: Settings,
+                  seed: int) -> dict[str, Any]:
+    started = time.time()
+    with logging_server("fallback-logging", fallback, logs, workdir, seed) as url:
+        gen = loadgen.TrafficGenerator(url, _env(seed), rate=settings.rate, drain_s=4.0)
         gen.start()
         while gen.sent < settings.log_decisions:
             live.set_stage("1/4 logging", f"fallback served {gen.sent}/{settings.log_decisions} customers")
             time.sleep(0.5)
         gen.stop()
         time.sleep(0.5)
-    finally:
-        server.stop(grace=30)  # SIGTERM: the decision log writes what it buffered
     totals = gen.totals().get("stable", loadgen.Bucket())
     return {"decisions": totals.decisions, "rewards": totals.rewards,
             "conversion": totals.reward_sum / max(1, totals.rewards),

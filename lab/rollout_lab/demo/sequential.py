@@ -143,24 +143,16 @@ def simulated(path: Path, gamma: float, days: int = 4000, seed: int = 123) -> di
 def log_episodes(live: view.LiveView, workdir: Path, fallback: Path, logs: Path, settings: Settings,
                  seed: int) -> dict[str, Any]:
     """Days under the fallback through a real policy server (decision log with episode keys)."""
-    port = processes.free_port()
-    server = processes.LocalProcess("cooling-logging", processes.policy_server_command(
-        "serve", "--model", str(fallback), "--port", str(port), "--variant", "stable", "--log-dir", str(logs),
-        "--seed", str(seed), "--threads", "1"), workdir / "logs")
     started = time.time()
-    gen = episodes.EpisodeGenerator(f"http://127.0.0.1:{port}", _env, rate=settings.rate,
-                                    concurrency=settings.concurrency, episodes=settings.episodes, seed=seed,
-                                    prefix="log", drain_s=5.0)
-    try:
-        server.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+    with pipeline.logging_server("cooling-logging", fallback, logs, workdir, seed) as url:
+        gen = episodes.EpisodeGenerator(url, _env, rate=settings.rate, concurrency=settings.concurrency,
+                                        episodes=settings.episodes, seed=seed, prefix="log", drain_s=5.0)
         gen.start()
         deadline = time.monotonic() + 600
         while not gen.finished and time.monotonic() < deadline:
             live.set_stage("1/4 logging", f"thermostat ran {gen.episodes_done}/{settings.episodes} days")
             time.sleep(0.5)
         gen.stop()
-    finally:
-        server.stop(grace=30)  # SIGTERM: the decision log writes what it buffered
     totals = gen.totals().get("stable")
     return {"episodes": gen.episodes_done, "failedEpisodes": gen.failed_episodes,
             "decisions": totals.decisions if totals else 0, "rewards": totals.rewards if totals else 0,
