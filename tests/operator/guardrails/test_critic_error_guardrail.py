@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +37,6 @@ pytestmark = pytest.mark.integration
 OFFSET = 2.0
 DECISIONS = 40
 KEY = attribution.RewardKeys.parse("critic-guardrail-" * 3)
-
-
-@pytest.fixture()
-def provider(prometheus: PrometheusServer) -> Iterator[prometheus_provider.PrometheusProvider]:
-    with prometheus_provider.PrometheusProvider(prometheus.url, timeout=5.0) as p:
-        yield p
 
 
 def rollout(name: str) -> api.PolicyRollout:

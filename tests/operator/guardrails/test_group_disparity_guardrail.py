@@ -13,7 +13,6 @@ they must not count. The ratio form and the NaN guards are checked on exporter-p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +43,6 @@ GUARDRAIL = {
     "condition": "< 0.3",
     "failureLimit": 1,
 }
-
-
-@pytest.fixture()
-def provider(prometheus: PrometheusServer) -> Iterator[prometheus_provider.PrometheusProvider]:
-    with prometheus_provider.PrometheusProvider(prometheus.url, timeout=5.0) as p:
-        yield p
 
 
 def rollout(name: str) -> api.PolicyRollout:

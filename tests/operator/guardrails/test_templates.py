@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import prometheus_client
 import pytest
@@ -42,12 +42,6 @@ def rollout_named(name: str, guardrails: list[dict[str, object]] | None = None, 
             },
         }
     )
-
-
-@pytest.fixture()
-def provider(prometheus: PrometheusServer) -> Iterator[prometheus_provider.PrometheusProvider]:
-    with prometheus_provider.PrometheusProvider(prometheus.url, timeout=5.0) as p:
-        yield p
 
 
 class Publisher:
