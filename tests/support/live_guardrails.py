@@ -22,12 +22,14 @@ NAMESPACE = "critic"  # the namespace label every scraped target gets
 class LabelledPrometheus(PrometheusServer):
     """Scrapes each target with its own `rollout` and `namespace` labels, as the cluster's relabelling does."""
 
-    def __init__(self, targets: dict[str, str]) -> None:
+    def __init__(self, targets: dict[str, str], namespace: str = NAMESPACE) -> None:
         self.rollouts = targets  # target -> rollout name
+        self.namespace = namespace
         super().__init__(list(targets))
 
     def _write_config(self) -> None:
-        static = [{"targets": [t], "labels": {"rollout": r, "namespace": NAMESPACE}} for t, r in self.rollouts.items()]
+        labels = {t: {"rollout": r, "namespace": self.namespace} for t, r in self.rollouts.items()}
+        static = [{"targets": [t], "labels": label} for t, label in labels.items()]
         config = {
             "global": {
                 key: self.scrape_interval for key in ("scrape_interval", "scrape_timeout", "evaluation_interval")

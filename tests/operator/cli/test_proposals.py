@@ -21,30 +21,13 @@ from tests.support.cluster import ClusterAPI as KubeAPI
 from tests.support.cluster import cluster_as_kube_api  # noqa: F401 - the real control plane
 from tests.support.envelope_policy import OBS, write_preferring
 from tests.support.kube import policy_rollout_manifest
+from tests.support.live_guardrails import LabelledPrometheus
 from tests.support.policy_server import running
-from tests.support.prometheus import PrometheusServer, _require_binary
+from tests.support.prometheus import _require_binary
 
 pytestmark = pytest.mark.integration
 
 DECISIONS = 30
-
-
-class LabelledPrometheus(PrometheusServer):
-    """Scrapes the server with the `rollout`/`namespace` labels the cluster's relabelling adds (docs/guardrails.md)."""
-
-    def __init__(self, target: str, rollout: str, namespace: str) -> None:
-        self.labels = {"rollout": rollout, "namespace": namespace}
-        super().__init__([target])
-
-    def _write_config(self) -> None:
-        interval = self.scrape_interval
-        config = {
-            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-            "scrape_configs": [
-                {"job_name": "policy", "static_configs": [{"targets": self.targets, "labels": self.labels}]}
-            ],
-        }
-        self.config_path.write_text(json.dumps(config))
 
 
 def run(kube_api: KubeAPI, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -77,7 +60,7 @@ def test_proposals_lists_counts_examples_and_the_widening_then_records_a_rejecti
             envelope=json.dumps({"actions": [0, 1, 2]}),
             envelope_fallback_model=str(fallback),
         ) as srv,
-        LabelledPrometheus(f"127.0.0.1:{srv.port}", "pricing", "default") as prom,
+        LabelledPrometheus({f"127.0.0.1:{srv.port}": "pricing"}, namespace="default") as prom,
     ):
         kube_api.put("PolicyRollout", manifest(log, prom.url))
         # the pre-created zero is scraped first, so the window holds every proposal
