@@ -12,7 +12,6 @@ they must not count. The ratio form and the NaN guards are checked on exporter-p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -165,24 +164,6 @@ def test_the_template_checks_its_choices_and_escapes_its_values() -> None:
 # ------------------------------------------------------------------ a whole rollout
 
 
-class RolloutPrometheus(LabelledPrometheus):
-    """Scrapes the policy servers as the cluster's relabelling would, for one namespace of our choosing."""
-
-    def __init__(self, targets: dict[str, str], namespace: str) -> None:
-        self.namespace = namespace
-        super().__init__(targets)
-
-    def _write_config(self) -> None:
-        static = [
-            {"targets": [t], "labels": {"rollout": r, "namespace": self.namespace}} for t, r in self.rollouts.items()
-        ]
-        config = {
-            "global": {k: self.scrape_interval for k in ("scrape_interval", "scrape_timeout", "evaluation_interval")},
-            "scrape_configs": [{"job_name": "policy", "static_configs": static}],
-        }
-        self.config_path.write_text(json.dumps(config))
-
-
 def test_the_operator_rolls_back_a_candidate_that_favours_one_group(cluster: ClusterAPI, tmp_path: Path) -> None:
     """The real operator process on a real control plane judges the template on a real Prometheus scraping real
     servers (the pods kwok runs serve nothing; these servers play them): Paused at 20 %, users of both regions
@@ -202,7 +183,7 @@ def test_the_operator_rolls_back_a_candidate_that_favours_one_group(cluster: Clu
     with (
         running(fair, reward_keys=KEY, variant="stable", groups=spec) as stable,
         running(unfair, reward_keys=KEY, variant="candidate", groups=spec) as candidate,
-        RolloutPrometheus(
+        LabelledPrometheus(
             {f"127.0.0.1:{stable.port}": name, f"127.0.0.1:{candidate.port}": name}, namespace=namespace
         ) as prom,
     ):
