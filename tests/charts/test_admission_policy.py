@@ -65,12 +65,15 @@ def admin(control_plane: ControlPlane) -> Iterator[kube.Client]:
     for obj in objects:
         client.apply(obj)
     bad = _rollout(analysis={"prometheusUrl": "http://127.0.0.1:9090"})
-    wait_for(lambda: _refusal(client, bad) is not None, 30, what="the admission policy to take effect")
+    wait_for(lambda: _refusal(client, bad) is not None, 30, 0.5, what="the admission policy to take effect")
     try:
         yield client
     finally:
         for obj in reversed(objects):
             client.delete(obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+        # The API server drops a deleted policy from its admission cache a moment later; the next module's
+        # rollouts must not meet it.
+        wait_for(lambda: _refusal(client, bad) is None, 30, 0.5, what="the admission policy to be removed")
         client.delete("v1", "Namespace", NAMESPACE)
         client.close()
 
