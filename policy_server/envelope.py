@@ -133,6 +133,15 @@ def _budget(data: object) -> Budget:
     return Budget(float(limit), parse_window(data.get("window", "24h")), weights)
 
 
+def proposal_labels(pol: policy.Policy) -> list[str]:
+    """Every value the ``proposed`` label can take for `pol`: the discrete action, or the bound a continuous
+    action crossed (``dim<i>_low``/``dim<i>_high``) or ``budget``; created at zero so rates exist before a
+    first proposal."""
+    if pol.discrete:
+        return [str(i) for i in range(pol.n_outputs)]
+    return [f"dim{i}_{side}" for i in range(pol.n_outputs) for side in ("low", "high")] + ["budget"]
+
+
 @dataclass
 class Applied:
     """What the envelope did to a batch: the proposals it replaced (rows with ``flagged``)."""

@@ -347,7 +347,7 @@ class PolicyServer:
         if self._predicts_value:
             self.metrics.init_value(cfg.variant)
         if self._envelope_on:
-            self.metrics.init_envelope(self._envelope_labels(pol))
+            self.metrics.init_envelope(envelope.proposal_labels(pol))
         if cfg.groups is not None:
             self._group_metrics = group_metrics.GroupMetrics(
                 cfg.groups, variant=cfg.variant, actions=actions if pol.discrete else None, costs=m.costs
@@ -363,12 +363,6 @@ class PolicyServer:
         spec = envelope.parse_spec(self.config.envelope)
         self.shield.envelope = envelope.Envelope(spec, pol, self._envelope_fallback)
         self._envelope_on = True
-
-    @staticmethod
-    def _envelope_labels(pol: policy_mod.Policy) -> list[str]:
-        if pol.discrete:
-            return [str(i) for i in range(pol.n_outputs)]
-        return [f"dim{i}_{side}" for i in range(pol.n_outputs) for side in ("low", "high")] + ["budget"]
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what was read, close the decision log. Idempotent; never hangs.

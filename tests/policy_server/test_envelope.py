@@ -104,6 +104,8 @@ def test_continuous_replaced_action_carries_the_mass_that_left_the_envelope(tmp_
     atom = res.decision.propensities[replaced]
     assert np.ptp(atom) < 1e-9 and abs(replaced.mean() - atom[0]) < 4 * np.sqrt(atom[0] * (1 - atom[0]) / n)
     assert set(res.proposals) <= {"dim0_low", "dim0_high"} and sum(res.proposals.values()) == replaced.sum()
+    assert set(res.proposals) <= set(envelope.proposal_labels(cand))  # every label exists at zero from the start
+    assert envelope.proposal_labels(cand) == ["dim0_low", "dim0_high", "dim1_low", "dim1_high", "budget"]
 
 
 @pytest.mark.integration
