@@ -17,20 +17,50 @@ together are batched anyway, and on CPU a forward pass is cheaper than the wait.
 off when a forward pass is expensive (GPU, large models).
 
 A batch larger than ``max_batch`` is split. Requests that arrive while a batch runs wait for
-the next flush.
+the next flush. The server splits a batch once more where one entity asks twice in it and the
+shield keeps per-entity memory (:func:`rounds_by_key`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["MicroBatcher"]
+__all__ = ["MicroBatcher", "rounds_by_key"]
 
 T = TypeVar("T")
 log = logging.getLogger("policy_server.batching")
+
+
+def rounds_by_key(keys: Sequence[Hashable | None]) -> list[list[int]] | None:
+    """Row indices in rounds where no key repeats (the k-th occurrence of a key goes to round k), in
+    arrival order; None when no key repeats (the common case: one pass, nothing allocated beyond a set).
+
+    Why: the shield's per-entity memory (max-delta's last action, the envelope budget's spend) is
+    read before a batch and written after it, so two decisions for one entity in one batch would
+    both be judged against the state before either. Run round by round, each sees the one before.
+    """
+    seen: set[Hashable] = set()
+    for key in keys:
+        if key is None:
+            continue
+        if key in seen:
+            break
+        seen.add(key)
+    else:
+        return None
+    rounds: list[list[int]] = []
+    count: dict[Hashable, int] = {}
+    for i, key in enumerate(keys):
+        k = 0 if key is None else count.get(key, 0)
+        if key is not None:
+            count[key] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    return rounds
 
 
 class MicroBatcher(Generic[T]):

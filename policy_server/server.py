@@ -536,6 +536,15 @@ class PolicyServer:
         )
 
     def _run_batch(self, items: list[_Pending]) -> None:
+        if self.shield.remembers_entities:
+            rounds = batching.rounds_by_key([it.entity for it in items])
+            if rounds is not None:  # one entity twice: each decision must see the one before (batching.py)
+                for rows in rounds:
+                    self._run_round([items[i] for i in rows])
+                return
+        self._run_round(items)
+
+    def _run_round(self, items: list[_Pending]) -> None:
         pol = self.policy
         try:
             obs = np.array([it.obs for it in items], dtype=np.float32)

@@ -21,7 +21,8 @@ reported propensity is always the probability of the served action under the shi
     world has it now (the price on the shelf), which holds whatever replica, variant or restart
     serves the entity, so this is the guarantee with several replicas (docs/policy-server.md,
     "Per-entity guarantees"). Without it, the last action this process served the entity,
-    from a bounded LRU (``entity_capacity``, default 100,000): exact on one replica, and kept
+    from a bounded LRU (``entity_capacity``, default 100,000; one entity twice in a micro-batch is
+    decided in two rounds, server.py): exact on one replica, and kept
     useful on several by the router's per-entity endpoint stickiness, but lost when the entity
     moves to another process (a pod dies, scales, or a rollout moves it between variants).
 ``non_finite_output`` / ``latency_budget``
@@ -96,6 +97,11 @@ class Shield:
             self.low, self.high = lo, hi
             fb = np.zeros(k) if cfg.fallback_action is None else np.asarray(cfg.fallback_action, dtype=np.float64)
             self.fallback_vec = np.clip(fb, lo, hi)
+
+    @property
+    def remembers_entities(self) -> bool:
+        """Whether a decision for an entity depends on the entity's earlier ones (max-delta, envelope budget)."""
+        return self.max_delta is not None or (self.envelope is not None and self.envelope.budget is not None)
 
     # ------------------------------------------------------------------ request-level checks
 

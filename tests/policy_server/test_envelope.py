@@ -12,7 +12,7 @@ import pytest
 from policy_server import artifact, envelope, metrics, policy, shield, worker_metrics
 from policy_server.decision_log import read_decisions
 from tests.support.envelope_policy import OBS, write_preferring
-from tests.support.policy_server import metric, parse_metrics, running, start_cli
+from tests.support.policy_server import metric, parse_metrics, pipelined_acts, running, start_cli
 
 PREFERS_3 = [0.0, 0.5, 1.0, 4.0]  # greedy: action 3, outside the envelope {0, 1, 2}
 FALLBACK_PREFERS_1 = [0.0, 3.0, 0.0, 0.0]
@@ -127,6 +127,20 @@ def test_budget_is_exact_across_two_replicas_with_envelope_spent(tmp_path: Path)
         assert sum(a != 0 for a in served) == 10
         status, err = clients[0].post("/v1/act", {"observation": OBS, "context": {"envelope_spent": -1}})
     assert status == 400 and "envelope_spent" in err["error"]
+
+
+@pytest.mark.integration
+def test_budget_holds_for_one_entity_asking_many_times_in_one_micro_batch(tmp_path: Path) -> None:
+    """Pipelined requests share a micro-batch; each must see the spend of the ones before it."""
+    candidate = write_preferring(tmp_path / "cand", PREFERS_3)
+    fallback = write_preferring(tmp_path / "fb", [3.0, 0.0, 0.0, 0.0])
+    env = json.dumps({"budget": {"limit": 5, "window": "24h", "weights": [0, 1, 1, 1]}})
+    with running(candidate, variant="a", envelope=env, envelope_fallback_model=str(fallback)) as srv:
+        answers = pipelined_acts(srv.port, [{"observation": OBS, "context": {"entity": "shop-3"}}] * 12)
+        m = srv.client().metrics()
+    actions = [a["action"] for a in answers]
+    assert actions == [3] * 5 + [0] * 7  # in arrival order: the first five fit, the rest are replaced
+    assert metric(m, "policy_envelope_proposals_total", variant="a", proposed="3") == 7
 
 
 @pytest.mark.integration

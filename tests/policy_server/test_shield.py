@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from policy_server import artifact, policy, shield
-from tests.support.policy_server import metric, running, write_custom_artifact
+from tests.support.policy_server import metric, pipelined_acts, running, write_custom_artifact
 
 OBS = [0.3, -1.2, 0.5, 0.0, 1.1, -0.4, 0.9, -0.7]
 GREEDY = {"kind": "greedy"}
@@ -94,6 +94,20 @@ def test_max_delta_per_entity(tmp_path: Path) -> None:
         assert other["action"] != a1["action"] and not other["shield"]["intervened"]
         m = c.metrics()
     assert metric(m, "policy_shield_interventions_total", variant="s", reason="max_delta") == 1
+
+
+@pytest.mark.integration
+def test_max_delta_holds_between_two_decisions_in_one_micro_batch(tmp_path: Path) -> None:
+    """Pipelined requests share a micro-batch; the second must be bounded by the first, not by the state before."""
+    path = artifact.write_example_model(tmp_path / "m", exploration=GREEDY, shield={"max_delta": 0})
+    obs = np.random.default_rng(0).standard_normal((200, 8)).astype(np.float32)
+    greedy = np.argmax(_local(path).forward(obs), axis=1)
+    first, second = obs[0].tolist(), obs[int(np.nonzero(greedy != greedy[0])[0][0])].tolist()
+    payloads = [{"observation": o, "context": {"entity": "user-1"}} for o in (first, second)]
+    with running(path, variant="s") as srv:
+        answers = pipelined_acts(srv.port, payloads)
+    assert [a["action"] for a in answers] == [greedy[0], greedy[0]]
+    assert answers[1]["shield"]["reasons"] == ["max_delta"]
 
 
 class _NanWhenLarge(torch.nn.Module):

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,6 +70,26 @@ class Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def pipelined_acts(port: int, payloads: list[dict[str, Any]], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """POST every payload to /v1/act in one write on one connection (HTTP/1.1 pipelining): the server
+    parses them in one loop iteration, so they share a micro-batch. The answers' bodies, in order."""
+    data = b""
+    for payload in payloads:
+        body = json.dumps(payload).encode()
+        data += b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    reply = b""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(data)
+        while reply.count(b"HTTP/1.1 ") < len(payloads) or not reply.endswith(b"}"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {len(payloads)} answers after {timeout}s: {reply[-500:]!r}")
+            reply += conn.recv(65536)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)
+    assert statuses == [b"200"] * len(payloads), reply
+    return [json.loads(m) for m in re.findall(rb"\r\n\r\n(\{.*?\})(?=HTTP/1\.1 |$)", reply, re.S)]
 
 
 def parse_metrics(text: str) -> dict[str, float]:
