@@ -11,6 +11,7 @@ The render functions are pure; :func:`query_counts` and :func:`read_examples` do
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from rollout_operator import api
 __all__ = [
     "ANNOTATION_REJECTED",
     "Example",
+    "growth",
     "promql",
     "query_counts",
     "read_examples",
@@ -47,11 +49,20 @@ class Example:
 
 
 def promql(name: str, namespace: str, since: str) -> str:
-    """Proposals per (variant, proposed) in the window, exactly: each series (one per pod) is a counter that
-    starts at 0 and never goes down (workers are merged, worker_metrics.py), so its growth in the window is
-    max - min; ``increase()`` would extrapolate to the window's edges and print 31.5 for 30."""
-    series = f'policy_envelope_proposals_total{{rollout="{name}",namespace="{namespace}"}}[{since}]'
-    return f"sum by (variant, proposed) (max_over_time({series}) - min_over_time({series}))"
+    """The raw samples of the rollout's proposal counters in the window (one series per pod, variant and
+    proposed action); :func:`query_counts` turns them into counts."""
+    return f'policy_envelope_proposals_total{{rollout="{name}",namespace="{namespace}"}}[{since}]'
+
+
+def growth(samples: Sequence[float]) -> float:
+    """How much a counter grew over its samples, exactly: a drop is a restart of the process (its counter
+    starts again at 0), so the value after it is all new. Why not PromQL: ``increase()`` extrapolates to
+    the window's edges (31.5 for 30 proposals), and ``max_over_time - min_over_time`` miscounts across a
+    container restart, which keeps the pod's series."""
+    total = 0.0
+    for before, after in itertools.pairwise(samples):
+        total += after - before if after >= before else after
+    return total
 
 
 def query_counts(url: str, query: str) -> dict[tuple[str, str], float]:
@@ -64,11 +75,11 @@ def query_counts(url: str, query: str) -> dict[tuple[str, str], float]:
         raise ValueError(body.get("error") or f"HTTP {response.status_code}")
     out: dict[tuple[str, str], float] = {}
     for series in body["data"]["result"]:
-        value = float(series["value"][1])
         labels = series["metric"]
-        if math.isfinite(value) and round(value) > 0:
-            out[(labels.get("variant", "?"), labels.get("proposed", "?"))] = value
-    return out
+        key = (labels.get("variant", "?"), labels.get("proposed", "?"))
+        values = [float(v) for _, v in series["values"]]
+        out[key] = out.get(key, 0.0) + growth([v for v in values if math.isfinite(v)])
+    return {key: value for key, value in out.items() if round(value) > 0}
 
 
 def _label(values: Sequence[float] | None) -> str:

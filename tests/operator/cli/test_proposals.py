@@ -69,7 +69,10 @@ def test_proposals_lists_counts_examples_and_the_widening_then_records_a_rejecti
         served = [client.act(OBS, context={"entity": f"shop-{i % 4}"}) for i in range(DECISIONS)]
         assert {b["action"] for b in served} == {1}
         query = proposals.promql("pricing", "default", "1h")
-        prom.wait_for(f"sum({query})", lambda v: v == DECISIONS, timeout=40)
+        deadline = time.monotonic() + 40  # until Prometheus has scraped every proposal
+        while proposals.query_counts(prom.url, query) != {("candidate", "3"): DECISIONS}:
+            assert time.monotonic() < deadline, proposals.query_counts(prom.url, query)
+            time.sleep(0.25)
         deadline = time.monotonic() + 30  # staged rows reach a Parquet segment within ~1 s
         while len(proposals.read_examples(str(log), 0.0).get("3", [])) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -45,6 +45,22 @@ def test_nothing_proposed_says_so() -> None:
     assert "no proposals" in proposals.render(obj({"actions": [0]}), {}, {}, [], "24h")
 
 
+@pytest.mark.parametrize(
+    ("samples", "grown"),
+    [
+        ([0.0, 4.0, 4.0, 9.0], 9.0),  # a pod's counter over the window
+        ([7.0, 7.0], 0.0),  # nothing new: what came before the window is not counted
+        ([3.0, 8.0, 2.0, 5.0], 10.0),  # the container restarted after 8 (same pod, same series): 5 + 2 + 3
+        ([5.0, 0.0], 0.0),  # restarted, nothing since
+        ([6.0], 0.0),  # one sample: no growth seen
+        ([], 0.0),
+    ],
+)
+def test_a_counter_grows_by_its_increments_and_starts_again_after_a_restart(samples: list[float],
+                                                                             grown: float) -> None:
+    assert proposals.growth(samples) == grown
+
+
 def test_a_bad_window_is_one_line_before_any_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kubeconfig = tmp_path / "config"  # an API server nobody listens on: the window is checked first
     kubeconfig.write_text(
