@@ -9,7 +9,8 @@ the share of decisions that took action `params.action`. A group is left out whe
 `params.min_support` decisions in the window, and a group without rewards (count 0) is left out by the `> 0`
 guard, so an idle group never divides 0 by 0 into a NaN that poisons max/min. The query then returns
 max - min (difference) or max / min (ratio) over the remaining groups; with none it returns no data
-(inconclusive). A single supported group gives 0 (difference) or 1 (ratio): nothing to compare.
+(inconclusive). A single supported group gives 0 (difference) or 1 (ratio): nothing to compare. A ratio needs
+positive values: with a group at 0 or below it has no data (inconclusive), never a negative ratio that passes.
 """
 
 from __future__ import annotations
@@ -68,5 +69,8 @@ def group_disparity(params: Mapping[str, str]) -> str:
             extra, base = ',cost="{{ params.cost }}"', "policy_group_cost"
         per_group = f"({_by_group(base + '_sum', extra)} / ({_by_group(base + '_count', extra)} > 0))"
     supported = f"({per_group} and on (group) ({decisions} >= {{{{ params.min_support }}}}))"
-    op = "-" if mode == "difference" else "/"
-    return f"max({supported}) {op} min({supported})"
+    if mode == "difference":
+        return f"max({supported}) - min({supported})"
+    # a ratio only means something between positive values: a group at 0 or below would give +Inf or a
+    # negative ratio that passes "< X"; `> 0` makes it no data (inconclusive) instead
+    return f"max({supported}) / (min({supported}) > 0)"

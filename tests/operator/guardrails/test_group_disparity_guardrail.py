@@ -145,6 +145,29 @@ def test_ratio_action_rate_and_groups_without_data_or_support_are_left_out(
     assert measure(provider, strict, 0.0) == 0.0  # only b is supported: nothing to compare
 
 
+def test_a_ratio_with_a_group_at_zero_or_below_is_no_data_not_a_pass(
+    exporter: Exporter, prometheus: PrometheusServer, provider: prometheus_provider.PrometheusProvider
+) -> None:
+    """max / min means nothing when a group's value is 0 or below: a negative mean reward made the ratio
+    negative, which passed "< 1.5"; now it is no data (inconclusive). The difference form still reads."""
+    pub = Publisher(exporter, prometheus)
+    for group, total, taken in (("a", 40.0, 80), ("b", -20.0, 0)):  # b: mean reward < 0, never action 1
+        pub.counter("policy_group_decisions", 100, group=group)
+        pub.counter("policy_group_actions", taken, group=group, action="1")
+        pub.gauge_counter_labelled("policy_group_reward_sum", total, group=group)
+        pub.gauge_counter_labelled("policy_group_reward_count", 50, group=group)
+    pub.publish()
+    rate = {"window": "5m", "metric": "action-rate", "action": "1"}
+    diff = templates.render_guardrail(rollout_named(pub.name), "group-disparity", rate)
+    assert measure(provider, diff, 0.8) == pytest.approx(0.8)  # the series are scraped
+    reward_diff = templates.render_guardrail(rollout_named(pub.name), "group-disparity", {"window": "5m"})
+    assert (provider.query(reward_diff).value or 0.0) > 0.8  # 0.8 minus a negative mean
+    for params in (rate, {"window": "5m"}):
+        ratio = templates.render_guardrail(rollout_named(pub.name), "group-disparity", {**params, "mode": "ratio"})
+        measurement = provider.query(ratio)
+        assert measurement.value is None and measurement.error, (params, measurement)
+
+
 def test_the_template_checks_its_choices_and_escapes_its_values() -> None:
     r = rollout_named("r")
     cost = templates.render_guardrail(r, "group-disparity", {"metric": "cost", "cost": 'risk"x'})
