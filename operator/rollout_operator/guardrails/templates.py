@@ -51,6 +51,13 @@ def _mean(base: str, variant: str) -> str:
     return f"({_increase(base + '_sum', variant)} / {_increase(base + '_count', variant)})"
 
 
+def _positive(denominator: str) -> str:
+    """A ratio's denominator kept only when > 0: a ratio of rewards means nothing otherwise (two negative means
+    give a ratio above 1 for a worse candidate, a negative one a ratio that passes `< X`), so it is no data
+    (inconclusive) rather than a verdict."""
+    return f"({denominator} > 0)"
+
+
 def _ratio_of_counters(numerator: str, denominator: str) -> str:
     return f"({_increase(numerator)} or vector(0)) / {_increase(denominator)}"
 
@@ -95,8 +102,9 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
     for t in (
         GuardrailTemplate(
             "reward-ratio",
-            "Candidate's mean reward over the window divided by stable's (1 = equal; for positive rewards).",
-            f"{_mean('policy_reward', 'candidate')} / {_mean('policy_reward', 'stable')}",
+            "Candidate's mean reward over the window divided by stable's (1 = equal; for positive rewards: no "
+            "data when stable's mean is 0 or below).",
+            f"{_mean('policy_reward', 'candidate')} / {_positive(_mean('policy_reward', 'stable'))}",
             WINDOW,
             "> 0.95",
         ),
@@ -146,8 +154,9 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
         GuardrailTemplate(
             "shadow-reward-ratio",
             "Lower confidence bound of the shadow candidate's mean reward, estimated off-policy (SNIPS) from the "
-            "stable's live decisions and their rewards, over the stable's own mean on the same requests (router).",
-            f"max({_estimate('reward', 'lower')}) / max({_estimate('reward', 'baseline')})",
+            "stable's live decisions and their rewards, over the stable's own mean on the same requests (router; "
+            "no data when that mean is 0 or below).",
+            f"max({_estimate('reward', 'lower')}) / " + _positive(f"max({_estimate('reward', 'baseline')})"),
             {},
             ">= 0.95",
         ),
@@ -170,8 +179,8 @@ TEMPLATES: dict[str, GuardrailTemplate] = {
         GuardrailTemplate(
             "critic-calibration",
             "Variant's mean predicted value over its mean realised reward for the same decisions (1 = calibrated; "
-            "for rewards that stay positive, like reward-ratio).",
-            f"{_value_mean('predicted')} / {_value_mean('realized')}",
+            "for rewards that stay positive, like reward-ratio: no data when the realised mean is 0 or below).",
+            f"{_value_mean('predicted')} / {_positive(_value_mean('realized'))}",
             CRITIC,
             "< 1.25",
         ),

@@ -103,6 +103,32 @@ def test_reward_ratio(
     assert measure(provider, promql, 0.9 / 1.0) == pytest.approx(0.9)
 
 
+def test_ratios_of_rewards_have_no_data_when_the_denominator_is_not_positive(
+    exporter: Exporter, prometheus: PrometheusServer, provider: prometheus_provider.PrometheusProvider
+) -> None:
+    """Mean rewards -1.8 (candidate) and -0.9 (stable): -1.8 / -0.9 = 2 would pass "> 0.95" for a candidate twice
+    as bad, and a negative realised mean would pass critic-calibration's "< 1.25". Both are no data instead."""
+    pub = Publisher(exporter, prometheus)
+    for variant, total, count in (("candidate", -180.0, 100.0), ("stable", -1800.0, 2000.0)):
+        pub.gauge_counter("policy_reward_sum", total, variant)
+        pub.gauge_counter("policy_reward_count", count, variant)
+    pub.gauge_counter("policy_value_predicted_sum", 50.0, "candidate")
+    pub.gauge_counter("policy_value_predicted_count", 50.0, "candidate")
+    pub.gauge_counter("policy_value_realized_sum", -50.0, "candidate")
+    pub.gauge_counter("policy_value_realized_count", 50.0, "candidate")
+    pub.publish()
+    scraped = f'sum(increase(policy_reward_count{{rollout="{pub.name}",variant="stable"}}[5m])) > 0'
+    for _ in range(160):  # the totals were applied together; once one increase shows, all are scraped
+        if provider.query(scraped).value is not None:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError("Prometheus never scraped the published totals")
+    for template in ("reward-ratio", "critic-calibration"):
+        measurement = provider.query(templates.render_guardrail(rollout_named(pub.name), template, {"window": "5m"}))
+        assert measurement.value is None and measurement.error, (template, measurement)
+
+
 def test_constraint_violation_rate_and_zero_when_never_violated(
     exporter: Exporter, prometheus: PrometheusServer, provider: prometheus_provider.PrometheusProvider
 ) -> None:
