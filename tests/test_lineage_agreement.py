@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic.alias_generators import to_camel
 from rollout_operator import api
 
 from policy_server import artifact
@@ -34,16 +35,11 @@ def _wire_schema(model: type[Any]) -> dict[str, Any]:
 
     schema = dict(strip(schema))
     for (definition, field), bounds in CRD_ONLY.items():
-        prop = schema["$defs"][definition]["properties"][_alias(field)]
+        prop = schema["$defs"][definition]["properties"][to_camel(field)]
         for variant in prop.get("anyOf", [prop]):
             for key in bounds:
                 variant.pop(key, None)
     return schema
-
-
-def _alias(field: str) -> str:
-    head, *rest = field.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 def test_the_operator_reads_the_lineage_the_artifact_writes_with_the_same_fields_and_types() -> None:
@@ -54,7 +50,7 @@ def test_the_crd_only_bounds_are_really_there() -> None:
     """The exceptions above are real differences, not stale entries hiding a drift."""
     schema = api.Lineage.model_json_schema(by_alias=True)
     for (definition, field), bounds in CRD_ONLY.items():
-        prop = schema["$defs"][definition]["properties"][_alias(field)]
+        prop = schema["$defs"][definition]["properties"][to_camel(field)]
         variants = prop.get("anyOf", [prop])
         for key, value in bounds.items():
             assert any(v.get(key) == value for v in variants), (definition, field, key)

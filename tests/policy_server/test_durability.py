@@ -8,10 +8,8 @@ turns the server unready when asked to, shows in the metrics, and shutdown still
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,16 +17,11 @@ from pathlib import Path
 import pytest
 
 from policy_server.decision_log import reader
-from tests.support.policy_server import Client, cli_server, metric, running
+from tests.support.policy_server import Client, cli_server, metric, pipelined, running
 
 pytestmark = pytest.mark.integration
 
 OBS = [0.3, -1.2, 0.5, 0.0, 1.1, -0.4, 0.9, -0.7]
-
-
-def _act(rid: str) -> bytes:
-    body = b'{"observation": [0.3, -1.2, 0.5, 0.0, 1.1, -0.4, 0.9, -0.7], "request_id": "%s"}' % rid.encode()
-    return b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 def test_one_unloggable_row_is_refused_and_its_batch_is_logged(tmp_path: Path, models) -> None:
@@ -44,12 +37,8 @@ def test_one_unloggable_row_is_refused_and_its_batch_is_logged(tmp_path: Path, m
             real_add(**columns)
 
         staging.add = add
-        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
-            s.sendall(_act("a") + _act("poison") + _act("c"))
-            reply = b""
-            while len(statuses := re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)) < 3:
-                reply += s.recv(65536)
-        assert statuses == [b"200", b"500", b"200"], reply
+        answers = pipelined(srv.port, [{"observation": OBS, "request_id": rid} for rid in ("a", "poison", "c")])
+        assert [status for status, _ in answers] == [200, 500, 200], answers
         assert srv.app.log.wal.logged["decisions"] == 2  # the WAL numbers rows as Parquet will: a, c
         assert metric(srv.client().metrics(), "policy_decision_log_errors_total", stage="row") == 1
     ids = reader.read_decisions(str(log_dir)).column("request_id").to_pylist()

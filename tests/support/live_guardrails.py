@@ -28,8 +28,9 @@ class LabelledPrometheus(PrometheusServer):
         super().__init__(list(targets))
 
     def _write_config(self) -> None:
-        labels = {t: {"rollout": r, "namespace": self.namespace} for t, r in self.rollouts.items()}
-        static = [{"targets": [t], "labels": label} for t, label in labels.items()]
+        static = [
+            {"targets": [t], "labels": {"rollout": r, "namespace": self.namespace}} for t, r in self.rollouts.items()
+        ]
         config = {
             "global": {
                 key: self.scrape_interval for key in ("scrape_interval", "scrape_timeout", "evaluation_interval")

@@ -72,24 +72,37 @@ class Client:
         self.conn.close()
 
 
-def pipelined_acts(port: int, payloads: list[dict[str, Any]], timeout: float = 10.0) -> list[dict[str, Any]]:
+def pipelined(port: int, payloads: list[dict[str, Any]], timeout: float = 10.0) -> list[tuple[int, Any]]:
     """POST every payload to /v1/act in one write on one connection (HTTP/1.1 pipelining): the server
-    parses them in one loop iteration, so they share a micro-batch. The answers' bodies, in order."""
+    parses them in one loop iteration, so they share a micro-batch. (status, JSON body) per answer, in order."""
     data = b""
     for payload in payloads:
         body = json.dumps(payload).encode()
         data += b"POST /v1/act HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    reply = b""
+    answers: list[tuple[int, Any]] = []
+    buffer = b""
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(data)
-        while reply.count(b"HTTP/1.1 ") < len(payloads) or not reply.endswith(b"}"):
+        while len(answers) < len(payloads):
+            head_end = buffer.find(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", buffer[:head_end]) if head_end >= 0 else None
+            if length and len(buffer) >= head_end + 4 + int(length[1]):
+                body_end = head_end + 4 + int(length[1])
+                answers.append((int(buffer.split(b" ", 2)[1]), json.loads(buffer[head_end + 4 : body_end])))
+                buffer = buffer[body_end:]
+                continue
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {len(payloads)} answers after {timeout}s: {reply[-500:]!r}")
-            reply += conn.recv(65536)
-    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)
-    assert statuses == [b"200"] * len(payloads), reply
-    return [json.loads(m) for m in re.findall(rb"\r\n\r\n(\{.*?\})(?=HTTP/1\.1 |$)", reply, re.S)]
+                raise AssertionError(f"{len(answers)} of {len(payloads)} answers after {timeout}s: {buffer[-500:]!r}")
+            buffer += conn.recv(65536)
+    return answers
+
+
+def pipelined_acts(port: int, payloads: list[dict[str, Any]], timeout: float = 10.0) -> list[dict[str, Any]]:
+    """:func:`pipelined`, every answer a 200: their bodies, in order."""
+    answers = pipelined(port, payloads, timeout)
+    assert [status for status, _ in answers] == [200] * len(payloads), answers
+    return [body for _, body in answers]
 
 
 def parse_metrics(text: str) -> dict[str, float]:

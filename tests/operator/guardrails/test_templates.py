@@ -117,13 +117,9 @@ def test_ratios_of_rewards_have_no_data_when_the_denominator_is_not_positive(
     pub.gauge_counter("policy_value_realized_sum", -50.0, "candidate")
     pub.gauge_counter("policy_value_realized_count", 50.0, "candidate")
     pub.publish()
-    scraped = f'sum(increase(policy_reward_count{{rollout="{pub.name}",variant="stable"}}[5m])) > 0'
-    for _ in range(160):  # the totals were applied together; once one increase shows, all are scraped
-        if provider.query(scraped).value is not None:
-            break
-        time.sleep(0.25)
-    else:
-        raise AssertionError("Prometheus never scraped the published totals")
+    # the totals were applied together: once one increase shows, all are scraped
+    prometheus.wait_for(f'sum(increase(policy_reward_count{{rollout="{pub.name}",variant="stable"}}[5m]))',
+                        lambda v: v > 0, timeout=40)
     for template in ("reward-ratio", "critic-calibration"):
         measurement = provider.query(templates.render_guardrail(rollout_named(pub.name), template, {"window": "5m"}))
         assert measurement.value is None and measurement.error, (template, measurement)
